@@ -1,0 +1,319 @@
+"""The ``cryoguard`` command line: a thin layer over the core.
+
+Every command prints progress to stderr; with ``--json`` it prints exactly one line of
+JSON to stdout (``{"command": ..., "ok": true, ...counts, paths, timings...}``). A
+:class:`~napari_cryoguard.CryoGuardError` (bad input a user can fix) prints one clear
+message and exits with status 2 (with ``--json`` the line carries ``"ok": false`` and
+``"error"``); anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_cryoguard.errors import CryoGuardError
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {}
+
+
+def _command(name: str):
+    def deco(fn):
+        _COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+def _log(args: argparse.Namespace, msg: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """A small stderr progress bar (a tqdm-like callable ``(done, total)``)."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self._last = -1.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        frac = min(1.0, done / total)
+        if frac - self._last < 0.02 and done < total:
+            return
+        self._last = frac
+        bar = "#" * int(30 * frac)
+        end = "\n" if done >= total else ""
+        print(f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}%", end=end, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _add_sim_physics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snr", type=float, default=0.1,
+                   help="signal-to-noise ratio as a variance ratio var(signal)/var(noise) (default 0.1; the papers use 0.5 to 0.01)")
+    p.add_argument("--tilt", type=float, default=60.0,
+                   help="tilt range in degrees: +-TILT is sampled, the rest is the missing wedge (default 60)")
+    p.add_argument("--voxel-size", type=float, default=10.0,
+                   help="voxel size in Angstrom; templates are rescaled from 10 A (default 10)")
+    p.add_argument("--defocus", type=float, default=-5.0,
+                   help="defocus in micrometres, negative = underfocus (default -5, as in the CB3D paper)")
+    p.add_argument("--cs", type=float, default=2.0, help="spherical aberration in mm (default 2)")
+    p.add_argument("--voltage", type=float, default=300.0, help="acceleration voltage in kV (default 300)")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="template names to use (default: the bundled default classes; see `cryoguard templates`)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data (default 0)")
+
+
+def _physics_kwargs(args: argparse.Namespace) -> dict:
+    kw = dict(snr=args.snr, tilt_range=args.tilt, voxel_size=args.voxel_size,
+              defocus_um=args.defocus, cs_mm=args.cs, voltage_kv=args.voltage, seed=args.seed)
+    if args.classes:
+        kw["classes"] = list(args.classes)
+    return kw
+
+
+@_command("simulate")
+def cmd_simulate(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.io import write_picks, write_tomogram
+    from napari_cryoguard.simulate import simulate_tomogram
+
+    t0 = time.perf_counter()
+    sim = simulate_tomogram(shape=tuple(args.shape), n_particles=args.particles,
+                            progress=_Progress("simulate"), **_physics_kwargs(args))
+    t_sim = time.perf_counter() - t0
+    out = write_tomogram(args.out, sim.volume, sim.voxel_size)
+    truth = Path(args.truth) if args.truth else Path(args.out).with_name(Path(args.out).stem + "_truth.star")
+    picks = sim.to_picks()
+    picks.tomo_names = np.array([Path(args.out).stem] * len(picks))
+    write_picks(truth, picks)
+    _log(args, f"wrote {out} ({'x'.join(map(str, sim.volume.shape))} ZYX, {sim.voxel_size} A) "
+               f"and ground truth {truth} ({len(picks)} particles)")
+    return {"tomogram": str(out), "truth": str(truth), "shape": list(sim.volume.shape),
+            "n_particles": int(len(picks)), "class_names": list(sim.class_names),
+            "voxel_size": float(sim.voxel_size), "seconds": {"simulate": round(t_sim, 3)}}
+
+
+@_command("simulate-dataset")
+def cmd_simulate_dataset(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.data import SubtomogramDataset, save_dataset
+    from napari_cryoguard.simulate import simulate_subtomograms
+
+    t0 = time.perf_counter()
+    sim = simulate_subtomograms(n_per_class=args.per_class, cube=args.cube,
+                                normalize=not args.no_normalize, **_physics_kwargs(args))
+    t_sim = time.perf_counter() - t0
+    ds = SubtomogramDataset(volumes=sim.volumes, labels=sim.labels, class_names=list(sim.class_names),
+                            voxel_size=sim.voxel_size, normalized=not args.no_normalize,
+                            meta={"source": "simulate_subtomograms", "params": sim.params})
+    out = save_dataset(args.out, ds)
+    counts = np.bincount(sim.labels, minlength=len(sim.class_names)).tolist()
+    _log(args, f"wrote {out}: {len(ds)} subtomograms of {args.cube}^3, {len(sim.class_names)} classes")
+    return {"dataset": str(out), "n": int(len(ds)), "cube": int(args.cube),
+            "class_names": list(sim.class_names), "per_class": counts,
+            "seconds": {"simulate": round(t_sim, 3)}}
+
+
+# --------------------------------------------------------------------------- pick / extract
+
+
+@_command("pick")
+def cmd_pick(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.io import Picks, read_tomogram, write_picks
+    from napari_cryoguard.picking import pick_particles
+
+    mask = None
+    if args.mask:
+        mask = np.asarray(read_tomogram(args.mask).data) > 0
+    all_picks: list[Picks] = []
+    per_tomo = {}
+    timings = {}
+    voxel_size = None
+    for path in args.tomograms:
+        tomo = read_tomogram(path)
+        t0 = time.perf_counter()
+        picks = pick_particles(
+            tomo.data, sigma1=args.sigma1, k=args.k, sigma_unit=args.sigma_unit,
+            voxel_size=tomo.voxel_size, threshold=args.threshold, min_distance=args.min_distance,
+            max_picks=args.max_picks, border=args.border, mask=mask, polarity=args.polarity,
+            progress=_Progress(f"pick {tomo.name}"),
+        )
+        timings[tomo.name] = round(time.perf_counter() - t0, 3)
+        picks.tomo_names = np.array([tomo.name] * len(picks))
+        per_tomo[tomo.name] = int(len(picks))
+        voxel_size = tomo.voxel_size if voxel_size is None else voxel_size
+        all_picks.append(picks)
+        _log(args, f"{tomo.name}: {len(picks)} picks in {timings[tomo.name]:.2f} s")
+    merged = Picks(
+        coords=np.concatenate([p.coords for p in all_picks]),
+        scores=np.concatenate([p.scores for p in all_picks]),
+        tomo_names=np.concatenate([p.tomo_names for p in all_picks]),
+        voxel_size=voxel_size or 1.0,
+    )
+    out = write_picks(args.out, merged)
+    return {"picks": str(out or args.out), "n_picks": int(len(merged)), "per_tomogram": per_tomo,
+            "seconds": {"pick": timings}}
+
+
+@_command("extract")
+def cmd_extract(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.data import SubtomogramDataset, save_dataset
+    from napari_cryoguard.io import read_picks, read_tomogram
+    from napari_cryoguard.picking import extract_subtomograms
+
+    tomo = read_tomogram(args.tomogram)
+    picks = read_picks(args.picks)
+    n_in_file = len(picks)
+    if picks.tomo_names is not None and len(picks):
+        names = set(picks.tomo_names.tolist())
+        if tomo.name in names:
+            picks = picks.subset(picks.tomo_names == tomo.name)
+        elif len(names) > 1:
+            raise CryoGuardError(
+                f"{args.picks} holds picks of {len(names)} tomograms ({', '.join(sorted(names)[:5])}) "
+                f"but none named {tomo.name!r}")
+    t0 = time.perf_counter()
+    sub = extract_subtomograms(tomo.data, picks.coords, size=args.size,
+                               normalize=not args.no_normalize, border=args.border)
+    t_ex = time.perf_counter() - t0
+    kept = picks.subset(sub.index)
+    ds = SubtomogramDataset(
+        volumes=sub.volumes,
+        labels=kept.labels,
+        class_names=kept.class_names,
+        coords=kept.coords,
+        tomo_name=tomo.name,
+        voxel_size=tomo.voxel_size,
+        normalized=sub.normalized,
+        meta={"source": "extract", "tomogram": str(args.tomogram), "picks": str(args.picks),
+              "border": args.border, "n_skipped": int(sub.n_skipped)},
+    )
+    out = save_dataset(args.out, ds)
+    _log(args, f"wrote {out}: {len(ds)} subtomograms of {args.size}^3 from {tomo.name}"
+               f" ({sub.n_skipped} skipped near the border)")
+    return {"dataset": str(out), "n": int(len(ds)), "n_skipped": int(sub.n_skipped),
+            "n_picks_in_file": int(n_in_file), "size": int(args.size),
+            "normalized": bool(sub.normalized), "seconds": {"extract": round(t_ex, 4)}}
+
+
+@_command("templates")
+def cmd_templates(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.simulate import DEFAULT_CLASSES, list_templates
+
+    names = list_templates()
+    _log(args, "bundled templates (10 A): " + ", ".join(names))
+    _log(args, "default classes: " + ", ".join(DEFAULT_CLASSES))
+    return {"templates": names, "default_classes": list(DEFAULT_CLASSES)}
+
+
+@_command("demo")
+def cmd_demo(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.demo import run_demo
+
+    return run_demo(out=args.out, headless=args.headless, seed=args.seed, log=lambda m: _log(args, m))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cryoguard",
+        description="Can this subtomogram classifier be trusted? Simulate, pick, extract, "
+        "classify, attack and robustly train on cryo-ET subtomograms.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--json", action="store_true",
+                       help="print a one-line machine-readable JSON summary (counts, paths, timings) to stdout")
+        p.add_argument("--quiet", action="store_true", help="print nothing but errors (and the --json line)")
+        return p
+
+    p = add("simulate", "simulate a tomogram with particles from the bundled templates, and its ground truth")
+    p.add_argument("--out", required=True, help="output tomogram (.mrc)")
+    p.add_argument("--truth", default=None,
+                   help="ground-truth picks (.star or .csv; default: <out stem>_truth.star beside --out)")
+    p.add_argument("--shape", type=int, nargs=3, default=[64, 256, 256], metavar=("Z", "Y", "X"),
+                   help="tomogram shape in voxels, ZYX")
+    p.add_argument("--particles", type=int, default=40, help="number of particles to place")
+    _add_sim_physics(p)
+
+    p = add("simulate-dataset", "simulate a labelled subtomogram dataset (N per class) for training and tests")
+    p.add_argument("--out", required=True, help="output dataset file (.npz)")
+    p.add_argument("--per-class", type=int, default=100, help="subtomograms per class")
+    p.add_argument("--cube", type=int, default=28, help="cube edge in voxels (the papers use 28)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="skip per-sample zero-mean unit-variance normalisation")
+    _add_sim_physics(p)
+
+    p = add("pick", "pick particles by Difference of Gaussian in one or many tomograms into one STAR/CSV file")
+    p.add_argument("tomograms", nargs="+", help="tomogram files (.mrc .map .rec .st)")
+    p.add_argument("--out", required=True, help="output picks (.star: RELION rlnCoordinateX/Y/Z in voxels; or .csv)")
+    p.add_argument("--sigma1", type=float, default=7.0, help="smaller Gaussian sigma (RAT paper: 7.0)")
+    p.add_argument("--k", type=float, default=1.1, help="ratio of the two sigmas, sigma2 = k * sigma1 (RAT paper: 1.1)")
+    p.add_argument("--sigma-unit", choices=["voxel", "angstrom"], default="voxel",
+                   help="unit of --sigma1 (angstrom uses each tomogram's voxel size)")
+    p.add_argument("--threshold", type=float, default=3.0,
+                   help="keep peaks whose DoG response is at least mean + THRESHOLD * std of the DoG (a z-score)")
+    p.add_argument("--min-distance", type=float, default=None,
+                   help="minimum distance between picks in voxels (non-maximum suppression; default: from sigma1)")
+    p.add_argument("--max-picks", type=int, default=None, help="keep at most this many picks per tomogram, best first")
+    p.add_argument("--border", type=float, default=None,
+                   help="exclude picks closer than this to the border, in voxels (default: 14, half a 28 cube)")
+    p.add_argument("--mask", default=None, help="optional mask MRC (same shape; picks only where mask > 0)")
+    p.add_argument("--polarity", choices=["bright", "dark"], default="bright",
+                   help="particle contrast: bright (density convention, the simulator) or dark (raw tomograms)")
+
+    p = add("extract", "extract subtomogram cubes around picks into a dataset file")
+    p.add_argument("tomogram", help="tomogram file")
+    p.add_argument("--picks", required=True, help="picks (.star or .csv); rows for other tomograms are ignored")
+    p.add_argument("--out", required=True, help="output dataset file (.npz)")
+    p.add_argument("--size", type=int, default=28, help="cube edge in voxels (even or odd)")
+    p.add_argument("--border", choices=["skip", "pad"], default="skip",
+                   help="particles whose cube crosses the border: skip them (counted) or pad the cube")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="skip per-sample zero-mean unit-variance normalisation (recorded in the file)")
+
+    add("templates", "list the bundled macromolecule templates and the default classes")
+
+    p = add("demo", "the demo: simulate a tomogram, pick, extract, and show it all in napari")
+    p.add_argument("--out", default="demo-output", help="folder for the demo's outputs")
+    p.add_argument("--headless", action="store_true",
+                   help="no interactive window: run the pipeline, write outputs and a screenshot PNG (needs an X server, e.g. xvfb-run)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the demo tomogram")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        summary = _COMMANDS[args.command](args)
+    except CryoGuardError as exc:
+        print(f"cryoguard {args.command}: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"command": args.command, "ok": False, "error": str(exc)}))
+        return 2
+    summary = {"command": args.command, "ok": True, **summary,
+               "total_seconds": round(time.perf_counter() - t0, 3)}
+    if getattr(args, "json", False):
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
