@@ -44,7 +44,7 @@ class _Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self._last = -1.0
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, *stage) -> None:
         if not self.enabled or total <= 0:
             return
         frac = min(1.0, done / total)
@@ -134,26 +134,28 @@ def cmd_pick(args: argparse.Namespace) -> dict:
 
     mask = None
     if args.mask:
-        mask = np.asarray(read_tomogram(args.mask).data) > 0
+        with read_tomogram(args.mask) as m:
+            mask = np.asarray(m.data) > 0
     all_picks: list[Picks] = []
     per_tomo = {}
     timings = {}
     voxel_size = None
     for path in args.tomograms:
-        tomo = read_tomogram(path)
-        t0 = time.perf_counter()
-        picks = pick_particles(
-            tomo.data, sigma1=args.sigma1, k=args.k, sigma_unit=args.sigma_unit,
-            voxel_size=tomo.voxel_size, threshold=args.threshold, min_distance=args.min_distance,
-            max_picks=args.max_picks, border=args.border, mask=mask, polarity=args.polarity,
-            progress=_Progress(f"pick {tomo.name}"),
-        )
-        timings[tomo.name] = round(time.perf_counter() - t0, 3)
-        picks.tomo_names = np.array([tomo.name] * len(picks))
-        per_tomo[tomo.name] = int(len(picks))
-        voxel_size = tomo.voxel_size if voxel_size is None else voxel_size
+        with read_tomogram(path) as tomo:
+            t0 = time.perf_counter()
+            picks = pick_particles(
+                tomo.data, sigma1=args.sigma1, k=args.k, sigma_unit=args.sigma_unit,
+                voxel_size=tomo.voxel_size, threshold=args.threshold,
+                min_distance=args.min_distance, max_picks=args.max_picks, border=args.border,
+                mask=mask, polarity=args.polarity, progress=_Progress(f"pick {tomo.name}"),
+            )
+            name, vs = tomo.name, tomo.voxel_size
+        timings[name] = round(time.perf_counter() - t0, 3)
+        picks.tomo_names = np.array([name] * len(picks))
+        per_tomo[name] = int(len(picks))
+        voxel_size = vs if voxel_size is None else voxel_size
         all_picks.append(picks)
-        _log(args, f"{tomo.name}: {len(picks)} picks in {timings[tomo.name]:.2f} s")
+        _log(args, f"{name}: {len(picks)} picks in {timings[name]:.2f} s")
     merged = Picks(
         coords=np.concatenate([p.coords for p in all_picks]),
         scores=np.concatenate([p.scores for p in all_picks]),
@@ -167,12 +169,17 @@ def cmd_pick(args: argparse.Namespace) -> dict:
 
 @_command("extract")
 def cmd_extract(args: argparse.Namespace) -> dict:
-    from napari_cryoguard.data import SubtomogramDataset, save_dataset
     from napari_cryoguard.io import read_picks, read_tomogram
+
+    picks = read_picks(args.picks)
+    with read_tomogram(args.tomogram) as tomo:
+        return _extract_from(args, tomo, picks)
+
+
+def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
+    from napari_cryoguard.data import SubtomogramDataset, save_dataset
     from napari_cryoguard.picking import extract_subtomograms
 
-    tomo = read_tomogram(args.tomogram)
-    picks = read_picks(args.picks)
     n_in_file = len(picks)
     if picks.tomo_names is not None and len(picks):
         names = set(picks.tomo_names.tolist())

@@ -1,0 +1,742 @@
+"""Particle pick files: RELION STAR and CSV, in and out of :class:`Picks`, losslessly.
+
+The format is chosen by suffix (``.star`` or ``.csv``, case-insensitive). Files written
+here read back bit-identically: floats are written with ``repr`` (shortest string that
+round-trips a float64) and read back with Python's correctly rounded parser; dtypes of
+features, the full class list and the voxel size travel in metadata.
+
+Coordinates: ZYX <-> XYZ
+    In the core a pick is ``coords[i] = (z, y, x)`` in voxel indices of the tomogram
+    (numpy / napari order). Both file formats hold the same voxel values, named by axis:
+    ``rlnCoordinateX = coords[:, 2]``, ``rlnCoordinateY = coords[:, 1]``,
+    ``rlnCoordinateZ = coords[:, 0]`` in STAR, and columns ``z, y, x`` in CSV.
+    Positions are voxels of the tomogram the picks were made in (RELION convention for
+    ``rlnCoordinate*``), not Angstrom.
+
+STAR layout written (RELION-compatible; RELION ignores the ``cryoguard*`` labels)
+    ``data_cryoguard``
+        Simple block: ``_cryoguardFormatVersion 1`` and ``_cryoguardVoxelSize`` (Angstrom
+        per voxel of the tomogram the coordinates index into).
+    ``data_cryoguard_classes`` (when ``class_names`` is set)
+        Loop: ``_rlnClassNumber`` (1-based) and ``_cryoguardClassName``, one row per class,
+        so unused classes and their order survive.
+    ``data_cryoguard_features`` (when there are features)
+        Loop: ``_cryoguardFeatureName``, ``_cryoguardFeatureDtype`` (numpy dtype string or
+        ``str``), ``_cryoguardFeatureWidth`` (0 for an (N,) feature, C for (N, C)).
+    ``data_particles``
+        Loop, one row per pick: ``rlnCoordinateX/Y/Z``; ``rlnTomoName`` (tomogram, when
+        known); ``rlnAutopickFigureOfMerit`` (score); ``rlnClassNumber`` = label + 1, so an
+        unknown label (-1) is written as class 0 and any class number <= 0 reads back as -1;
+        ``cryoguardClassName`` (the class name per row, for people and other tools); then
+        one column per feature, named by the feature (an (N, C) feature becomes columns
+        ``name[0] ... name[C-1]``).
+
+Reading STAR files from other tools
+    The data block(s) holding ``rlnCoordinateX/Y/Z`` are used (several such blocks are
+    concatenated; a block without ``rlnTomoName`` then names its picks after the block).
+    Missing coordinate columns raise :class:`CryoGuardError` naming the columns found.
+    Columns not listed above become features under their own name (``rlnAngleRot``,
+    ...). ``rlnOriginX/Y/ZAngst`` shifts are kept as features and NOT applied to the
+    coordinates (a warning says so when they are non-zero). The voxel size is taken from
+    ``voxel_size=`` if given, else ``_cryoguardVoxelSize``, else
+    ``rlnTomoTiltSeriesPixelSize`` times ``rlnTomoTomogramBinning`` (when present and
+    unique), else 1.0 with a warning.
+
+CSV layout
+    Leading comment lines ``# key: value`` hold the metadata (``voxel_size``,
+    ``class_names`` and ``features`` as JSON), then one header row and one row per
+    pick with columns ``z, y, x`` (voxels, required), ``score``, ``label`` (0-based, -1
+    unknown), ``class_name``, ``tomo_name`` and the feature columns, each present only
+    when the picks have it. Hand-made CSVs need only ``z, y, x`` (any case);
+    a ``class_name`` column without ``label`` numbers the classes in order of appearance.
+
+Strings (tomogram, class names, string features) must not contain quotes, ``#``, tabs or
+newlines in STAR files (the STAR parser cannot read them back); CSV has no such limit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io.mrc import _atomic_output
+from napari_cryoguard.io.picks import Picks
+
+PICK_SUFFIXES: tuple[str, ...] = (".star", ".csv")
+"""Suffixes :func:`read_picks` and :func:`write_picks` understand."""
+
+STAR_XYZ = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
+STAR_TOMO = "rlnTomoName"
+STAR_SCORE = "rlnAutopickFigureOfMerit"
+STAR_CLASS = "rlnClassNumber"
+STAR_CLASS_NAME = "cryoguardClassName"
+STAR_PARTICLES_BLOCK = "particles"
+STAR_META_BLOCK = "cryoguard"
+STAR_CLASSES_BLOCK = "cryoguard_classes"
+STAR_FEATURES_BLOCK = "cryoguard_features"
+STAR_VOXEL_SIZE = "cryoguardVoxelSize"
+FORMAT_VERSION = 1
+
+CSV_ZYX = ("z", "y", "x")
+CSV_SCORE, CSV_LABEL, CSV_CLASS_NAME, CSV_TOMO = "score", "label", "class_name", "tomo_name"
+
+_RESERVED = {
+    *STAR_XYZ,
+    STAR_TOMO,
+    STAR_SCORE,
+    STAR_CLASS,
+    STAR_CLASS_NAME,
+    *CSV_ZYX,
+    CSV_SCORE,
+    CSV_LABEL,
+    CSV_CLASS_NAME,
+    CSV_TOMO,
+}
+_RESERVED_LOWER = {r.lower() for r in _RESERVED}
+_STAR_BAD_CHARS = re.compile(r"[\"'#\t\r\n]")
+_WIDE_COLUMN = "{name}[{j}]"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _format_column(values: np.ndarray, what: str, *, star: bool) -> list[str]:
+    """Strings for one column; floats via ``repr`` so they parse back bit-identically."""
+    kind = values.dtype.kind
+    if kind == "f":
+        return [repr(v) for v in values.astype(np.float64).tolist()]
+    if kind in "iu":
+        return [str(v) for v in values.tolist()]
+    if kind == "b":
+        return ["1" if v else "0" for v in values.tolist()]
+    if kind in "US":
+        out = [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
+        if star:
+            for s in out:
+                if _STAR_BAD_CHARS.search(s):
+                    raise CryoGuardError(
+                        f"{what} value {s!r} contains a quote, '#', tab or newline, which a "
+                        "STAR file cannot hold; rename it or write CSV"
+                    )
+        return out
+    raise CryoGuardError(f"{what} has dtype {values.dtype}, which a pick file cannot hold")
+
+
+def _feature_dtype_name(values: np.ndarray) -> str:
+    return "str" if values.dtype.kind in "US" else values.dtype.str
+
+
+def _parse_column(strings: np.ndarray, dtype: str | None, what: str) -> np.ndarray:
+    """Turn a column of strings back into an array; ``dtype`` None means infer."""
+    strings = np.asarray(strings, dtype=str)
+    if dtype == "str":
+        return strings
+    if dtype is not None:
+        target = np.dtype(dtype)
+        try:
+            if target.kind == "f":
+                return strings.astype(np.float64).astype(target)
+            if target.kind in "iu":
+                return strings.astype(np.int64).astype(target)
+            if target.kind == "b":
+                return strings.astype(np.int64) != 0
+        except (ValueError, OverflowError) as err:
+            raise CryoGuardError(f"column {what!r} should hold {target}: {err}") from err
+        raise CryoGuardError(f"column {what!r} has unsupported dtype {dtype!r}")
+    for target in (np.int64, np.float64):
+        try:
+            return strings.astype(target)
+        except (ValueError, OverflowError):
+            continue
+    return strings
+
+
+def _numeric(strings: np.ndarray, target: type, what: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(strings, dtype=str).astype(target)
+    except (ValueError, OverflowError) as err:
+        kind = "numbers" if target is np.float64 else "integers"
+        raise CryoGuardError(f"{path.name}: column {what!r} must hold {kind}: {err}") from err
+
+
+def _check_feature_name(name: str) -> None:
+    if not name or re.search(r"[\s\"'#,]", name) or name.lower() in _RESERVED_LOWER:
+        raise CryoGuardError(
+            f"feature name {name!r} cannot be a pick-file column: it must be non-empty, "
+            f"without spaces, quotes, '#' or ',', and not one of {sorted(_RESERVED)}"
+        )
+
+
+def _feature_columns(
+    picks: Picks, *, star: bool
+) -> tuple[dict[str, list[str]], dict[str, tuple[str, int]]]:
+    """Column strings and (dtype, width) metadata for every feature."""
+    columns: dict[str, list[str]] = {}
+    meta: dict[str, tuple[str, int]] = {}
+    for name, values in picks.features.items():
+        _check_feature_name(str(name))
+        values = np.asarray(values)
+        if values.dtype.kind == "O":
+            values = np.asarray(values.tolist())
+            if values.dtype.kind == "O":
+                raise CryoGuardError(f"feature {name!r} mixes types; a pick file cannot hold it")
+        if values.ndim == 1:
+            columns[name] = _format_column(values, f"feature {name!r}", star=star)
+            meta[name] = (_feature_dtype_name(values), 0)
+        elif values.ndim == 2 and values.shape[1] > 0:
+            for j in range(values.shape[1]):
+                col = _WIDE_COLUMN.format(name=name, j=j)
+                columns[col] = _format_column(values[:, j], f"feature {name!r}", star=star)
+            meta[name] = (_feature_dtype_name(values), int(values.shape[1]))
+        else:
+            raise CryoGuardError(
+                f"feature {name!r} has shape {values.shape}; pick files hold (N,) or (N, C >= 1) features"
+            )
+    return columns, meta
+
+
+def _collect_features(
+    table: dict[str, np.ndarray],
+    used: set[str],
+    meta: dict[str, tuple[str, int]],
+) -> dict[str, np.ndarray]:
+    """Features from the columns not used for coordinates/scores/labels/names."""
+    features: dict[str, np.ndarray] = {}
+    for name, (dtype, width) in meta.items():
+        if width == 0:
+            if name in table:
+                features[name] = _parse_column(table[name], dtype, name)
+                used.add(name)
+        else:
+            cols = [_WIDE_COLUMN.format(name=name, j=j) for j in range(width)]
+            if all(c in table for c in cols):
+                parts = [_parse_column(table[c], dtype, c) for c in cols]
+                features[name] = np.stack(parts, axis=1) if parts else np.empty((0, 0))
+                used.update(cols)
+    for col, strings in table.items():
+        if col not in used:
+            features[col] = _parse_column(strings, None, col)
+    return features
+
+
+def _check_coords(coords: np.ndarray, path: Path, what: str) -> None:
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise CryoGuardError(
+            f"{path.name}: {bad.sum()} pick(s) {what} non-finite coordinates "
+            f"(rows {rows[:5].tolist()}{' ...' if len(rows) > 5 else ''})"
+        )
+
+
+def _valid_voxel_size(value: Any, path: Path) -> float:
+    try:
+        vs = float(value)
+    except (TypeError, ValueError) as err:
+        raise CryoGuardError(f"{path.name}: voxel size {value!r} is not a number") from err
+    if not np.isfinite(vs) or vs <= 0:
+        raise CryoGuardError(f"{path.name}: voxel size must be positive and finite, got {value!r}")
+    return vs
+
+
+def _check_path(path: Path, *, reading: bool) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in PICK_SUFFIXES:
+        raise CryoGuardError(
+            f"{path.name}: pick files must end in {' or '.join(PICK_SUFFIXES)}, got {suffix!r}"
+        )
+    if reading:
+        if not path.exists():
+            raise CryoGuardError(f"pick file not found: {path}")
+        if not path.is_file():
+            raise CryoGuardError(f"not a file: {path}")
+    elif not path.parent.is_dir():
+        raise CryoGuardError(f"cannot write {path.name}: folder {path.parent} does not exist")
+    return suffix
+
+
+def _tomo_names_for_writing(picks: Picks, tomo_name: str | None) -> np.ndarray | None:
+    if tomo_name is None:
+        return picks.tomo_names
+    if picks.tomo_names is not None and np.any(picks.tomo_names != str(tomo_name)):
+        raise CryoGuardError(
+            f"tomo_name={tomo_name!r} conflicts with the picks' own tomogram names "
+            f"{sorted(set(picks.tomo_names.tolist()))[:5]}"
+        )
+    return np.full(len(picks), str(tomo_name), dtype=object).astype(str)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def write_picks(path: str | os.PathLike, picks: Picks, *, tomo_name: str | None = None) -> Path:
+    """Write picks to a RELION STAR or a CSV file (by suffix), atomically.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        ``.star`` or ``.csv`` file; replaced only once fully written.
+    picks : Picks
+        Coordinates are ZYX voxels; see the module docstring for the columns.
+    tomo_name : str, optional
+        Tomogram name for every pick, used when ``picks.tomo_names`` is None (it must
+        agree with ``picks.tomo_names`` otherwise).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    path = Path(path)
+    suffix = _check_path(path, reading=False)
+    if not isinstance(picks, Picks):
+        raise CryoGuardError(f"write_picks needs a Picks object, got {type(picks).__name__}")
+    _check_coords(picks.coords, path, "to write have")
+    voxel_size = _valid_voxel_size(picks.voxel_size, path)
+    if picks.labels is not None and np.any(picks.labels < -1):
+        raise CryoGuardError(f"labels must be >= -1 (-1 = unknown), got {int(picks.labels.min())}")
+    tomo_names = _tomo_names_for_writing(picks, tomo_name)
+    star = suffix == ".star"
+    names_per_row = picks.class_of()
+    if picks.class_names is not None:
+        _format_column(np.asarray(picks.class_names, dtype=str), "class name", star=star)
+    feature_cols, feature_meta = _feature_columns(picks, star=star)
+    try:
+        with _atomic_output(path) as tmp:
+            if star:
+                _write_star(
+                    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size
+                )
+            else:
+                _write_csv(
+                    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size
+                )
+    except OSError as err:
+        raise CryoGuardError(f"could not write {path}: {err}") from err
+    return path
+
+
+def _write_star(
+    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size
+) -> None:
+    cols: dict[str, list[str]] = {}
+    cols[STAR_XYZ[0]] = _format_column(picks.coords[:, 2], "x", star=True)
+    cols[STAR_XYZ[1]] = _format_column(picks.coords[:, 1], "y", star=True)
+    cols[STAR_XYZ[2]] = _format_column(picks.coords[:, 0], "z", star=True)
+    if tomo_names is not None:
+        cols[STAR_TOMO] = _format_column(tomo_names, "tomogram name", star=True)
+    if picks.scores is not None:
+        cols[STAR_SCORE] = _format_column(picks.scores, "score", star=True)
+    if picks.labels is not None:
+        cols[STAR_CLASS] = _format_column(np.maximum(picks.labels, -1) + 1, "label", star=True)
+        if names_per_row is not None:
+            cols[STAR_CLASS_NAME] = _format_column(
+                np.asarray(names_per_row, dtype=str), "class name", star=True
+            )
+    cols.update(feature_cols)
+    blocks: dict[str, Any] = {
+        STAR_META_BLOCK: {
+            "cryoguardFormatVersion": FORMAT_VERSION,
+            STAR_VOXEL_SIZE: repr(voxel_size),
+        }
+    }
+    if picks.class_names is not None:
+        blocks[STAR_CLASSES_BLOCK] = pd.DataFrame(
+            {
+                STAR_CLASS: [str(i + 1) for i in range(len(picks.class_names))],
+                STAR_CLASS_NAME: list(picks.class_names),
+            },
+            dtype=object,
+        )
+    if feature_meta:
+        blocks[STAR_FEATURES_BLOCK] = pd.DataFrame(
+            {
+                "cryoguardFeatureName": list(feature_meta),
+                "cryoguardFeatureDtype": [d for d, _ in feature_meta.values()],
+                "cryoguardFeatureWidth": [str(w) for _, w in feature_meta.values()],
+            },
+            dtype=object,
+        )
+    blocks[STAR_PARTICLES_BLOCK] = pd.DataFrame(cols, dtype=object, columns=list(cols))
+    starfile.write(blocks, tmp)
+
+
+def _write_csv(
+    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size
+) -> None:
+    cols: dict[str, list[str]] = {}
+    for j, axis in enumerate(CSV_ZYX):
+        cols[axis] = _format_column(picks.coords[:, j], axis, star=False)
+    if picks.scores is not None:
+        cols[CSV_SCORE] = _format_column(picks.scores, "score", star=False)
+    if picks.labels is not None:
+        cols[CSV_LABEL] = _format_column(picks.labels, "label", star=False)
+        if names_per_row is not None:
+            cols[CSV_CLASS_NAME] = [str(s) for s in names_per_row]
+    if tomo_names is not None:
+        cols[CSV_TOMO] = _format_column(tomo_names, "tomogram name", star=False)
+    cols.update(feature_cols)
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        fh.write(f"# napari-cryoguard picks, format {FORMAT_VERSION}: z,y,x in voxels (ZYX)\n")
+        fh.write(f"# voxel_size: {voxel_size!r}\n")
+        if picks.class_names is not None:
+            fh.write(f"# class_names: {json.dumps(list(picks.class_names))}\n")
+        if feature_meta:
+            fh.write(f"# features: {json.dumps({k: list(v) for k, v in feature_meta.items()})}\n")
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(list(cols))
+        writer.writerows(zip(*cols.values(), strict=True))
+
+
+def read_picks(path: str | os.PathLike, *, voxel_size: float | None = None) -> Picks:
+    """Read picks from a RELION STAR or a CSV file (by suffix).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        ``.star`` or ``.csv`` file; see the module docstring for the columns understood.
+    voxel_size : float, optional
+        Voxel size in Angstrom; overrides what the file says.
+
+    Returns
+    -------
+    Picks
+        ZYX voxel coordinates, with scores, labels, class names, tomogram names and
+        features when the file has them.
+
+    Raises
+    ------
+    CryoGuardError
+        Missing file, unknown suffix, unparsable file, missing coordinate columns (the
+        message lists the columns found), non-finite coordinates.
+    """
+    path = Path(path)
+    suffix = _check_path(path, reading=True)
+    if voxel_size is not None:
+        voxel_size = _valid_voxel_size(voxel_size, path)
+    if suffix == ".star":
+        return _read_star(path, voxel_size)
+    return _read_csv(path, voxel_size)
+
+
+# --------------------------------------------------------------------------- STAR reading
+
+
+def _star_labels(path: Path) -> list[str]:
+    """Every label (``_name``) in the file, so starfile keeps all values as strings."""
+    labels: list[str] = []
+    seen: set[str] = set()
+    has_block = False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                s = line.lstrip()
+                if s.startswith("data_"):
+                    has_block = True
+                elif s.startswith("_"):
+                    name = s.split()[0][1:]
+                    if name not in seen:
+                        seen.add(name)
+                        labels.append(name)
+    except OSError as err:
+        raise CryoGuardError(f"could not read {path}: {err}") from err
+    if not has_block:
+        raise CryoGuardError(f"{path.name} is not a STAR file: it has no 'data_' block")
+    return labels
+
+
+def _block_strings(block: Any) -> dict[str, np.ndarray] | None:
+    """A STAR block as column -> array of strings (None for an empty simple block)."""
+    if isinstance(block, dict):
+        return {k: np.array([_as_text(v)], dtype=object) for k, v in block.items()}
+    if isinstance(block, pd.DataFrame):
+        return {
+            str(c): np.array([_as_text(v) for v in block[c].tolist()], dtype=object)
+            for c in block.columns
+        }
+    return None
+
+
+def _as_text(v: Any) -> str:
+    # starfile turns 'nan' / '<NA>' into float NaN even for string columns
+    if isinstance(v, float) and np.isnan(v):
+        return "nan"
+    return str(v)
+
+
+def _read_star(path: Path, voxel_size: float | None) -> Picks:
+    labels = _star_labels(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = starfile.read(path, always_dict=True, parse_as_string=labels)
+    except Exception as err:  # starfile/pandas raise many types on malformed files
+        raise CryoGuardError(f"could not parse STAR file {path.name}: {err}") from err
+    blocks = {name: _block_strings(b) for name, b in raw.items()}
+    blocks = {k: v for k, v in blocks.items() if v is not None}
+
+    coord_blocks = [k for k, v in blocks.items() if all(c in v for c in STAR_XYZ)]
+    if not coord_blocks:
+        found = "; ".join(f"data_{k}: {', '.join(v) or '(no columns)'}" for k, v in blocks.items())
+        hint = ""
+        if any("rlnCenteredCoordinateXAngst" in v for v in blocks.values()):
+            hint = (
+                " (rlnCenteredCoordinate*Angst are RELION 5 centred coordinates in "
+                "Angstrom; convert them to voxel rlnCoordinateX/Y/Z first)"
+            )
+        raise CryoGuardError(
+            f"{path.name}: no data block has the coordinate columns "
+            f"{', '.join(STAR_XYZ)}{hint}. Found {found or 'no data blocks'}"
+        )
+    table = _merge_coordinate_blocks(path, blocks, coord_blocks)
+    n = len(table[STAR_XYZ[0]])
+
+    x, y, z = (_numeric(table[c], np.float64, c, path) for c in STAR_XYZ)
+    coords = np.stack([z, y, x], axis=1) if n else np.zeros((0, 3))
+    _check_coords(coords, path, "have")
+    used = {*STAR_XYZ}
+    scores = labels_arr = tomo_names = None
+    if STAR_SCORE in table:
+        scores = _numeric(table[STAR_SCORE], np.float64, STAR_SCORE, path)
+        used.add(STAR_SCORE)
+    if STAR_CLASS in table:
+        numbers = _numeric(table[STAR_CLASS], np.int64, STAR_CLASS, path)
+        labels_arr = np.where(numbers > 0, numbers - 1, -1).astype(np.int64)
+        used.add(STAR_CLASS)
+    if STAR_TOMO in table:
+        tomo_names = np.asarray(table[STAR_TOMO], dtype=str)
+        used.add(STAR_TOMO)
+
+    class_names = None
+    if STAR_CLASSES_BLOCK in blocks and STAR_CLASS_NAME in blocks[STAR_CLASSES_BLOCK]:
+        cb = blocks[STAR_CLASSES_BLOCK]
+        names = [str(s) for s in cb[STAR_CLASS_NAME]]
+        if STAR_CLASS in cb:
+            order = np.argsort(_numeric(cb[STAR_CLASS], np.int64, STAR_CLASS, path), kind="stable")
+            names = [names[i] for i in order]
+        class_names = names
+    row_names = None
+    if STAR_CLASS_NAME in table:
+        row_names = np.asarray(table[STAR_CLASS_NAME], dtype=str)
+        used.add(STAR_CLASS_NAME)
+    if class_names is None and row_names is not None:
+        class_names, labels_arr = _classes_from_rows(row_names, labels_arr)
+
+    feature_meta: dict[str, tuple[str, int]] = {}
+    fb = blocks.get(STAR_FEATURES_BLOCK)
+    if fb is not None and "cryoguardFeatureName" in fb:
+        dtypes = fb.get("cryoguardFeatureDtype", np.array([None] * len(fb["cryoguardFeatureName"])))
+        widths = fb.get("cryoguardFeatureWidth", np.array(["0"] * len(fb["cryoguardFeatureName"])))
+        for name, dt, w in zip(fb["cryoguardFeatureName"], dtypes, widths, strict=True):
+            feature_meta[str(name)] = (None if dt is None else str(dt), int(w))
+    features = _collect_features(table, used, feature_meta)
+    _warn_origin_shifts(path, features)
+
+    if voxel_size is None:
+        voxel_size = _star_voxel_size(path, blocks, table)
+    return Picks(
+        coords=coords,
+        scores=scores,
+        labels=labels_arr,
+        class_names=class_names,
+        tomo_names=tomo_names,
+        features=features,
+        voxel_size=voxel_size,
+    )
+
+
+def _merge_coordinate_blocks(path: Path, blocks: dict, names: list[str]) -> dict[str, np.ndarray]:
+    if len(names) == 1:
+        return dict(blocks[names[0]])
+    columns = set(blocks[names[0]])
+    for name in names[1:]:
+        if set(blocks[name]) != columns:
+            raise CryoGuardError(
+                f"{path.name}: coordinate blocks data_{names[0]} and data_{name} have different "
+                f"columns ({sorted(columns ^ set(blocks[name]))} differ); cannot merge them"
+            )
+    merged = {c: np.concatenate([blocks[b][c] for b in names]) for c in blocks[names[0]]}
+    if STAR_TOMO not in merged:
+        merged[STAR_TOMO] = np.concatenate(
+            [np.full(len(blocks[b][STAR_XYZ[0]]), b, dtype=object) for b in names]
+        )
+    return merged
+
+
+def _classes_from_rows(
+    row_names: np.ndarray, labels: np.ndarray | None
+) -> tuple[list[str], np.ndarray]:
+    """Class list from per-row class names (and labels when present)."""
+    if labels is None:
+        class_names: list[str] = list(dict.fromkeys(row_names.tolist()))
+        lookup = {c: i for i, c in enumerate(class_names)}
+        return class_names, np.array([lookup[c] for c in row_names.tolist()], dtype=np.int64)
+    size = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
+    names = [f"class {i + 1}" for i in range(size)]
+    for lab, nm in zip(labels.tolist(), row_names.tolist(), strict=True):
+        if lab >= 0 and nm:
+            names[lab] = nm
+    return names, labels
+
+
+def _warn_origin_shifts(path: Path, features: dict[str, np.ndarray]) -> None:
+    shifts = [
+        c
+        for c in (
+            "rlnOriginXAngst",
+            "rlnOriginYAngst",
+            "rlnOriginZAngst",
+            "rlnOriginX",
+            "rlnOriginY",
+            "rlnOriginZ",
+        )
+        if c in features
+    ]
+    for c in shifts:
+        values = features[c]
+        if values.dtype.kind in "iuf" and np.any(values != 0):
+            warnings.warn(
+                f"{path.name}: non-zero {', '.join(shifts)} are kept as features and NOT "
+                "applied to the coordinates",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
+
+
+def _unique_number(path: Path, blocks: dict, table: dict, label: str) -> float | None:
+    values: set[float] = set()
+    for source in [table, *blocks.values()]:
+        if label in source:
+            try:
+                values.update(np.asarray(source[label], dtype=str).astype(np.float64).tolist())
+            except ValueError:
+                return None
+    return values.pop() if len(values) == 1 else None
+
+
+def _star_voxel_size(path: Path, blocks: dict, table: dict) -> float:
+    meta = blocks.get(STAR_META_BLOCK)
+    if meta is not None and STAR_VOXEL_SIZE in meta:
+        return _valid_voxel_size(str(meta[STAR_VOXEL_SIZE][0]), path)
+    pixel = _unique_number(path, blocks, table, "rlnTomoTiltSeriesPixelSize")
+    if pixel is not None and np.isfinite(pixel) and pixel > 0:
+        binning = _unique_number(path, blocks, table, "rlnTomoTomogramBinning")
+        if binning is not None and np.isfinite(binning) and binning > 0:
+            return pixel * binning
+        return pixel
+    warnings.warn(
+        f"{path.name} does not say its voxel size; using 1.0 Angstrom (pass voxel_size=)",
+        UserWarning,
+        stacklevel=4,
+    )
+    return 1.0
+
+
+# --------------------------------------------------------------------------- CSV reading
+
+
+def _read_csv(path: Path, voxel_size: float | None) -> Picks:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CryoGuardError(f"could not read {path}: {err}") from err
+    meta: dict[str, str] = {}
+    lines = text.splitlines(keepends=True)
+    start = 0
+    while start < len(lines) and (lines[start].startswith("#") or not lines[start].strip()):
+        body = lines[start].lstrip("#").strip()
+        key, sep, value = body.partition(":")
+        if sep:
+            meta[key.strip()] = value.strip()
+        start += 1
+    rows = [r for r in csv.reader(io.StringIO("".join(lines[start:]))) if r]
+    if not rows:
+        raise CryoGuardError(f"{path.name}: no header row; expected columns z,y,x")
+    header = [h.strip() for h in rows[0]]
+    body_rows = rows[1:]
+    for i, r in enumerate(body_rows):
+        if len(r) != len(header):
+            raise CryoGuardError(
+                f"{path.name}: data row {i + 1} has {len(r)} fields, the header has {len(header)}"
+            )
+    columns = list(zip(*body_rows, strict=True)) if body_rows else [() for _ in header]
+    table = {h: np.array(col, dtype=object) for h, col in zip(header, columns, strict=True)}
+
+    lower = {h.lower(): h for h in header}
+    missing = [a for a in CSV_ZYX if a not in lower]
+    if missing:
+        raise CryoGuardError(
+            f"{path.name}: missing coordinate column(s) {', '.join(missing)}; "
+            f"found columns: {', '.join(header) or '(none)'}"
+        )
+    z, y, x = (_numeric(table[lower[a]], np.float64, a, path) for a in CSV_ZYX)
+    coords = np.stack([z, y, x], axis=1) if len(body_rows) else np.zeros((0, 3))
+    _check_coords(coords, path, "have")
+    used = {lower[a] for a in CSV_ZYX}
+
+    def take(name: str) -> np.ndarray | None:
+        col = lower.get(name)
+        if col is None:
+            return None
+        used.add(col)
+        return table[col]
+
+    s = take(CSV_SCORE)
+    scores = None if s is None else _numeric(s, np.float64, CSV_SCORE, path)
+    lab = take(CSV_LABEL)
+    labels = None if lab is None else _numeric(lab, np.int64, CSV_LABEL, path)
+    t = take(CSV_TOMO)
+    tomo_names = None if t is None else np.asarray(t, dtype=str)
+    rn = take(CSV_CLASS_NAME)
+    row_names = None if rn is None else np.asarray(rn, dtype=str)
+
+    class_names = None
+    if "class_names" in meta:
+        try:
+            class_names = [str(c) for c in json.loads(meta["class_names"])]
+        except (json.JSONDecodeError, TypeError) as err:
+            raise CryoGuardError(f"{path.name}: bad class_names header line: {err}") from err
+    elif row_names is not None:
+        class_names, labels = _classes_from_rows(row_names, labels)
+
+    feature_meta: dict[str, tuple[str, int]] = {}
+    if "features" in meta:
+        try:
+            feature_meta = {
+                str(k): (str(v[0]), int(v[1])) for k, v in json.loads(meta["features"]).items()
+            }
+        except (json.JSONDecodeError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise CryoGuardError(f"{path.name}: bad features header line: {err}") from err
+    features = _collect_features(table, used, feature_meta)
+
+    if voxel_size is None:
+        if "voxel_size" in meta:
+            voxel_size = _valid_voxel_size(meta["voxel_size"], path)
+        else:
+            warnings.warn(
+                f"{path.name} does not say its voxel size; using 1.0 Angstrom (pass voxel_size=)",
+                UserWarning,
+                stacklevel=3,
+            )
+            voxel_size = 1.0
+    return Picks(
+        coords=coords,
+        scores=scores,
+        labels=labels,
+        class_names=class_names,
+        tomo_names=tomo_names,
+        features=features,
+        voxel_size=voxel_size,
+    )

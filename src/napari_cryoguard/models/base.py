@@ -1,0 +1,109 @@
+"""Shared base of the classifiers: the attributes checkpoints need, and input checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from napari_cryoguard.errors import CryoGuardError
+
+__all__ = ["MIN_CUBE", "CryoGuardModel", "check_prob", "check_widths", "fc_head"]
+
+MIN_CUBE = 16
+
+
+def check_widths(name: str, widths: Sequence[int], length: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``widths`` is a sequence of positive ints of ``length``."""
+    if isinstance(widths, int) or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f"{name} must be positive integers, got {widths!r}")
+    if length is not None and len(widths) != length:
+        raise ValueError(f"{name} needs {length} values, got {len(widths)}")
+
+
+def check_prob(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= value < 1`` (a dropout rate)."""
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def fc_head(
+    in_features: int, widths: Sequence[int], num_classes: int, dropout: float
+) -> nn.Sequential:
+    """Hidden fully connected layers (Linear + ReLU + Dropout each) and a Linear output."""
+    layers: list[nn.Module] = []
+    prev = in_features
+    for w in widths:
+        layers += [nn.Linear(prev, w), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        prev = w
+    layers.append(nn.Linear(prev, num_classes))
+    return nn.Sequential(*layers)
+
+
+class CryoGuardModel(nn.Module):
+    """Base class of every classifier: validates the input size and records its recipe.
+
+    Attributes
+    ----------
+    arch_name : str
+        Registry name (set by ``register_model``).
+    params : dataclass
+        The architecture's parameters; ``arch_params`` is the same as a plain dict.
+    num_classes : int
+    cube : int
+        Edge length of the cubic subtomograms the model was built for.
+
+    ``forward`` returns logits (N, num_classes); softmax is applied only at inference
+    (``napari_cryoguard.device.predict``).
+    """
+
+    arch_name: str = ""
+    params_cls: type | None = None
+
+    def __init__(self, num_classes: int, cube: int, params: Any) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise CryoGuardError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if isinstance(cube, bool) or not isinstance(cube, int) or cube < MIN_CUBE:
+            raise CryoGuardError(
+                f"cube must be an integer >= {MIN_CUBE} voxels for {self.arch_name or 'this model'},"
+                f" got {cube!r}"
+            )
+        if self.params_cls is not None and not isinstance(params, self.params_cls):
+            raise CryoGuardError(
+                f"params for {self.arch_name} must be a {self.params_cls.__name__}, "
+                f"got {type(params).__name__}"
+            )
+        self.num_classes = num_classes
+        self.cube = cube
+        self.params = params
+
+    @property
+    def arch_params(self) -> dict[str, Any]:
+        """The parameter dataclass as a plain dict (what checkpoints store)."""
+        return dataclasses.asdict(self.params)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``CryoGuardError`` unless ``x`` is (N, 1, cube, cube, cube)."""
+        expected = (1, self.cube, self.cube, self.cube)
+        if x.dim() != 5 or tuple(x.shape[1:]) != expected:
+            raise CryoGuardError(
+                f"{self.arch_name} was built for (N, 1, {self.cube}, {self.cube}, {self.cube}) "
+                f"subtomograms, got a tensor of shape {tuple(x.shape)}"
+            )
+
+    @torch.no_grad()
+    def _feature_shape(self, features: nn.Module, channels: int = 1) -> torch.Size:
+        """Shape of ``features`` applied to one dummy cube (used for the flatten size)."""
+        was_training = features.training
+        features.eval()
+        try:
+            out = features(torch.zeros(1, channels, self.cube, self.cube, self.cube))
+        finally:
+            features.train(was_training)
+        if out.numel() == 0:
+            raise CryoGuardError(f"cube {self.cube} is too small for {self.arch_name}")
+        return out.shape

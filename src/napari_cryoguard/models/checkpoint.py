@@ -1,0 +1,358 @@
+"""Save and load classifiers as ``.safetensors`` files that describe themselves.
+
+A checkpoint holds the model's state dict as tensors and one JSON string under the
+safetensors metadata key ``"cryoguard"`` with: ``format_version``, ``arch``,
+``arch_params``, ``num_classes``, ``cube``, ``class_names``, ``voxel_size``
+(Angstrom), ``normalization``, ``training`` (the recipe), ``metrics`` and anything
+else the caller adds. Extra tensors (e.g. IMA per-sample margins) are stored under
+``"extra.<name>"`` and come back in ``metadata["extra_tensors"]``.
+
+Loading never unpickles: safetensors is a plain header + raw buffers, and a legacy
+``.pt``/``.pth`` file is read only with ``torch.load(weights_only=True)`` (which
+refuses arbitrary globals) and a warning. DESIGN.md, "Conventions".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.models.registry import build_model
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "WEIGHTS_DIR",
+    "bundled_models",
+    "load_checkpoint",
+    "load_default",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 1
+METADATA_KEY = "cryoguard"
+EXTRA_PREFIX = "extra."
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
+_DEFAULT_NAMES = ("cb3d-default", "ae-default")
+_ALIASES = {"default": "cb3d-default"}
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
+_ARCH_KEYS = ("arch", "arch_params", "num_classes", "cube")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _as_json(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons."""
+    try:
+        return json.loads(json.dumps(obj, default=_json_default))
+    except (TypeError, ValueError):
+        return obj
+
+
+def _model_recipe(model: nn.Module) -> dict[str, Any]:
+    missing = [
+        a for a in ("arch_name", "arch_params", "num_classes", "cube") if not hasattr(model, a)
+    ]
+    if missing:
+        raise CryoGuardError(
+            "only models made by napari_cryoguard.models.build_model can be saved "
+            f"(missing attribute(s): {', '.join(missing)})"
+        )
+    return {
+        "arch": model.arch_name,
+        "arch_params": dict(model.arch_params),
+        "num_classes": int(model.num_classes),
+        "cube": int(model.cube),
+    }
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    extra_tensors: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+) -> Path:
+    """Write ``model`` and its description to a ``.safetensors`` file, atomically.
+
+    Parameters
+    ----------
+    path
+        Target file; ``.safetensors`` is appended if the name does not end with it.
+        Parent folders are created. The file is written to a temporary file in the
+        same folder and moved into place (``os.replace``), so a crash never leaves a
+        half-written checkpoint.
+    model
+        A model from :func:`~napari_cryoguard.models.build_model` (it carries
+        ``arch_name``, ``arch_params``, ``num_classes``, ``cube``).
+    metadata
+        JSON-serialisable dict. Recognised keys: ``class_names`` (list of
+        ``num_classes`` str; default ``["class 0", ...]``), ``voxel_size`` (Angstrom
+        or None), ``normalization`` (default ``"zscore"``: per-sample zero mean,
+        unit variance, DESIGN.md), ``training`` (recipe dict), ``metrics`` (dict).
+        Other keys are stored as given. Keys describing the architecture are taken
+        from the model and may not be overridden.
+    extra_tensors
+        Named tensors/arrays saved alongside as ``"extra.<name>"`` (e.g. IMA margins).
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    recipe = _model_recipe(model)
+    meta: dict[str, Any] = dict(metadata or {})
+    clash = [k for k in _ARCH_KEYS if k in meta and _as_json(meta[k]) != _as_json(recipe[k])]
+    if clash:
+        raise CryoGuardError(
+            f"metadata key(s) {', '.join(clash)} disagree with the model; leave them out"
+        )
+    meta.pop("extra_tensors", None)
+    class_names = meta.get("class_names")
+    if class_names is None:
+        class_names = [f"class {i}" for i in range(recipe["num_classes"])]
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != recipe["num_classes"]:
+        raise CryoGuardError(
+            f"{len(class_names)} class names given for a model with {recipe['num_classes']} classes"
+        )
+    from napari_cryoguard import __version__
+
+    header = {
+        "format_version": FORMAT_VERSION,
+        **recipe,
+        "class_names": class_names,
+        "voxel_size": meta.pop("voxel_size", None),
+        "normalization": meta.pop("normalization", "zscore"),
+        "training": meta.pop("training", {}),
+        "metrics": meta.pop("metrics", {}),
+        "cryoguard_version": __version__,
+    }
+    meta.pop("class_names", None)
+    for k in _ARCH_KEYS:
+        meta.pop(k, None)
+    header.update({k: v for k, v in meta.items() if k not in header})
+    try:
+        header_json = json.dumps(header, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise CryoGuardError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for name, value in (extra_tensors or {}).items():
+        key = EXTRA_PREFIX + str(name)
+        if key in tensors:
+            raise CryoGuardError(f"extra tensor name {name!r} clashes with a model weight")
+        t = torch.as_tensor(np.asarray(value)) if isinstance(value, np.ndarray) else value
+        tensors[key] = t.detach().to("cpu").contiguous()
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: header_json})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types, OSError, ValueError
+        raise CryoGuardError(
+            f"{path} is not a readable .safetensors checkpoint (corrupt or another format): {exc}"
+        ) from exc
+    if METADATA_KEY not in raw_meta:
+        raise CryoGuardError(
+            f"{path} is a safetensors file but has no '{METADATA_KEY}' metadata; "
+            "it was not written by napari-cryoguard's save_checkpoint"
+        )
+    try:
+        meta = json.loads(raw_meta[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CryoGuardError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON") from exc
+    return tensors, meta
+
+
+def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    warnings.warn(
+        f"{path.name} is a PyTorch pickle file; reading it with torch.load(weights_only=True). "
+        "Re-save it with save_checkpoint() as .safetensors.",
+        UserWarning,
+        stacklevel=3,
+    )
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # UnpicklingError for forbidden globals, anything for garbage
+        raise CryoGuardError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint "
+            f"(torch.load with weights_only=True failed: {type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise CryoGuardError(f"{path} must hold a dict with 'state_dict' and 'metadata'")
+    meta = obj.get("metadata", obj.get(METADATA_KEY))
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as exc:
+            raise CryoGuardError(f"{path}: 'metadata' is not valid JSON") from exc
+    if not isinstance(meta, dict):
+        raise CryoGuardError(f"{path} must hold a dict with 'state_dict' and 'metadata'")
+    state = obj["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CryoGuardError(f"{path}: 'state_dict' must map names to tensors")
+    tensors = dict(state)
+    for name, value in (obj.get("extra_tensors") or {}).items():
+        tensors[EXTRA_PREFIX + str(name)] = value
+    return tensors, dict(meta)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    expect_arch: str | None = None,
+    expect_cube: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file (or, with a warning, a ``.pt``/``.pth`` dict with
+        ``"state_dict"`` and ``"metadata"``, read with ``weights_only=True``).
+    expect_arch, expect_cube
+        If given, a checkpoint for another architecture or cube size is refused
+        with a message naming both.
+    device
+        Where to put the model (see :func:`napari_cryoguard.device.resolve_device`).
+
+    Returns
+    -------
+    (model, metadata)
+        The model in eval mode with its weights loaded strictly, and the metadata dict
+        (with ``metadata["extra_tensors"]``: name -> tensor).
+
+    Raises
+    ------
+    CryoGuardError
+        Missing file, not a safetensors file or corrupt, no cryoguard metadata, a
+        newer format, wrong architecture or cube, weights that do not fit the model,
+        or a pickle that needs anything beyond plain tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CryoGuardError(f"checkpoint not found: {path}")
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        tensors, meta = _read_torch_file(path)
+    else:
+        tensors, meta = _read_safetensors(path)
+
+    missing = [k for k in _ARCH_KEYS if k not in meta]
+    if missing:
+        raise CryoGuardError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CryoGuardError(
+            f"{path} has checkpoint format {version!r}; this napari-cryoguard reads up to "
+            f"{FORMAT_VERSION}: please upgrade"
+        )
+    arch = str(meta["arch"])
+    if expect_arch is not None and _norm(arch) != _norm(expect_arch):
+        raise CryoGuardError(
+            f"{path} is a checkpoint for architecture {arch!r}, but {expect_arch!r} was expected"
+        )
+    if expect_cube is not None and int(meta["cube"]) != int(expect_cube):
+        raise CryoGuardError(
+            f"{path} is a checkpoint for {meta['cube']}^3 subtomograms, but a cube of "
+            f"{expect_cube} was expected"
+        )
+    arch_params = meta["arch_params"]
+    if not isinstance(arch_params, dict):
+        raise CryoGuardError(f"{path}: 'arch_params' must be a dict")
+    model = build_model(arch, int(meta["num_classes"]), int(meta["cube"]), **arch_params)
+
+    extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CryoGuardError(
+            f"{path}: the weights do not fit a {arch!r} model with the stored parameters: {exc}"
+        ) from exc
+
+    from napari_cryoguard.device import resolve_device
+
+    model.to(resolve_device(device))
+    model.eval()
+    meta["extra_tensors"] = extra
+    return model, meta
+
+
+def _norm(name: str) -> str:
+    return str(name).strip().lower().replace("-", "_")
+
+
+def bundled_models() -> list[str]:
+    """Names of the bundled weight files present in ``data/weights`` (sorted)."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name[: -len(".safetensors")] for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def load_default(
+    name: str = "default", *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load bundled weights by name: ``"cb3d-default"``, ``"ae-default"``; ``"default"``
+    is ``"cb3d-default"``.
+
+    Raises
+    ------
+    CryoGuardError
+        Unknown name (the message lists the known ones), or the weights are not in
+        the package yet.
+    """
+    key = _ALIASES.get(name, name)
+    present = bundled_models()
+    if key not in present:
+        known = sorted(set(_DEFAULT_NAMES) | set(present) | set(_ALIASES))
+        if key not in _DEFAULT_NAMES:
+            raise CryoGuardError(f"unknown bundled model {name!r}; known: {', '.join(known)}")
+        raise CryoGuardError(
+            f"the bundled weights {key!r} are not there yet (expected "
+            f"{WEIGHTS_DIR / (key + '.safetensors')}); train them or pass a checkpoint file"
+        )
+    return load_checkpoint(WEIGHTS_DIR / f"{key}.safetensors", device=device)

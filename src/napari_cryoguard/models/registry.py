@@ -1,0 +1,158 @@
+"""Find classifiers by name and build them from a typed dataclass of parameters.
+
+Each architecture is a :class:`~napari_cryoguard.models.base.CryoGuardModel` subclass
+registered with :func:`register_model` together with its parameter dataclass. The
+widgets build their forms and the CLI its options from that dataclass
+(:func:`model_params_class`), and checkpoints rebuild a model from the name and the
+parameters stored in their metadata (:func:`build_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from napari_cryoguard.errors import CryoGuardError
+
+__all__ = [
+    "TINY_PARAMS",
+    "available_models",
+    "build_model",
+    "model_params_class",
+    "register_model",
+    "tiny_params",
+]
+
+_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
+
+#: Narrow versions of the built-in architectures (same structure, few channels) for
+#: tests and quick CPU runs; pass as ``build_model(name, n, cube, **tiny_params(name))``.
+TINY_PARAMS: dict[str, dict[str, Any]] = {
+    "cb3d": {"conv_widths": (4, 4, 8, 8, 8), "fc_widths": (16, 16)},
+    "dsrf3d_v2": {"conv_widths": (4, 8, 8), "fc_widths": (16, 16)},
+    "rb3d": {
+        "stem_width": 4,
+        "block_widths": (4, 8, 8, 8),
+        "bottleneck_widths": (2, 4, 4, 4),
+        "fc_widths": (16, 16),
+    },
+    "autoencoder": {"conv_widths": (4, 4), "code_size": 8, "classifier_widths": (8,)},
+}
+_T = TypeVar("_T", bound=type)
+
+
+def register_model(name: str, params_cls: type) -> Callable[[_T], _T]:
+    """Class decorator: register a model class under ``name`` with its parameter dataclass.
+
+    The class must accept ``(num_classes, cube, params)`` in its constructor. The
+    decorator sets ``cls.arch_name = name`` and ``cls.params_cls = params_cls``.
+    """
+    if not dataclasses.is_dataclass(params_cls):
+        raise TypeError(f"params_cls for model {name!r} must be a dataclass")
+
+    def decorator(cls: _T) -> _T:
+        if name in _REGISTRY and _REGISTRY[name][0] is not cls:
+            raise ValueError(f"a model named {name!r} is already registered")
+        cls.arch_name = name  # type: ignore[attr-defined]
+        cls.params_cls = params_cls  # type: ignore[attr-defined]
+        _REGISTRY[name] = (cls, params_cls)
+        return cls
+
+    return decorator
+
+
+def _ensure_builtin() -> None:
+    # importing the modules runs their @register_model decorators
+    from napari_cryoguard.models import autoencoder, cb3d, dsrf3d, rb3d  # noqa: F401
+
+
+def available_models() -> list[str]:
+    """Names of all registered architectures, sorted."""
+    _ensure_builtin()
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> tuple[type[nn.Module], type]:
+    _ensure_builtin()
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise CryoGuardError(
+            f"unknown model architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[key]
+
+
+def model_params_class(name: str) -> type:
+    """The parameter dataclass of architecture ``name`` (for forms and CLI options)."""
+    return _lookup(name)[1]
+
+
+def tiny_params(name: str) -> dict[str, Any]:
+    """A copy of the small-width preset of architecture ``name`` (see ``TINY_PARAMS``)."""
+    _lookup(name)
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in TINY_PARAMS:
+        raise CryoGuardError(
+            f"no tiny preset for model {name!r}; presets: {', '.join(TINY_PARAMS)}"
+        )
+    return dict(TINY_PARAMS[key])
+
+
+def make_params(name: str, **params: Any) -> Any:
+    """Build the parameter dataclass of ``name``, rejecting unknown keys clearly.
+
+    Lists (from JSON metadata) are turned back into tuples where the default is a tuple.
+    """
+    _, params_cls = _lookup(name)
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise CryoGuardError(
+            f"unknown parameter(s) {', '.join(unknown)} for model {name!r}; "
+            f"valid: {', '.join(fields)}"
+        )
+    clean: dict[str, Any] = {}
+    for key, value in params.items():
+        default = fields[key].default
+        if isinstance(value, list) and (
+            isinstance(default, tuple) or default is dataclasses.MISSING
+        ):
+            value = tuple(value)
+        clean[key] = value
+    try:
+        return params_cls(**clean)
+    except (TypeError, ValueError) as exc:
+        raise CryoGuardError(f"invalid parameters for model {name!r}: {exc}") from exc
+
+
+def build_model(name: str, num_classes: int, cube: int = 28, **params: Any) -> nn.Module:
+    """Build a registered classifier.
+
+    Parameters
+    ----------
+    name
+        Architecture name (see :func:`available_models`), e.g. ``"cb3d"``.
+    num_classes
+        Number of output classes, >= 2.
+    cube
+        Edge length in voxels of the (cubic) subtomograms the model will take, >= 16.
+    **params
+        Fields of the architecture's parameter dataclass (widths, dropout, ``drop_max``).
+
+    Returns
+    -------
+    torch.nn.Module
+        Takes (N, 1, cube, cube, cube) float32 and returns logits (N, num_classes).
+        Carries ``arch_name``, ``arch_params`` (dict), ``num_classes`` and ``cube``.
+
+    Raises
+    ------
+    CryoGuardError
+        Unknown name or parameter, ``cube < 16``, ``num_classes < 2``.
+    """
+    cls, _ = _lookup(name)
+    p = make_params(name, **params)
+    return cls(num_classes=num_classes, cube=cube, params=p)

@@ -1,0 +1,103 @@
+"""The `cryoguard` console script, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CRYOGUARD = str(Path(sys.executable).with_name("cryoguard"))
+
+
+def run(*args, ok=True):
+    res = subprocess.run([CRYOGUARD, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def summary(res) -> dict:
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1, res.stdout  # exactly one machine-readable line
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("command", ["simulate", "simulate-dataset", "pick", "extract", "demo", "templates"])
+def test_help_explains_every_option(command):
+    res = run(command, "--help")
+    assert "--json" in res.stdout
+    assert "usage: cryoguard" in res.stdout
+
+
+def test_every_option_has_help_text():
+    from napari_cryoguard.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_simulate_pick_extract_pipeline(tmp_path):
+    tomo = tmp_path / "t1.mrc"
+    s = summary(run("simulate", "--out", tomo, "--shape", 48, 128, 128, "--particles", 8,
+                    "--seed", 5, "--json"))
+    assert s["ok"] and s["n_particles"] == 8 and Path(s["tomogram"]).exists()
+    truth = Path(s["truth"])
+    assert truth.exists() and truth.suffix == ".star"
+
+    tomo2 = tmp_path / "t2.mrc"
+    run("simulate", "--out", tomo2, "--shape", 48, 128, 128, "--particles", 6, "--seed", 6, "--quiet")
+    picks = tmp_path / "picks.star"
+    p = summary(run("pick", tomo, tomo2, "--out", picks, "--json"))
+    assert p["per_tomogram"].keys() == {"t1", "t2"}
+    assert p["n_picks"] == sum(p["per_tomogram"].values()) > 0
+    assert picks.exists()
+
+    from napari_cryoguard.io import read_picks
+    from napari_cryoguard.picking import match_picks
+
+    got = read_picks(picks)
+    true = read_picks(truth)
+    sel = got.tomo_names == "t1"
+    precision, recall = match_picks(got.coords[sel], true.coords, 4.0)
+    assert precision >= 0.85 and recall >= 0.85
+
+    ds_path = tmp_path / "ds.npz"
+    e = summary(run("extract", tomo, "--picks", picks, "--out", ds_path, "--size", 24, "--json"))
+    assert e["n"] + e["n_skipped"] == p["per_tomogram"]["t1"]
+    from napari_cryoguard.data import load_dataset
+
+    ds = load_dataset(ds_path)
+    assert ds.volumes.shape == (e["n"], 24, 24, 24)
+    assert ds.tomo_name == "t1"
+    np.testing.assert_allclose(ds.volumes.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+
+
+def test_simulate_dataset(tmp_path):
+    out = tmp_path / "sd.npz"
+    s = summary(run("simulate-dataset", "--out", out, "--per-class", 3, "--cube", 20, "--json"))
+    assert s["n"] == 3 * len(s["class_names"])
+    assert s["per_class"] == [3] * len(s["class_names"])
+    from napari_cryoguard.data import load_dataset
+
+    ds = load_dataset(out)
+    assert ds.volumes.shape[1:] == (20, 20, 20)
+    assert ds.class_names == s["class_names"]
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.mrc"
+    bad.write_bytes(b"not an mrc file at all")
+    res = run("pick", bad, "--out", tmp_path / "p.star", "--json", ok=False)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    s = json.loads(res.stdout.strip())
+    assert s["ok"] is False and "bad.mrc" in s["error"]
+    assert not (tmp_path / "p.star").exists()
