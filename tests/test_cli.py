@@ -76,7 +76,7 @@ def test_simulate_pick_extract_pipeline(tmp_path):
 
     ds = load_dataset(ds_path)
     assert ds.volumes.shape == (e["n"], 24, 24, 24)
-    assert ds.tomo_name == "t1"
+    assert set(ds.tomo_names) == {"t1"}
     np.testing.assert_allclose(ds.volumes.mean(axis=(1, 2, 3)), 0, atol=1e-4)
 
 

@@ -10,6 +10,7 @@ message and exits with status 2 (with ``--json`` the line carries ``"ok": false`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -199,7 +200,7 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
         labels=kept.labels,
         class_names=kept.class_names,
         coords=kept.coords,
-        tomo_name=tomo.name,
+        tomo_names=tomo.name,
         voxel_size=tomo.voxel_size,
         normalized=sub.normalized,
         meta={"source": "extract", "tomogram": str(args.tomogram), "picks": str(args.picks),
@@ -211,6 +212,58 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
     return {"dataset": str(out), "n": int(len(ds)), "n_skipped": int(sub.n_skipped),
             "n_picks_in_file": int(n_in_file), "size": int(args.size),
             "normalized": bool(sub.normalized), "seconds": {"extract": round(t_ex, 4)}}
+
+
+@_command("classify")
+def cmd_classify(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.classify import align_labels, iter_classify, load_model, write_predictions
+    from napari_cryoguard.data import load_dataset
+
+    ds = load_dataset(args.dataset)
+    loaded = load_model(args.model, device="cpu")
+    t0 = time.perf_counter()
+    bar = _Progress("classify")
+    gen = iter_classify(loaded, ds.volumes, normalized=ds.normalized, device=args.device,
+                        batch_size=args.batch_size, amp=args.amp)
+    while True:
+        try:
+            bar(*next(gen))
+        except StopIteration as stop:
+            preds = stop.value
+            break
+    t_cls = time.perf_counter() - t0
+    labels = align_labels(ds.labels, ds.class_names, preds.class_names)
+    out = write_predictions(args.out, preds, labels=labels, coords=ds.coords)
+    counts = np.bincount(preds.predicted, minlength=len(preds.class_names)).tolist()
+    result = {"predictions": str(out), "dataset": str(args.dataset), "model": str(args.model),
+              "n": int(len(ds)), "class_names": preds.class_names, "predicted_counts": counts,
+              "seconds": {"classify": round(t_cls, 3)}}
+    acc = preds.accuracy(labels)
+    if acc is not None:
+        result["accuracy"] = round(acc, 4)
+    _log(args, f"classified {len(ds)} subtomograms with {args.model} in {t_cls:.2f} s"
+               + (f": accuracy {acc:.3f}" if acc is not None else "") + f" -> {out}")
+    return result
+
+
+@_command("models")
+def cmd_models(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.models import available_models, bundled_models, model_params_class
+
+    archs = {}
+    for name in available_models():
+        cls = model_params_class(name)
+        archs[name] = {f.name: repr(f.default) for f in dataclasses.fields(cls)}
+    bundled = {}
+    for name in bundled_models():
+        from napari_cryoguard.classify import load_model
+
+        lm = load_model(name)
+        bundled[name] = {"arch": lm.metadata.get("arch"), "cube": lm.cube,
+                         "class_names": lm.class_names, "metrics": lm.metadata.get("metrics", {})}
+    _log(args, "architectures: " + ", ".join(archs))
+    _log(args, "bundled weights: " + (", ".join(bundled) or "none"))
+    return {"architectures": sorted(archs), "parameters": archs, "bundled": bundled}
 
 
 @_command("templates")
@@ -293,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="particles whose cube crosses the border: skip them (counted) or pad the cube")
     p.add_argument("--no-normalize", action="store_true",
                    help="skip per-sample zero-mean unit-variance normalisation (recorded in the file)")
+
+    p = add("classify", "classify the subtomograms of a dataset file with a trained 3D CNN")
+    p.add_argument("dataset", help="dataset file (.npz) from `cryoguard extract` or `simulate-dataset`")
+    p.add_argument("--model", default="default",
+                   help="bundled weights (default = cb3d-default, ae-default) or a .safetensors checkpoint")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="subtomograms per forward pass (halved automatically on CUDA out-of-memory)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--out", required=True, help="predictions CSV: index, predicted class, per-class probabilities")
+
+    add("models", "list the registered architectures (with their parameters) and the bundled weights")
 
     add("templates", "list the bundled macromolecule templates and the default classes")
 

@@ -34,7 +34,13 @@ def run_pipeline(out: str | Path = "demo-output", seed: int = 0,
     """
     from napari_cryoguard.data import SubtomogramDataset, save_dataset
     from napari_cryoguard.io import write_picks, write_tomogram
-    from napari_cryoguard.picking import extract_subtomograms, match_picks, pick_particles
+    from napari_cryoguard.picking import (
+        SIMULATED_SIGMA1,
+        SIMULATED_THRESHOLD,
+        extract_subtomograms,
+        match_picks,
+        pick_particles,
+    )
     from napari_cryoguard.simulate import simulate_tomogram
 
     out = Path(out)
@@ -52,7 +58,9 @@ def run_pipeline(out: str | Path = "demo-output", seed: int = 0,
     write_picks(out / "truth.star", truth)
 
     t0 = time.perf_counter()
-    picks = pick_particles(sim.volume, voxel_size=sim.voxel_size)
+    # sigma matched to the simulated particles (radii 7-11 voxels), see picking.dog
+    picks = pick_particles(sim.volume, SIMULATED_SIGMA1, threshold=SIMULATED_THRESHOLD,
+                           voxel_size=sim.voxel_size)
     t["pick"] = time.perf_counter() - t0
     picks.tomo_names = np.array(["tomogram"] * len(picks))
     precision, recall = match_picks(picks.coords, sim.coords, tolerance=4.0)
@@ -64,7 +72,7 @@ def run_pipeline(out: str | Path = "demo-output", seed: int = 0,
     sub = extract_subtomograms(sim.volume, picks.coords, size=28)
     t["extract"] = time.perf_counter() - t0
     ds = SubtomogramDataset(volumes=sub.volumes, labels=None, class_names=None,
-                            coords=picks.coords[sub.index], tomo_name="tomogram",
+                            coords=picks.coords[sub.index], tomo_names="tomogram",
                             voxel_size=sim.voxel_size, normalized=sub.normalized,
                             meta={"source": "demo", "n_skipped": int(sub.n_skipped)})
     save_dataset(out / "subtomograms.npz", ds)

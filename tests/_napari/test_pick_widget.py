@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 
 from napari_cryoguard._napari.pick_widget import PickWidget
-from napari_cryoguard.picking import match_picks
+from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD, match_picks
 
 pytestmark = pytest.mark.gui
 
 
 def _wait(qtbot, widget, timeout=60_000):
-    worker = widget._worker
-    if worker is not None and worker.is_running:
-        with qtbot.waitSignal(worker.finished, timeout=timeout):
-            pass
-    qtbot.wait(10)
+    """Wait until the worker has finished (buttons are enabled again in `finished`)."""
+    qtbot.waitUntil(lambda: widget.pick_button.enabled, timeout=timeout)
+    qtbot.wait(20)
 
 
 @pytest.fixture
@@ -28,6 +26,9 @@ def viewer_with_tomo(make_napari_viewer, small_sim):
     viewer.window.add_dock_widget(widget)
     widget.reset_choices()
     widget.image.value = layer
+    assert widget.sigma1.value == 7.0 and widget.k.value == 1.1  # the RAT paper's defaults
+    widget.sigma1.value = SIMULATED_SIGMA1  # matched to the simulated particles
+    widget.threshold.value = SIMULATED_THRESHOLD
     return viewer, widget
 
 

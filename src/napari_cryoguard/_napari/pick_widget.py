@@ -28,6 +28,7 @@ from napari_cryoguard._napari._common import (
     SUBTOMOGRAMS_LAYER,
     set_picks_layer,
     show_error,
+    start_worker,
     voxel_size_of,
 )
 
@@ -97,21 +98,16 @@ class PickWidget(Container):
             border=float(self.border.value), polarity=self.polarity.value,
         )
 
-    def _busy(self, busy: bool) -> None:
-        for w in (self.pick_button, self.preview_button, self.extract_button):
-            w.enabled = not busy
+    def _start(self, fn, *args, on_return, on_yield=None, **kwargs) -> None:
+        start_worker(self, fn, *args, on_return=on_return, on_yield=on_yield,
+                     buttons=(self.pick_button, self.preview_button, self.extract_button),
+                     **kwargs)
 
-    def _start(self, worker, on_return) -> None:
-        self._busy(True)
-        worker.returned.connect(on_return)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(lambda: self._busy(False))
-        self._worker = worker
-        worker.start()
-
-    def _on_error(self, exc: BaseException) -> None:
+    def show_failure(self, exc: BaseException) -> None:
+        """Show an error in the widget and as a napari notification."""
         self.status.value = f"error: {exc}"
         self.progress.value = 0
+        show_error(exc)
 
     def _layer_or_error(self):
         layer = self.image.value
@@ -122,8 +118,6 @@ class PickWidget(Container):
     # ------------------------------------------------------------------ picking
     def run_pick(self) -> None:
         """Pick particles in the selected tomogram in a worker thread."""
-        from napari.qt.threading import create_worker
-
         from napari_cryoguard.picking import iter_pick_particles
 
         layer = self._layer_or_error()
@@ -131,10 +125,9 @@ class PickWidget(Container):
             return
         self.status.value = "picking..."
         self.progress.value = 0
-        worker = create_worker(iter_pick_particles, layer.data, **self.pick_parameters(),
-                               _start_thread=False)
-        worker.yielded.connect(self._on_progress)
-        self._start(worker, lambda picks, layer=layer: self._on_picked(picks, layer))
+        self._start(iter_pick_particles, layer.data, **self.pick_parameters(),
+                    on_yield=self._on_progress,
+                    on_return=lambda picks, layer=layer: self._on_picked(picks, layer))
 
     def _on_progress(self, value) -> None:
         done, total = value
@@ -149,8 +142,6 @@ class PickWidget(Container):
     # ------------------------------------------------------------------ DoG preview
     def run_preview(self) -> None:
         """Compute the DoG response (binned as the picker does) as ``<tomogram> DoG``."""
-        from napari.qt.threading import create_worker
-
         from napari_cryoguard.picking import dog_preview
 
         layer = self._layer_or_error()
@@ -158,10 +149,10 @@ class PickWidget(Container):
             return
         p = self.pick_parameters()
         self.status.value = "computing DoG..."
-        worker = create_worker(dog_preview, layer.data, sigma1=p["sigma1"], k=p["k"],
-                               sigma_unit=p["sigma_unit"], voxel_size=p["voxel_size"],
-                               polarity=p["polarity"], _start_thread=False)
-        self._start(worker, lambda result, layer=layer: self._on_preview(result, layer))
+        self._start(dog_preview, layer.data, sigma1=p["sigma1"], k=p["k"],
+                    sigma_unit=p["sigma_unit"], voxel_size=p["voxel_size"],
+                    polarity=p["polarity"],
+                    on_return=lambda result, layer=layer: self._on_preview(result, layer))
 
     def _on_preview(self, result, layer) -> None:
         response, bin_factor = result
@@ -179,8 +170,6 @@ class PickWidget(Container):
     # ------------------------------------------------------------------ extraction
     def run_extract(self) -> None:
         """Extract cubes around the ``picks`` layer's points into ``subtomograms``."""
-        from napari.qt.threading import create_worker
-
         from napari_cryoguard.picking import extract_subtomograms
 
         layer = self._layer_or_error()
@@ -190,11 +179,10 @@ class PickWidget(Container):
             show_error(ValueError("no 'picks' layer: pick particles first"))
             return
         coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
-        worker = create_worker(extract_subtomograms, layer.data, coords, size=int(self.cube.value),
-                               normalize=bool(self.normalize.value), border=self.border_mode.value,
-                               _start_thread=False)
         self.status.value = "extracting..."
-        self._start(worker, lambda sub, layer=layer: self._on_extracted(sub, layer))
+        self._start(extract_subtomograms, layer.data, coords, size=int(self.cube.value),
+                    normalize=bool(self.normalize.value), border=self.border_mode.value,
+                    on_return=lambda sub, layer=layer: self._on_extracted(sub, layer))
 
     def _on_extracted(self, sub, layer) -> None:
         if SUBTOMOGRAMS_LAYER in self._viewer.layers:

@@ -1,0 +1,261 @@
+"""The "Classify" dock widget: bundled or file model, device, progress, results on ``picks``.
+
+Classification runs :func:`napari_cryoguard.classify.iter_classify` in a napari thread
+worker. Results become features of the ``picks`` layer (``class``, ``p_<class>`` per
+class, ``confidence``), colour the points by class with a legend, and the selected
+particle's probabilities show in a small table with bars. "Reconstruct" puts
+``particle <i>`` and, for models with an autoencoder branch, ``reconstruction <i>``
+side by side.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Table,
+    create_widget,
+)
+
+from napari_cryoguard._napari._common import (
+    PICKS_LAYER,
+    SUBTOMOGRAMS_LAYER,
+    class_colors,
+    show_error,
+    start_worker,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+FILE_CHOICE = "checkpoint file..."
+
+
+def _model_choices(widget=None) -> list[str]:
+    from napari_cryoguard.models import bundled_models
+
+    return [*bundled_models(), FILE_CHOICE]
+
+
+class ClassifyWidget(Container):
+    """Classify the ``subtomograms`` layer, or the ``picks`` of a tomogram extracted on the fly."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker = None
+        self.loaded = None  # the LoadedModel last used
+        self.model = ComboBox(choices=_model_choices, label="model")
+        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint")
+        self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
+        self.source = ComboBox(choices=["subtomograms layer", "picks of tomogram"],
+                               value="subtomograms layer", label="classify")
+        self.image = create_widget(annotation="napari.layers.Image", label="tomogram")
+        self.batch_size = SpinBox(value=32, min=1, max=4096, label="batch size")
+        self.run_button = PushButton(text="Classify")
+        self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
+        self.legend = Label(value="")
+        self.index = SpinBox(value=0, min=0, max=0, label="particle")
+        self.table = Table(value={"class": [], "probability": [], "": []})
+        self.reconstruct_button = PushButton(text="Reconstruct")
+        self.status = Label(value="")
+        self.extend([self.model, self.checkpoint, self.device, self.source, self.image,
+                     self.batch_size, self.run_button, self.progress, self.legend, self.index,
+                     self.table, self.reconstruct_button, self.status])
+        self.checkpoint.visible = self.model.value == FILE_CHOICE
+        self.model.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == FILE_CHOICE))
+        self.run_button.changed.connect(self.run_classify)
+        self.reconstruct_button.changed.connect(self.run_reconstruct)
+        self.index.changed.connect(self.show_probabilities)
+        viewer.layers.selection.events.active.connect(self._connect_picks_selection)
+
+    # ------------------------------------------------------------------ model
+    def model_spec(self) -> str:
+        """The model to load: a bundled name or the checkpoint file's path."""
+        if self.model.value == FILE_CHOICE:
+            return str(self.checkpoint.value)
+        return str(self.model.value)
+
+    def set_checkpoint(self, path) -> None:
+        """Select a checkpoint file (used by the Train widget's "use this model")."""
+        self.model.value = FILE_CHOICE
+        self.checkpoint.value = path
+
+    # ------------------------------------------------------------------ classify
+    def _volumes_for_classification(self, cube: int):
+        """(volumes, normalized, pick indices) from the chosen source."""
+        from napari_cryoguard.picking import extract_subtomograms
+
+        if self.source.value == "subtomograms layer":
+            if SUBTOMOGRAMS_LAYER not in self._viewer.layers:
+                raise ValueError("no 'subtomograms' layer: extract subtomograms first, "
+                                 "or classify the picks of a tomogram")
+            layer = self._viewer.layers[SUBTOMOGRAMS_LAYER]
+            meta = layer.metadata
+            index = np.asarray(meta.get("index", np.arange(len(layer.data))))
+            return np.asarray(layer.data), bool(meta.get("normalized", False)), index
+        if PICKS_LAYER not in self._viewer.layers or self.image.value is None:
+            raise ValueError("classifying picks needs a 'picks' layer and a tomogram")
+        coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
+        sub = extract_subtomograms(self.image.value.data, coords, size=cube, normalize=True)
+        return sub.volumes, True, np.asarray(sub.index)
+
+    def run_classify(self) -> None:
+        """Load the model and classify in a worker thread."""
+        spec, device = self.model_spec(), self.device.value
+        try:
+            from napari_cryoguard.classify import load_model
+
+            loaded = load_model(spec, device="cpu")
+            volumes, normalized, index = self._volumes_for_classification(loaded.cube)
+        except Exception as exc:  # a user-caused problem: notify, never crash napari
+            self._fail(exc)
+            return
+        self.loaded = loaded
+        from napari_cryoguard.classify import iter_classify
+
+        self.status.value = f"classifying {len(volumes)} subtomograms..."
+        self.progress.value = 0
+        start_worker(
+            self, iter_classify, loaded, volumes, normalized=normalized, device=device,
+            batch_size=int(self.batch_size.value),
+            on_yield=lambda v: setattr(self.progress, "value", int(100 * v[0] / max(v[1], 1))),
+            on_return=lambda preds: self._on_classified(preds, index),
+            buttons=(self.run_button, self.reconstruct_button))
+
+    def show_failure(self, exc: BaseException) -> None:
+        """Show an error in the widget and as a napari notification."""
+        self.status.value = f"error: {exc}"
+        self.progress.value = 0
+        show_error(exc)
+
+    _fail = show_failure
+
+    def _on_classified(self, preds, index) -> None:
+        self.progress.value = 100
+        self.predictions = preds
+        names = preds.class_names
+        if PICKS_LAYER in self._viewer.layers:
+            layer = self._viewer.layers[PICKS_LAYER]
+            n = len(layer.data)
+            feats = layer.features.copy()
+            probs = np.full((n, len(names)), np.nan, dtype=np.float32)
+            probs[index] = preds.probabilities
+            predicted = np.array([""] * n, dtype=object)
+            predicted[index] = preds.predicted_names
+            import pandas as pd
+
+            feats["class"] = pd.Categorical(predicted.astype(str), categories=[*names, ""])
+            feats["confidence"] = np.nanmax(np.where(np.isnan(probs), -1, probs), axis=1)
+            for j, c in enumerate(names):
+                feats[f"p_{c}"] = probs[:, j]
+            layer.features = feats
+            colors = class_colors(len(names))
+            rgba = np.tile([0.6, 0.6, 0.6, 1.0], (n, 1))
+            pred_idx = np.full(n, -1)
+            pred_idx[index] = preds.predicted
+            rgba[pred_idx >= 0] = colors[pred_idx[pred_idx >= 0]]
+            layer.face_color = rgba
+            layer.border_color = rgba
+            layer.metadata["class_names"] = list(names)
+            self.index.max = max(n - 1, 0)
+        self.legend.value = self._legend_html(names, preds)
+        acc = ""
+        self.status.value = f"classified {len(preds.probabilities)} subtomograms{acc}"
+        self.show_probabilities()
+
+    @staticmethod
+    def _legend_html(names, preds) -> str:
+        colors = class_colors(len(names))
+        counts = np.bincount(preds.predicted, minlength=len(names))
+        rows = []
+        for c, rgba, k in zip(names, colors, counts, strict=True):
+            hexc = "#" + "".join(f"{int(255 * v):02x}" for v in rgba[:3])
+            rows.append(f"<span style='color:{hexc}'>&#9632;</span> {c} ({k})")
+        return "<br>".join(rows)
+
+    # ------------------------------------------------------------------ selection
+    def _connect_picks_selection(self, event=None) -> None:
+        if PICKS_LAYER in self._viewer.layers:
+            layer = self._viewer.layers[PICKS_LAYER]
+            try:
+                layer.selected_data.events.items_changed.disconnect(self._on_select)
+            except (TypeError, RuntimeError, ValueError):
+                pass
+            layer.selected_data.events.items_changed.connect(self._on_select)
+
+    def _on_select(self, event=None) -> None:
+        layer = self._viewer.layers[PICKS_LAYER]
+        sel = sorted(layer.selected_data)
+        if sel:
+            self.index.max = max(len(layer.data) - 1, 0)
+            self.index.value = int(sel[0])
+
+    def show_probabilities(self, *_):
+        """Fill the table with the selected particle's class probabilities (and bars)."""
+        if PICKS_LAYER not in self._viewer.layers:
+            return
+        feats = self._viewer.layers[PICKS_LAYER].features
+        cols = [c for c in feats.columns if c.startswith("p_")]
+        i = int(self.index.value)
+        if not cols or i >= len(feats):
+            return
+        probs = [float(feats[c].iloc[i]) for c in cols]
+        self.table.value = {
+            "class": [c[2:] for c in cols],
+            "probability": [f"{p:.3f}" if np.isfinite(p) else "n/a" for p in probs],
+            "": ["█" * int(round(20 * p)) if np.isfinite(p) else "" for p in probs],
+        }
+
+    # ------------------------------------------------------------------ reconstruction
+    def particle_volume(self, i: int) -> np.ndarray:
+        """The normalised cube of pick ``i``: from ``subtomograms`` if there, else extracted."""
+        from napari_cryoguard.picking import extract_subtomograms
+
+        cube = self.loaded.cube if self.loaded is not None else 28
+        if SUBTOMOGRAMS_LAYER in self._viewer.layers:
+            layer = self._viewer.layers[SUBTOMOGRAMS_LAYER]
+            index = list(np.asarray(layer.metadata.get("index", np.arange(len(layer.data)))))
+            if i in index and layer.data.shape[-1] == cube:
+                from napari_cryoguard.classify import zscore
+
+                vol = np.asarray(layer.data[index.index(i)], dtype=np.float32)
+                return vol if layer.metadata.get("normalized") else zscore(vol[None])[0]
+        if PICKS_LAYER not in self._viewer.layers or self.image.value is None:
+            raise ValueError("select a tomogram and a pick (or extract subtomograms) first")
+        coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[i : i + 1, -3:]
+        sub = extract_subtomograms(self.image.value.data, coords, size=cube, border="pad")
+        return sub.volumes[0]
+
+    def run_reconstruct(self) -> None:
+        """Show ``particle <i>`` and, for an autoencoding model, ``reconstruction <i>``."""
+        from napari_cryoguard._napari._common import show_particle_layers
+
+        i = int(self.index.value)
+        try:
+            if self.loaded is None:
+                from napari_cryoguard.classify import load_model
+
+                self.loaded = load_model(self.model_spec(), device="cpu")
+            vol = self.particle_volume(i)
+            layers = {f"particle {i}": vol}
+            if self.loaded.has_decoder:
+                import torch
+
+                with torch.inference_mode():
+                    rec = self.loaded.model.reconstruct(torch.from_numpy(vol[None, None]))
+                layers[f"reconstruction {i}"] = rec[0, 0].cpu().numpy()
+            else:
+                self.status.value = f"{self.loaded.source} has no autoencoder branch: showing the particle only"
+        except Exception as exc:
+            self._fail(exc)
+            return
+        show_particle_layers(self._viewer, layers)

@@ -1,0 +1,299 @@
+"""Gradient-sign attacks: FGSM, PGD (L-inf / L2, CE or margin loss, restarts) and BIM.
+
+Sources
+-------
+* ``papers/rat-regularized-adversarial-training-cb3d.txt`` section IV.C (FGSM against
+  CB3D, max eps 0.03; Table II also 0.06 and 0.12) and Eq. (3) (the iterative sign
+  update with eps 0.01, step 0.001, 10 steps used for training).
+* ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 2.1 and Eq. (3)
+  (PGD: sign step, projection on [x - eps, x + eps]; evaluation eps 5/255, 20 steps,
+  step 0.001).
+* ``papers/ima-increasing-margin-adversarial-training.txt`` Eq. (1) (PGD in L-inf or L2:
+  sign or L2-normalised gradient, clip to the eps-ball; random start; "100-PGD" run
+  with both the cross-entropy and the margin loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from napari_cryoguard.attacks.base import (
+    Attack,
+    AttackParams,
+    check_choice,
+    check_number,
+    clamp,
+    input_gradient,
+    make_generator,
+    normalized_step,
+    objective,
+    project,
+    random_start,
+    register_attack,
+)
+
+__all__ = ["BIM", "FGSM", "PGD", "BIMParams", "FGSMParams", "PGDParams", "pgd_perturb"]
+
+Box = tuple[torch.Tensor, torch.Tensor] | None
+
+
+@dataclass
+class FGSMParams(AttackParams):
+    """Parameters of :class:`FGSM`.
+
+    Attributes
+    ----------
+    eps
+        L-inf budget in normalised units (RAT IV.C: max eps 0.03; Table II adds 0.06, 0.12).
+    targeted
+        Step towards the target labels (``-eps * sign(grad CE(x, t))``).
+    """
+
+    eps: float = 0.03
+    targeted: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("eps", self.eps)
+
+
+@register_attack("fgsm", FGSMParams)
+class FGSM(Attack):
+    """Fast Gradient Sign Method, one step: ``x_adv = x + eps * sign(grad_x CE(f(x), y))``.
+
+    Source: RAT paper section IV.C (Goodfellow et al. 2015); MIRST-DM section 2.1.
+    Distance: L-inf, ``||x_adv - x||_inf <= eps`` (equal to eps where the gradient is
+    non-zero, before any bounds clamp). Input (N, 1, D, H, W) float32 in normalised
+    units; ``eps`` in the same units.
+
+    Example
+    -------
+    >>> res = FGSM(eps=0.03)(model, x, y)  # doctest: +SKIP
+    >>> run_attack("fgsm", model, x, y, eps=0.03)  # the same  # doctest: +SKIP
+    """
+
+    default_norm = "linf"
+
+    def _run(self, model, x, y, box, logits0):  # type: ignore[override]
+        p: FGSMParams = self.params  # type: ignore[assignment]
+        grad, _ = input_gradient(model, x, lambda z: objective(z, y, "ce", p.targeted))
+        self._note_gradient(grad)
+        delta = (p.eps * grad.sign()).clamp(-p.eps, p.eps)
+        return clamp(x + delta, box), 1, {}
+
+
+@dataclass
+class PGDParams(AttackParams):
+    """Parameters of :class:`PGD`.
+
+    Attributes
+    ----------
+    norm
+        ``"linf"`` (sign steps, box projection) or ``"l2"`` (L2-normalised steps, ball
+        projection); IMA Eq. (1).
+    eps
+        Budget in normalised units (RAT Eq. (3): 0.01; MIRST-DM: 5/255 = 0.0196).
+    step_size
+        Step per iteration (RAT, MIRST-DM: 0.001). ``None``: ``2.5 * eps / steps``
+        (Madry et al.; IMA writes it ``alpha * eps / N_PGD``).
+    steps
+        Iterations (RAT: 10; MIRST-DM evaluation: 20; IMA evaluation: 100).
+    random_start
+        Start from a uniform random point of the eps-ball (IMA Eq. (1), x_(0)).
+    loss
+        ``"ce"`` (cross-entropy) or ``"margin"`` (CW margin); IMA runs both.
+    restarts
+        Number of runs from independent random starts; per sample the best is kept
+        (a success, else the highest final loss).
+    targeted
+        Descend towards the target labels instead.
+    seed
+        Seed of the random start (None: torch's global RNG).
+    """
+
+    norm: str = "linf"
+    eps: float = 0.01
+    step_size: float | None = 0.001
+    steps: int = 10
+    random_start: bool = True
+    loss: str = "ce"
+    restarts: int = 1
+    targeted: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("norm", self.norm, ("linf", "l2"))
+        check_choice("loss", self.loss, ("ce", "margin"))
+        check_number("eps", self.eps)
+        check_number("steps", self.steps, integer=True)
+        check_number("restarts", self.restarts, minimum=1, integer=True)
+        if self.step_size is not None:
+            check_number("step_size", self.step_size)
+
+    def resolved_step(self) -> float:
+        if self.step_size is not None:
+            return float(self.step_size)
+        return 2.5 * self.eps / max(self.steps, 1)
+
+
+def pgd_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    loss: str = "ce",
+    targeted: bool = False,
+    start: torch.Tensor | None = None,
+    box: Box = None,
+    on_first_grad: Callable[[torch.Tensor], None] | None = None,
+    objective_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PGD loop on a prepared batch (no mode handling): returns (x_adv, final loss).
+
+    ``x_(t+1) = Proj_{B(x, eps) ∩ box}(x_t + step * h(grad J(x_t)))`` with ``h`` the sign
+    (L-inf) or L2 normalisation (IMA Eq. (1); MIRST-DM Eq. (3)). ``start`` is the initial
+    perturbation (None: zero). The final loss is the objective at ``x_adv`` (N,).
+    ``objective_fn(logits) -> (N,)`` replaces the ``loss``/``targeted`` objective.
+    Used by :class:`PGD`, :class:`BIM` and CW-L-inf; callers are responsible for the
+    model's mode (``Attack.__call__`` does that).
+    """
+
+    def default_fn(z: torch.Tensor) -> torch.Tensor:
+        return objective(z, y, loss, targeted)
+
+    fn = objective_fn if objective_fn is not None else default_fn
+
+    delta = torch.zeros_like(x) if start is None else project(start, norm, eps)
+    x_adv = clamp(x + delta, box)
+    for t in range(steps):
+        grad, _ = input_gradient(model, x_adv, fn)
+        if t == 0 and on_first_grad is not None:
+            on_first_grad(grad)
+        delta = project(x_adv + step_size * normalized_step(grad, norm) - x, norm, eps)
+        x_adv = clamp(x + delta, box)
+    with torch.no_grad():
+        final = fn(model(x_adv).float())
+    return x_adv.detach(), final
+
+
+@register_attack("pgd", PGDParams)
+class PGD(Attack):
+    """Projected Gradient Descent (Madry et al. 2018) in L-inf or L2, CE or margin loss.
+
+    Sources: IMA paper Eq. (1) (both norms, random start, CE and margin losses);
+    MIRST-DM Eq. (3); RAT Eq. (3). Distance: ``norm``; every iterate satisfies
+    ``||x_adv - x||_p <= eps`` and, with bounds, lies in the box. Input
+    (N, 1, D, H, W) float32, eps and step in normalised units. ``steps`` in the result
+    is ``steps * restarts``.
+
+    Example
+    -------
+    >>> run_attack("pgd", model, x, y, norm="l2", eps=0.5, steps=20, loss="margin")  # doctest: +SKIP
+    """
+
+    def _run(self, model, x, y, box, logits0):  # type: ignore[override]
+        p: PGDParams = self.params  # type: ignore[assignment]
+        gen = make_generator(p.seed, x.device)
+        best_x: torch.Tensor | None = None
+        best_loss = best_ok = None
+        for r in range(p.restarts):
+            start = random_start(x, p.norm, p.eps, gen) if self._random_start() else None
+            x_adv, final = pgd_perturb(
+                model,
+                x,
+                y,
+                norm=p.norm,
+                eps=p.eps,
+                step_size=p.resolved_step(),
+                steps=p.steps,
+                loss=p.loss,
+                targeted=p.targeted,
+                start=start,
+                box=box,
+                on_first_grad=self._note_gradient if r == 0 else None,
+            )
+            with torch.no_grad():
+                pred = model(x_adv).argmax(1)
+            ok = pred == y if p.targeted else pred != y
+            if best_x is None:
+                best_x, best_loss, best_ok = x_adv, final, ok
+                continue
+            better = (ok & ~best_ok) | ((ok == best_ok) & (final > best_loss))
+            best_x = torch.where(better.view(-1, 1, 1, 1, 1), x_adv, best_x)
+            best_loss = torch.where(better, final, best_loss)
+            best_ok = best_ok | ok
+        assert best_x is not None
+        return best_x, p.steps * p.restarts, {}
+
+    def _random_start(self) -> bool:
+        return bool(self.params.random_start)  # type: ignore[attr-defined]
+
+
+@dataclass
+class BIMParams(AttackParams):
+    """Parameters of :class:`BIM` (PGD's fields without random start or restarts).
+
+    Defaults: RAT Eq. (3) -- eps 0.01, step 0.001, 10 steps.
+    """
+
+    norm: str = "linf"
+    eps: float = 0.01
+    step_size: float | None = 0.001
+    steps: int = 10
+    loss: str = "ce"
+    targeted: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("norm", self.norm, ("linf", "l2"))
+        check_choice("loss", self.loss, ("ce", "margin"))
+        check_number("eps", self.eps)
+        check_number("steps", self.steps, integer=True)
+        if self.step_size is not None:
+            check_number("step_size", self.step_size)
+
+    def resolved_step(self) -> float:
+        if self.step_size is not None:
+            return float(self.step_size)
+        return 2.5 * self.eps / max(self.steps, 1)
+
+
+@register_attack("bim", BIMParams)
+class BIM(Attack):
+    """Basic Iterative Method (Kurakin et al. 2016): PGD started at ``x`` itself.
+
+    This is the iteration written in RAT Eq. (3) and MIRST-DM Eq. (3) (no random
+    start). Distance: ``norm`` (default L-inf), ``||x_adv - x||_p <= eps``.
+    Deterministic. Input (N, 1, D, H, W) float32.
+
+    Example
+    -------
+    >>> run_attack("bim", model, x, y, eps=0.01, step_size=0.001, steps=10)  # doctest: +SKIP
+    """
+
+    def _run(self, model, x, y, box, logits0):  # type: ignore[override]
+        p: BIMParams = self.params  # type: ignore[assignment]
+        x_adv, _ = pgd_perturb(
+            model,
+            x,
+            y,
+            norm=p.norm,
+            eps=p.eps,
+            step_size=p.resolved_step(),
+            steps=p.steps,
+            loss=p.loss,
+            targeted=p.targeted,
+            start=None,
+            box=box,
+            on_first_grad=self._note_gradient,
+        )
+        return x_adv, p.steps, {}

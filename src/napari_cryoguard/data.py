@@ -1,0 +1,364 @@
+"""Subtomogram datasets and their file format.
+
+A :class:`SubtomogramDataset` is a stack of cubes with optional labels, class names,
+source coordinates and tomogram names; it is what extraction produces and what the
+classifiers train and are attacked on.
+
+File format (``.npz``, version 1)
+---------------------------------
+An uncompressed NumPy ``.npz`` archive (a zip of ``.npy`` arrays), written atomically
+(a temporary file in the same directory, then ``os.replace``) and read with
+``allow_pickle=False``, so loading never unpickles anything. Members:
+
+=====================  ===========================  ==========================================
+key                    dtype / shape                meaning
+=====================  ===========================  ==========================================
+``format_version``     int64, ()                    1
+``volumes``            float32, (N, D, D, D)        the cubes, ZYX each
+``labels``             int64, (N,), optional        0-based class index, -1 = unknown
+``coords``             float64, (N, 3), optional    ZYX voxel centres in the source tomogram
+``tomo_names``         unicode, (N,), optional      source tomogram of each cube
+``metadata``           unicode, ()                  JSON object, see below
+=====================  ===========================  ==========================================
+
+``metadata`` holds ``{"class_names": [...] | null, "voxel_size": float (Angstrom),
+"normalized": bool, "meta": {...}}``; ``meta`` is free-form JSON (e.g. the picking
+parameters). Loading checks the version, the members' presence, dtypes and shapes, and
+that labels index into ``class_names``; any problem raises
+:class:`~napari_cryoguard.errors.CryoGuardError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_cryoguard.errors import CryoGuardError
+
+__all__ = ["FORMAT_VERSION", "SubtomogramDataset", "load_dataset", "save_dataset"]
+
+#: Version of the ``.npz`` dataset format written by :func:`save_dataset`.
+FORMAT_VERSION = 1
+
+_ARRAY_KEYS = ("volumes", "labels", "coords", "tomo_names")
+_KNOWN_KEYS = {"format_version", "metadata", *_ARRAY_KEYS}
+
+
+@dataclass
+class SubtomogramDataset:
+    """Extracted (or simulated) subtomograms with their annotations.
+
+    Attributes
+    ----------
+    volumes : ndarray, shape (N, D, D, D), float32
+        The cubes (a subtomogram is a cube, DESIGN.md "Conventions").
+    labels : ndarray, shape (N,), int64, optional
+        0-based class per cube, -1 for unknown.
+    class_names : list of str, optional
+        Names the labels index into.
+    coords : ndarray, shape (N, 3), float64, optional
+        ZYX voxel centres in the source tomogram.
+    tomo_names : ndarray, shape (N,), str, optional
+        Source tomogram per cube; a single string is repeated for every cube.
+    voxel_size : float
+        Voxel size in Angstrom.
+    normalized : bool
+        Whether each cube is normalised to zero mean, unit variance.
+    meta : dict
+        Free-form JSON-serialisable metadata (picking parameters, provenance).
+    """
+
+    volumes: np.ndarray
+    labels: np.ndarray | None = None
+    class_names: list[str] | None = None
+    coords: np.ndarray | None = None
+    tomo_names: np.ndarray | None = None
+    voxel_size: float = 1.0
+    normalized: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        vol = np.asarray(self.volumes)
+        if vol.ndim != 4:
+            raise CryoGuardError(f"dataset volumes must be (N, D, H, W), got shape {vol.shape}")
+        if not (vol.shape[1] == vol.shape[2] == vol.shape[3]):
+            raise CryoGuardError(f"subtomograms must be cubes, got {vol.shape[1:]}")
+        if not np.issubdtype(vol.dtype, np.floating) and not np.issubdtype(vol.dtype, np.integer):
+            raise CryoGuardError(f"dataset volumes must be numeric, got dtype {vol.dtype}")
+        self.volumes = vol.astype(np.float32, copy=False)
+        n = len(vol)
+        if self.labels is not None:
+            lab = np.asarray(self.labels)
+            if lab.shape != (n,) or not (np.issubdtype(lab.dtype, np.integer) or lab.size == 0):
+                raise CryoGuardError(
+                    f"labels must be {n} integers, got shape {lab.shape} dtype {lab.dtype}"
+                )
+            self.labels = lab.astype(np.int64, copy=False)
+        if self.class_names is not None:
+            self.class_names = [str(c) for c in self.class_names]
+        if self.labels is not None and n:
+            hi = len(self.class_names) if self.class_names is not None else None
+            if self.labels.min() < -1 or (hi is not None and self.labels.max() >= hi):
+                raise CryoGuardError(
+                    f"labels range {self.labels.min()}..{self.labels.max()} does not fit "
+                    f"{hi} class names"
+                )
+        if self.coords is not None:
+            c = np.asarray(self.coords, dtype=np.float64)
+            if c.size == 0:
+                c = c.reshape(0, 3)
+            if c.shape != (n, 3):
+                raise CryoGuardError(f"coords must have shape ({n}, 3), got {c.shape}")
+            self.coords = c
+        if self.tomo_names is not None:
+            if isinstance(self.tomo_names, str):
+                t = np.full(n, self.tomo_names)
+            else:
+                t = np.asarray(self.tomo_names).astype(str)
+            if t.shape != (n,):
+                raise CryoGuardError(f"tomo_names must have shape ({n},), got {t.shape}")
+            self.tomo_names = t
+        self.voxel_size = float(self.voxel_size)
+        if not np.isfinite(self.voxel_size) or self.voxel_size <= 0:
+            raise CryoGuardError(f"voxel_size must be > 0 Angstrom, got {self.voxel_size}")
+        self.normalized = bool(self.normalized)
+        self.meta = dict(self.meta)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    @property
+    def cube(self) -> int:
+        """Cube edge length in voxels."""
+        return int(self.volumes.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: ``len(class_names)``, else ``max(labels) + 1``, else 0."""
+        if self.class_names is not None:
+            return len(self.class_names)
+        if self.labels is not None and len(self.labels):
+            return int(self.labels.max()) + 1
+        return 0
+
+    def subset(self, index: Any) -> SubtomogramDataset:
+        """The cubes selected by a boolean mask or an index array (a new dataset)."""
+        idx = np.asarray(index)
+        if idx.dtype == bool and idx.shape != (len(self),):
+            raise CryoGuardError(f"boolean subset mask needs shape ({len(self)},), got {idx.shape}")
+        try:
+            volumes = self.volumes[idx]
+        except IndexError as err:
+            raise CryoGuardError(f"subset index out of range: {err}") from None
+        if volumes.ndim != 4:
+            raise CryoGuardError("subset needs a 1D index array or boolean mask")
+        return SubtomogramDataset(
+            volumes=volumes,
+            labels=None if self.labels is None else self.labels[idx],
+            class_names=None if self.class_names is None else list(self.class_names),
+            coords=None if self.coords is None else self.coords[idx],
+            tomo_names=None if self.tomo_names is None else self.tomo_names[idx],
+            voxel_size=self.voxel_size,
+            normalized=self.normalized,
+            meta=dict(self.meta),
+        )
+
+    @classmethod
+    def from_extraction(
+        cls,
+        subtomograms: Any,
+        picks: Any = None,
+        *,
+        tomo_name: str | None = None,
+        voxel_size: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> SubtomogramDataset:
+        """Build a dataset from :func:`~napari_cryoguard.picking.extract_subtomograms` output.
+
+        ``picks`` (a :class:`~napari_cryoguard.io.picks.Picks`) supplies coordinates,
+        labels, class names, tomogram names and voxel size for the rows that were kept
+        (``subtomograms.index``, which must then be present).
+        """
+        labels = class_names = coords = tomo_names = None
+        vs = 1.0
+        if picks is not None:
+            if subtomograms.index is None:
+                raise CryoGuardError("extract with return_index=True to attach picks")
+            idx = subtomograms.index
+            coords = picks.coords[idx]
+            labels = None if picks.labels is None else picks.labels[idx]
+            class_names = picks.class_names
+            tomo_names = None if picks.tomo_names is None else picks.tomo_names[idx]
+            vs = picks.voxel_size
+        if tomo_name is not None:
+            tomo_names = tomo_name
+        return cls(
+            volumes=subtomograms.volumes,
+            labels=labels,
+            class_names=class_names,
+            coords=coords,
+            tomo_names=tomo_names,
+            voxel_size=vs if voxel_size is None else voxel_size,
+            normalized=subtomograms.normalized,
+            meta={} if meta is None else dict(meta),
+        )
+
+
+def save_dataset(
+    path: str | os.PathLike, dataset: SubtomogramDataset | None = None, **fields: Any
+) -> Path:
+    """Write a dataset as a version-1 ``.npz`` (format in the module docstring).
+
+    Parameters
+    ----------
+    path : path-like
+        Output file, written exactly there (no suffix added), atomically.
+    dataset : SubtomogramDataset, optional
+        The dataset; alternatively pass its fields as keywords
+        (``save_dataset(p, volumes=v, labels=y, class_names=names)``).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    if dataset is None:
+        if "volumes" not in fields:
+            raise CryoGuardError("save_dataset needs a dataset or at least volumes=")
+        dataset = SubtomogramDataset(**fields)
+    elif fields:
+        raise CryoGuardError("pass either a dataset or its fields as keywords, not both")
+    try:
+        metadata = json.dumps(
+            {
+                "class_names": dataset.class_names,
+                "voxel_size": dataset.voxel_size,
+                "normalized": dataset.normalized,
+                "meta": dataset.meta,
+            },
+            allow_nan=False,
+        )
+    except (TypeError, ValueError) as err:
+        raise CryoGuardError(f"dataset meta must be JSON-serialisable: {err}") from None
+    arrays: dict[str, np.ndarray] = {
+        "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
+        "metadata": np.asarray(metadata),
+        "volumes": np.ascontiguousarray(dataset.volumes, dtype=np.float32),
+    }
+    if dataset.labels is not None:
+        arrays["labels"] = dataset.labels.astype(np.int64)
+    if dataset.coords is not None:
+        arrays["coords"] = dataset.coords.astype(np.float64)
+    if dataset.tomo_names is not None:
+        arrays["tomo_names"] = np.asarray(dataset.tomo_names, dtype=str)
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
+    """Read a dataset written by :func:`save_dataset`, validating it strictly.
+
+    Never unpickles (``allow_pickle=False``).
+
+    Raises
+    ------
+    CryoGuardError
+        Missing file, not an ``.npz``, unknown format version, missing ``volumes`` or
+        ``metadata``, bad metadata JSON, wrong dtypes or shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CryoGuardError(f"dataset file not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise CryoGuardError(f"{path} is not a readable .npz dataset: {err}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise CryoGuardError(f"{path} is a single .npy array, not an .npz dataset")
+    with npz:
+        try:
+            keys = set(npz.files)
+            if "format_version" not in keys:
+                raise CryoGuardError(f"{path} is not a cryoguard dataset (no format_version)")
+            version = npz["format_version"]
+            if version.shape != () or not np.issubdtype(version.dtype, np.integer):
+                raise CryoGuardError(f"{path}: malformed format_version")
+            if int(version) != FORMAT_VERSION:
+                raise CryoGuardError(
+                    f"{path}: dataset format version {int(version)} is not supported "
+                    f"(this version reads {FORMAT_VERSION})"
+                )
+            for key in ("volumes", "metadata"):
+                if key not in keys:
+                    raise CryoGuardError(f"{path}: dataset has no {key!r}")
+            unknown = keys - _KNOWN_KEYS
+            if unknown:
+                raise CryoGuardError(f"{path}: unexpected members {sorted(unknown)}")
+            meta_arr = npz["metadata"]
+            if meta_arr.shape != () or meta_arr.dtype.kind != "U":
+                raise CryoGuardError(f"{path}: metadata must be a JSON string")
+            try:
+                metadata = json.loads(str(meta_arr))
+            except json.JSONDecodeError as err:
+                raise CryoGuardError(f"{path}: metadata is not valid JSON: {err}") from None
+            if not isinstance(metadata, dict):
+                raise CryoGuardError(f"{path}: metadata must be a JSON object")
+            volumes = npz["volumes"]
+            if volumes.dtype != np.float32:
+                raise CryoGuardError(f"{path}: volumes must be float32, got {volumes.dtype}")
+            labels = npz["labels"] if "labels" in keys else None
+            if labels is not None and labels.dtype.kind not in "iu":
+                raise CryoGuardError(f"{path}: labels must be integers, got {labels.dtype}")
+            coords = npz["coords"] if "coords" in keys else None
+            if coords is not None and coords.dtype.kind != "f":
+                raise CryoGuardError(f"{path}: coords must be floats, got {coords.dtype}")
+            tomo_names = npz["tomo_names"] if "tomo_names" in keys else None
+            if tomo_names is not None and tomo_names.dtype.kind != "U":
+                raise CryoGuardError(f"{path}: tomo_names must be strings")
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
+            raise CryoGuardError(f"{path}: corrupt dataset member: {err}") from None
+    class_names = metadata.get("class_names")
+    if class_names is not None and (
+        not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names)
+    ):
+        raise CryoGuardError(f"{path}: class_names must be a list of strings")
+    meta = metadata.get("meta", {})
+    if not isinstance(meta, dict):
+        raise CryoGuardError(f"{path}: meta must be a JSON object")
+    voxel_size = metadata.get("voxel_size", 1.0)
+    if not isinstance(voxel_size, (int, float)) or isinstance(voxel_size, bool):
+        raise CryoGuardError(f"{path}: voxel_size must be a number")
+    normalized = metadata.get("normalized", True)
+    if not isinstance(normalized, bool):
+        raise CryoGuardError(f"{path}: normalized must be true or false")
+    return SubtomogramDataset(
+        volumes=volumes,
+        labels=labels,
+        class_names=class_names,
+        coords=coords,
+        tomo_names=tomo_names,
+        voxel_size=float(voxel_size),
+        normalized=normalized,
+        meta=meta,
+    )
