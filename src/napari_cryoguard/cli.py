@@ -286,6 +286,16 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------- parser
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: X)" unless the help text already names its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryoguard",
@@ -296,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
         p.add_argument("--json", action="store_true",
                        help="print a one-line machine-readable JSON summary (counts, paths, timings) to stdout")
         p.add_argument("--quiet", action="store_true", help="print nothing but errors (and the --json line)")
