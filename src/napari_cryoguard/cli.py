@@ -369,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("models", "list the registered architectures (with their parameters) and the bundled weights")
 
+    sub.add_parser("train", add_help=False,
+                   help="train a classifier with a defense, in the background or on a cluster "
+                   "(`cryoguard train --help` for its options)")
+
     add("templates", "list the bundled macromolecule templates and the default classes")
 
     p = add("demo", "the demo: simulate a tomogram, pick, extract, and show it all in napari")
@@ -380,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        # training has its own parser (shared with `python -m napari_cryoguard.defenses.trainer`
+        # and torchrun); see napari_cryoguard.defenses.trainer.train_main
+        from napari_cryoguard.defenses.trainer import train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.perf_counter()

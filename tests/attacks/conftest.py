@@ -101,14 +101,14 @@ def toy() -> SimpleNamespace:
 
 @pytest.fixture(scope="session")
 def trained_model() -> TinyCNN3D:
-    """The tiny 3D CNN trained on 512 blobs (about 300 Adam steps, a few seconds)."""
+    """The tiny 3D CNN trained on 512 blobs (150 Adam steps, a couple of seconds)."""
     torch.manual_seed(0)
     x, y = make_blobs(512, seed=0)
     xt, yt = torch.from_numpy(x)[:, None], torch.from_numpy(y)
     model = TinyCNN3D(3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(150):
         idx = torch.randint(0, len(x), (32,), generator=gen)
         loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
         opt.zero_grad()

@@ -320,3 +320,27 @@ def test_attack_class_can_be_called_directly(trained_model, batch):
     assert torch.equal(r1.x_adv, r2.x_adv)
     with pytest.raises(CryoGuardError):
         FGSM(epsilon=0.05)
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_attacks_work_under_no_grad_and_inference_mode(trained_model, batch, context):
+    x, y = batch
+    ctx = torch.no_grad() if context == "no_grad" else torch.inference_mode()
+    with ctx:
+        xi = x.clone()  # an inference tensor under inference_mode
+        res = run_attack("pgd", trained_model, xi, y, eps=0.05, steps=2, seed=0)
+    ref = run_attack("pgd", trained_model, x, y, eps=0.05, steps=2, seed=0)
+    assert torch.equal(res.x_adv, ref.x_adv)
+    assert not res.zero_grad.any()
+
+
+def test_sample_bounds_on_a_constant_volume(trained_model):
+    x = torch.zeros(2, 1, CUBE, CUBE, CUBE)
+    x[1] = torch.linspace(-1, 1, CUBE**3).view(1, CUBE, CUBE, CUBE)
+    y = torch.tensor([0, 1])
+    for name in ("cw", "pgd", "deepfool"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = run_attack(name, trained_model, x, y, bounds="sample", **FAST[name])
+        assert torch.isfinite(res.x_adv).all()
+        assert torch.equal(res.x_adv[0], x[0])  # nothing can move inside [0, 0]

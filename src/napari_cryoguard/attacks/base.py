@@ -516,6 +516,17 @@ class Attack:
         """Return (x_adv, steps, extras). ``x`` may be read, never written."""
         raise NotImplementedError
 
+    def _clean_logits(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) float32 of the clean batch, validated against ``y``.
+
+        Subclasses that need the input gradient at ``x`` anyway (FGSM) override this to
+        get both from one forward pass.
+        """
+        with torch.no_grad():
+            logits = model(x).float()
+        check_logits(logits, x.shape[0], y)
+        return logits
+
     def _note_gradient(self, grad: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Record samples whose first input gradient is exactly zero."""
         if self._zero_grad is None:
@@ -536,29 +547,29 @@ class Attack:
 
     # -- the contract
     def __call__(self, model: nn.Module, x: Any, y: Any) -> AttackResult:
-        device = _model_device(model)
-        xb = as_batch(x, device)
-        yb = as_labels(y, xb.shape[0], device)
-        box = resolve_bounds(self.params.bounds, xb)
-        was_training = model.training
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        self._zero_grad = torch.zeros(xb.shape[0], dtype=torch.bool, device=device)
-        model.eval()
-        try:
-            for p, _ in flags:
-                p.requires_grad_(False)
-            with torch.inference_mode(False), torch.enable_grad():
-                with torch.no_grad():
-                    logits0 = model(xb).float()
-                _check_logits(logits0, xb.shape[0], yb)
+        # normal autograd even when called under torch.no_grad() / inference_mode()
+        with torch.inference_mode(False), torch.enable_grad():
+            device = _model_device(model)
+            xb = as_batch(x, device)
+            yb = as_labels(y, xb.shape[0], device)
+            box = resolve_bounds(self.params.bounds, xb)
+            modes = [(m, m.training) for m in model.modules()]
+            flags = [(p, p.requires_grad) for p in model.parameters()]
+            self._zero_grad = torch.zeros(xb.shape[0], dtype=torch.bool, device=device)
+            model.eval()
+            try:
+                for p, _ in flags:
+                    p.requires_grad_(False)
+                logits0 = self._clean_logits(model, xb, yb)
                 x_adv, steps, extras = self._run(model, xb, yb, box, logits0)
                 x_adv = x_adv.detach()
                 with torch.no_grad():
                     logits1 = model(x_adv).float()
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-            model.train(was_training)
+            finally:
+                for p, flag in flags:
+                    p.requires_grad_(flag)
+                for m, mode in modes:  # per submodule: mixed modes come back as they were
+                    m.training = mode
         zero = self._zero_grad
         self._zero_grad = None
         if self.uses_gradients and bool(zero.any()):
@@ -625,7 +636,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_logits(logits: torch.Tensor, n: int, y: torch.Tensor) -> None:
+def check_logits(logits: torch.Tensor, n: int, y: torch.Tensor) -> None:
     if logits.dim() != 2 or logits.shape[0] != n:
         raise CryoGuardError(
             f"the model returned shape {tuple(logits.shape)}, expected logits ({n}, C)"

@@ -219,7 +219,7 @@ def _cw_linf(attack, logits0, model, x, y, box, eps, step, steps, kappa, targete
     def fn(z: torch.Tensor) -> torch.Tensor:
         return margin(z, y, targeted).clamp(max=kappa)
 
-    x_adv, _ = pgd_perturb(
+    x_adv = pgd_perturb(
         model,
         x,
         y,
@@ -252,7 +252,7 @@ def _cw_l2(attack, model, x, y, box, p: CWParams):
     kappa = float(p.confidence)
     if box is not None:
         lo, hi = box
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        mid, half = (lo + hi) / 2, ((hi - lo) / 2).clamp_min(1e-12)
         w0 = torch.atanh(((x - mid) / half).clamp(-1, 1) * 0.999999)
 
         def to_x(w: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from napari_cryoguard.attacks.base import (
     Attack,
     AttackParams,
     check_choice,
+    check_logits,
     check_number,
     clamp,
     input_gradient,
@@ -78,9 +79,19 @@ class FGSM(Attack):
 
     default_norm = "linf"
 
+    def _clean_logits(self, model, x, y):  # type: ignore[override]
+        # one forward pass gives both the clean logits and the gradient at x
+        p: FGSMParams = self.params  # type: ignore[assignment]
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg)
+        check_logits(logits, x.shape[0], y)
+        (grad,) = torch.autograd.grad(objective(logits.float(), y, "ce", p.targeted).sum(), xg)
+        self._grad0 = grad
+        return logits.detach().float()
+
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: FGSMParams = self.params  # type: ignore[assignment]
-        grad, _ = input_gradient(model, x, lambda z: objective(z, y, "ce", p.targeted))
+        grad, self._grad0 = self._grad0, None
         self._note_gradient(grad)
         delta = (p.eps * grad.sign()).clamp(-p.eps, p.eps)
         return clamp(x + delta, box), 1, {}
@@ -156,12 +167,12 @@ def pgd_perturb(
     box: Box = None,
     on_first_grad: Callable[[torch.Tensor], None] | None = None,
     objective_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The PGD loop on a prepared batch (no mode handling): returns (x_adv, final loss).
+) -> torch.Tensor:
+    """The PGD loop on a prepared batch (no mode handling): returns ``x_adv`` (detached).
 
     ``x_(t+1) = Proj_{B(x, eps) ∩ box}(x_t + step * h(grad J(x_t)))`` with ``h`` the sign
     (L-inf) or L2 normalisation (IMA Eq. (1); MIRST-DM Eq. (3)). ``start`` is the initial
-    perturbation (None: zero). The final loss is the objective at ``x_adv`` (N,).
+    perturbation (None: zero).
     ``objective_fn(logits) -> (N,)`` replaces the ``loss``/``targeted`` objective.
     Used by :class:`PGD`, :class:`BIM` and CW-L-inf; callers are responsible for the
     model's mode (``Attack.__call__`` does that).
@@ -180,9 +191,7 @@ def pgd_perturb(
             on_first_grad(grad)
         delta = project(x_adv + step_size * normalized_step(grad, norm) - x, norm, eps)
         x_adv = clamp(x + delta, box)
-    with torch.no_grad():
-        final = fn(model(x_adv).float())
-    return x_adv.detach(), final
+    return x_adv.detach()
 
 
 @register_attack("pgd", PGDParams)
@@ -207,7 +216,7 @@ class PGD(Attack):
         best_loss = best_ok = None
         for r in range(p.restarts):
             start = random_start(x, p.norm, p.eps, gen) if self._random_start() else None
-            x_adv, final = pgd_perturb(
+            x_adv = pgd_perturb(
                 model,
                 x,
                 y,
@@ -221,8 +230,12 @@ class PGD(Attack):
                 box=box,
                 on_first_grad=self._note_gradient if r == 0 else None,
             )
+            if p.restarts == 1:  # nothing to compare: skip the extra forward pass
+                return x_adv, p.steps, {}
             with torch.no_grad():
-                pred = model(x_adv).argmax(1)
+                logits = model(x_adv).float()
+            final = objective(logits, y, p.loss, p.targeted)
+            pred = logits.argmax(1)
             ok = pred == y if p.targeted else pred != y
             if best_x is None:
                 best_x, best_loss, best_ok = x_adv, final, ok
@@ -282,7 +295,7 @@ class BIM(Attack):
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: BIMParams = self.params  # type: ignore[assignment]
-        x_adv, _ = pgd_perturb(
+        x_adv = pgd_perturb(
             model,
             x,
             y,

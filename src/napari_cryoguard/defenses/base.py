@@ -226,9 +226,7 @@ def _lookup(name: str) -> tuple[type[Defense], type]:
     _ensure_builtin()
     key = _norm(name)
     if key not in _REGISTRY:
-        raise CryoGuardError(
-            f"unknown defense {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise CryoGuardError(f"unknown defense {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[key]
 
 

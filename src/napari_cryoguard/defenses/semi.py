@@ -60,9 +60,7 @@ class SemiParams:
         if float(self.alpha) < 0 or float(self.beta) < 0:
             raise ValueError("alpha and beta must be >= 0")
         if not 0.0 < float(self.labelled_fraction) <= 1.0:
-            raise ValueError(
-                f"labelled_fraction must be in (0, 1], got {self.labelled_fraction!r}"
-            )
+            raise ValueError(f"labelled_fraction must be in (0, 1], got {self.labelled_fraction!r}")
         if self.sparsity_weight is not None and float(self.sparsity_weight) < 0:
             raise ValueError("sparsity_weight must be >= 0")
 
@@ -155,7 +153,9 @@ class Semi(Defense):
         if self.params.labelled_fraction >= 1.0:
             return
         keep = select_labelled(
-            trainer.labels, trainer.train_index, float(self.params.labelled_fraction),
+            trainer.labels,
+            trainer.train_index,
+            float(self.params.labelled_fraction),
             trainer.recipe.seed,
         )
         drop = np.setdiff1d(trainer.train_index, keep)

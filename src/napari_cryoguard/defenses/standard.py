@@ -55,9 +55,7 @@ def standard_loss(
         count = int(mask.sum().item())
     else:
         loss, count = masked_cross_entropy(logits, batch.y)
-    acc = (
-        float((logits[mask].argmax(1) == batch.y[mask]).float().mean().item()) if count else 0.0
-    )
+    acc = float((logits[mask].argmax(1) == batch.y[mask]).float().mean().item()) if count else 0.0
     return loss, {"ce": float(loss.detach().item()), "acc": acc}
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import inspect
 import json
@@ -52,7 +51,7 @@ import torch
 from torch import nn
 
 from napari_cryoguard.defenses import distributed as ddp
-from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, get_defense, unwrap
+from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, get_defense
 from napari_cryoguard.defenses.events import EventWriter
 from napari_cryoguard.errors import CryoGuardError
 
@@ -62,6 +61,7 @@ __all__ = [
     "Trainer",
     "build_parser",
     "load_training_state",
+    "parse_simulate_spec",
     "split_indices",
     "state_path_for",
     "train",
@@ -743,14 +743,21 @@ class Trainer:
         from napari_cryoguard.device import autocast_context
 
         r = self.recipe
+        if r.robust_every and not self._robust_disabled:
+            # fail now, not after the first epochs, on an unknown attack or parameter
+            try:
+                from napari_cryoguard.attacks import make_attack
+            except ImportError as exc:
+                self._robust_disabled = True
+                self.note(f"robust evaluation skipped: attacks unavailable ({exc})")
+            else:
+                make_attack(r.robust_attack, **r.robust_params)
         rows = _Rows(self.volumes, self.train_labels, self.train_index)
         sampler = DistributedSampler(
             rows, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=r.seed
         )
         batches = BatchSampler(sampler, r.batch_size, drop_last=False)
-        loader = DataLoader(
-            rows, sampler=batches, batch_size=None, num_workers=self.num_workers
-        )
+        loader = DataLoader(rows, sampler=batches, batch_size=None, num_workers=self.num_workers)
         steps = len(batches)
         base_lr = r.resolved_lr()
         epoch_times: list[float] = []
@@ -799,9 +806,7 @@ class Trainer:
                 self.events.step(epoch + 1, step + 1, steps, value, epochs=r.epochs)
                 if self._cancelled():
                     path = self.save(cancelled=True, step_in_epoch=step + 1)
-                    self.events.emit(
-                        "cancelled", path=str(path), epoch=epoch + 1, step=step + 1
-                    )
+                    self.events.emit("cancelled", path=str(path), epoch=epoch + 1, step=step + 1)
                     ddp.barrier(self.ctx)
                     return TrainResult(
                         checkpoint=path,
@@ -1040,7 +1045,15 @@ def train(
             )
 
         trainer = Trainer(
-            ds, info, net, dfn, recipe, ctx, writer, out_path, _cancel_checker(cancel),
+            ds,
+            info,
+            net,
+            dfn,
+            recipe,
+            ctx,
+            writer,
+            out_path,
+            _cancel_checker(cancel),
             num_workers=num_workers,
         )
         if resume_meta is not None:
@@ -1194,71 +1207,138 @@ def build_parser() -> argparse.ArgumentParser:
             "finishes, a checkpoint marked cancelled is written, exit status 0). "
             "Runs unchanged under `torchrun --nproc_per_node K` (DDP)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DATASET",
-                     help="labelled subtomogram dataset (.npz from `cryoguard extract` / "
-                          "`simulate-dataset`)")
-    src.add_argument("--simulate", metavar="SPEC",
-                     help="simulate the dataset on the fly instead of --data, e.g. "
-                          "'n_per_class=50,snr=0.1,tilt=60,cube=28,seed=1' (keys of "
-                          "simulate_subtomograms; classes=1bxn+3j9i)")
-    p.add_argument("--model", default=None,
-                   help="architecture: cb3d, dsrf3d_v2, rb3d, autoencoder (default cb3d, "
-                        "or the --resume checkpoint's)")
-    p.add_argument("--defense", default=None,
-                   help="defense (training objective), e.g. standard, semi (default "
-                        "standard, or the --resume checkpoint's); see --list")
-    p.add_argument("--tiny", action="store_true",
-                   help="start from the architecture's small-width preset (quick CPU runs)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="a defense, model or recipe parameter (looked up in that order; "
-                        "prefix model./defense./recipe. to force); VALUE is JSON, else a "
-                        "string. E.g. --set labelled_fraction=0.1 --set "
-                        "model.conv_widths=[8,8,16,16,16]. Repeatable")
+    src.add_argument(
+        "--data",
+        metavar="DATASET",
+        help="labelled subtomogram dataset (.npz from `cryoguard extract` / `simulate-dataset`)",
+    )
+    src.add_argument(
+        "--simulate",
+        metavar="SPEC",
+        help="simulate the dataset on the fly instead of --data, e.g. "
+        "'n_per_class=50,snr=0.1,tilt=60,cube=28,seed=1' (keys of "
+        "simulate_subtomograms; classes=1bxn+3j9i)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="architecture: cb3d, dsrf3d_v2, rb3d, autoencoder (default cb3d, "
+        "or the --resume checkpoint's)",
+    )
+    p.add_argument(
+        "--defense",
+        default=None,
+        help="defense (training objective), e.g. standard, semi (default "
+        "standard, or the --resume checkpoint's); see --list",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="start from the architecture's small-width preset (quick CPU runs)",
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a defense, model or recipe parameter (looked up in that order; "
+        "prefix model./defense./recipe. to force); VALUE is JSON, else a "
+        "string. E.g. --set labelled_fraction=0.1 --set "
+        "model.conv_widths=[8,8,16,16,16]. Repeatable",
+    )
     p.add_argument("--epochs", type=int, default=None, help="total epochs (default 20)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="samples per step per process (default 16, RAT paper)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 1e-4 for adam, 0.005 for sgd)")
-    p.add_argument("--optimizer", choices=_OPTIMIZERS, default=None,
-                   help="adam (RAT / semi-supervised papers) or sgd with Nesterov momentum "
-                        "0.9 (CB3D paper) (default adam)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per step per process (default 16, RAT paper)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default 1e-4 for adam, 0.005 for sgd)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=_OPTIMIZERS,
+        default=None,
+        help="adam (RAT / semi-supervised papers) or sgd with Nesterov momentum "
+        "0.9 (CB3D paper) (default adam)",
+    )
     p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 0)")
-    p.add_argument("--schedule", choices=_SCHEDULES, default=None,
-                   help="learning-rate schedule per epoch (default none)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="fraction of each class held out for validation (default 0.2)")
-    p.add_argument("--patience", type=int, default=None,
-                   help="early stopping after N epochs without a lower validation loss, "
-                        "keeping the best weights (default 0 = off)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed for split, initial weights, shuffling, dropout (default 0)")
-    p.add_argument("--robust-every", type=int, default=None,
-                   help="measure validation accuracy under --robust-attack every N epochs "
-                        "(default 0 = off)")
-    p.add_argument("--robust-attack", default=None,
-                   help="attack for the robust accuracy (default pgd); its parameters via "
-                        "--set robust_params='{\"eps\": 0.1}'")
-    p.add_argument("--amp", action="store_true", default=None,
-                   help="float16 mixed precision (CUDA only)")
+    p.add_argument(
+        "--schedule",
+        choices=_SCHEDULES,
+        default=None,
+        help="learning-rate schedule per epoch (default none)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="fraction of each class held out for validation (default 0.2)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping after N epochs without a lower validation loss, "
+        "keeping the best weights (default 0 = off)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for split, initial weights, shuffling, dropout (default 0)",
+    )
+    p.add_argument(
+        "--robust-every",
+        type=int,
+        default=None,
+        help="measure validation accuracy under --robust-attack every N epochs (default 0 = off)",
+    )
+    p.add_argument(
+        "--robust-attack",
+        default=None,
+        help="attack for the robust accuracy (default pgd); its parameters via "
+        "--set robust_params='{\"eps\": 0.1}'",
+    )
+    p.add_argument(
+        "--amp", action="store_true", default=None, help="float16 mixed precision (CUDA only)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--out", default=None,
-                   help="checkpoint to write (.safetensors; default "
-                        "cryoguard-<model>-<defense>.safetensors, or the --resume file); "
-                        "<stem>.state.safetensors beside it holds the optimizer state")
-    p.add_argument("--events", default=None, metavar="FILE|-",
-                   help="append JSON-lines events (start, step, epoch, checkpoint, note, "
-                        "done, cancelled, error) to FILE, or '-' for stdout")
-    p.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue a run from its checkpoint (model, defense and recipe "
-                        "default to the stored ones; e.g. raise --epochs)")
-    p.add_argument("--list", action="store_true",
-                   help="list models, defenses and their parameters, and exit")
-    p.add_argument("--json", action="store_true",
-                   help="print a one-line JSON summary on stdout at the end")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="checkpoint to write (.safetensors; default "
+        "cryoguard-<model>-<defense>.safetensors, or the --resume file); "
+        "<stem>.state.safetensors beside it holds the optimizer state",
+    )
+    p.add_argument(
+        "--events",
+        default=None,
+        metavar="FILE|-",
+        help="append JSON-lines events (start, step, epoch, checkpoint, note, "
+        "done, cancelled, error) to FILE, or '-' for stdout",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="CKPT",
+        help="continue a run from its checkpoint (model, defense and recipe "
+        "default to the stored ones; e.g. raise --epochs)",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list models, defenses and their parameters, and exit"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print a one-line JSON summary on stdout at the end"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -1282,17 +1362,25 @@ class _ProgressSink:
             print(
                 f"\repoch {record['epoch']}/{record.get('epochs', '?')} [{bar:<24}] "
                 f"{record['step']}/{record['steps_per_epoch']} loss {record['loss']:.4f}",
-                end="", file=sys.stderr, flush=True,
+                end="",
+                file=sys.stderr,
+                flush=True,
             )
         elif kind == "epoch":
             m = record["metrics"]
-            parts = [f"{k} {m[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss",
-                                                   "val_acc", "robust_acc")
-                     if isinstance(m.get(k), (int, float))]
+            parts = [
+                f"{k} {m[k]:.4f}"
+                for k in ("train_loss", "train_acc", "val_loss", "val_acc", "robust_acc")
+                if isinstance(m.get(k), (int, float))
+            ]
             eta = record.get("eta_seconds") or 0.0
             lead = "\r" if self.bar else ""
-            print(f"{lead}epoch {record['epoch']}/{record['epochs']}: {', '.join(parts)}"
-                  f" (eta {eta:.0f} s)" + " " * 8, file=sys.stderr, flush=True)
+            print(
+                f"{lead}epoch {record['epoch']}/{record['epochs']}: {', '.join(parts)}"
+                f" (eta {eta:.0f} s)" + " " * 8,
+                file=sys.stderr,
+                flush=True,
+            )
         elif kind in ("note", "cancelled"):
             msg = record.get("message") or f"cancelled; checkpoint {record.get('path')}"
             print(("\n" if self.bar else "") + f"{kind}: {msg}", file=sys.stderr, flush=True)
@@ -1303,8 +1391,10 @@ def _list_params() -> str:
     from napari_cryoguard.models import available_models, model_params_class
 
     def fmt(cls: type) -> str:
-        return ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING
-                         else f"{f.name}=..." for f in dataclasses.fields(cls))
+        return ", ".join(
+            f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=..."
+            for f in dataclasses.fields(cls)
+        )
 
     lines = ["models:"]
     lines += [f"  {m}: {fmt(model_params_class(m))}" for m in available_models()]
@@ -1351,26 +1441,33 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             if is_main:
                 print(f"cryoguard train: error: {exc}", file=sys.stderr, flush=True)
                 if args.json:
-                    print(json.dumps({"command": "train", "ok": False, "error": str(exc)}),
-                          flush=True)
+                    print(
+                        json.dumps({"command": "train", "ok": False, "error": str(exc)}), flush=True
+                    )
             return 2
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         writer.close()
     if is_main and args.json:
-        print(json.dumps({
-            "command": "train",
-            "ok": True,
-            "checkpoint": str(result.checkpoint),
-            "epochs_run": result.epochs_run,
-            "epochs": len(result.history),
-            "best_epoch": result.best_epoch,
-            "cancelled": result.cancelled,
-            "stopped_early": result.stopped_early,
-            "metrics": result.metrics,
-            "seconds": round(time.monotonic() - t0, 3),
-        }, default=str), flush=True)
+        print(
+            json.dumps(
+                {
+                    "command": "train",
+                    "ok": True,
+                    "checkpoint": str(result.checkpoint),
+                    "epochs_run": result.epochs_run,
+                    "epochs": len(result.history),
+                    "best_epoch": result.best_epoch,
+                    "cancelled": result.cancelled,
+                    "stopped_early": result.stopped_early,
+                    "metrics": result.metrics,
+                    "seconds": round(time.monotonic() - t0, 3),
+                },
+                default=str,
+            ),
+            flush=True,
+        )
     return 0
 
 
@@ -1388,12 +1485,20 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
             raise CryoGuardError("model parameters cannot change when resuming (--set model.*)")
     elif args.tiny:
         mp = {**tiny_params(model_name), **mp}
-    for opt, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
-                     ("optimizer", "optimizer"), ("weight_decay", "weight_decay"),
-                     ("schedule", "schedule"), ("val_fraction", "val_fraction"),
-                     ("patience", "patience"), ("seed", "seed"),
-                     ("robust_every", "robust_every"), ("robust_attack", "robust_attack"),
-                     ("amp", "amp")):
+    for opt, key in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("optimizer", "optimizer"),
+        ("weight_decay", "weight_decay"),
+        ("schedule", "schedule"),
+        ("val_fraction", "val_fraction"),
+        ("patience", "patience"),
+        ("seed", "seed"),
+        ("robust_every", "robust_every"),
+        ("robust_attack", "robust_attack"),
+        ("amp", "amp"),
+    ):
         value = getattr(args, opt)
         if value is not None:
             rp[key] = value

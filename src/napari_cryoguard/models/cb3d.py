@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from napari_cryoguard.models.base import CryoGuardModel, check_prob, check_widths, fc_head
+from napari_cryoguard.models.base import (
+    CryoGuardModel,
+    check_prob,
+    check_widths,
+    fc_head,
+    kaiming_init,
+)
 from napari_cryoguard.models.layers import make_pool3d
 from napari_cryoguard.models.registry import register_model
 
@@ -85,6 +91,7 @@ class CB3D(CryoGuardModel):
         self.features = nn.Sequential(*layers)
         flat = int(torch.Size(self._feature_shape(self.features)[1:]).numel())
         self.classifier = fc_head(flat, p.fc_widths, num_classes, p.dropout)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
