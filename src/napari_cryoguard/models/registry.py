@@ -32,7 +32,7 @@ _REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
 #: tests and quick CPU runs; pass as ``build_model(name, n, cube, **tiny_params(name))``.
 TINY_PARAMS: dict[str, dict[str, Any]] = {
     "cb3d": {"conv_widths": (4, 4, 8, 8, 8), "fc_widths": (16, 16)},
-    "dsrf3d_v2": {"conv_widths": (4, 8, 8), "fc_widths": (16, 16)},
+    "dsrf3d_v2": {"conv_widths": (4, 8, 8), "fc_widths": (32, 32)},
     "rb3d": {
         "stem_width": 4,
         "block_widths": (4, 8, 8, 8),
