@@ -246,6 +246,99 @@ def cmd_classify(args: argparse.Namespace) -> dict:
     return result
 
 
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@_command("attack")
+def cmd_attack(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.attacks import get_attack_params, iter_attack_dataset
+    from napari_cryoguard.classify import align_labels, load_model, prepare_volumes
+    from napari_cryoguard.data import load_dataset
+    from napari_cryoguard.device import predict
+
+    ds = load_dataset(args.dataset)
+    loaded = load_model(args.model, device="cpu")
+    fields = {f.name for f in dataclasses.fields(get_attack_params(args.attack))}
+    params = {}
+    for key in ("eps", "norm", "steps", "step_size"):
+        value = getattr(args, key)
+        if value is not None:
+            if key not in fields:
+                raise CryoGuardError(f"attack {args.attack!r} has no parameter {key!r}; "
+                                     f"its parameters: {', '.join(sorted(fields))}")
+            params[key] = value
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CryoGuardError(f"--set takes KEY=VALUE, got {item!r}")
+        params[key.strip()] = _parse_value(value)
+    volumes = prepare_volumes(loaded, ds.volumes, ds.normalized)
+    labels = align_labels(ds.labels, ds.class_names, loaded.class_names)
+    indices = np.arange(len(ds)) if not args.indices else np.asarray(args.indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(ds)):
+        raise CryoGuardError(f"--indices must lie in 0..{len(ds) - 1}")
+    t0 = time.perf_counter()
+    if labels is None or (labels[indices] < 0).any():
+        # unlabelled samples are attacked against the model's own prediction
+        pred = predict(loaded.model, volumes[indices], device=args.device).argmax(1)
+        full = np.full(len(ds), -1, dtype=np.int64) if labels is None else labels.copy()
+        sel = full[indices]
+        full[indices] = np.where(sel >= 0, sel, pred)
+        labels = full
+    bar = _Progress(f"attack {args.attack}")
+    gen = iter_attack_dataset(loaded.model, volumes, labels, args.attack, batch_size=args.batch_size,
+                              device=args.device, indices=indices, **params)
+    while True:
+        try:
+            bar(*next(gen))
+        except StopIteration as stop:
+            res = stop.value
+            break
+    t_att = time.perf_counter() - t0
+    out = _save_attack_result(args.out, res, loaded, args)
+    summary = res.summary()
+    _log(args, f"{args.attack} on {summary['n']} subtomograms: success rate "
+               f"{summary['success_rate']:.3f}, accuracy {summary['accuracy_before']:.3f} -> "
+               f"{summary['accuracy_after']:.3f}, mean {summary['norm']} norm "
+               f"{summary['mean_norm']:.4g} -> {out}")
+    return {"result": str(out), "dataset": str(args.dataset), "model": str(args.model),
+            **{k: v for k, v in summary.items() if k != "n"}, "n": summary["n"],
+            "params": res.params, "seconds": {"attack": round(t_att, 3)}}
+
+
+def _save_attack_result(path, res, loaded, args) -> Path:
+    """Write an attack result as ``.npz`` (arrays + a JSON ``metadata`` string), atomically."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise CryoGuardError(f"attack results are written as .npz, got {path.name}")
+    arrays = {k: v for k, v in res.numpy().items() if isinstance(v, np.ndarray)}
+    if res.indices is not None:
+        arrays["indices"] = np.asarray(res.indices)
+    meta = {"attack": res.name, "params": res.params, "norm_name": res.norm_name,
+            "steps": res.steps, "targeted": res.targeted, "model": str(args.model),
+            "class_names": loaded.class_names, "dataset": str(args.dataset),
+            "summary": res.summary()}
+    arrays["metadata"] = np.array(json.dumps(meta, default=str))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 @_command("models")
 def cmd_models(args: argparse.Namespace) -> dict:
     from napari_cryoguard.models import available_models, bundled_models, model_params_class
@@ -366,6 +459,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subtomograms per forward pass (halved automatically on CUDA out-of-memory)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--out", required=True, help="predictions CSV: index, predicted class, per-class probabilities")
+
+    p = add("attack", "attack a classifier on the subtomograms of a dataset file")
+    p.add_argument("dataset", help="dataset file (.npz); labelled samples are attacked against "
+                   "their label, unlabelled ones against the model's prediction")
+    p.add_argument("--model", default="default", help="bundled weights or a .safetensors checkpoint")
+    p.add_argument("--attack", required=True,
+                   help="attack name: fgsm, pgd, bim, deepfool, cw, cw_linf, uniform_noise, "
+                   "salt_pepper, bpgd (see napari_cryoguard.attacks.available_attacks)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="budget in normalised units (default: the attack's, from its paper)")
+    p.add_argument("--norm", choices=["linf", "l2"], default=None,
+                   help="distance measure, for attacks that have both (default: the attack's)")
+    p.add_argument("--steps", type=int, default=None, help="iterations (default: the attack's)")
+    p.add_argument("--step-size", type=float, default=None, dest="step_size",
+                   help="step per iteration (default: the attack's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other attack parameter, VALUE as JSON (e.g. --set loss=\"margin\" "
+                   "--set bounds=\"sample\"); repeatable")
+    p.add_argument("--indices", type=int, nargs="+", default=None,
+                   help="attack only these samples (0-based rows of the dataset)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--out", required=True,
+                   help="result file (.npz: x_adv, perturbation, predictions, success, norms, "
+                   "indices, and a JSON metadata string)")
 
     add("models", "list the registered architectures (with their parameters) and the bundled weights")
 

@@ -152,3 +152,87 @@ def start_worker(widget, fn, *args, on_return, on_yield=None, buttons=(), **kwar
     widget._worker = worker
     worker.start()
     return worker
+
+
+FILE_CHOICE = "checkpoint file..."
+
+
+def _model_choices(widget=None) -> list[str]:
+    from napari_cryoguard.models import bundled_models
+
+    return [*bundled_models(), FILE_CHOICE]
+
+
+class ModelPicker:
+    """A bundled-weights combo box plus a checkpoint file field, shared by the widgets.
+
+    ``widgets`` are added to the owning container; :meth:`spec` is what
+    :func:`napari_cryoguard.classify.load_model` takes; :meth:`load` caches the loaded
+    model until the choice changes.
+    """
+
+    def __init__(self) -> None:
+        from magicgui.widgets import ComboBox, FileEdit
+
+        self.model = ComboBox(choices=_model_choices, label="model")
+        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint")
+        self.checkpoint.visible = self.model.value == FILE_CHOICE
+        self.model.changed.connect(self._changed)
+        self.checkpoint.changed.connect(self._changed)
+        self._cache = None
+
+    @property
+    def widgets(self) -> list:
+        return [self.model, self.checkpoint]
+
+    def _changed(self, *_) -> None:
+        self.checkpoint.visible = self.model.value == FILE_CHOICE
+        self._cache = None
+
+    def spec(self) -> str:
+        if self.model.value == FILE_CHOICE:
+            return str(self.checkpoint.value)
+        return str(self.model.value)
+
+    def set_checkpoint(self, path) -> None:
+        """Select a checkpoint file (the Train widget's "use this model" button)."""
+        self.model.reset_choices()
+        self.model.value = FILE_CHOICE
+        self.checkpoint.value = path
+        self._cache = None
+
+    def load(self):
+        """The chosen model as a :class:`~napari_cryoguard.classify.LoadedModel` (cached)."""
+        from napari_cryoguard.classify import load_model
+
+        spec = self.spec()
+        if self._cache is None or self._cache.source != spec:
+            self._cache = load_model(spec, device="cpu")
+        return self._cache
+
+
+def particle_cube(viewer, i: int, cube: int, image_layer=None) -> np.ndarray:
+    """The normalised ``cube``^3 volume of pick ``i``.
+
+    Taken from the ``subtomograms`` layer when it holds pick ``i`` at that size, else
+    extracted from ``image_layer`` around the ``picks`` layer's point ``i`` (padded at
+    the border). Raises ``ValueError`` when neither is available.
+    """
+    from napari_cryoguard.classify import zscore
+    from napari_cryoguard.picking import extract_subtomograms
+
+    if SUBTOMOGRAMS_LAYER in viewer.layers:
+        layer = viewer.layers[SUBTOMOGRAMS_LAYER]
+        index = list(np.asarray(layer.metadata.get("index", np.arange(len(layer.data)))))
+        if i in index and layer.data.shape[-1] == cube:
+            vol = np.asarray(layer.data[index.index(i)], dtype=np.float32)
+            return vol if layer.metadata.get("normalized") else zscore(vol[None])[0]
+    if PICKS_LAYER not in viewer.layers or image_layer is None:
+        raise ValueError("select a tomogram and a pick (or extract subtomograms) first")
+    points = np.asarray(viewer.layers[PICKS_LAYER].data)
+    if not 0 <= i < len(points):
+        raise ValueError(f"there is no pick {i} (the picks layer has {len(points)} points)")
+    sub = extract_subtomograms(image_layer.data, points[i : i + 1, -3:], size=cube, border="pad")
+    if len(sub.volumes) == 0:
+        raise ValueError(f"pick {i} lies outside the tomogram")
+    return sub.volumes[0]

@@ -16,7 +16,6 @@ import numpy as np
 from magicgui.widgets import (
     ComboBox,
     Container,
-    FileEdit,
     Label,
     ProgressBar,
     PushButton,
@@ -26,9 +25,12 @@ from magicgui.widgets import (
 )
 
 from napari_cryoguard._napari._common import (
+    FILE_CHOICE,
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
+    ModelPicker,
     class_colors,
+    particle_cube,
     show_error,
     start_worker,
 )
@@ -36,13 +38,7 @@ from napari_cryoguard._napari._common import (
 if TYPE_CHECKING:
     import napari
 
-FILE_CHOICE = "checkpoint file..."
-
-
-def _model_choices(widget=None) -> list[str]:
-    from napari_cryoguard.models import bundled_models
-
-    return [*bundled_models(), FILE_CHOICE]
+__all__ = ["FILE_CHOICE", "ClassifyWidget"]
 
 
 class ClassifyWidget(Container):
@@ -53,8 +49,8 @@ class ClassifyWidget(Container):
         self._viewer = viewer
         self._worker = None
         self.loaded = None  # the LoadedModel last used
-        self.model = ComboBox(choices=_model_choices, label="model")
-        self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint")
+        self.picker = ModelPicker()
+        self.model, self.checkpoint = self.picker.widgets
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
         self.source = ComboBox(choices=["subtomograms layer", "picks of tomogram"],
                                value="subtomograms layer", label="classify")
@@ -70,8 +66,6 @@ class ClassifyWidget(Container):
         self.extend([self.model, self.checkpoint, self.device, self.source, self.image,
                      self.batch_size, self.run_button, self.progress, self.legend, self.index,
                      self.table, self.reconstruct_button, self.status])
-        self.checkpoint.visible = self.model.value == FILE_CHOICE
-        self.model.changed.connect(lambda v: setattr(self.checkpoint, "visible", v == FILE_CHOICE))
         self.run_button.changed.connect(self.run_classify)
         self.reconstruct_button.changed.connect(self.run_reconstruct)
         self.index.changed.connect(self.show_probabilities)
@@ -80,14 +74,11 @@ class ClassifyWidget(Container):
     # ------------------------------------------------------------------ model
     def model_spec(self) -> str:
         """The model to load: a bundled name or the checkpoint file's path."""
-        if self.model.value == FILE_CHOICE:
-            return str(self.checkpoint.value)
-        return str(self.model.value)
+        return self.picker.spec()
 
     def set_checkpoint(self, path) -> None:
         """Select a checkpoint file (used by the Train widget's "use this model")."""
-        self.model.value = FILE_CHOICE
-        self.checkpoint.value = path
+        self.picker.set_checkpoint(path)
 
     # ------------------------------------------------------------------ classify
     def _volumes_for_classification(self, cube: int):
@@ -110,11 +101,9 @@ class ClassifyWidget(Container):
 
     def run_classify(self) -> None:
         """Load the model and classify in a worker thread."""
-        spec, device = self.model_spec(), self.device.value
+        device = self.device.value
         try:
-            from napari_cryoguard.classify import load_model
-
-            loaded = load_model(spec, device="cpu")
+            loaded = self.picker.load()
             volumes, normalized, index = self._volumes_for_classification(loaded.cube)
         except Exception as exc:  # a user-caused problem: notify, never crash napari
             self._fail(exc)
@@ -217,23 +206,9 @@ class ClassifyWidget(Container):
 
     # ------------------------------------------------------------------ reconstruction
     def particle_volume(self, i: int) -> np.ndarray:
-        """The normalised cube of pick ``i``: from ``subtomograms`` if there, else extracted."""
-        from napari_cryoguard.picking import extract_subtomograms
-
+        """The normalised cube of pick ``i`` at the model's size."""
         cube = self.loaded.cube if self.loaded is not None else 28
-        if SUBTOMOGRAMS_LAYER in self._viewer.layers:
-            layer = self._viewer.layers[SUBTOMOGRAMS_LAYER]
-            index = list(np.asarray(layer.metadata.get("index", np.arange(len(layer.data)))))
-            if i in index and layer.data.shape[-1] == cube:
-                from napari_cryoguard.classify import zscore
-
-                vol = np.asarray(layer.data[index.index(i)], dtype=np.float32)
-                return vol if layer.metadata.get("normalized") else zscore(vol[None])[0]
-        if PICKS_LAYER not in self._viewer.layers or self.image.value is None:
-            raise ValueError("select a tomogram and a pick (or extract subtomograms) first")
-        coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[i : i + 1, -3:]
-        sub = extract_subtomograms(self.image.value.data, coords, size=cube, border="pad")
-        return sub.volumes[0]
+        return particle_cube(self._viewer, i, cube, self.image.value)
 
     def run_reconstruct(self) -> None:
         """Show ``particle <i>`` and, for an autoencoding model, ``reconstruction <i>``."""
@@ -241,10 +216,7 @@ class ClassifyWidget(Container):
 
         i = int(self.index.value)
         try:
-            if self.loaded is None:
-                from napari_cryoguard.classify import load_model
-
-                self.loaded = load_model(self.model_spec(), device="cpu")
+            self.loaded = self.picker.load()
             vol = self.particle_volume(i)
             layers = {f"particle {i}": vol}
             if self.loaded.has_decoder:

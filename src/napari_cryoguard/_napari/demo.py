@@ -10,6 +10,7 @@ import numpy as np
 def populate_viewer(viewer, result) -> dict:
     """Add the demo's layers and dock the plugin widgets; return the widgets by name."""
     from napari_cryoguard._napari._common import SUBTOMOGRAMS_LAYER, set_picks_layer
+    from napari_cryoguard._napari.attack_widget import AttackWidget
     from napari_cryoguard._napari.classify_widget import ClassifyWidget
     from napari_cryoguard._napari.pick_widget import PickWidget
 
@@ -25,7 +26,8 @@ def populate_viewer(viewer, result) -> dict:
     viewer.add_image(result.subtomograms.volumes, name=SUBTOMOGRAMS_LAYER,
                      scale=(1.0, *scale), colormap="gray", visible=False,
                      metadata={"index": np.asarray(result.subtomograms.index)})
-    widgets = {"Pick particles": PickWidget(viewer), "Classify": ClassifyWidget(viewer)}
+    widgets = {"Pick particles": PickWidget(viewer), "Classify": ClassifyWidget(viewer),
+               "Attack": AttackWidget(viewer)}
     from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
 
     widgets["Pick particles"].sigma1.value = SIMULATED_SIGMA1
