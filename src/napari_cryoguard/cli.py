@@ -60,9 +60,15 @@ class _Progress:
 # --------------------------------------------------------------------------- simulate
 
 
-def _add_sim_physics(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--snr", type=float, default=0.1,
-                   help="signal-to-noise ratio as a variance ratio var(signal)/var(noise) (default 0.1; the papers use 0.5 to 0.01)")
+def _add_sim_physics(p: argparse.ArgumentParser, many_snr: bool = False) -> None:
+    if many_snr:
+        p.add_argument("--snr", type=float, nargs="+", default=[0.1],
+                       help="signal-to-noise ratio(s) as a variance ratio var(signal)/var(noise) "
+                       "(default 0.1; the papers use 0.5 to 0.01); several values make one block "
+                       "of --per-class samples per class and SNR (seeds SEED, SEED+1, ...)")
+    else:
+        p.add_argument("--snr", type=float, default=0.1,
+                       help="signal-to-noise ratio as a variance ratio var(signal)/var(noise) (default 0.1; the papers use 0.5 to 0.01)")
     p.add_argument("--tilt", type=float, default=60.0,
                    help="tilt range in degrees: +-TILT is sampled, the rest is the missing wedge (default 60)")
     p.add_argument("--voxel-size", type=float, default=10.0,
@@ -111,17 +117,31 @@ def cmd_simulate_dataset(args: argparse.Namespace) -> dict:
     from napari_cryoguard.simulate import simulate_subtomograms
 
     t0 = time.perf_counter()
-    sim = simulate_subtomograms(n_per_class=args.per_class, cube=args.cube,
-                                normalize=not args.no_normalize, **_physics_kwargs(args))
+    kwargs = _physics_kwargs(args)
+    snrs = list(args.snr)
+    parts, params = [], []
+    for i, snr in enumerate(snrs):
+        # one block per SNR, each with its own seed (seed + i), so blocks are independent
+        kw = {**kwargs, "snr": snr, "seed": args.seed + i}
+        parts.append(simulate_subtomograms(n_per_class=args.per_class, cube=args.cube,
+                                           normalize=not args.no_normalize, **kw))
+        params.append(parts[-1].params)
     t_sim = time.perf_counter() - t0
-    ds = SubtomogramDataset(volumes=sim.volumes, labels=sim.labels, class_names=list(sim.class_names),
-                            voxel_size=sim.voxel_size, normalized=not args.no_normalize,
-                            meta={"source": "simulate_subtomograms", "params": sim.params})
+    class_names = list(parts[0].class_names)
+    labels = np.concatenate([p.labels for p in parts])
+    ds = SubtomogramDataset(
+        volumes=np.concatenate([p.volumes for p in parts]), labels=labels,
+        class_names=class_names, voxel_size=parts[0].voxel_size,
+        normalized=not args.no_normalize,
+        meta={"source": "simulate_subtomograms", "params": params if len(params) > 1 else params[0],
+              "snr_per_sample": np.repeat(snrs, [len(p.labels) for p in parts]).tolist()
+              if len(snrs) > 1 else None})
     out = save_dataset(args.out, ds)
-    counts = np.bincount(sim.labels, minlength=len(sim.class_names)).tolist()
-    _log(args, f"wrote {out}: {len(ds)} subtomograms of {args.cube}^3, {len(sim.class_names)} classes")
-    return {"dataset": str(out), "n": int(len(ds)), "cube": int(args.cube),
-            "class_names": list(sim.class_names), "per_class": counts,
+    counts = np.bincount(labels, minlength=len(class_names)).tolist()
+    _log(args, f"wrote {out}: {len(ds)} subtomograms of {args.cube}^3, {len(class_names)} classes"
+               + (f", SNR {', '.join(map(str, snrs))}" if len(snrs) > 1 else ""))
+    return {"dataset": str(out), "n": int(len(ds)), "cube": int(args.cube), "snr": snrs,
+            "class_names": class_names, "per_class": counts,
             "seconds": {"simulate": round(t_sim, 3)}}
 
 
@@ -420,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cube", type=int, default=28, help="cube edge in voxels (the papers use 28)")
     p.add_argument("--no-normalize", action="store_true",
                    help="skip per-sample zero-mean unit-variance normalisation")
-    _add_sim_physics(p)
+    _add_sim_physics(p, many_snr=True)
 
     p = add("pick", "pick particles by Difference of Gaussian in one or many tomograms into one STAR/CSV file")
     p.add_argument("tomograms", nargs="+", help="tomogram files (.mrc .map .rec .st)")

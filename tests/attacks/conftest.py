@@ -102,6 +102,15 @@ def toy() -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def trained_model() -> TinyCNN3D:
     """The tiny 3D CNN trained on 512 blobs (150 Adam steps, a couple of seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread is faster on a busy machine
+    try:
+        return _train_tiny()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny() -> TinyCNN3D:
     torch.manual_seed(0)
     x, y = make_blobs(512, seed=0)
     xt, yt = torch.from_numpy(x)[:, None], torch.from_numpy(y)

@@ -1,0 +1,282 @@
+"""``at``: PGD adversarial training, and the inner-maximisation helpers the other defenses share.
+
+Source: ``papers/rat-regularized-adversarial-training-cb3d.txt`` section III.C, Eq. (2)-(4)
+(Madry et al.'s min-max objective; adversarial examples by the sign-gradient iteration of
+Eq. (3), starting "from a random perturbation around the examples in a l-inf ball") and
+section IV.B (eps = 0.01, step mu = 0.001, 10 steps, the perturbation range
+``[a, b] = [-0.01, 0.01]``). The model is trained on the adversarial examples only:
+
+    min_theta  E_(x, y) [ max_{||x_adv - x||_inf <= eps} CE(f(x_adv; theta), y) ]
+
+Conventions shared by every adversarial defense of this package
+---------------------------------------------------------------
+* **Mode.** The inner maximisation runs on the plain model (:func:`unwrap`) switched to
+  *eval* mode (dropout off, batch norm on its running statistics, drop-max as at
+  inference), as the TRADES reference code does, so the adversarial example is a
+  deterministic function of the current weights and of the random start. Every
+  submodule's mode is restored afterwards; the loss' forward pass then runs in the
+  mode the trainer set (train mode) through the model handle (DDP). Attacks take the
+  gradient w.r.t. the input only (``torch.autograd.grad``), so no weight gradient is
+  left behind.
+* **Randomness.** Random starts draw from torch's global generator on the batch's
+  device, which the trainer reseeds every epoch from ``(seed, epoch, rank)``: a run is
+  reproducible and resumable.
+* **Unlabelled samples** (``y = -1``) get no label-driven perturbation (their objective
+  is masked to zero, so they stay at their random start) and no cross-entropy term;
+  label-free terms (TRADES' and RAT's KL, SimCLR) use them.
+* **Units.** ``eps`` and ``step_size`` are in the dataset's normalised units
+  (zero-mean, unit-variance subtomograms), ``norm`` is ``"linf"`` (the papers') or
+  ``"l2"``. No value clamp (cryo-ET data has no natural range, DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_cryoguard.defenses.base import (
+    Batch,
+    Defense,
+    masked_cross_entropy,
+    register_defense,
+    unwrap,
+)
+
+__all__ = [
+    "AT",
+    "ATParams",
+    "adversarial_ce_objective",
+    "at_loss",
+    "attack_mode",
+    "check_attack_params",
+    "kl_per_sample",
+    "masked_accuracy",
+    "pgd_examples",
+    "pgd_trajectory",
+]
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Yield the plain model in eval mode; restore every submodule's mode afterwards."""
+    plain = unwrap(model)
+    modes = [(m, m.training) for m in plain.modules()]
+    plain.eval()
+    try:
+        yield plain
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def check_attack_params(norm: str, eps: float, step_size: float, steps: int) -> None:
+    """Raise ``ValueError`` on a bad norm, a negative budget/step or a bad step count."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if not float(eps) >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if not float(step_size) >= 0:
+        raise ValueError(f"step_size must be >= 0, got {step_size!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+
+
+def adversarial_ce_objective(y: torch.Tensor) -> Objective:
+    """Per-sample cross-entropy to ascend, zero for unlabelled samples (``y < 0``)."""
+    mask = (y >= 0).float()
+    safe = y.clamp(min=0)
+
+    def fn(logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), safe, reduction="none") * mask
+
+    return fn
+
+
+def kl_per_sample(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """``KL(P || Q)`` per sample (N,) from log-probabilities (N, C): ``sum p (log p - log q)``."""
+    return (p_log.exp() * (p_log - q_log)).sum(dim=1)
+
+
+def masked_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of ``logits`` on the labelled samples (0.0 when there are none)."""
+    mask = y >= 0
+    if not bool(mask.any()):
+        return 0.0
+    return float((logits[mask].argmax(1) == y[mask]).float().mean().item())
+
+
+def _random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    from napari_cryoguard.attacks.base import random_start
+
+    return random_start(x, norm, float(eps), None)
+
+
+def pgd_trajectory(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective_fn: Objective,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    checkpoints: tuple[int, ...],
+    start: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Iterates of one PGD run at the given step counts (MIRST-DM Eq. (3)).
+
+    ``x_(t+1) = Proj_{B(x, eps)}(x_t + step * sign(grad J(x_t)))`` (L-inf; the L2
+    version normalises the gradient), ``x_0 = x + start``. The run is cut into
+    segments by :func:`napari_cryoguard.attacks.gradient.pgd_perturb`, which continues
+    exactly where the previous segment stopped. ``model`` must already be in the
+    mode the caller wants (see :func:`attack_mode`).
+
+    Parameters
+    ----------
+    checkpoints
+        Non-decreasing step counts (>= 0); the iterate after each is returned.
+
+    Returns
+    -------
+    list of Tensor
+        One detached (N, 1, D, H, W) iterate per checkpoint.
+    """
+    from napari_cryoguard.attacks.gradient import pgd_perturb
+
+    out: list[torch.Tensor] = []
+    done = 0
+    cur_start = start
+    x_cur: torch.Tensor | None = None
+    dummy = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # objective_fn decides
+    for c in checkpoints:
+        c = int(c)
+        if c < done:
+            raise ValueError(f"checkpoints must be non-decreasing, got {checkpoints!r}")
+        if x_cur is None or c > done:
+            x_cur = pgd_perturb(
+                model,
+                x,
+                dummy,
+                norm=norm,
+                eps=float(eps),
+                step_size=float(step_size),
+                steps=c - done,
+                start=cur_start,
+                objective_fn=objective_fn,
+            )
+            cur_start = x_cur - x
+            done = c
+        out.append(x_cur)
+    return out
+
+
+def pgd_examples(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: bool,
+) -> torch.Tensor:
+    """Adversarial examples of RAT Eq. (3)-(4): PGD on the cross-entropy, eval mode.
+
+    Returns a detached batch ``x_adv`` with ``||x_adv - x||_norm <= eps``; unlabelled
+    samples stay at their (random) start.
+    """
+    with attack_mode(model) as plain:
+        start = _random_start(x, norm, eps) if random_start and eps > 0 else None
+        (x_adv,) = pgd_trajectory(
+            plain,
+            x,
+            adversarial_ce_objective(y),
+            norm=norm,
+            eps=eps,
+            step_size=step_size,
+            checkpoints=(steps,),
+            start=start,
+        )
+    return x_adv
+
+
+# --------------------------------------------------------------------------- at
+
+
+@dataclass
+class ATParams:
+    """Parameters of the ``at`` defense (RAT paper Eq. (2)-(4), section IV.B).
+
+    Attributes
+    ----------
+    eps
+        Perturbation budget (the clip range ``[a, b] = [-0.01, 0.01]`` of Eq. (3)): 0.01.
+    step_size
+        Step ``mu_1`` of Eq. (3): 0.001.
+    steps
+        PGD iterations: 10 ("consistent with the implementation in [30]").
+    random_start
+        Start from a uniform random point of the eps-ball (section III.C: "starts from a
+        random perturbation ... as a seed"): True.
+    norm
+        ``"linf"`` (the paper's) or ``"l2"``.
+    """
+
+    eps: float = 0.01
+    step_size: float = 0.001
+    steps: int = 10
+    random_start: bool = True
+    norm: str = "linf"
+
+    def __post_init__(self) -> None:
+        check_attack_params(self.norm, self.eps, self.step_size, self.steps)
+
+
+def at_loss(
+    model: nn.Module, batch: Batch, params: ATParams
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PGD adversarial training loss: ``mean_i CE(f(x_adv_i), y_i)`` (RAT Eq. (2)).
+
+    ``x_adv`` comes from :func:`pgd_examples` (eval mode, random start, Eq. (3)); the
+    cross-entropy is then computed through ``model`` in its current (train) mode, over
+    the labelled samples.
+
+    Returns
+    -------
+    (loss, logs)
+        Logs: ``adv_ce`` (the loss) and ``adv_acc`` (batch accuracy on ``x_adv``).
+    """
+    x_adv = pgd_examples(
+        model,
+        batch.x,
+        batch.y,
+        norm=params.norm,
+        eps=params.eps,
+        step_size=params.step_size,
+        steps=params.steps,
+        random_start=params.random_start,
+    )
+    logits = model(x_adv)
+    loss, _ = masked_cross_entropy(logits, batch.y)
+    return loss, {
+        "adv_ce": float(loss.detach().item()),
+        "adv_acc": masked_accuracy(logits.detach(), batch.y),
+    }
+
+
+@register_defense("at", ATParams)
+class AT(Defense):
+    """PGD adversarial training (RAT paper Eq. (2)-(4)); see :func:`at_loss`."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return at_loss(model, batch, self.params)
