@@ -9,7 +9,11 @@ import numpy as np
 if TYPE_CHECKING:
     import napari
 
+import weakref
+
 PICKS_LAYER = "picks"
+#: Classify and Attack widgets alive (the Train widget hands them finished checkpoints)
+MODEL_CONSUMERS: weakref.WeakSet = weakref.WeakSet()
 SUBTOMOGRAMS_LAYER = "subtomograms"
 
 

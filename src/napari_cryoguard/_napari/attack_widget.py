@@ -31,6 +31,7 @@ from magicgui.widgets import (
 )
 
 from napari_cryoguard._napari._common import (
+    MODEL_CONSUMERS,
     PICKS_LAYER,
     ModelPicker,
     particle_cube,
@@ -147,6 +148,11 @@ class AttackWidget(Container):
         self.all_button.changed.connect(self.run_all)
         self.cancel_button.changed.connect(self.cancel)
         viewer.layers.selection.events.active.connect(self._connect_picks_selection)
+        MODEL_CONSUMERS.add(self)
+
+    def set_checkpoint(self, path) -> None:
+        """Select a checkpoint file (the Train widget's "use this model")."""
+        self.picker.set_checkpoint(path)
 
     # ------------------------------------------------------------------ form
     def _set_form(self, *_) -> None:

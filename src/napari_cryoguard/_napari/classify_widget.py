@@ -26,6 +26,7 @@ from magicgui.widgets import (
 
 from napari_cryoguard._napari._common import (
     FILE_CHOICE,
+    MODEL_CONSUMERS,
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
     ModelPicker,
@@ -70,6 +71,7 @@ class ClassifyWidget(Container):
         self.reconstruct_button.changed.connect(self.run_reconstruct)
         self.index.changed.connect(self.show_probabilities)
         viewer.layers.selection.events.active.connect(self._connect_picks_selection)
+        MODEL_CONSUMERS.add(self)
 
     # ------------------------------------------------------------------ model
     def model_spec(self) -> str:

@@ -13,6 +13,7 @@ def populate_viewer(viewer, result) -> dict:
     from napari_cryoguard._napari.attack_widget import AttackWidget
     from napari_cryoguard._napari.classify_widget import ClassifyWidget
     from napari_cryoguard._napari.pick_widget import PickWidget
+    from napari_cryoguard._napari.train_widget import TrainWidget
 
     sim = result.sim
     scale = (sim.voxel_size,) * 3
@@ -27,7 +28,7 @@ def populate_viewer(viewer, result) -> dict:
                      scale=(1.0, *scale), colormap="gray", visible=False,
                      metadata={"index": np.asarray(result.subtomograms.index)})
     widgets = {"Pick particles": PickWidget(viewer), "Classify": ClassifyWidget(viewer),
-               "Attack": AttackWidget(viewer)}
+               "Attack": AttackWidget(viewer), "Train": TrainWidget(viewer)}
     from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
 
     widgets["Pick particles"].sigma1.value = SIMULATED_SIGMA1

@@ -201,7 +201,7 @@ class SimCLR(Defense):
         """Create (and return) the projection head for ``model``'s backbone."""
         plain = unwrap(model)
         name = _backbone_name(plain)
-        cube = int(getattr(plain, "cube"))
+        cube = int(plain.cube)
         backbone = getattr(plain, name)
         was = backbone.training
         backbone.eval()
