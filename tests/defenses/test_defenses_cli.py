@@ -4,6 +4,7 @@ loadable checkpoint; IMA's margins ride along and survive a resume."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -15,6 +16,17 @@ from napari_cryoguard.defenses import available_defenses, train_main
 from napari_cryoguard.models import load_checkpoint
 
 SPEC = "n_per_class=3,cube=20,snr=0.5,seed=1"
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """One intra-op thread: on tiny tensors OpenMP's thread warm-up per new shape costs far
+    more than the work (tens of times slower on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 #: the defenses of this part, each with the settings that keep one epoch tiny
 CASES = {
@@ -68,7 +80,6 @@ def test_one_epoch_through_the_cli(name, tmp_path):
         assert not extra
 
 
-@pytest.mark.slow
 def test_ima_margins_resume_like_an_uninterrupted_run(tmp_path):
     # delta is fixed: by default it is eps_max / epochs, which differs between the runs
     extra = ["--lr", "0.01", "--set", "delta=0.01"]
@@ -83,14 +94,49 @@ def test_ima_margins_resume_like_an_uninterrupted_run(tmp_path):
     assert float(b["defense.delta"][0]) == pytest.approx(0.01)
 
 
-@pytest.mark.slow
 def test_python_m_entry_point_writes_ima_margins(tmp_path):
     out = tmp_path / "ima.safetensors"
-    cmd = [sys.executable, "-W", "ignore", "-m", "napari_cryoguard.defenses.trainer",
-           *_argv("ima", out), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-W",
+        "ignore",
+        "-m",
+        "napari_cryoguard.defenses.trainer",
+        *_argv("ima", out),
+        "--json",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["ok"] and "train_margin" in summary["metrics"]
     _, meta = load_checkpoint(out)
     assert meta["extra_tensors"]["defense.margins"].shape == (15,)
+
+
+def test_simclr_checkpoint_starts_another_defense(tmp_path):
+    from napari_cryoguard.defenses import train
+    from napari_cryoguard.defenses.trainer import parse_simulate_spec
+    from napari_cryoguard.simulate import simulate_subtomograms
+
+    pre = tmp_path / "simclr.safetensors"
+    _train(_argv("simclr", pre))
+    net, _ = load_checkpoint(pre)
+    start = net.features[0].weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = simulate_subtomograms(**parse_simulate_spec(SPEC))
+    res = train(
+        data,
+        model=net,
+        defense="at",
+        defense_params={"steps": 1},
+        epochs=1,
+        out=tmp_path / "at.safetensors",
+        device="cpu",
+    )
+    model, meta = load_checkpoint(res.checkpoint)
+    assert meta["defense"] == "at"
+    # fine-tuned from the pre-trained weights (one small Adam step from them)
+    moved = (model.features[0].weight.detach() - start).abs().max()
+    assert 0 < float(moved) < 1e-2

@@ -251,7 +251,9 @@ def dropout_off(model: nn.Module) -> Iterator[None]:
     normalises both halves with the same batch statistics).
     """
     drops = [
-        (m, m.training) for m in unwrap(model).modules() if isinstance(m, nn.modules.dropout._DropoutNd)
+        (m, m.training)
+        for m in unwrap(model).modules()
+        if isinstance(m, nn.modules.dropout._DropoutNd)
     ]
     for m, _ in drops:
         m.eval()

@@ -31,8 +31,9 @@ pre-trained. From Python, load it and hand the model to :func:`train`::
 (:func:`~napari_cryoguard.defenses.trainer.train` accepts a built model). The model
 must have been built for the same classes and cube as the dataset of the second run.
 The command line has no option for initial weights yet (``--resume`` continues the
-*same* defense); see the note in the final report of this module's author for the
-``--init`` option the trainer needs.
+*same* defense and its optimizer state): an ``--init CKPT`` option of ``cryoguard
+train`` that loads the checkpoint's model and passes it to ``train`` has been proposed
+for the trainer.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     denominator, the indicator ``1[k != i]``). Returns the mean over the 2N anchors.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise CryoGuardError(f"expected two (N, d) embeddings, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+        raise CryoGuardError(
+            f"expected two (N, d) embeddings, got {tuple(z1.shape)}, {tuple(z2.shape)}"
+        )
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     sim = z @ z.t() / float(temperature)

@@ -696,8 +696,9 @@ class Trainer:
             x = self.volumes[idx].unsqueeze(1).to(self.device)
             y = torch.as_tensor(self.dataset.labels[idx.numpy()]).to(self.device)
             res = run_attack(self.recipe.robust_attack, model, x, y, **self.recipe.robust_params)
-            with torch.no_grad():
-                correct += float((model(res.x_adv).argmax(1) == y).sum().item())
+            # robust = right on the clean sample AND on its adversarial version
+            ok = (res.pred_before.to(y.device) == y) & (res.pred_after.to(y.device) == y)
+            correct += float(ok.sum().item())
         return correct, float(len(rows))
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
@@ -1334,6 +1335,13 @@ def build_parser() -> argparse.ArgumentParser:
         "default to the stored ones; e.g. raise --epochs)",
     )
     p.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="start from this checkpoint's model and weights (e.g. a simclr pre-training, "
+        "or a standard model to fine-tune with a defense); a fresh optimizer and epoch count",
+    )
+    p.add_argument(
         "--list", action="store_true", help="list models, defenses and their parameters, and exit"
     )
     p.add_argument(
@@ -1475,14 +1483,24 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
     from napari_cryoguard.models import load_checkpoint, tiny_params
 
     stored: dict[str, Any] = {}
+    init_model = None
     if args.resume:
         _, stored = load_checkpoint(args.resume, device="cpu")
+    if args.init:
+        if args.resume:
+            raise CryoGuardError("--init and --resume exclude each other")
+        init_model, init_meta = load_checkpoint(args.init, device="cpu")
+        stored = {"arch": init_meta["arch"]}
+        if args.model and args.model.replace("-", "_") != init_meta["arch"]:
+            raise CryoGuardError(f"--init {args.init} holds a {init_meta['arch']!r} model, "
+                                 f"not {args.model!r}")
     model_name = args.model or stored.get("arch") or "cb3d"
     defense_name = args.defense or stored.get("defense") or "standard"
     mp, dp, rp = _resolve_sets(args.sets, model_name, defense_name)
-    if args.resume:
+    if args.resume or init_model is not None:
         if mp:
-            raise CryoGuardError("model parameters cannot change when resuming (--set model.*)")
+            raise CryoGuardError("model parameters cannot change when resuming or starting "
+                                 "from --init (--set model.*)")
     elif args.tiny:
         mp = {**tiny_params(model_name), **mp}
     for opt, key in (
@@ -1517,7 +1535,7 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
     out = args.out or args.resume or f"cryoguard-{model_name}-{defense_name}.safetensors"
     return train(
         data,
-        model=model_name,
+        model=init_model if init_model is not None else model_name,
         defense=defense_name,
         model_params=mp,
         defense_params=dp,
