@@ -171,9 +171,9 @@ def write_predictions(path: str | os.PathLike, preds: Predictions, labels=None, 
         header += ["label", "label_name"]
     if coords is not None:
         header += ["z", "y", "x"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="") as fh:
+    from napari_cryoguard._atomic import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for i, p in enumerate(preds.probabilities):
@@ -184,7 +184,6 @@ def write_predictions(path: str | os.PathLike, preds: Predictions, labels=None, 
             if coords is not None:
                 row += [repr(float(c)) for c in coords[i]]
             w.writerow(row)
-    os.replace(tmp, path)
     return path
 
 

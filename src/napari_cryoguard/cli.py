@@ -332,8 +332,7 @@ def cmd_attack(args: argparse.Namespace) -> dict:
 
 def _save_attack_result(path, res, loaded, args) -> Path:
     """Write an attack result as ``.npz`` (arrays + a JSON ``metadata`` string), atomically."""
-    import os
-    import tempfile
+    from napari_cryoguard._atomic import atomic_output
 
     path = Path(path)
     if path.suffix.lower() != ".npz":
@@ -346,16 +345,8 @@ def _save_attack_result(path, res, loaded, args) -> Path:
             "class_names": loaded.class_names, "dataset": str(args.dataset),
             "summary": res.summary()}
     arrays["metadata"] = np.array(json.dumps(meta, default=str))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return path
 
 

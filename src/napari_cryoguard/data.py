@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = ["FORMAT_VERSION", "SubtomogramDataset", "load_dataset", "save_dataset"]
@@ -259,20 +259,8 @@ def save_dataset(
     if dataset.tomo_names is not None:
         arrays["tomo_names"] = np.asarray(dataset.tomo_names, dtype=str)
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return path
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_cryoguard.classify import classify, load_model
-from napari_cryoguard.models import WEIGHTS_DIR, bundled_models
+from napari_cryoguard.models import bundled_models
+from napari_cryoguard.models.checkpoint import WEIGHTS_DIR
 from napari_cryoguard.simulate import DEFAULT_CLASSES, simulate_subtomograms
 
 #: training used seeds 1000-1002 (see the README); this one was never used for training

@@ -37,7 +37,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.defenses import distributed as ddp
 from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, get_defense
 from napari_cryoguard.defenses.events import EventWriter
@@ -390,15 +390,8 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={STATE_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
 
 
 def load_training_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:

@@ -69,8 +69,8 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.mrc import _atomic_output
 from napari_cryoguard.io.picks import Picks
 
 PICK_SUFFIXES: tuple[str, ...] = (".star", ".csv")
@@ -313,7 +313,7 @@ def write_picks(path: str | os.PathLike, picks: Picks, *, tomo_name: str | None 
         _format_column(np.asarray(picks.class_names, dtype=str), "class name", star=star)
     feature_cols, feature_meta = _feature_columns(picks, star=star)
     try:
-        with _atomic_output(path) as tmp:
+        with atomic_output(path) as tmp:
             if star:
                 _write_star(
                     tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size

@@ -32,11 +32,9 @@ Non-finite voxels
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ import mrcfile
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
+from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.errors import CryoGuardError
 
 TOMOGRAM_SUFFIXES: tuple[str, ...] = (".mrc", ".map", ".rec", ".st")
@@ -521,27 +520,6 @@ def check_finite(data: Any, chunk: int | None = None) -> int:
     return bad
 
 
-@contextlib.contextmanager
-def _atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    The temporary file is created with the process umask (like an ordinary new file) and
-    removed if anything fails, so an interrupted write never leaves a half-written target.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_tomogram(
     path: str | os.PathLike,
     data: Any,
@@ -584,7 +562,7 @@ def write_tomogram(
     if path.exists() and not overwrite:
         raise CryoGuardError(f"{path} exists and overwrite=False")
     try:
-        with _atomic_output(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        with atomic_output(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
             # header statistics only: overflow in rms or NaN voxels are not our concern here
             with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Data array contains NaN", RuntimeWarning)

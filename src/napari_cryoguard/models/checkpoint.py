@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.models.registry import build_model
 
@@ -173,14 +173,8 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: header_json})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
     return path
 
 
