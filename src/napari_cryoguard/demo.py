@@ -17,12 +17,15 @@ import numpy as np
 
 @dataclass
 class DemoResult:
-    """What the demo produced: the simulation, the picks, the subtomograms and the summary."""
+    """What the demo produced: the simulation, picks, subtomograms, predictions, summary."""
 
     sim: object
     picks: object
     subtomograms: object
     summary: dict
+    predictions: object = None
+    true_class: list | None = None
+    attack: object = None
 
 
 def run_pipeline(out: str | Path = "demo-output", seed: int = 0,
@@ -77,6 +80,8 @@ def run_pipeline(out: str | Path = "demo-output", seed: int = 0,
                             meta={"source": "demo", "n_skipped": int(sub.n_skipped)})
     save_dataset(out / "subtomograms.npz", ds)
     log(f"extracted {len(sub.volumes)} subtomograms of 28^3 ({sub.n_skipped} skipped)")
+    result = DemoResult(sim=sim, picks=picks, subtomograms=sub, summary={})
+    classified = _classify_and_attack(sim, picks, sub, t, log, result)
     summary = {
         "tomogram": str(out / "tomogram.mrc"), "truth": str(out / "truth.star"),
         "picks": str(out / "picks.star"), "subtomograms": str(out / "subtomograms.npz"),
@@ -84,10 +89,55 @@ def run_pipeline(out: str | Path = "demo-output", seed: int = 0,
         "n_particles": int(len(sim.coords)), "n_picks": int(len(picks)),
         "n_subtomograms": int(len(sub.volumes)), "n_skipped": int(sub.n_skipped),
         "precision": round(float(precision), 4), "recall": round(float(recall), 4),
+        **classified,
         "seconds": {k: round(v, 3) for k, v in t.items()},
     }
     (out / "report.json").write_text(json.dumps(summary, indent=2))
-    return DemoResult(sim=sim, picks=picks, subtomograms=sub, summary=summary)
+    result.summary = summary
+    return result
+
+
+def _classify_and_attack(sim, picks, sub, t: dict, log, result: DemoResult) -> dict:
+    """Classify the extracted cubes with the bundled CB3D and attack them with FGSM.
+
+    Each pick takes the class of the true particle it matches (within 4 voxels) as its
+    ``true_class``, so the demo reports the classifier's accuracy on its own picks and
+    how many of them an FGSM perturbation of eps 0.03 (RAT paper IV.C) flips.
+    """
+    from scipy.spatial import cKDTree
+
+    from napari_cryoguard.classify import classify, load_model
+    from napari_cryoguard.models import bundled_models
+
+    if "cb3d-default" not in bundled_models() or len(sub.volumes) == 0:
+        return {}
+    dist, nearest = cKDTree(sim.coords).query(picks.coords)
+    names = np.asarray(sim.class_names)[sim.labels[nearest]]
+    result.true_class = [str(c) if d <= 4 else "" for c, d in zip(names, dist, strict=True)]
+    loaded = load_model("cb3d-default")
+    t0 = time.perf_counter()
+    preds = classify(loaded, sub.volumes, normalized=sub.normalized, device="auto")
+    t["classify"] = time.perf_counter() - t0
+    result.predictions = preds
+    true = np.asarray(result.true_class)[sub.index]
+    known = true != ""
+    acc = float(np.mean(np.asarray(preds.predicted_names)[known] == true[known])) if known.any() else None
+    log(f"classified {len(sub.volumes)} subtomograms with cb3d-default in {t['classify']:.2f} s"
+        + (f": accuracy {acc:.3f} against the matched truth" if acc is not None else ""))
+    from napari_cryoguard.attacks import attack_dataset
+
+    lookup = {n: i for i, n in enumerate(preds.class_names)}
+    labels = np.array([lookup.get(c, p) for c, p in zip(true, preds.predicted, strict=True)])
+    t0 = time.perf_counter()
+    res = attack_dataset(loaded.model, sub.volumes, labels, "fgsm", eps=0.03, device="auto")
+    t["attack"] = time.perf_counter() - t0
+    result.attack = res
+    s = res.summary()
+    log(f"FGSM (eps 0.03) on every subtomogram: accuracy {s['accuracy_before']:.3f} -> "
+        f"{s['accuracy_after']:.3f} in {t['attack']:.2f} s")
+    return {"model": "cb3d-default", "classification_accuracy": acc,
+            "fgsm_eps": 0.03, "accuracy_before_attack": s["accuracy_before"],
+            "accuracy_after_attack": s["accuracy_after"]}
 
 
 def run_demo(out: str | Path = "demo-output", headless: bool = False, seed: int = 0,

@@ -59,7 +59,7 @@ def test_classify_picks_on_the_fly(qtbot, setup, small_sim):
     # the class feature is the argmax and the colour follows the class
     argmax = feats[pcols].to_numpy()[done].argmax(1)
     assert list(feats["class"][done]) == [pcols[i][2:] for i in argmax]
-    fc = np.asarray(picks.face_color)[done]
+    fc = np.asarray(picks.border_color)[done]
     same = argmax[:, None] == argmax[None, :]
     np.testing.assert_array_equal(np.all(fc[:, None] == fc[None, :], axis=-1), same)
     assert "1bxn" in widget.legend.value

@@ -240,3 +240,45 @@ def particle_cube(viewer, i: int, cube: int, image_layer=None) -> np.ndarray:
     if len(sub.volumes) == 0:
         raise ValueError(f"pick {i} lies outside the tomogram")
     return sub.volumes[0]
+
+
+def apply_predictions(layer, preds, index) -> float | None:
+    """Write classification results to a picks Points layer and colour it by class.
+
+    Features: ``class`` (predicted name; empty for picks not classified, e.g. skipped at
+    the border), ``confidence`` and ``p_<class>`` per class; points coloured with
+    :func:`class_colors`. Returns the accuracy against a ``true_class`` feature when the
+    layer has one (picks without a true class are ignored), else ``None``.
+    """
+    import pandas as pd
+
+    names = list(preds.class_names)
+    n = len(layer.data)
+    index = np.asarray(index, dtype=np.int64)
+    feats = layer.features.copy()
+    probs = np.full((n, len(names)), np.nan, dtype=np.float32)
+    probs[index] = preds.probabilities
+    predicted = np.array([""] * n, dtype=object)
+    predicted[index] = preds.predicted_names
+    feats["class"] = pd.Categorical(predicted.astype(str), categories=[*names, ""])
+    feats["confidence"] = np.nanmax(np.where(np.isnan(probs), -1, probs), axis=1)
+    for j, c in enumerate(names):
+        feats[f"p_{c}"] = probs[:, j]
+    layer.features = feats
+    colors = class_colors(len(names))
+    rgba = np.tile([0.6, 0.6, 0.6, 1.0], (n, 1))
+    pred_idx = np.full(n, -1)
+    pred_idx[index] = preds.predicted
+    rgba[pred_idx >= 0] = colors[pred_idx[pred_idx >= 0]]
+    layer.border_color = rgba
+    face = rgba.copy()
+    face[:, 3] = 0.3  # translucent fill: the particle stays visible under its pick
+    layer.face_color = face
+    layer.metadata["class_names"] = names
+    if "true_class" not in feats.columns:
+        return None
+    true = np.asarray(feats["true_class"]).astype(str)[index]
+    known = np.isin(true, names)
+    if not known.any():
+        return None
+    return float(np.mean(np.asarray(preds.predicted_names)[known] == true[known]))

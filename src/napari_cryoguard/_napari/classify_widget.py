@@ -30,6 +30,7 @@ from napari_cryoguard._napari._common import (
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
     ModelPicker,
+    apply_predictions,
     class_colors,
     particle_cube,
     show_error,
@@ -133,34 +134,14 @@ class ClassifyWidget(Container):
     def _on_classified(self, preds, index) -> None:
         self.progress.value = 100
         self.predictions = preds
-        names = preds.class_names
+        acc = None
         if PICKS_LAYER in self._viewer.layers:
             layer = self._viewer.layers[PICKS_LAYER]
-            n = len(layer.data)
-            feats = layer.features.copy()
-            probs = np.full((n, len(names)), np.nan, dtype=np.float32)
-            probs[index] = preds.probabilities
-            predicted = np.array([""] * n, dtype=object)
-            predicted[index] = preds.predicted_names
-            import pandas as pd
-
-            feats["class"] = pd.Categorical(predicted.astype(str), categories=[*names, ""])
-            feats["confidence"] = np.nanmax(np.where(np.isnan(probs), -1, probs), axis=1)
-            for j, c in enumerate(names):
-                feats[f"p_{c}"] = probs[:, j]
-            layer.features = feats
-            colors = class_colors(len(names))
-            rgba = np.tile([0.6, 0.6, 0.6, 1.0], (n, 1))
-            pred_idx = np.full(n, -1)
-            pred_idx[index] = preds.predicted
-            rgba[pred_idx >= 0] = colors[pred_idx[pred_idx >= 0]]
-            layer.face_color = rgba
-            layer.border_color = rgba
-            layer.metadata["class_names"] = list(names)
-            self.index.max = max(n - 1, 0)
-        self.legend.value = self._legend_html(names, preds)
-        acc = ""
-        self.status.value = f"classified {len(preds.probabilities)} subtomograms{acc}"
+            acc = apply_predictions(layer, preds, index)
+            self.index.max = max(len(layer.data) - 1, 0)
+        self.legend.value = self._legend_html(preds.class_names, preds)
+        note = f": accuracy {acc:.3f} against the picks' true_class" if acc is not None else ""
+        self.status.value = f"classified {len(preds.probabilities)} subtomograms{note}"
         self.show_probabilities()
 
     @staticmethod
