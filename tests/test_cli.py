@@ -101,3 +101,20 @@ def test_bad_input_is_one_clear_error(tmp_path):
     s = json.loads(res.stdout.strip())
     assert s["ok"] is False and "bad.mrc" in s["error"]
     assert not (tmp_path / "p.star").exists()
+
+
+@pytest.mark.slow
+def test_reproduce_quick_all_parts(tmp_path):
+    """`cryoguard reproduce --quick` (what CI runs): every part, a report with verdicts."""
+    out = tmp_path / "repro"
+    s = summary(run("reproduce", "--quick", "--out", out, "--threads", 1, "--json"))
+    assert s["ok"]
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    for part in ("(a)", "(b)", "(c)", "(d)", "(e)"):
+        assert part in md, part
+    assert "paper" in md.lower() and "<img" in html
+    import json as _json
+
+    metrics = _json.loads((out / "metrics.json").read_text())
+    assert metrics

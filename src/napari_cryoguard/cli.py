@@ -498,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("models", "list the registered architectures (with their parameters) and the bundled weights")
 
+    sub.add_parser("evaluate", add_help=False,
+                   help="robustness evaluation of checkpoints on a dataset: attacks at several "
+                   "budgets, F1, confusion, margins, sanity checks; report.md/.html, plots, "
+                   "metrics.json (`cryoguard evaluate --help`)")
+    sub.add_parser("reproduce", add_help=False,
+                   help="small-scale reproductions of the five papers' comparisons on the "
+                   "simulator, with the papers' numbers beside ours (`cryoguard reproduce --help`)")
     sub.add_parser("train", add_help=False,
                    help="train a classifier with a defense, in the background or on a cluster "
                    "(`cryoguard train --help` for its options)")
@@ -520,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from napari_cryoguard.defenses.trainer import train_main
 
         return train_main(argv[1:])
+    if argv and argv[0] in ("evaluate", "reproduce"):
+        from napari_cryoguard.evaluate import evaluate_main, reproduce_main
+
+        return (evaluate_main if argv[0] == "evaluate" else reproduce_main)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.perf_counter()

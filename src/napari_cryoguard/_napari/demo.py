@@ -12,6 +12,7 @@ def populate_viewer(viewer, result) -> dict:
     from napari_cryoguard._napari._common import SUBTOMOGRAMS_LAYER, set_picks_layer
     from napari_cryoguard._napari.attack_widget import AttackWidget
     from napari_cryoguard._napari.classify_widget import ClassifyWidget
+    from napari_cryoguard._napari.evaluate_widget import EvaluateWidget
     from napari_cryoguard._napari.pick_widget import PickWidget
     from napari_cryoguard._napari.train_widget import TrainWidget
 
@@ -38,8 +39,9 @@ def populate_viewer(viewer, result) -> dict:
                                "normalized": bool(result.subtomograms.normalized),
                                "voxel_size": sim.voxel_size})
     # docked in this order: Train, Attack and Classify share a tabbed dock, Classify on top
-    widgets = {"Pick particles": PickWidget(viewer), "Train": TrainWidget(viewer),
-               "Attack": AttackWidget(viewer), "Classify": ClassifyWidget(viewer)}
+    widgets = {"Pick particles": PickWidget(viewer), "Evaluate": EvaluateWidget(viewer),
+               "Train": TrainWidget(viewer), "Attack": AttackWidget(viewer),
+               "Classify": ClassifyWidget(viewer)}
     from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
 
     widgets["Pick particles"].sigma1.value = SIMULATED_SIGMA1

@@ -100,6 +100,9 @@ class EvaluateWidget(Container):
         self.canvas.setMinimumHeight(200)
         self.native.layout().addWidget(self.canvas)
         self._latest: dict = {}
+        from napari_cryoguard._napari._common import MODEL_CONSUMERS
+
+        MODEL_CONSUMERS.add(self)
         self._cancel = False
         self.add_button.changed.connect(self.add_model)
         self.clear_button.changed.connect(self.clear_models)
@@ -233,17 +236,27 @@ class EvaluateWidget(Container):
         self.canvas.draw_idle()
 
     def _pick_features(self, metrics: dict, index: np.ndarray) -> None:
+        """Per-pick results of the first model: ``eval_correct`` and ``robust_<attack>``
+        (at the largest budget of each bounded attack); NaN for picks not evaluated."""
         models = metrics.get("models") or {}
         if not models or PICKS_LAYER not in self._viewer.layers:
             return
         first = next(iter(models.values()))
-        pred = first.get("clean", {}).get("pred_by_sample")
-        if pred is None:
+        rows = np.asarray(first.get("sample_index", []), dtype=np.int64)
+        if rows.size == 0:
             return
         layer = self._viewer.layers[PICKS_LAYER]
         feats = layer.features.copy()
-        col = np.full(len(layer.data), np.nan)
-        sel = np.asarray(first.get("sample_index", np.arange(len(pred))))
-        col[index[sel]] = np.asarray(pred, dtype=float)
-        feats["eval_correct"] = col
+        picks_rows = index[rows]
+
+        def column(values) -> np.ndarray:
+            col = np.full(len(layer.data), np.nan)
+            col[picks_rows] = np.asarray(values, dtype=float)
+            return col
+
+        feats["eval_correct"] = column(first.get("clean_correct_by_sample", []))
+        for label, curve in (first.get("attacks") or {}).items():
+            points = [p for p in curve.get("points", []) if "robust_by_sample" in p]
+            if curve.get("mode") == "bounded" and points:
+                feats[f"robust_{label}"] = column(points[-1]["robust_by_sample"])
         layer.features = feats

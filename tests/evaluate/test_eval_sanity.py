@@ -1,0 +1,89 @@
+"""Sanity checks flag the failure modes they are there for."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_cryoguard.evaluate.sanity import (
+    check_eval_mode,
+    check_input_gradients,
+    check_monotonic,
+    run_sanity_checks,
+    verdict,
+)
+
+torch.set_num_threads(1)
+
+
+class SmallNet(nn.Module):
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3, padding=1)
+        self.drop = nn.Dropout(p)
+        self.fc = nn.Linear(2 * 8**3, 3)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.conv(x)).flatten(1)))
+
+
+class IgnoresInput(nn.Module):
+    """Logits from a learned bias only: the output does not depend on the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def _batch(n=6, seed=0):
+    g = np.random.default_rng(seed)
+    return g.standard_normal((n, 8, 8, 8)).astype(np.float32), g.integers(0, 3, n)
+
+
+def test_train_mode_with_dropout_is_flagged_and_mode_restored():
+    torch.manual_seed(0)
+    net = SmallNet().train()
+    x, y = _batch()
+    checks = run_sanity_checks(net, x, y)
+    by = {c.name: c for c in checks}
+    assert by["eval_mode"].status == "fail"
+    assert "dropout" in by["eval_mode"].message
+    assert "drop" in by["eval_mode"].details["stochastic_modules"]
+    assert verdict(checks) == "fail"
+    assert net.training and net.drop.training  # the checks restored the mode
+    # the same model in eval mode passes every check
+    ok = run_sanity_checks(net.eval(), x, y)
+    assert verdict(ok) == "pass", [c.message for c in ok]
+    assert not net.training
+
+
+def test_zero_gradient_model_is_flagged():
+    x, y = _batch()
+    c = check_input_gradients(IgnoresInput(), x, y)
+    assert c.status == "fail"
+    assert c.details["zero_gradient_samples"] == len(y)
+    assert check_input_gradients(SmallNet().eval(), x, y).status == "pass"
+    checks = run_sanity_checks(IgnoresInput(), x, y)
+    assert verdict(checks) == "fail"
+
+
+def test_attack_whose_accuracy_rises_with_eps_is_flagged():
+    rising = {"weak PGD": ([0.0, 0.01, 0.03, 0.06], [0.9, 0.5, 0.6, 0.2])}
+    c = check_monotonic(rising)
+    assert c.status == "warn"
+    (v,) = c.details["violations"]
+    assert (v["from_budget"], v["to_budget"]) == (0.01, 0.03)
+    assert v["to_accuracy"] > v["from_accuracy"]
+    # unsorted budgets are sorted first; flat or falling curves pass
+    ok = {"FGSM": ([0.06, 0.0, 0.03], [0.1, 0.9, 0.4]), "flat": ([0.0, 0.1], [0.5, 0.5])}
+    assert check_monotonic(ok).status == "pass"
+    # a tolerance accepts small rises
+    assert check_monotonic(rising, tolerance=0.2).status == "pass"
+
+
+def test_eval_mode_check_on_eval_model_passes():
+    assert check_eval_mode(SmallNet().eval()).status == "pass"

@@ -1,0 +1,82 @@
+"""`cryoguard reproduce --quick --parts c` end to end through reproduce_main."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from napari_cryoguard.evaluate import reproduce, reproduce_main
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.slow
+def test_reproduce_quick_part_c(tmp_path, capsys):
+    out = tmp_path / "rep"
+    rc = reproduce_main(["--out", str(out), "--quick", "--parts", "c", "--json", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = json.loads(captured.out.strip())
+    assert summary["ok"] and summary["parts"] == ["c"]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    part = metrics["parts"]["c"]
+    claims = part["claims"]
+    assert claims and all(c["agrees"] in (True, False, None) for c in claims)
+    # each verdict is the comparison of the two numbers it shows
+    for c in claims:
+        lhs, rhs = c["ours_text"].split(" vs ")
+        name_l = lhs.rsplit(" ", 1)[0]
+        name_r = rhs.rsplit(" ", 1)[0]
+        a, b = c["ours"][name_l], c["ours"][name_r]
+        if a is not None and b is not None:
+            assert c["agrees"] == (a > b)
+    counts = metrics["summary"]["c"]
+    assert counts["agree"] + counts["disagree"] + counts["undecided"] == len(claims)
+    # the sizes used are stated
+    assert metrics["sizes"]["epochs"] >= 1 and metrics["quick"] is True
+
+    md = (out / "report.md").read_text()
+    assert "paper (text)" in md  # the paper column
+    assert "| claim | source | paper | ours | direction reproduced |" in md
+    verdict_cells = {"yes", "no", "no (equal numbers)", "undecided (missing number)"}
+    claim_rows = [ln for ln in md.splitlines() if ln.startswith("| RAT") or ln.startswith("| AT")]
+    assert len(claim_rows) == len(claims)
+    for ln, c in zip(claim_rows, claims, strict=True):
+        cell = ln.rstrip(" |").rsplit("| ", 1)[1]
+        assert cell in verdict_cells
+        assert (cell == "yes") == bool(c["agrees"])
+    assert "Reduced sizes" in md and "n_train_per_class" in md
+    html = (out / "report.html").read_text()
+    assert '<img src="data:image/png;base64,' in html and "direction reproduced" in html
+    assert (out / "eval" / "c" / "report.html").is_file()
+
+    # resumable per part: a second call reuses the stored part without training
+    events = []
+    again = reproduce(out, quick=True, parts="c", progress=events.append)
+    assert any("already done" in e["message"] for e in events)
+    assert not any("training" in e["message"] for e in events)
+    assert again["parts"]["c"]["claims"] == claims
+
+
+def test_reproduce_rejects_unknown_parts(tmp_path, capsys):
+    rc = reproduce_main(["--out", str(tmp_path), "--quick", "--parts", "xz", "--quiet"])
+    assert rc == 2
+    assert "cryoguard reproduce: error:" in capsys.readouterr().err
+
+
+def test_reproduce_runnable_as_module_with_help():
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "napari_cryoguard.evaluate.reproduce", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0
+    for opt in ("--quick", "--parts", "--out", "--json", "--no-resume", "--seed", "--device"):
+        assert opt in res.stdout
