@@ -148,12 +148,9 @@ def iter_classify(loaded: LoadedModel, volumes: np.ndarray, *, normalized: bool 
 
 def classify(loaded: LoadedModel, volumes: np.ndarray, **kwargs) -> Predictions:
     """Classify a stack of subtomograms; see :func:`iter_classify`."""
-    gen = iter_classify(loaded, volumes, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from napari_cryoguard._progress import drain
+
+    return drain(iter_classify(loaded, volumes, **kwargs))
 
 
 def write_predictions(path: str | os.PathLike, preds: Predictions, labels=None, coords=None) -> Path:

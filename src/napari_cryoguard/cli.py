@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cryoguard._progress import drain
 from napari_cryoguard.errors import CryoGuardError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {}
@@ -243,14 +244,8 @@ def cmd_classify(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model, device="cpu")
     t0 = time.perf_counter()
     bar = _Progress("classify")
-    gen = iter_classify(loaded, ds.volumes, normalized=ds.normalized, device=args.device,
-                        batch_size=args.batch_size, amp=args.amp)
-    while True:
-        try:
-            bar(*next(gen))
-        except StopIteration as stop:
-            preds = stop.value
-            break
+    preds = drain(iter_classify(loaded, ds.volumes, normalized=ds.normalized, device=args.device,
+                                batch_size=args.batch_size, amp=args.amp), bar)
     t_cls = time.perf_counter() - t0
     labels = align_labels(ds.labels, ds.class_names, preds.class_names)
     out = write_predictions(args.out, preds, labels=labels, coords=ds.coords)
@@ -310,14 +305,9 @@ def cmd_attack(args: argparse.Namespace) -> dict:
         full[indices] = np.where(sel >= 0, sel, pred)
         labels = full
     bar = _Progress(f"attack {args.attack}")
-    gen = iter_attack_dataset(loaded.model, volumes, labels, args.attack, batch_size=args.batch_size,
-                              device=args.device, indices=indices, **params)
-    while True:
-        try:
-            bar(*next(gen))
-        except StopIteration as stop:
-            res = stop.value
-            break
+    res = drain(iter_attack_dataset(loaded.model, volumes, labels, args.attack,
+                                    batch_size=args.batch_size, device=args.device,
+                                    indices=indices, **params), bar)
     t_att = time.perf_counter() - t0
     out = _save_attack_result(args.out, res, loaded, args)
     summary = res.summary()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_cryoguard._progress import drain
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -270,16 +271,4 @@ def predict(
     gen: Iterator[PredictProgress] = iter_predict(
         model, volumes, device=device, batch_size=batch_size, amp=amp, on_oom=on_oom
     )
-    previous = 0
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is None:
-            continue
-        if hasattr(progress, "update"):
-            progress.update(step.done - previous)
-        elif callable(progress):
-            progress(step.done, step.total)
-        previous = step.done
+    return drain(gen, progress)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_cryoguard._progress import drain
 from napari_cryoguard.attacks.base import AttackResult, _model_device, make_attack
 from napari_cryoguard.errors import CryoGuardError
 
@@ -147,16 +148,4 @@ def attack_dataset(
         indices=indices,
         **params,
     )
-    previous = 0
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is None:
-            continue
-        if hasattr(progress, "update"):
-            progress.update(step.done - previous)
-        elif callable(progress):
-            progress(step.done, step.total)
-        previous = step.done
+    return drain(gen, progress)

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from napari_cryoguard._progress import drain
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io.picks import Picks
 
@@ -558,13 +559,7 @@ def pick_particles(
         bin_factor=bin_factor,
         chunk_size=chunk_size,
     )
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    return drain(gen, progress)
 
 
 # --------------------------------------------------------------------------- internals
