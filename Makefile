@@ -55,6 +55,8 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/bench_picking.py
+	$(PY) benchmarks/bench_accuracy.py
+	$(PY) benchmarks/bench_attacks.py
 
 lint: setup
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check src tests benchmarks
