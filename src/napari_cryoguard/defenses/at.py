@@ -54,6 +54,7 @@ __all__ = [
     "at_loss",
     "attack_mode",
     "check_attack_params",
+    "kl_ascent",
     "kl_per_sample",
     "masked_accuracy",
     "pgd_examples",
@@ -119,6 +120,43 @@ def _random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     from napari_cryoguard.attacks.base import random_start
 
     return random_start(x, norm, float(eps), None)
+
+
+def kl_ascent(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    start: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Label-free ascent of ``KL(p(x) || p(x'))`` over ``x'`` in the ``eps`` ball around ``x``.
+
+    The inner maximisation shared by TRADES (``x' = x_adv``) and RAT's regulariser
+    (``x'_adv`` around ``x_adv``, RAT Eq. (5)-(6)); run in eval mode (:func:`attack_mode`).
+    ``start(x)`` gives the initial perturbation (``None``: start at ``x``); it is drawn
+    after the clean forward pass, so the random stream is the same as before this helper.
+    """
+    with attack_mode(model) as plain:
+        with torch.no_grad():
+            target = F.log_softmax(plain(x).float(), dim=1)
+
+        def objective(logits: torch.Tensor) -> torch.Tensor:
+            return kl_per_sample(target, F.log_softmax(logits.float(), dim=1))
+
+        (out,) = pgd_trajectory(
+            plain,
+            x,
+            objective,
+            norm=norm,
+            eps=eps,
+            step_size=step_size,
+            checkpoints=(steps,),
+            start=None if start is None else start(x),
+        )
+    return out
 
 
 def pgd_trajectory(

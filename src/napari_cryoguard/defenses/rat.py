@@ -35,12 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cryoguard.defenses.at import (
-    attack_mode,
     check_attack_params,
+    kl_ascent,
     kl_per_sample,
     masked_accuracy,
     pgd_examples,
-    pgd_trajectory,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
 
@@ -90,25 +89,15 @@ def rat_regulariser_examples(
     """``x'_adv``: label-free KL ascent around ``x_adv`` (RAT Eq. (5)-(6)), eval mode."""
     from napari_cryoguard.attacks.base import random_start
 
-    with attack_mode(model) as plain:
-        with torch.no_grad():
-            target = F.log_softmax(plain(x_adv).float(), dim=1)
-
-        def objective(logits: torch.Tensor) -> torch.Tensor:
-            return kl_per_sample(target, F.log_softmax(logits.float(), dim=1))
-
-        start = random_start(x_adv, params.norm, float(params.eps_prime), None)
-        (x2,) = pgd_trajectory(
-            plain,
-            x_adv,
-            objective,
-            norm=params.norm,
-            eps=params.eps_prime,
-            step_size=params.step_size_prime,
-            checkpoints=(params.steps_prime,),
-            start=start,
-        )
-    return x2
+    return kl_ascent(
+        model,
+        x_adv,
+        norm=params.norm,
+        eps=params.eps_prime,
+        step_size=params.step_size_prime,
+        steps=params.steps_prime,
+        start=lambda x: random_start(x, params.norm, float(params.eps_prime), None),
+    )
 
 
 def rat_loss(

@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cryoguard.defenses.at import (
-    attack_mode,
     check_attack_params,
+    kl_ascent,
     kl_per_sample,
     masked_accuracy,
-    pgd_trajectory,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
 
@@ -76,25 +75,9 @@ class TradesParams:
 
 def trades_examples(model: nn.Module, x: torch.Tensor, params: TradesParams) -> torch.Tensor:
     """``argmax_{x' in B(x, eps)} KL(p(x) || p(x'))`` by sign-gradient ascent (eval mode)."""
-    with attack_mode(model) as plain:
-        with torch.no_grad():
-            target = F.log_softmax(plain(x).float(), dim=1)
-
-        def objective(logits: torch.Tensor) -> torch.Tensor:
-            return kl_per_sample(target, F.log_softmax(logits.float(), dim=1))
-
-        start = params.init_std * torch.randn_like(x) if params.init_std > 0 else None
-        (x_adv,) = pgd_trajectory(
-            plain,
-            x,
-            objective,
-            norm=params.norm,
-            eps=params.eps,
-            step_size=params.step_size,
-            checkpoints=(params.steps,),
-            start=start,
-        )
-    return x_adv
+    start = (lambda x0: params.init_std * torch.randn_like(x0)) if params.init_std > 0 else None
+    return kl_ascent(model, x, norm=params.norm, eps=params.eps, step_size=params.step_size,
+                     steps=params.steps, start=start)
 
 
 def trades_loss(
