@@ -104,16 +104,14 @@ def _classify_and_attack(sim, picks, sub, t: dict, log, result: DemoResult) -> d
     ``true_class``, so the demo reports the classifier's accuracy on its own picks and
     how many of them an FGSM perturbation of eps 0.03 (RAT paper IV.C) flips.
     """
-    from scipy.spatial import cKDTree
-
     from napari_cryoguard.classify import classify, load_model
     from napari_cryoguard.models import bundled_models
+    from napari_cryoguard.picking.metrics import assign_truth
 
     if "cb3d-default" not in bundled_models() or len(sub.volumes) == 0:
         return {}
-    dist, nearest = cKDTree(sim.coords).query(picks.coords)
-    names = np.asarray(sim.class_names)[sim.labels[nearest]]
-    result.true_class = [str(c) if d <= 4 else "" for c, d in zip(names, dist, strict=True)]
+    names = np.asarray(sim.class_names)[sim.labels]
+    result.true_class = list(assign_truth(picks.coords, sim.coords, names, tolerance=4.0))
     loaded = load_model("cb3d-default")
     t0 = time.perf_counter()
     preds = classify(loaded, sub.volumes, normalized=sub.normalized, device="auto")

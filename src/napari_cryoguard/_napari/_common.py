@@ -74,24 +74,77 @@ def class_colors(n: int) -> np.ndarray:
     return np.array([cmap(i % cmap.N) for i in range(n)], dtype=np.float32)
 
 
-def show_particle_layers(viewer, layers: dict, gap: int = 4, **kwargs) -> list:
-    """Add or replace single-particle Image layers, laid side by side along X.
+def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
+                         styles: dict | None = None, gap: int = 4, go_to: bool = True) -> list:
+    """Show single-particle cubes at the tomogram's scale, in a row beside the particle.
 
-    ``layers`` maps names (``particle <i>``, ``reconstruction <i>``, ``adversarial <i>``,
-    ...) to (D, H, W) cubes; a layer of the same name is replaced, not piled up. Cubes
-    are placed one cube + ``gap`` voxels apart so they can be compared at a glance.
-    ``kwargs`` maps a name to extra ``add_image`` keywords (colormap, contrast limits).
+    ``layers`` maps names (``particle <i>``, ``adversarial <i>``, ``perturbation <i> x<k>``,
+    ``reconstruction <i>``, ...) to (D, H, W) cubes. They take ``image_layer``'s scale
+    (voxel size in Angstrom), and are laid out left to right starting one ``gap`` (voxels)
+    to the right of the particle at ``center`` (ZYX voxel indices of ``image_layer``),
+    their middle slice on the particle's Z, so they show in the slice the user looks at
+    next to the particle itself. A layer of the same name is updated in place (no
+    remove/re-add). ``styles`` maps a name to layer properties (colormap,
+    contrast_limits). With ``go_to`` the view moves there: the Z slider to the particle
+    and the camera over the row, zoomed to fit it.
     """
+    styles = styles or {}
+    scale = np.asarray(image_layer.scale[-3:], dtype=float) if image_layer is not None else np.ones(3)
+    origin = np.asarray(image_layer.translate[-3:], dtype=float) if image_layer is not None else np.zeros(3)
+    c = np.zeros(3) if center is None else np.asarray(center, dtype=float)[-3:]
+    c_world = origin + c * scale
     out = []
-    for j, (name, vol) in enumerate(layers.items()):
-        extra = dict(kwargs.get(name, {}))
-        if name in viewer.layers:
-            viewer.layers.remove(name)
-        shift = j * (vol.shape[-1] + gap)
-        extra.setdefault("colormap", "gray")
-        out.append(viewer.add_image(np.asarray(vol, dtype=np.float32), name=name,
-                                    translate=(0, 0, shift), **extra))
+    x_left = None
+    x_right = None
+    offset = 0.0
+    for name, vol in layers.items():
+        vol = np.asarray(vol, dtype=np.float32)
+        d, h, w = vol.shape[-3:]
+        x0 = c_world[2] + (w / 2 + gap) * scale[2] + offset
+        offset += (w + gap) * scale[2]
+        translate = (c_world[0] - (d - 1) / 2 * scale[0], c_world[1] - (h - 1) / 2 * scale[1], x0)
+        x_left = x0 if x_left is None else x_left
+        x_right = x0 + w * scale[2]
+        style = {"colormap": "gray", **styles.get(name, {})}
+        if "contrast_limits" not in style:
+            lo, hi = float(vol.min()), float(vol.max())
+            style["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
+        if name in viewer.layers and viewer.layers[name].ndim == 3:
+            layer = viewer.layers[name]
+            layer.data = vol
+            layer.scale = tuple(scale)
+            layer.translate = translate
+            for key, value in style.items():
+                setattr(layer, key, value)
+            layer.visible = True
+        else:
+            if name in viewer.layers:
+                viewer.layers.remove(name)
+            layer = viewer.add_image(vol, name=name, scale=tuple(scale), translate=translate,
+                                     **style)
+        out.append(layer)
+    if go_to and out:
+        go_to_region(viewer, c_world[0], (c_world[1], (x_left + x_right) / 2),
+                     width=(x_right - c_world[2]) * 2.2, height=max(lay.data.shape[-2] for lay in out)
+                     * scale[1] * 2.2)
     return out
+
+
+def go_to_region(viewer, z_world: float, center_yx, width: float, height: float) -> None:
+    """Move the Z slider to ``z_world`` and the 2D camera over ``center_yx``, fitting
+    ``width`` x ``height`` (world units) in the canvas."""
+    from napari_cryoguard._napari._state import _unwrap
+
+    if viewer.dims.ndim >= 3:
+        axis = viewer.dims.ndim - 3
+        viewer.dims.set_point(axis, float(z_world))
+    viewer.camera.center = (float(center_yx[0]), float(center_yx[1]))
+    try:
+        ch, cw = _unwrap(viewer)._canvas_size
+    except Exception:  # noqa: BLE001 - no canvas yet
+        ch, cw = 600, 800
+    if width > 0 and height > 0 and ch > 0 and cw > 0:
+        viewer.camera.zoom = float(min(cw / width, ch / height))
 
 
 class Failure:
@@ -161,58 +214,130 @@ def start_worker(widget, fn, *args, on_return, on_yield=None, buttons=(), **kwar
 FILE_CHOICE = "checkpoint file..."
 
 
-def _model_choices(widget=None) -> list[str]:
-    from napari_cryoguard.models import bundled_models
+def chosen_file(edit, what: str = "a file"):
+    """The path in a FileEdit, or a :class:`CryoGuardError` saying "choose ..." when empty.
 
-    return [*bundled_models(), FILE_CHOICE]
+    magicgui turns an empty field into ``Path(".")`` (the working directory); that is
+    never what the user meant.
+    """
+    from pathlib import Path
+
+    from napari_cryoguard.errors import CryoGuardError
+
+    value = edit.value
+    text = "" if value is None else str(value).strip()
+    if text in ("", "."):
+        raise CryoGuardError(f"choose {what} first (the {edit.label} field is empty)")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise CryoGuardError(f"{path} is a folder: choose {what}")
+    return path
 
 
 class ModelPicker:
-    """A bundled-weights combo box plus a checkpoint file field, shared by the widgets.
+    """A model combo box plus a checkpoint file field, shared by the widgets of a viewer.
 
-    ``widgets`` are added to the owning container; :meth:`spec` is what
-    :func:`napari_cryoguard.classify.load_model` takes; :meth:`load` caches the loaded
-    model until the choice changes.
+    Choices: the bundled weights, every checkpoint the viewer's widgets know (trained
+    runs, files chosen before; see :mod:`._state`), and *checkpoint file...*. "Use model"
+    in the Train widget selects a checkpoint in every picker of the viewer, also in
+    widgets opened later. :meth:`spec` is what :func:`napari_cryoguard.classify.load_model`
+    takes; :meth:`load` (call it from a worker: a large checkpoint takes seconds) caches
+    the loaded model until the choice changes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, viewer=None) -> None:
         from magicgui.widgets import ComboBox, FileEdit
 
-        self.model = ComboBox(choices=_model_choices, label="model")
+        from napari_cryoguard._napari._state import state_for
+
+        self.state = state_for(viewer) if viewer is not None else None
+        self.model = ComboBox(choices=self._choices, label="model")
         self.checkpoint = FileEdit(mode="r", filter="*.safetensors", label="checkpoint")
-        self.checkpoint.visible = self.model.value == FILE_CHOICE
+        self._cache = None
+        self._sync_visibility()
         self.model.changed.connect(self._changed)
         self.checkpoint.changed.connect(self._changed)
-        self._cache = None
+        if self.state is not None:
+            self.state.models_changed.connect(self._models_changed)
+            self.state.model_selected.connect(self.select)
+            if self.state.selected_model:
+                self.select(self.state.selected_model)
+
+    def _choices(self, widget=None) -> list:
+        from pathlib import Path
+
+        from napari_cryoguard.models import bundled_models
+
+        out = [(name, name) for name in bundled_models()]
+        for spec in (self.state.models if self.state is not None else []):
+            if spec not in dict(out).values():
+                p = Path(spec)
+                out.append((f"{p.parent.name}/{p.name}" if p.parent.name else p.name, spec))
+        out.append((FILE_CHOICE, FILE_CHOICE))
+        return out
+
+    def _models_changed(self) -> None:
+        value = self.model.value
+        self.model.reset_choices()
+        if value in [v for _, v in self._choices()]:
+            self.model.value = value
 
     @property
     def widgets(self) -> list:
         return [self.model, self.checkpoint]
 
-    def _changed(self, *_) -> None:
+    def _sync_visibility(self) -> None:
         self.checkpoint.visible = self.model.value == FILE_CHOICE
+
+    def _changed(self, *_) -> None:
+        self._sync_visibility()
         self._cache = None
 
     def spec(self) -> str:
+        """The chosen model: a bundled name or a checkpoint path (raises when none)."""
         if self.model.value == FILE_CHOICE:
-            return str(self.checkpoint.value)
+            return str(chosen_file(self.checkpoint, "a checkpoint file (.safetensors)"))
         return str(self.model.value)
 
-    def set_checkpoint(self, path) -> None:
-        """Select a checkpoint file (the Train widget's "use this model" button)."""
-        self.model.reset_choices()
-        self.model.value = FILE_CHOICE
-        self.checkpoint.value = path
-        self._cache = None
+    @property
+    def display_name(self) -> str:
+        """How results name the model: the bundled name, or ``run folder/file``."""
+        from pathlib import Path
 
-    def load(self):
+        try:
+            spec = self.spec()
+        except Exception:  # noqa: BLE001 - no model chosen yet
+            return "(no model)"
+        p = Path(spec)
+        return f"{p.parent.name}/{p.name}" if p.suffix == ".safetensors" else spec
+
+    def select(self, spec) -> None:
+        """Select ``spec`` (a bundled name or a checkpoint path) in this picker."""
+        spec = str(spec)
+        self.model.reset_choices()
+        if spec in [v for _, v in self._choices()]:
+            self.model.value = spec
+        else:
+            self.model.value = FILE_CHOICE
+            self.checkpoint.value = spec
+        self._cache = None
+        self._sync_visibility()
+
+    def set_checkpoint(self, path) -> None:
+        """Make ``path`` known to the viewer's pickers and select it here."""
+        if self.state is not None:
+            self.state.add_model(str(path))
+        self.select(path)
+
+    def load(self, spec: str | None = None):
         """The chosen model as a :class:`~napari_cryoguard.classify.LoadedModel` (cached)."""
         from napari_cryoguard.classify import load_model
 
-        spec = self.spec()
-        if self._cache is None or self._cache.source != spec:
-            self._cache = load_model(spec, device="cpu")
-        return self._cache
+        spec = self.spec() if spec is None else spec
+        cache = self._cache
+        if cache is None or cache.source != spec:
+            cache = self._cache = load_model(spec, device="cpu")
+        return cache
 
 
 def particle_cube(viewer, i: int, cube: int, image_layer=None) -> np.ndarray:
@@ -275,6 +400,8 @@ def apply_predictions(layer, preds, index) -> float | None:
     face[:, 3] = 0.3  # translucent fill: the particle stays visible under its pick
     layer.face_color = face
     layer.metadata["class_names"] = names
+    # the ``class`` column now holds the model's own predictions: never labels by default
+    layer.metadata["predicted_columns"] = sorted({*layer.metadata.get("predicted_columns", []), "class"})
     if "true_class" not in feats.columns:
         return None
     true = np.asarray(feats["true_class"]).astype(str)[index]

@@ -1,0 +1,69 @@
+"""GUI fixtures: a real napari viewer (shown, under Xvfb) with widgets docked through the
+manifest, exactly as the *Plugins* menu docks them (each widget gets its own proxy of
+the viewer). Every GUI test uses these, never ``SomeWidget(viewer)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_cryoguard._napari import _probe
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """Training runs and evaluations of the widgets go to a temporary folder."""
+    path = tmp_path / "runs"
+    monkeypatch.setenv("CRYOGUARD_RUNS_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, runs_dir):
+    """A shown viewer (screenshots need ``show=True`` under Xvfb) at laptop size."""
+    v = make_napari_viewer(show=True)
+    v.window._qt_window.resize(1280, 800)
+    return v
+
+
+class Docked:
+    """A viewer plus helpers to dock and drive the plugin's widgets."""
+
+    def __init__(self, viewer, qtbot) -> None:
+        self.viewer = viewer
+        self.qtbot = qtbot
+        self.widgets: dict = {}
+
+    def dock(self, name: str, **kwargs):
+        widget = _probe.dock(self.viewer, name, **kwargs)
+        self.widgets[name] = widget
+        return widget
+
+    def click(self, widget, text: str) -> None:
+        _probe.click(widget, text)
+
+    def wait_idle(self, widget, timeout: float = 120.0) -> None:
+        """Wait until ``widget``'s worker finished (its buttons enabled again)."""
+        def idle():
+            w = getattr(widget, "_worker", None)
+            return w is None or not w.is_running
+
+        self.qtbot.waitUntil(idle, timeout=int(timeout * 1000))
+        self.qtbot.wait(30)
+
+    def sample(self):
+        """Open the plugin's sample data (File > Open Sample)."""
+        self.viewer.open_sample("napari-cryoguard", "simulated_tomogram")
+        return self.viewer.layers["simulated tomogram"]
+
+
+@pytest.fixture
+def docked(viewer, qtbot):
+    """Dock widgets by their manifest display names: ``docked.dock("Attack")``."""
+    d = Docked(viewer, qtbot)
+    yield d
+    for w in d.widgets.values():  # a worker still running when the viewer closes is cancelled
+        worker = getattr(w, "_worker", None)
+        if worker is not None and worker.is_running:
+            worker.quit()
+            qtbot.waitUntil(lambda worker=worker: not worker.is_running, timeout=60_000)
