@@ -43,12 +43,8 @@ class Docked:
         _probe.click(widget, text)
 
     def wait_idle(self, widget, timeout: float = 120.0) -> None:
-        """Wait until ``widget``'s worker finished (its buttons enabled again)."""
-        def idle():
-            w = getattr(widget, "_worker", None)
-            return w is None or not w.is_running
-
-        self.qtbot.waitUntil(idle, timeout=int(timeout * 1000))
+        """Wait until ``widget``'s worker has finished (``_common.start_worker`` marks it busy)."""
+        self.qtbot.waitUntil(lambda: not getattr(widget, "_busy", False), timeout=int(timeout * 1000))
         self.qtbot.wait(30)
 
     def sample(self):

@@ -1,4 +1,4 @@
-"""The "Classify" widget in a real viewer: features, colours, table, reconstruction."""
+"""The "Classify" widget docked as napari docks it: features, colours, table, reconstruction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from napari_cryoguard._napari._common import set_picks_layer
-from napari_cryoguard._napari.classify_widget import FILE_CHOICE, ClassifyWidget
+from napari_cryoguard._napari._probe import canvas_coverage
+from napari_cryoguard._napari.classify_widget import FILE_CHOICE
 from napari_cryoguard.models import build_model, save_checkpoint, tiny_params
 
 pytestmark = pytest.mark.gui
@@ -22,33 +23,33 @@ def ae_ckpt(tmp_path_factory):
     return path
 
 
-def _wait(qtbot, widget):
-    """Wait until the worker has finished (the button is enabled again in `finished`)."""
-    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
-    qtbot.wait(20)
-
-
 @pytest.fixture
-def setup(make_napari_viewer, small_sim, ae_ckpt):
-    viewer = make_napari_viewer()
+def setup(docked, small_sim, ae_ckpt):
+    viewer = docked.viewer
     image = viewer.add_image(small_sim.volume, name="tomo", scale=(small_sim.voxel_size,) * 3,
                              metadata={"voxel_size": small_sim.voxel_size})
-    set_picks_layer(viewer, small_sim.to_picks(), image)
-    widget = ClassifyWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.reset_choices()
+    picks = small_sim.to_picks()
+    set_picks_layer(viewer, picks, image)
+    widget = docked.dock("Classify")
     widget.image.value = image
-    widget.set_checkpoint(ae_ckpt)
-    assert widget.model.value == FILE_CHOICE
-    return viewer, widget
+    widget.picker.set_checkpoint(ae_ckpt)
+    # a checkpoint chosen once is listed by name in the model choices of the viewer
+    assert widget.model.value == str(ae_ckpt)
+    assert widget.picker.spec() == str(ae_ckpt)
+    return docked, widget
 
 
-def test_classify_picks_on_the_fly(qtbot, setup, small_sim):
-    viewer, widget = setup
+def test_classify_picks_on_the_fly(setup, small_sim):
+    docked, widget = setup
+    viewer = docked.viewer
     widget.source.value = "picks of tomogram"
     widget.device.value = "cpu"
-    widget.run_button.clicked()
-    _wait(qtbot, widget)
+    # the picks' 'class' came from the simulation's truth, not from a model
+    widget.labels.combo.reset_choices()
+    assert widget.labels.combo.value == "picks: class"
+    docked.click(widget, "Classify")
+    docked.wait_idle(widget)
+    assert widget.status.value.startswith("classified"), widget.status.value
     picks = viewer.layers["picks"]
     feats = picks.features
     pcols = [c for c in feats.columns if c.startswith("p_")]
@@ -63,29 +64,58 @@ def test_classify_picks_on_the_fly(qtbot, setup, small_sim):
     same = argmax[:, None] == argmax[None, :]
     np.testing.assert_array_equal(np.all(fc[:, None] == fc[None, :], axis=-1), same)
     assert "1bxn" in widget.legend.value
-    # selecting a point fills the probability table
+    # the model is named; the file's classes were kept and used as the comparison
+    assert "ae.safetensors" in widget.status.value
+    assert "accuracy" in widget.status.value and "'class'" in widget.status.value
+    truth = np.asarray(small_sim.class_names)[small_sim.labels]
+    assert list(feats["file_class"]) == list(truth)
+    # after classifying, 'class' is the model's own predictions: never the default label
+    widget.labels.combo.reset_choices()
+    assert widget.labels.combo.value == "picks: file_class"
+    assert widget.labels.combo.choices[-1].endswith("(the model's own predictions)")
+
+    # selecting a point (whatever layer was active) fills the probability table
     first = int(np.flatnonzero(done)[0])
+    viewer.layers.selection.active = viewer.layers["tomo"]
     picks.selected_data = {first}
-    widget._on_select()
     assert widget.index.value == first
     table = widget.table.value["data"]
     assert len(table) == 5
     assert float(table[int(argmax[0])][1]) == pytest.approx(feats[pcols].to_numpy()[first].max(), abs=1e-3)
 
-    widget.run_reconstruct()
+    docked.click(widget, "Reconstruct")
+    docked.wait_idle(widget)
     assert f"particle {first}" in viewer.layers and f"reconstruction {first}" in viewer.layers
-    assert viewer.layers[f"reconstruction {first}"].data.shape == (24, 24, 24)
-    widget.run_reconstruct()  # replaced, not piled up
+    rec = viewer.layers[f"reconstruction {first}"]
+    assert rec.data.shape == (24, 24, 24)
+    # at the tomogram's scale, beside the particle, in the slice the view moved to
+    np.testing.assert_allclose(rec.scale, (small_sim.voxel_size,) * 3)
+    z_world = picks.data[first][0] * small_sim.voxel_size
+    assert viewer.dims.point[0] == pytest.approx(z_world, abs=small_sim.voxel_size)
+    assert canvas_coverage(viewer, [f"particle {first}", f"reconstruction {first}"]) > 0.05
+    layer_before = viewer.layers[f"particle {first}"]
+    docked.click(widget, "Reconstruct")  # updated in place, not piled up
+    docked.wait_idle(widget)
     assert [lay.name for lay in viewer.layers].count(f"particle {first}") == 1
+    assert viewer.layers[f"particle {first}"] is layer_before
 
 
-def test_wrong_cube_notifies_without_crash(qtbot, setup):
-    viewer, widget = setup
-    viewer.add_image(np.zeros((3, 28, 28, 28), np.float32), name="subtomograms",
-                     metadata={"index": np.arange(3), "normalized": True})
+def test_wrong_cube_notifies_without_crash(setup):
+    docked, widget = setup
+    docked.viewer.add_image(np.zeros((3, 28, 28, 28), np.float32), name="subtomograms",
+                            metadata={"index": np.arange(3), "normalized": True})
     widget.source.value = "subtomograms layer"
-    widget.run_button.clicked()
-    _wait(qtbot, widget)
+    docked.click(widget, "Classify")
+    docked.wait_idle(widget)
     assert widget.status.value.startswith("error")
     assert "24^3" in widget.status.value
     assert widget.run_button.enabled
+
+
+def test_empty_checkpoint_field_says_choose(setup):
+    docked, widget = setup
+    widget.picker.select(FILE_CHOICE)
+    widget.checkpoint.value = ""
+    docked.click(widget, "Classify")
+    assert "choose a checkpoint file" in widget.status.value
+    assert "/" not in widget.status.value.split("choose")[0]  # no working directory named

@@ -32,12 +32,19 @@ def voxel_size_of(layer) -> float:
     return float(layer.scale[-1])
 
 
-def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str = PICKS_LAYER, **kwargs):
-    """Add or replace the Points layer ``name`` showing ``picks`` over ``image_layer``.
+def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str = PICKS_LAYER,
+                    diameter: float | None = None, **kwargs):
+    """Show ``picks`` over ``image_layer`` as the Points layer ``name`` (updated in place).
 
     Coordinates are the picks' ZYX voxel indices; the layer takes the image's scale and
     translate so that points sit on the particles in physical units. Scores (and any
-    features of the picks) become layer features.
+    features of the picks) become layer features. Picks are drawn out of slice
+    (``out_of_slice_display``): a point shows on every slice its particle crosses,
+    smaller away from its centre. ``diameter`` is the particle diameter in Angstrom; the
+    point size is that diameter in voxels of ``image_layer`` (napari's Points ``size``
+    is in data units and is drawn times the layer's scale), default 14 voxels. A layer
+    ``name`` that is already there is updated in place, so what listens to it (its
+    selection, for click-to-select) keeps working.
     """
     import pandas as pd
 
@@ -51,19 +58,94 @@ def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str 
         features[key] = values
     scale = tuple(image_layer.scale[-3:])
     translate = tuple(image_layer.translate[-3:])
-    metadata = {"voxel_size": voxel_size_of(image_layer), "tomo_name": image_layer.name,
+    voxel = voxel_size_of(image_layer)
+    metadata = {"voxel_size": voxel, "tomo_name": image_layer.name,
                 "class_names": list(picks.class_names or [])}
-    style = dict(size=kwargs.pop("size", 14), symbol=kwargs.pop("symbol", "disc"),
+    size = kwargs.pop("size", None)
+    if size is None:
+        size = float(diameter) / voxel if diameter else 14.0
+        metadata["diameter"] = float(diameter) if diameter else 14.0 * voxel
+    style = dict(size=size, symbol=kwargs.pop("symbol", "disc"),
                  border_color=kwargs.pop("border_color", "yellow"),
                  face_color=kwargs.pop("face_color", "transparent"),
                  border_width=kwargs.pop("border_width", 0.12),
+                 out_of_slice_display=kwargs.pop("out_of_slice_display", True),
                  projection_mode=kwargs.pop("projection_mode", "all"))
-    if name in viewer.layers:
+    coords = picks.coords.reshape(-1, 3)
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is not None and getattr(layer, "_type_string", "") == "points" and layer.ndim == 3:
+        layer.selected_data = set()
+        layer.scale = scale
+        layer.translate = translate
+        layer.data = coords
+        layer.features = features
+        layer.metadata = metadata
+        for key, value in {**style, **kwargs}.items():
+            setattr(layer, key, value)
+        layer.refresh()
+        return layer
+    if layer is not None:
         viewer.layers.remove(name)
-    layer = viewer.add_points(picks.coords.reshape(-1, 3), name=name, features=features,
-                              scale=scale, translate=translate, metadata=metadata,
-                              **style, **kwargs)
-    return layer
+    return viewer.add_points(coords, name=name, features=features, scale=scale,
+                             translate=translate, metadata=metadata, **style, **kwargs)
+
+
+def connect_picks_selection(viewer, callback, name: str = PICKS_LAYER):
+    """Call ``callback(layer, indices)`` whenever the selected points of ``name`` change.
+
+    Click-to-select that works whatever layer was active first: every Points layer of
+    the viewer is watched from the moment it is inserted (and those already there), and
+    the callback fires only for the one named ``name``, also after it was replaced or
+    renamed. ``indices`` is the sorted list of selected point indices. A bound method is
+    held weakly (a closed widget stops receiving calls). Returns a function that
+    disconnects everything.
+    """
+    import weakref
+
+    if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
+        ref = weakref.WeakMethod(callback)
+    else:
+        def ref(cb=callback):
+            return cb
+    watched: dict[int, tuple] = {}
+
+    def watch(layer) -> None:
+        if getattr(layer, "_type_string", "") != "points" or id(layer) in watched:
+            return
+
+        def changed(event=None, layer=layer) -> None:
+            cb = ref()
+            if cb is None or layer.name != name or layer not in viewer.layers:
+                return
+            try:
+                cb(layer, sorted(int(i) for i in layer.selected_data))
+            except RuntimeError:  # the widget's Qt object is gone
+                pass
+
+        layer.selected_data.events.items_changed.connect(changed)
+        watched[id(layer)] = (layer, changed)
+
+    def inserted(event) -> None:
+        watch(event.value)
+
+    def removed(event) -> None:
+        entry = watched.pop(id(event.value), None)
+        if entry is not None:
+            entry[0].selected_data.events.items_changed.disconnect(entry[1])
+
+    viewer.layers.events.inserted.connect(inserted)
+    viewer.layers.events.removed.connect(removed)
+    for layer in list(viewer.layers):
+        watch(layer)
+
+    def disconnect() -> None:
+        viewer.layers.events.inserted.disconnect(inserted)
+        viewer.layers.events.removed.disconnect(removed)
+        for layer, changed in watched.values():
+            layer.selected_data.events.items_changed.disconnect(changed)
+        watched.clear()
+
+    return disconnect
 
 
 def class_colors(n: int) -> np.ndarray:
@@ -138,13 +220,15 @@ def go_to_region(viewer, z_world: float, center_yx, width: float, height: float)
     if viewer.dims.ndim >= 3:
         axis = viewer.dims.ndim - 3
         viewer.dims.set_point(axis, float(z_world))
-    viewer.camera.center = (float(center_yx[0]), float(center_yx[1]))
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+    camera.center = (float(center_yx[0]), float(center_yx[1]))
     try:
         ch, cw = _unwrap(viewer)._canvas_size
     except Exception:  # noqa: BLE001 - no canvas yet
         ch, cw = 600, 800
     if width > 0 and height > 0 and ch > 0 and cw > 0:
-        viewer.camera.zoom = float(min(cw / width, ch / height))
+        camera.zoom = float(min(cw / width, ch / height))
 
 
 class Failure:
@@ -196,6 +280,7 @@ def start_worker(widget, fn, *args, on_return, on_yield=None, buttons=(), **kwar
             on_return(result)
 
     def finished():
+        widget._busy = False
         for b in buttons:
             b.enabled = True
 
@@ -207,6 +292,7 @@ def start_worker(widget, fn, *args, on_return, on_yield=None, buttons=(), **kwar
     for b in buttons:
         b.enabled = False
     widget._worker = worker
+    widget._busy = True  # until `finished` (tests and benchmarks wait on it)
     worker.start()
     return worker
 
@@ -224,9 +310,11 @@ def chosen_file(edit, what: str = "a file"):
 
     from napari_cryoguard.errors import CryoGuardError
 
-    value = edit.value
+    raw = getattr(getattr(edit, "line_edit", None), "value", None)  # what the user typed
+    value = edit.value if raw is None else raw
     text = "" if value is None else str(value).strip()
-    if text in ("", "."):
+    # magicgui fills an empty field with the working directory: that is "nothing chosen"
+    if text in ("", ".") or Path(text).expanduser().resolve() == Path.cwd().resolve():
         raise CryoGuardError(f"choose {what} first (the {edit.label} field is empty)")
     path = Path(text).expanduser()
     if path.is_dir():
@@ -340,31 +428,95 @@ class ModelPicker:
         return cache
 
 
-def particle_cube(viewer, i: int, cube: int, image_layer=None) -> np.ndarray:
-    """The normalised ``cube``^3 volume of pick ``i``.
+def particle_source(viewer, i: int, image_layer=None) -> dict:
+    """Where pick ``i``'s cube comes from (cheap: references only; main thread).
 
-    Taken from the ``subtomograms`` layer when it holds pick ``i`` at that size, else
-    extracted from ``image_layer`` around the ``picks`` layer's point ``i`` (padded at
-    the border). Raises ``ValueError`` when neither is available.
+    The ``subtomograms`` layer when it holds pick ``i``, and the tomogram with the pick's
+    position (ZYX voxels) for extraction at another cube size. Raises
+    :class:`CryoGuardError` when neither is available.
     """
-    from napari_cryoguard.classify import zscore
-    from napari_cryoguard.picking import extract_subtomograms
+    from napari_cryoguard.errors import CryoGuardError
 
+    src: dict = {"index": int(i), "stack": None, "volume": None, "center": None}
     if SUBTOMOGRAMS_LAYER in viewer.layers:
         layer = viewer.layers[SUBTOMOGRAMS_LAYER]
-        index = list(np.asarray(layer.metadata.get("index", np.arange(len(layer.data)))))
-        if i in index and layer.data.shape[-1] == cube:
-            vol = np.asarray(layer.data[index.index(i)], dtype=np.float32)
-            return vol if layer.metadata.get("normalized") else zscore(vol[None])[0]
-    if PICKS_LAYER not in viewer.layers or image_layer is None:
-        raise ValueError("select a tomogram and a pick (or extract subtomograms) first")
-    points = np.asarray(viewer.layers[PICKS_LAYER].data)
-    if not 0 <= i < len(points):
-        raise ValueError(f"there is no pick {i} (the picks layer has {len(points)} points)")
-    sub = extract_subtomograms(image_layer.data, points[i : i + 1, -3:], size=cube, border="pad")
+        index = [int(v) for v in np.asarray(layer.metadata.get("index", np.arange(len(layer.data))))]
+        if i in index:
+            src["stack"] = (layer.data, index.index(i), bool(layer.metadata.get("normalized")))
+    if PICKS_LAYER in viewer.layers:
+        points = viewer.layers[PICKS_LAYER].data
+        if not 0 <= i < len(points):
+            raise CryoGuardError(f"there is no pick {i} (the picks layer has {len(points)} points)")
+        src["center"] = np.asarray(points[i], dtype=float)[-3:]
+        if image_layer is not None:
+            src["volume"] = image_layer.data
+    if src["stack"] is None and src["volume"] is None:
+        raise CryoGuardError("choose a tomogram and a pick first (or extract subtomograms)")
+    return src
+
+
+def particle_cube(source: dict, cube: int) -> np.ndarray:
+    """The normalised ``cube``^3 volume of a pick from :func:`particle_source` (a worker).
+
+    Taken from the ``subtomograms`` stack when it has that size, else extracted from the
+    tomogram around the pick (padded at the border).
+    """
+    from napari_cryoguard.classify import zscore
+    from napari_cryoguard.errors import CryoGuardError
+    from napari_cryoguard.picking import extract_subtomograms
+
+    if source["stack"] is not None:
+        data, row, normalized = source["stack"]
+        if data.shape[-1] == cube:
+            vol = np.asarray(data[row], dtype=np.float32)
+            return vol if normalized else zscore(vol[None])[0]
+    if source["volume"] is None or source["center"] is None:
+        raise CryoGuardError(f"the subtomograms are not {cube}^3 (the model's cube): choose the "
+                             "tomogram to cut the particle from")
+    sub = extract_subtomograms(source["volume"], source["center"][None], size=cube, border="pad")
     if len(sub.volumes) == 0:
-        raise ValueError(f"pick {i} lies outside the tomogram")
+        raise CryoGuardError(f"pick {source['index']} lies outside the tomogram")
     return sub.volumes[0]
+
+
+def connect_pick_selection(viewer, callback) -> None:
+    """Call ``callback(index)`` when the user selects a point of ``picks``.
+
+    Works whatever layer was active when the widget opened, and again after the picks
+    layer is replaced (a new Pick, a pick file opened). ``callback`` is held weakly when
+    it is a bound method, so a closed widget is not kept alive.
+    """
+    import weakref
+
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+    hooked: weakref.WeakSet = weakref.WeakSet()
+
+    def on_selection(event=None, layer_ref=None) -> None:
+        layer = layer_ref() if layer_ref is not None else None
+        fn = ref()
+        if layer is None or fn is None:
+            return
+        chosen = sorted(layer.selected_data)
+        if chosen:
+            fn(int(chosen[0]))
+
+    def hook(layer) -> None:
+        from napari_cryoguard._napari._state import _unwrap
+
+        layer = _unwrap(layer)  # the proxies napari hands plugins are new objects each time
+        if getattr(layer, "name", None) != PICKS_LAYER or layer in hooked:
+            return
+        hooked.add(layer)
+        layer_ref = weakref.ref(layer)
+        layer.selected_data.events.items_changed.connect(
+            lambda event=None: on_selection(event, layer_ref))
+
+    def on_inserted(event) -> None:
+        hook(event.value)
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    if PICKS_LAYER in viewer.layers:
+        hook(viewer.layers[PICKS_LAYER])
 
 
 def apply_predictions(layer, preds, index) -> float | None:
@@ -381,6 +533,9 @@ def apply_predictions(layer, preds, index) -> float | None:
     n = len(layer.data)
     index = np.asarray(index, dtype=np.int64)
     feats = layer.features.copy()
+    if "class" in feats.columns and "class" not in layer.metadata.get("predicted_columns", []):
+        # a class read from a pick file: keep it (as a label choice), predictions go to 'class'
+        feats["file_class"] = feats["class"].astype(str).replace({"nan": ""})
     probs = np.full((n, len(names)), np.nan, dtype=np.float32)
     probs[index] = preds.probabilities
     predicted = np.array([""] * n, dtype=object)

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import (
     ComboBox,
-    Container,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -26,16 +24,21 @@ from magicgui.widgets import (
 
 from napari_cryoguard._napari._common import (
     FILE_CHOICE,
-    MODEL_CONSUMERS,
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
     ModelPicker,
     apply_predictions,
     class_colors,
+    connect_pick_selection,
     particle_cube,
+    particle_source,
     show_error,
+    show_particle_layers,
     start_worker,
 )
+from napari_cryoguard._napari._labels import NONE, LabelsChoice
+from napari_cryoguard._napari._layout import DockWidget, Group, status_label
+from napari_cryoguard.errors import CryoGuardError
 
 if TYPE_CHECKING:
     import napari
@@ -43,36 +46,79 @@ if TYPE_CHECKING:
 __all__ = ["FILE_CHOICE", "ClassifyWidget"]
 
 
-class ClassifyWidget(Container):
+def classify_job(picker, spec: str, source: dict, device: str, batch_size: int):
+    """Worker job: load the model, get the cubes (extracting picks if needed), classify.
+
+    Yields ``(done, total)``; returns ``(predictions, pick index, loaded model)``.
+    """
+    from napari_cryoguard.classify import iter_classify
+    from napari_cryoguard.picking import extract_subtomograms
+
+    loaded = picker.load(spec)
+    if source["kind"] == "stack":
+        volumes = np.asarray(source["data"], dtype=np.float32)
+        normalized, index = source["normalized"], source["index"]
+    else:
+        sub = extract_subtomograms(source["volume"], source["coords"], size=loaded.cube,
+                                   normalize=True)
+        if len(sub.volumes) == 0:
+            raise CryoGuardError(f"no pick lies far enough inside the tomogram for a {loaded.cube}^3 cube")
+        volumes, normalized, index = sub.volumes, True, np.asarray(sub.index)
+    preds = yield from iter_classify(loaded, volumes, normalized=normalized, device=device,
+                                     batch_size=batch_size)
+    return preds, index, loaded
+
+
+def reconstruct_job(picker, spec: str, source: dict) -> dict:
+    """Worker job: the pick's cube and, for an autoencoding model, its reconstruction."""
+    import torch
+
+    loaded = picker.load(spec)
+    vol = particle_cube(source, loaded.cube)
+    i = source["index"]
+    layers = {f"particle {i}": vol}
+    if loaded.has_decoder:
+        with torch.inference_mode():
+            rec = loaded.model.reconstruct(torch.from_numpy(vol[None, None]))
+        layers[f"reconstruction {i}"] = rec[0, 0].cpu().numpy()
+    lo, hi = float(vol.min()), float(vol.max())
+    styles = {name: {"contrast_limits": (lo, hi if hi > lo else lo + 1.0)} for name in layers}
+    return {"layers": layers, "styles": styles, "loaded": loaded, "center": source["center"]}
+
+
+class ClassifyWidget(DockWidget):
     """Classify the ``subtomograms`` layer, or the ``picks`` of a tomogram extracted on the fly."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = viewer
         self._worker = None
         self.loaded = None  # the LoadedModel last used
-        self.picker = ModelPicker()
+        self.picker = ModelPicker(viewer)
         self.model, self.checkpoint = self.picker.widgets
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
         self.source = ComboBox(choices=["subtomograms layer", "picks of tomogram"],
                                value="subtomograms layer", label="classify")
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")
         self.batch_size = SpinBox(value=32, min=1, max=4096, label="batch size")
+        self.labels = LabelsChoice(viewer, label="compare with")
+        self.more = Group("options", [self.device, self.batch_size])
         self.run_button = PushButton(text="Classify")
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
-        self.legend = Label(value="")
-        self.index = SpinBox(value=0, min=0, max=0, label="particle")
+        self.legend = status_label()
+        self.index = SpinBox(value=0, min=0, max=0, label="particle",
+                             tooltip="clicking a point of 'picks' selects it")
         self.table = Table(value={"class": [], "probability": [], "": []})
+        self.table.native.setMaximumHeight(170)
         self.reconstruct_button = PushButton(text="Reconstruct")
-        self.status = Label(value="")
-        self.extend([self.model, self.checkpoint, self.device, self.source, self.image,
-                     self.batch_size, self.run_button, self.progress, self.legend, self.index,
-                     self.table, self.reconstruct_button, self.status])
+        self.status = status_label()
+        self.body.extend([self.model, self.checkpoint, self.source, self.image, self.labels.combo,
+                          self.more, self.run_button, self.progress, self.status, self.legend,
+                          self.index, self.table, self.reconstruct_button])
         self.run_button.changed.connect(self.run_classify)
         self.reconstruct_button.changed.connect(self.run_reconstruct)
         self.index.changed.connect(self.show_probabilities)
-        viewer.layers.selection.events.active.connect(self._connect_picks_selection)
-        MODEL_CONSUMERS.add(self)
+        connect_pick_selection(viewer, self._on_select)
 
     # ------------------------------------------------------------------ model
     def model_spec(self) -> str:
@@ -84,43 +130,37 @@ class ClassifyWidget(Container):
         self.picker.set_checkpoint(path)
 
     # ------------------------------------------------------------------ classify
-    def _volumes_for_classification(self, cube: int):
-        """(volumes, normalized, pick indices) from the chosen source."""
-        from napari_cryoguard.picking import extract_subtomograms
-
+    def _source(self) -> dict:
+        """What to classify (references only; the cubes are read in the worker)."""
         if self.source.value == "subtomograms layer":
             if SUBTOMOGRAMS_LAYER not in self._viewer.layers:
-                raise ValueError("no 'subtomograms' layer: extract subtomograms first, "
-                                 "or classify the picks of a tomogram")
+                raise CryoGuardError("no 'subtomograms' layer: extract subtomograms first, "
+                                     "or classify the picks of a tomogram")
             layer = self._viewer.layers[SUBTOMOGRAMS_LAYER]
             meta = layer.metadata
-            index = np.asarray(meta.get("index", np.arange(len(layer.data))))
-            return np.asarray(layer.data), bool(meta.get("normalized", False)), index
+            return {"kind": "stack", "data": layer.data, "normalized": bool(meta.get("normalized", False)),
+                    "index": np.asarray(meta.get("index", np.arange(len(layer.data))))}
         if PICKS_LAYER not in self._viewer.layers or self.image.value is None:
-            raise ValueError("classifying picks needs a 'picks' layer and a tomogram")
-        coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
-        sub = extract_subtomograms(self.image.value.data, coords, size=cube, normalize=True)
-        return sub.volumes, True, np.asarray(sub.index)
+            raise CryoGuardError("classifying picks needs a 'picks' layer and a tomogram")
+        return {"kind": "picks", "volume": self.image.value.data,
+                "coords": np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]}
 
     def run_classify(self) -> None:
         """Load the model and classify in a worker thread."""
-        device = self.device.value
         try:
-            loaded = self.picker.load()
-            volumes, normalized, index = self._volumes_for_classification(loaded.cube)
+            spec = self.picker.spec()
+            source = self._source()
         except Exception as exc:  # a user-caused problem: notify, never crash napari
             self._fail(exc)
             return
-        self.loaded = loaded
-        from napari_cryoguard.classify import iter_classify
-
-        self.status.value = f"classifying {len(volumes)} subtomograms..."
+        name = self.picker.display_name
+        self.status.value = f"classifying with {name}..."
         self.progress.value = 0
         start_worker(
-            self, iter_classify, loaded, volumes, normalized=normalized, device=device,
-            batch_size=int(self.batch_size.value),
+            self, classify_job, self.picker, spec, source, self.device.value,
+            int(self.batch_size.value),
             on_yield=lambda v: setattr(self.progress, "value", int(100 * v[0] / max(v[1], 1))),
-            on_return=lambda preds: self._on_classified(preds, index),
+            on_return=lambda out: self._on_classified(out[0], out[1], out[2], name),
             buttons=(self.run_button, self.reconstruct_button))
 
     def show_failure(self, exc: BaseException) -> None:
@@ -131,19 +171,31 @@ class ClassifyWidget(Container):
 
     _fail = show_failure
 
-    def _on_classified(self, preds, index) -> None:
+    def _on_classified(self, preds, index, loaded=None, name: str = "") -> None:
         self.progress.value = 100
         self.predictions = preds
-        acc = None
+        if loaded is not None:
+            self.loaded = loaded
+        note = ""
         if PICKS_LAYER in self._viewer.layers:
             layer = self._viewer.layers[PICKS_LAYER]
-            acc = apply_predictions(layer, preds, index)
+            # the labels to compare with, read before the predictions overwrite 'class'
+            try:
+                labels = self.labels.resolve() if self.labels.combo.value != NONE else None
+            except CryoGuardError:
+                labels = None
+            apply_predictions(layer, preds, index)
             self.index.max = max(len(layer.data) - 1, 0)
+            if labels is not None and not labels.predictions:
+                true = labels.names[np.asarray(index)]
+                known = true != ""
+                if known.any():
+                    acc = float(np.mean(np.asarray(preds.predicted_names)[known] == true[known]))
+                    note = (f"; accuracy {acc:.3f} on {int(known.sum())} picks against "
+                            f"{labels.source}")
         self.legend.value = self._legend_html(preds.class_names, preds)
-        note = f": accuracy {acc:.3f} against the picks' true_class" if acc is not None else ""
-        self.status.value = f"classified {len(preds.probabilities)} subtomograms{note}"
+        self.status.value = f"classified {len(preds.probabilities)} subtomograms with {name}{note}"
         self.show_probabilities()
-
     @staticmethod
     def _legend_html(names, preds) -> str:
         colors = class_colors(len(names))
@@ -155,21 +207,10 @@ class ClassifyWidget(Container):
         return "<br>".join(rows)
 
     # ------------------------------------------------------------------ selection
-    def _connect_picks_selection(self, event=None) -> None:
+    def _on_select(self, index: int) -> None:
         if PICKS_LAYER in self._viewer.layers:
-            layer = self._viewer.layers[PICKS_LAYER]
-            try:
-                layer.selected_data.events.items_changed.disconnect(self._on_select)
-            except (TypeError, RuntimeError, ValueError):
-                pass
-            layer.selected_data.events.items_changed.connect(self._on_select)
-
-    def _on_select(self, event=None) -> None:
-        layer = self._viewer.layers[PICKS_LAYER]
-        sel = sorted(layer.selected_data)
-        if sel:
-            self.index.max = max(len(layer.data) - 1, 0)
-            self.index.value = int(sel[0])
+            self.index.max = max(len(self._viewer.layers[PICKS_LAYER].data) - 1, 0)
+        self.index.value = int(index)
 
     def show_probabilities(self, *_):
         """Fill the table with the selected particle's class probabilities (and bars)."""
@@ -188,29 +229,28 @@ class ClassifyWidget(Container):
         }
 
     # ------------------------------------------------------------------ reconstruction
-    def particle_volume(self, i: int) -> np.ndarray:
-        """The normalised cube of pick ``i`` at the model's size."""
-        cube = self.loaded.cube if self.loaded is not None else 28
-        return particle_cube(self._viewer, i, cube, self.image.value)
-
     def run_reconstruct(self) -> None:
-        """Show ``particle <i>`` and, for an autoencoding model, ``reconstruction <i>``."""
-        from napari_cryoguard._napari._common import show_particle_layers
-
+        """Show ``particle <i>`` and, for an autoencoding model, ``reconstruction <i>``
+        beside the particle, in a worker (the model is loaded there)."""
         i = int(self.index.value)
         try:
-            self.loaded = self.picker.load()
-            vol = self.particle_volume(i)
-            layers = {f"particle {i}": vol}
-            if self.loaded.has_decoder:
-                import torch
-
-                with torch.inference_mode():
-                    rec = self.loaded.model.reconstruct(torch.from_numpy(vol[None, None]))
-                layers[f"reconstruction {i}"] = rec[0, 0].cpu().numpy()
-            else:
-                self.status.value = f"{self.loaded.source} has no autoencoder branch: showing the particle only"
+            spec = self.picker.spec()
+            source = particle_source(self._viewer, i, self.image.value)
         except Exception as exc:
             self._fail(exc)
             return
-        show_particle_layers(self._viewer, layers)
+        self.status.value = f"reconstructing particle {i}..."
+        start_worker(self, reconstruct_job, self.picker, spec, source,
+                     on_return=lambda out: self._on_reconstructed(out, i),
+                     buttons=(self.run_button, self.reconstruct_button))
+
+    def _on_reconstructed(self, out: dict, i: int) -> None:
+        self.loaded = out["loaded"]
+        anchor = self._viewer.layers[PICKS_LAYER] if PICKS_LAYER in self._viewer.layers else self.image.value
+        show_particle_layers(self._viewer, out["layers"], image_layer=anchor, center=out["center"],
+                             styles=out["styles"])
+        if self.loaded.has_decoder:
+            self.status.value = f"particle {i} and its reconstruction by {self.loaded.source}, beside it"
+        else:
+            self.status.value = (f"{self.loaded.source} has no autoencoder branch: showing the "
+                                 "particle only")
