@@ -1,13 +1,24 @@
-"""The "Evaluate" dock widget: a robustness evaluation of the loaded models, in the background.
+"""The "Evaluate" dock widget: how robust are the chosen models, on the current subtomograms?
 
-It runs :func:`napari_cryoguard.evaluate.evaluate` in a worker thread on the current
-``subtomograms`` (labelled by the picks' ``true_class``, else ``class``, feature), for
-the models listed (bundled or checkpoint files), with the quick or the full attack suite.
-Progress arrives through the evaluation's callback; Cancel stops it after the current
-cell (finished cells are kept in the output folder and reused by the next run). When it
-is done the widget shows the accuracy-vs-eps plot and a table, the report's path, and
-writes per-pick results to ``picks``: ``eval_correct`` (clean prediction right) for the
-first model.
+The user builds the list of models to compare (choose one in the model picker, press
+*Add model*; the Train widget's "Use model" adds its checkpoint too) and chooses the
+labels explicitly (a picks feature, the sample data's ``truth`` layer, ...; see
+:mod:`._labels`). *Evaluate* runs :func:`napari_cryoguard.evaluate.evaluate` in a worker
+thread -- building the labelled dataset from the ``subtomograms`` layer, loading the
+models and attacking them -- with the quick or the full attack suite. Progress arrives
+through the evaluation's callback and is shown by a timer, only when it changed; Cancel
+stops after the current cell (finished cells stay in the output folder and are reused
+by the next run with the same data).
+
+When it is done the widget draws, once, one panel per norm: accuracy under attack
+against the budget in L-inf units and in L2 units (normalised, z-scored voxels), so that
+neither axis squashes the other. The random-noise attacks (uniform noise amplitude,
+fraction of voxels replaced by salt & pepper) have budgets in other units: they are in
+the table, not in the panels. The result line names the models, the labels used, and --
+when the labels are the model's own predictions -- says "agreement with the model's own
+predictions" instead of "accuracy", without a sanity verdict. Per-pick results of the
+first model go to ``picks``: ``eval_correct`` and ``robust_<attack>`` (at the largest
+budget).
 """
 
 from __future__ import annotations
@@ -17,119 +28,148 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    Label,
-    ProgressBar,
-    PushButton,
-    Table,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, ProgressBar, PushButton, Table
 
-from napari_cryoguard._napari._common import (
-    PICKS_LAYER,
-    SUBTOMOGRAMS_LAYER,
-    ModelPicker,
-    show_error,
-    start_worker,
-)
+from napari_cryoguard._napari._common import PICKS_LAYER, ModelPicker, show_error, start_worker
+from napari_cryoguard._napari._labels import LabelsChoice, labelled_subtomograms
+from napari_cryoguard._napari._layout import DockWidget, Group, status_label
 
 if TYPE_CHECKING:
     import napari
+
+#: the panels of the plot: (title, the curves' ``budget_unit``) -- see evaluate/suite.py
+PANELS = (
+    ("L-inf attacks", "eps (L-inf, normalised units)"),
+    ("L2 attacks", "eps (L2, normalised units)"),
+)
+PLOT_HEIGHT = 330  # px: two stacked panels, within a 1280 x 800 window with the controls
 
 
 class _Cancelled(Exception):
     """Raised from the progress callback to stop an evaluation."""
 
 
-def labelled_subtomograms(viewer):
-    """The ``subtomograms`` layer as a labelled dataset, and the pick index of each row."""
-    from napari_cryoguard.data import SubtomogramDataset
-
-    if SUBTOMOGRAMS_LAYER not in viewer.layers or PICKS_LAYER not in viewer.layers:
-        raise ValueError("evaluation needs a 'subtomograms' layer and the 'picks' it came from")
-    sub = viewer.layers[SUBTOMOGRAMS_LAYER]
-    feats = viewer.layers[PICKS_LAYER].features
-    col = "true_class" if "true_class" in feats.columns else "class"
-    if col not in feats.columns:
-        raise ValueError("the picks need a 'true_class' (or 'class') feature to evaluate against")
-    index = np.asarray(sub.metadata.get("index", np.arange(len(sub.data))))
-    names = [str(c) for c in np.asarray(feats[col])[index]]
-    keep = np.array([bool(c) for c in names])
-    if keep.sum() < 2:
-        raise ValueError("fewer than two labelled subtomograms to evaluate on")
-    class_names = sorted({c for c in names if c})
-    labels = np.array([class_names.index(c) for c, k in zip(names, keep, strict=True) if k])
-    ds = SubtomogramDataset(volumes=np.asarray(sub.data, dtype=np.float32)[keep], labels=labels,
-                            class_names=class_names,
-                            normalized=bool(sub.metadata.get("normalized", False)),
-                            voxel_size=float(sub.metadata.get("voxel_size", 1.0)))
-    return ds, index[keep]
+def model_display_name(spec: str) -> str:
+    """How results name a model: the bundled name, or ``run folder/file`` of a checkpoint."""
+    p = Path(str(spec))
+    if p.suffix != ".safetensors":
+        return str(spec)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-class EvaluateWidget(Container):
-    """Accuracy under attack vs budget for the listed models, on the current subtomograms."""
+def _unique(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        name, k = n, 2
+        while name in out:
+            name, k = f"{n} ({k})", k + 1
+        out.append(name)
+    return out
+
+
+class EvaluateWidget(DockWidget):
+    """Accuracy under attack vs budget for the models the user added, on the subtomograms."""
 
     def __init__(self, viewer: napari.viewer.Viewer, out_dir: str | Path | None = None) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = viewer
         self._worker = None
         self.out_dir = out_dir
         self.models: list[str] = []
-        self.picker = ModelPicker()
+        self.metrics: dict | None = None
+        self.last_labels = None
+        self.picker = ModelPicker(viewer)
         self.add_button = PushButton(text="Add model")
-        self.clear_button = PushButton(text="Clear models")
-        self.model_list = Label(value="models: (none)")
-        self.quick = CheckBox(value=True, text="quick suite (few samples and steps)")
+        self.clear_button = PushButton(text="Clear")
+        model_row = Container(layout="horizontal", labels=False,
+                              widgets=[self.add_button, self.clear_button])
+        model_row.margins = (0, 0, 0, 0)
+        self.model_list = status_label()
+        self.model_list.label = "to evaluate"
+        self.labels = LabelsChoice(viewer)
+        self.quick = CheckBox(value=True, text="quick suite (32 samples, few steps)",
+                              tooltip="off: the papers' suite (FGSM, PGD-100 with CE and margin "
+                                      "loss, DeepFool, CW, noise); takes much longer")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
+        self.settings = Group("settings", [self.quick, self.device])
         self.run_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel")
         self.cancel_button.enabled = False
+        run_row = Container(layout="horizontal", labels=False,
+                            widgets=[self.run_button, self.cancel_button])
+        run_row.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
-        self.status = Label(value="")
-        self.table = Table(value={"model": [], "attack": [], "budget": [], "accuracy": []})
-        self.extend([*self.picker.widgets, self.add_button, self.clear_button, self.model_list,
-                     self.quick, self.device, self.run_button, self.cancel_button, self.progress,
-                     self.status, self.table])
+        self.status = status_label()
+        self.table = Table(value={"model": [], "attack": [], "budget": [], "unit": [], "score": []})
+        self.table.native.setMinimumHeight(120)
+        self.table.native.setMaximumHeight(240)
+        self.table_group = Group("results table (all attacks)", [self.table])
+        self.body.extend([*self.picker.widgets, model_row, self.model_list, self.labels.combo,
+                          self.settings, run_row, self.progress, self.status])
+
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.2, 2.4), tight_layout=True)
+        self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
-        self.native.layout().addWidget(self.canvas)
-        self._latest: dict = {}
-        from napari_cryoguard._napari._common import MODEL_CONSUMERS
+        self.canvas.setFixedHeight(PLOT_HEIGHT)
+        self.canvas.setVisible(False)  # shown with the first results
+        self.add_native(self.canvas)
+        self.body.append(self.table_group)
 
-        MODEL_CONSUMERS.add(self)
         self._cancel = False
+        self._latest: dict = {}
+        self._seen = 0
+        self._events = 0
+        self._show_models()
         self.add_button.changed.connect(self.add_model)
         self.clear_button.changed.connect(self.clear_models)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        # the Train widget's "Use model" selects a checkpoint everywhere: add it here too
+        state = self.picker.state
+        if state is not None:
+            state.model_selected.connect(self._model_selected)
+            if state.selected_model:
+                self._add(state.selected_model)
         from qtpy.QtCore import QTimer
 
         self._timer = QTimer()
-        self._timer.setInterval(200)
+        self._timer.setInterval(250)
         self._timer.timeout.connect(self._poll)
         self.native.destroyed.connect(self._timer.stop)
 
     # ------------------------------------------------------------------ models
-    def add_model(self, *_) -> None:
-        spec = self.picker.spec()
-        if spec and spec not in self.models:
+    def _add(self, spec: str) -> None:
+        spec = str(spec)
+        if spec not in self.models:
             self.models.append(spec)
-        self.model_list.value = "models: " + ", ".join(Path(m).name for m in self.models)
+        self._show_models()
+
+    def _show_models(self) -> None:
+        if self.models:
+            self.model_list.value = ", ".join(model_display_name(m) for m in self.models)
+        else:
+            self.model_list.value = "no model yet: choose one above and press 'Add model'"
+
+    def _model_selected(self, spec: str) -> None:
+        self._add(spec)
+
+    def add_model(self, *_) -> None:
+        """Add the model shown in the picker to the list to evaluate."""
+        try:
+            self._add(self.picker.spec())
+        except Exception as exc:  # noqa: BLE001 - CryoGuardError: an empty checkpoint field
+            self.show_failure(exc)
 
     def clear_models(self, *_) -> None:
         self.models = []
-        self.model_list.value = "models: (none)"
+        self._show_models()
 
     def set_checkpoint(self, path) -> None:
-        """Add a checkpoint (the Train widget's "use this model")."""
+        """Select a checkpoint in the picker and add it to the list."""
         self.picker.set_checkpoint(path)
-        self.add_model()
+        self._add(str(path))
 
     # ------------------------------------------------------------------ run
     def show_failure(self, exc: BaseException) -> None:
@@ -139,46 +179,60 @@ class EvaluateWidget(Container):
 
     def _progress(self, event: dict) -> None:  # called in the worker thread
         self._latest = dict(event)
+        self._events += 1
         if self._cancel:
             raise _Cancelled("cancelled")
 
     def _poll(self) -> None:
+        if self._events == self._seen:
+            return  # nothing new: leave the widgets alone
+        self._seen = self._events
         ev = self._latest
         if ev.get("total"):
             self.progress.value = int(100 * ev["done"] / ev["total"])
-            self.status.value = f"{ev.get('model')}: {ev.get('cell')} ({ev['done']}/{ev['total']})"
+            budget = f" at {ev['budget']:g}" if isinstance(ev.get("budget"), (int, float)) else ""
+            self.status.value = (f"{ev.get('model')}: {ev.get('cell')}{budget} "
+                                 f"({ev['done']}/{ev['total']} steps)")
 
     def run(self, *_) -> None:
-        """Start the evaluation in a worker thread."""
-        from napari_cryoguard.evaluate import evaluate
+        """Start the evaluation of the listed models in a worker thread."""
+        from napari_cryoguard.errors import CryoGuardError
         from napari_cryoguard.runs import default_runs_dir
 
         try:
             if not self.models:
-                self.add_model()
-            if not self.models:
-                raise ValueError("add at least one model")
-            ds, index = labelled_subtomograms(self._viewer)
-        except Exception as exc:
+                raise CryoGuardError("add at least one model: choose it in 'model' and press "
+                                     "'Add model'")
+            labels = self.labels.resolve()
+        except Exception as exc:  # noqa: BLE001 - shown as a notification
             self.show_failure(exc)
             return
+        models = list(self.models)
+        names = _unique([model_display_name(m) for m in models])
         base = Path(self.out_dir) if self.out_dir is not None else default_runs_dir()
         out = base / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
         self._cancel = False
-        self._latest = {}
+        self._latest, self._events, self._seen = {}, 0, 0
+        self.progress.value = 0
         self.cancel_button.enabled = True
-        self._timer.start()
-        self.status.value = f"evaluating {len(self.models)} model(s) on {len(ds)} subtomograms..."
+        self.status.value = f"evaluating {', '.join(names)} ({labels.source})..."
+        quick, device = bool(self.quick.value), str(self.device.value)
+        viewer = self._viewer
 
         def job():
+            from napari_cryoguard.evaluate import evaluate
+
+            ds, index = labelled_subtomograms(viewer, labels, min_classes=2, purpose="evaluation")
             try:
-                return evaluate(list(self.models), ds, out=out, device=self.device.value,
-                                quick=bool(self.quick.value), progress=self._progress)
+                metrics = evaluate(models, ds, out=out, device=device, quick=quick,
+                                   progress=self._progress, names=names)
             except _Cancelled:
                 return None
+            return metrics, index, _plot_series(metrics)
 
-        worker = start_worker(self, job, on_return=lambda m: self._on_done(m, index, out),
+        worker = start_worker(self, job, on_return=lambda r: self._on_done(r, labels, out),
                               buttons=(self.run_button,))
+        self._timer.start()
         worker.finished.connect(self._stopped)
 
     def _stopped(self) -> None:
@@ -186,53 +240,50 @@ class EvaluateWidget(Container):
         self.cancel_button.enabled = False
 
     def cancel(self, *_) -> None:
-        """Stop after the current cell (finished cells stay in the output folder)."""
+        """Stop after the current step (finished steps stay in the output folder)."""
         self._cancel = True
-        self.status.value = "cancelling..."
+        self.status.value = "cancelling after the current step..."
 
-    def _on_done(self, metrics, index, out: Path) -> None:
-        if metrics is None:
+    # ------------------------------------------------------------------ results
+    def _on_done(self, result, labels, out: Path) -> None:
+        if result is None:
             self.progress.value = 0
-            self.status.value = f"cancelled; finished cells kept in {out}"
+            self.status.value = f"cancelled; finished steps kept in {out}"
             return
-        self.progress.value = 100
+        metrics, index, series = result
         self.metrics = metrics
-        rows = self._rows(metrics)
+        self.last_labels = labels
+        self.progress.value = 100
+        rows = _rows(metrics)
         self.table.value = {"model": [r[0] for r in rows], "attack": [r[1] for r in rows],
-                            "budget": [r[2] for r in rows], "accuracy": [f"{r[3]:.3f}" for r in rows]}
-        self._plot(rows)
+                            "budget": [f"{r[2]:g}" for r in rows], "unit": [r[3] for r in rows],
+                            "score": [f"{r[4]:.3f}" for r in rows]}
+        self.table.native.horizontalHeader().setStretchLastSection(True)
+        self._plot(series, labels.score_word)
         self._pick_features(metrics, index)
-        self.status.value = f"verdict: {metrics.get('verdict')}; report: {out / 'report.html'}"
+        self.status.value = result_text(metrics, labels, out)
 
-    @staticmethod
-    def _rows(metrics: dict) -> list[tuple]:
-        """(model, attack, budget, robust accuracy) for every bounded attack point."""
-        rows = []
-        for model, m in (metrics.get("models") or {}).items():
-            for attack, a in (m.get("attacks") or {}).items():
-                for p in a.get("points", []):
-                    acc = p.get("robust_accuracy")
-                    if isinstance(acc, (int, float)):
-                        rows.append((model, attack, p.get("budget"), float(acc)))
-        return rows
-
-    def _plot(self, rows) -> None:
+    def _plot(self, series: dict, score_word: str) -> None:
+        """Draw the panels (once per evaluation): one per norm, budgets in their unit."""
         self.figure.clear()
-        ax = self.figure.add_subplot(111)
-        series: dict = {}
-        for model, attack, budget, acc in rows:
-            if isinstance(budget, (int, float)):
-                series.setdefault((model, attack), []).append((budget, acc))
-        for (model, attack), pts in series.items():
-            pts.sort()
-            ax.plot([b for b, _ in pts], [a for _, a in pts], marker="o",
-                    label=f"{Path(str(model)).stem} {attack}")
-        ax.set_xlabel("eps (normalised units)", fontsize=8)
-        ax.set_ylabel("accuracy under attack", fontsize=8)
-        ax.set_ylim(0, 1.02)
-        ax.tick_params(labelsize=7)
-        if series:
-            ax.legend(fontsize=6)
+        axes = self.figure.subplots(len(PANELS), 1)
+        ylabel = "agreement" if score_word != "accuracy" else "accuracy"
+        for ax, (title, unit) in zip(np.atleast_1d(axes), PANELS, strict=True):
+            curves = series.get(unit, [])
+            for label, xs, ys in curves:
+                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=label)
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel(unit, fontsize=7)
+            ax.set_ylabel(f"{ylabel} under attack", fontsize=7)
+            ax.set_ylim(-0.02, 1.02)
+            ax.tick_params(labelsize=6)
+            ax.grid(alpha=0.3)
+            if curves:
+                ax.legend(fontsize=5.5, loc="best")
+            else:
+                ax.text(0.5, 0.5, "no attack of this norm in the suite", ha="center",
+                        va="center", fontsize=7, transform=ax.transAxes)
+        self.canvas.setVisible(True)
         self.canvas.draw_idle()
 
     def _pick_features(self, metrics: dict, index: np.ndarray) -> None:
@@ -247,7 +298,7 @@ class EvaluateWidget(Container):
             return
         layer = self._viewer.layers[PICKS_LAYER]
         feats = layer.features.copy()
-        picks_rows = index[rows]
+        picks_rows = np.asarray(index)[rows]
 
         def column(values) -> np.ndarray:
             col = np.full(len(layer.data), np.nan)
@@ -260,3 +311,71 @@ class EvaluateWidget(Container):
             if curve.get("mode") == "bounded" and points:
                 feats[f"robust_{label}"] = column(points[-1]["robust_by_sample"])
         layer.features = feats
+
+
+# ---------------------------------------------------------------------- pure helpers
+def _rows(metrics: dict) -> list[tuple]:
+    """(model, attack, budget, unit, robust score) for every attack point."""
+    rows = []
+    for model, m in (metrics.get("models") or {}).items():
+        for attack, a in (m.get("attacks") or {}).items():
+            for p in a.get("points", []):
+                acc = p.get("robust_accuracy")
+                if isinstance(acc, (int, float)) and isinstance(p.get("budget"), (int, float)):
+                    rows.append((model, attack, float(p["budget"]), a.get("budget_unit", ""),
+                                 float(acc)))
+    return rows
+
+
+def _plot_series(metrics: dict) -> dict:
+    """``{budget unit: [(legend label, budgets, scores), ...]}`` (prepared in the worker).
+
+    A bounded curve starts at budget 0 with the clean score, as in the report's plots.
+    """
+    from napari_cryoguard.evaluate.run import curve_arrays
+
+    models = metrics.get("models") or {}
+    several = len(models) > 1
+    out: dict = {}
+    for model, m in models.items():
+        clean = (m.get("clean") or {}).get("accuracy")
+        for attack, curve in (m.get("attacks") or {}).items():
+            xs, ys = curve_arrays(curve, clean)
+            pts = sorted((float(x), float(y)) for x, y in zip(xs, ys, strict=True)
+                         if isinstance(x, (int, float)) and isinstance(y, (int, float)))
+            if pts:
+                label = f"{model}: {attack}" if several else attack
+                out.setdefault(curve.get("budget_unit", ""), []).append(
+                    (label, [p[0] for p in pts], [p[1] for p in pts]))
+    return out
+
+
+def result_text(metrics: dict, labels, out: Path) -> str:
+    """The result line: models, labels used, clean and worst score, verdict, report."""
+    word = labels.score_word
+    models = metrics.get("models") or {}
+    n = max((int(m.get("n_evaluated", 0)) for m in models.values()), default=0)
+    parts = [f"Evaluated {', '.join(models)} on {n} subtomograms; labels: {labels.source}."]
+    for name, m in models.items():
+        clean = (m.get("clean") or {}).get("accuracy")
+        worst = None
+        for attack, curve in (m.get("attacks") or {}).items():
+            if curve.get("budget_unit") not in dict((u, t) for t, u in PANELS):
+                continue
+            for p in curve.get("points", []):
+                acc = p.get("robust_accuracy")
+                if isinstance(acc, (int, float)) and (worst is None or acc < worst[0]):
+                    worst = (acc, attack, p.get("budget"), curve.get("budget_unit", ""))
+        line = f"{name}: {word} {clean:.2f} clean" if isinstance(clean, (int, float)) else name
+        if worst is not None:
+            norm = "L2" if "L2" in worst[3] else "L-inf"
+            line += f", lowest {worst[0]:.2f} under {worst[1]} (eps {worst[2]:g} {norm})"
+        parts.append(line + ".")
+    if labels.predictions:
+        parts.append("The labels came from a model, so these scores say how often the models "
+                     "agree with it, not whether they are right: no sanity verdict (the "
+                     "report's scores mean the same agreement).")
+    else:
+        parts.append(f"Sanity checks: {metrics.get('verdict')}.")
+    parts.append(f"Report: {out / 'report.html'}")
+    return "\n".join(parts)
