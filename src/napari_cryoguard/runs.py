@@ -3,16 +3,19 @@
 Training never runs in the GUI process (DESIGN.md, "Conventions"): :class:`TrainRun`
 starts ``python -m napari_cryoguard.cli train ... --events <run>/events.jsonl`` in its
 own run folder, and :meth:`TrainRun.poll` reads the JSON-lines events the process
-appends (see :mod:`napari_cryoguard.defenses.events`) into a small state: progress,
-per-epoch metrics, ETA, checkpoint path, status. :meth:`TrainRun.cancel` sends SIGTERM,
-which the trainer turns into a clean stop (the current step finishes, a checkpoint
-marked ``cancelled`` is written). Qt-free: the Train widget polls it from a timer, and
-the same object works from a script.
+appends (see :mod:`napari_cryoguard.defenses.events`) into a small state: progress per
+step, the loss of every step reported, per-epoch metrics, an ETA from the step timing,
+checkpoint path, status. :meth:`TrainRun.cancel` sends SIGTERM, which the trainer turns
+into a clean stop (the current step finishes, one checkpoint marked ``cancelled`` is
+written). :attr:`TrainRun.version` grows whenever new events arrived, so a viewer
+redraws only then. Qt-free: the Train widget polls it from a timer, and the same object
+works from a script.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -39,8 +42,14 @@ def train_command(*, data: str | None = None, simulate: dict | None = None, mode
                   defense_params: dict | None = None, epochs: int = 10, batch_size: int = 16,
                   lr: float | None = None, optimizer: str = "adam", device: str = "auto",
                   robust_every: int = 0, seed: int = 0, out: str | Path,
-                  events: str | Path) -> list[str]:
-    """The ``cryoguard train`` argument list for these settings (no interpreter prefix)."""
+                  events: str | Path, step_interval: float | None = None,
+                  save_state: bool = True) -> list[str]:
+    """The ``cryoguard train`` argument list for these settings (no interpreter prefix).
+
+    ``step_interval`` (seconds between step events; 0 = every step) and
+    ``save_state=False`` (no ``.state.safetensors`` beside the checkpoint) map to
+    ``--step-interval`` and ``--no-state``.
+    """
     if (data is None) == (simulate is None):
         raise CryoGuardError("give exactly one of a dataset file or simulation settings")
     argv = ["train"]
@@ -59,6 +68,10 @@ def train_command(*, data: str | None = None, simulate: dict | None = None, mode
         argv += ["--lr", repr(float(lr))]
     if robust_every:
         argv += ["--robust-every", str(int(robust_every))]
+    if step_interval is not None:
+        argv += ["--step-interval", repr(float(step_interval))]
+    if not save_state:
+        argv.append("--no-state")
     return argv
 
 
@@ -77,11 +90,19 @@ class TrainRun:
     steps_per_epoch: int = 0
     eta_seconds: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: (global step, loss) of every step event, in order
+    losses: list[tuple[int, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     message: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    #: grows by one whenever :meth:`poll` applied new events or the status changed
+    version: int = 0
+    cancel_requested: bool = False
     _offset: int = 0
     _partial: str = ""
+    _t_start: float | None = None
+    _start_step: int = 0
+    _t_step: float | None = None
 
     @property
     def events_path(self) -> Path:
@@ -111,6 +132,23 @@ class TrainRun:
         (folder / "command.json").write_text(json.dumps(run.argv))
         return run
 
+    def set_data(self, path: str | Path) -> None:
+        """Point the command at the dataset file ``path`` (a run created with ``data=``)."""
+        if "--data" not in self.argv:
+            raise CryoGuardError("this run simulates its data; it takes no dataset file")
+        self.argv[self.argv.index("--data") + 1] = str(path)
+        (self.folder / "command.json").write_text(json.dumps(self.argv))
+
+    @property
+    def data_path(self) -> Path | None:
+        """The dataset file the run trains on (None when it simulates its data)."""
+        return Path(self.argv[self.argv.index("--data") + 1]) if "--data" in self.argv else None
+
+    @property
+    def defense(self) -> str:
+        """The defense named in the command (``standard`` when none is)."""
+        return self.argv[self.argv.index("--defense") + 1] if "--defense" in self.argv else "standard"
+
     def start(self) -> None:
         """Launch the training process (its stderr goes to ``train.log``)."""
         cmd = [sys.executable, "-m", "napari_cryoguard.cli", *self.argv]
@@ -128,12 +166,32 @@ class TrainRun:
 
     def cancel(self) -> None:
         """Ask the process to stop cleanly (SIGTERM: it finishes the step and checkpoints)."""
-        if self.running:
+        if self.running and not self.cancel_requested:
             self.process.send_signal(signal.SIGTERM)
-            self.message = "cancelling..."
+            self.cancel_requested = True
+            self.version += 1
 
     def poll(self) -> list[dict]:
         """Read the events appended since the last call; update the state; return them."""
+        exited = self.process is not None and self.process.poll() is not None
+        new = self._read_events()  # after the exit check: nothing written before it is missed
+        for ev in new:
+            self._apply(ev)
+        if new:
+            self.version += 1
+        if exited and self.status == "running" and self.cancel_requested:
+            # stopped before the trainer could take the signal (still importing)
+            self.status = "cancelled"
+            self.version += 1
+        elif exited and self.status == "running":
+            code = self.process.returncode
+            self.status = "failed"
+            tail = self.log_path.read_text(errors="replace")[-500:] if self.log_path.exists() else ""
+            self.message = f"training process exited with status {code} without finishing: {tail}"
+            self.version += 1
+        return new
+
+    def _read_events(self) -> list[dict]:
         new: list[dict] = []
         if self.events_path.exists():
             with open(self.events_path, encoding="utf-8") as fh:
@@ -151,55 +209,120 @@ class TrainRun:
                     new.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue
-        for ev in new:
-            self._apply(ev)
-        if self.process is not None and self.process.poll() is not None and self.status == "running":
-            code = self.process.returncode
-            self.status = "failed"
-            tail = self.log_path.read_text(errors="replace")[-500:] if self.log_path.exists() else ""
-            self.message = f"training process exited with status {code} without finishing: {tail}"
         return new
 
     def _apply(self, ev: dict) -> None:
         kind = ev.get("event")
         if kind == "start":
             self.config = ev.get("config", {})
+            recipe = self.config.get("recipe", {}) or {}
+            self.epochs = int(recipe.get("epochs", self.epochs) or self.epochs)
+            n_train = int(self.config.get("n_train", 0) or 0)
+            world = max(1, int(self.config.get("world_size", 1) or 1))
+            batch = max(1, int(recipe.get("batch_size", 1) or 1))
+            if n_train:
+                self.steps_per_epoch = math.ceil(math.ceil(n_train / world) / batch)
+            start_epoch = int(self.config.get("start_epoch", 0) or 0)
+            self.epoch = start_epoch
+            self._start_step = start_epoch * self.steps_per_epoch
+            self._t_start = _time_of(ev)
         elif kind == "step":
             self.epoch = int(ev.get("epoch", self.epoch))
             self.step = int(ev.get("step", 0))
-            self.steps_per_epoch = int(ev.get("steps_per_epoch", 0))
+            self.steps_per_epoch = int(ev.get("steps_per_epoch", self.steps_per_epoch))
             self.epochs = int(ev.get("epochs", self.epochs))
+            loss = ev.get("loss")
+            if isinstance(loss, (int, float)):
+                self.losses.append((self.global_step, float(loss)))
+            self._t_step = _time_of(ev)
+            self._update_eta()
         elif kind == "epoch":
             self.epochs = int(ev.get("epochs", self.epochs))
             metrics = dict(ev.get("metrics", {}))
             metrics.setdefault("epoch", ev.get("epoch"))
             self.history.append(metrics)
-            self.eta_seconds = ev.get("eta_seconds")
+            self.epoch = int(ev.get("epoch", self.epoch))
+            self.step = self.steps_per_epoch
+            self._t_step = _time_of(ev)  # the epoch's evaluation counts in the step rate
+            self._update_eta()
         elif kind == "checkpoint":
             self.checkpoint = Path(ev["path"])
         elif kind == "done":
             self.status = "done"
             self.checkpoint = Path(ev.get("path", self.out_path))
             self.eta_seconds = 0
+            self.message = ""
         elif kind == "cancelled":
             self.status = "cancelled"
             self.checkpoint = Path(ev.get("path", self.out_path))
+            self.epoch = int(ev.get("epoch", self.epoch))
+            self.step = int(ev.get("step", self.step))
+            self.eta_seconds = None
+            self.message = ""
         elif kind == "error":
             self.status = "error"
             self.message = str(ev.get("message", "training failed"))
+            self.eta_seconds = None
         elif kind == "note":
             self.message = str(ev.get("message", ""))
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run (0 until the first events tell)."""
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def global_step(self) -> int:
+        """Steps done over all epochs (1-based count of the last step reported)."""
+        return max(self.epoch - 1, 0) * self.steps_per_epoch + self.step if self.epoch else 0
+
+    def _update_eta(self) -> None:
+        """Remaining steps times the mean time per step since training started."""
+        done = self.global_step - self._start_step
+        if self._t_start is None or self._t_step is None or done <= 0 or not self.total_steps:
+            return
+        per_step = max(self._t_step - self._t_start, 0.0) / done
+        self.eta_seconds = per_step * max(self.total_steps - self.global_step, 0)
+
+    def state_line(self) -> str:
+        """One true sentence about the run: what it is doing, or how it ended."""
+        where = (f"epoch {self.epoch}/{self.epochs}, step {self.step}/{self.steps_per_epoch}"
+                 if self.steps_per_epoch else "")
+        if self.status == "created":
+            return "not started"
+        if self.status == "running":
+            if not self.steps_per_epoch:
+                head = "starting (building the data and the model)"
+            elif not self.global_step:
+                head = (f"running: first step of {self.epochs} epoch(s) x "
+                        f"{self.steps_per_epoch} steps")
+            else:
+                head = f"running: {where}"
+                if self.eta_seconds is not None:
+                    head += f", ETA {_duration(self.eta_seconds)}"
+            return head + (" - cancelling after this step..." if self.cancel_requested else "")
+        ck = self.checkpoint.name if self.checkpoint is not None else "no checkpoint"
+        if self.status == "done":
+            last = self.history[-1] if self.history else {}
+            acc = last.get("val_acc")
+            acc_s = f", validation accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
+            return f"done: {len(self.history)} epoch(s){acc_s}; checkpoint {ck}"
+        if self.status == "cancelled":
+            return f"cancelled at {where or 'the start'}; checkpoint {ck}"
+        return f"failed: {self.message or 'the training process stopped'}"
 
     @property
     def fraction(self) -> float:
         """Progress in [0, 1] over all epochs."""
         if self.status == "done":
             return 1.0
-        if not self.epochs:
+        if not self.total_steps:
             return 0.0
-        within = self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0
-        done_epochs = max(self.epoch - 1, 0) + within
-        return min(1.0, done_epochs / self.epochs)
+        return min(1.0, self.global_step / self.total_steps)
+
+    def loss_series(self) -> tuple[list[int], list[float]]:
+        """(global step, loss) of every step reported so far."""
+        return [s for s, _ in self.losses], [v for _, v in self.losses]
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(epochs, values) of one metric over the epochs that report it."""
@@ -217,3 +340,18 @@ class TrainRun:
             self.process.wait(timeout=timeout)
         self.poll()
         return self.status
+
+
+def _time_of(ev: dict) -> float:
+    t = ev.get("time")
+    return float(t) if isinstance(t, (int, float)) else time.time()
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"

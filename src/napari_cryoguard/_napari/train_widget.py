@@ -1,45 +1,58 @@
 """The "Train" dock widget: robust training in a background process, followed live.
 
-Start launches ``cryoguard train`` as a separate process (:class:`~napari_cryoguard.runs.TrainRun`);
-a Qt timer reads its JSON-lines events to drive the progress bar, the ETA and live
-plots of loss, clean accuracy and robust accuracy per epoch. Cancel stops it cleanly
-(the trainer finishes the step and writes a checkpoint). Several runs are listed; a
-finished run's checkpoint loads into the Classify and Attack widgets with one click.
-After an ``ima`` run the per-sample margins become the ``margins`` Points layer (size
-and colour by margin; at the picks' positions when the data came from them) with a
-histogram here, and "Export margins" writes the picks with a ``margin`` column.
+Start checks every parameter first (the model, defense and recipe dataclasses are built
+here, so a bad value is refused at once as a notification), prepares the data in a
+worker (the ``subtomograms`` layer with explicit labels, or a dataset file that is read
+to check it) and launches ``cryoguard train`` as a separate process
+(:class:`~napari_cryoguard.runs.TrainRun`). A Qt timer reads its JSON-lines events: a
+progress bar per step, an ETA from the step timing, the loss of every step and the
+accuracies per epoch in a small plot that is redrawn only when new events arrived.
+Cancel stops the process within one step and leaves one checkpoint; the state line
+says how the run ended. "Use model" selects the run's checkpoint in every Classify,
+Attack and Evaluate widget of the viewer, also in those opened later.
+
+The model size defaults to ``small (CPU-friendly)`` on a CPU and ``paper`` on a CUDA
+GPU (:data:`~napari_cryoguard.models.registry.SIZE_PRESETS`); the model form shows the
+preset's values and stays editable. After an ``ima`` run the per-sample margins become
+the ``margins`` Points layer (size and colour by margin, at the picks' positions when
+the data came from them) with a histogram here that stays; "Export margins" writes the
+picks with a ``margin`` column.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
-    Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
 )
 
-from napari_cryoguard._napari._common import (
-    MODEL_CONSUMERS,
-    PICKS_LAYER,
-    SUBTOMOGRAMS_LAYER,
-    show_error,
-)
+from napari_cryoguard._napari._common import PICKS_LAYER, chosen_file, show_error, start_worker
 from napari_cryoguard._napari._forms import DataclassForm
+from napari_cryoguard._napari._labels import LabelsChoice, labelled_subtomograms
+from napari_cryoguard._napari._layout import DockWidget, Group, status_label
+from napari_cryoguard._napari._state import state_for
+from napari_cryoguard.errors import CryoGuardError
 
 if TYPE_CHECKING:
     import napari
 
 MARGINS_LAYER = "margins"
 SOURCES = ("simulated dataset", "subtomograms layer", "dataset file")
+#: height of the plot canvas (px): small enough for a 800 px screen
+PLOT_HEIGHT = 250
+
 
 def _model_names(widget=None) -> list[str]:
     from napari_cryoguard.models import available_models
@@ -53,122 +66,261 @@ def _defense_names(widget=None) -> list[str]:
     return available_defenses()
 
 
+def _size_names(widget=None) -> list[str]:
+    from napari_cryoguard.models.registry import SIZE_PRESETS
+
+    return list(SIZE_PRESETS)
+
+
+# ---------------------------------------------------------------------- worker jobs
+
+
+def prepare_run(runs_dir, label: str, settings: dict, source: str, *, viewer=None,
+                labels=None, dataset_path=None):
+    """Build or check the data, create the run folder and launch the process (a worker).
+
+    ``source`` is one of :data:`SOURCES`. Raises :class:`CryoGuardError` before any
+    folder is made when the data cannot be trained on.
+    """
+    from napari_cryoguard.data import load_dataset, save_dataset
+    from napari_cryoguard.runs import TrainRun
+
+    ds = None
+    if source == SOURCES[1]:
+        ds, _ = labelled_subtomograms(viewer, labels, min_classes=2, purpose="training")
+    elif source == SOURCES[2]:
+        checked = load_dataset(dataset_path)
+        known = np.unique(np.asarray(checked.labels)[np.asarray(checked.labels) >= 0])
+        if len(known) < 2:
+            raise CryoGuardError(f"{Path(dataset_path).name} has {len(known)} labelled class(es); "
+                                 "training needs at least two")
+    if source == SOURCES[0]:
+        run = TrainRun.create(runs_dir, label=label, **settings)
+    else:
+        run = TrainRun.create(runs_dir, label=label, data=str(dataset_path or "pending"),
+                              **settings)
+        if ds is not None:
+            run.set_data(save_dataset(run.folder / "data.npz", ds))
+    run.start()
+    return run
+
+
+def margins_job(checkpoint, data_path):
+    """The IMA margins in ``checkpoint`` and where to draw them (read in a worker)."""
+    from napari_cryoguard.data import load_dataset
+    from napari_cryoguard.models import load_checkpoint
+
+    _, meta = load_checkpoint(checkpoint)
+    extra = meta.get("extra_tensors") or {}
+    key = next((k for k in extra if k.endswith("margins")), None)
+    if key is None:
+        return None
+    margins = np.asarray(extra[key], dtype=np.float32).reshape(-1)
+    where = None
+    if data_path is not None:
+        ds = load_dataset(data_path)
+        if ds.coords is not None and len(ds.coords) == len(margins):
+            pick_index = ds.meta.get("pick_index")
+            where = (np.asarray(ds.coords, dtype=float), (float(ds.voxel_size),) * 3,
+                     None if pick_index is None else np.asarray(pick_index, dtype=np.int64))
+    return margins, where
+
+
+# ---------------------------------------------------------------------- plots
+
+
 class _Plots:
-    """Two small matplotlib axes (loss; clean and robust accuracy) inside a Qt canvas."""
+    """Loss per step (top); accuracies per epoch and, after IMA, the margins (bottom).
+
+    The artists are made once and updated in place; :meth:`show` redraws only when what
+    it is asked to show changed.
+    """
 
     def __init__(self) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.2, 3.6), tight_layout=True)
+        self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(260)
-        self.ax_loss = self.figure.add_subplot(211)
-        self.ax_acc = self.figure.add_subplot(212)
-
-    def draw_run(self, run) -> None:
-        self.ax_loss.clear()
-        self.ax_acc.clear()
-        for key, style in (("train_loss", "-"), ("val_loss", "--")):
-            x, y = run.series(key)
-            if x:
-                self.ax_loss.plot(x, y, style, marker=".", label=key.replace("_", " "))
-        for key, style in (("train_acc", "-"), ("val_acc", "--"), ("robust_acc", ":")):
-            x, y = run.series(key)
-            if x:
-                self.ax_acc.plot(x, y, style, marker="o", label=key.replace("_", " "))
-        self.ax_loss.set_ylabel("loss", fontsize=8)
-        self.ax_acc.set_ylabel("accuracy", fontsize=8)
-        self.ax_acc.set_xlabel("epoch", fontsize=8)
+        self.canvas.setFixedHeight(PLOT_HEIGHT)
+        self.canvas.setMinimumWidth(200)
+        self.ax_loss = self.figure.add_axes((0.17, 0.62, 0.79, 0.33))
+        self.ax_acc = self.figure.add_axes((0.17, 0.14, 0.79, 0.33))
+        self.ax_hist = self.figure.add_axes((0.62, 0.14, 0.34, 0.33))
+        self.ax_hist.set_visible(False)
+        (self.step_line,) = self.ax_loss.plot([], [], "-", lw=0.9, label="train (step)")
+        (self.val_line,) = self.ax_loss.plot([], [], "o--", ms=3, label="val (epoch)")
+        self.acc_lines = {}
+        for key, style in (("train_acc", "o-"), ("val_acc", "o--"), ("robust_acc", "o:")):
+            (self.acc_lines[key],) = self.ax_acc.plot([], [], style, ms=3,
+                                                      label=key.replace("_acc", ""))
+        self.ax_loss.set_ylabel("loss", fontsize=7)
+        self.ax_loss.set_xlabel("step", fontsize=7, labelpad=1)
+        self.ax_acc.set_ylabel("accuracy", fontsize=7)
+        self.ax_acc.set_xlabel("epoch", fontsize=7, labelpad=1)
         self.ax_acc.set_ylim(0, 1.02)
+        for ax in (self.ax_loss, self.ax_acc, self.ax_hist):
+            ax.tick_params(labelsize=6, pad=1)
+        self.ax_loss.legend(fontsize=6, loc="upper right")
+        self.ax_acc.legend(fontsize=6, loc="lower right")
+        self.margins: np.ndarray | None = None
+        self.draws = 0
+        self._key = None
+
+    def show(self, run, margins: np.ndarray | None) -> bool:
+        """Draw ``run`` (and its margins); returns whether anything was redrawn."""
+        key = (None if run is None else (run.name, run.version), None if margins is None else id(margins))
+        if key == self._key:
+            return False
+        self._key = key
+        if run is not None:
+            self._draw_curves(run)
+        self._draw_margins(margins)
+        self.draws += 1
+        self.canvas.draw_idle()
+        return True
+
+    def _draw_curves(self, run) -> None:
+        xs, ys = run.loss_series()
+        self.step_line.set_data(xs, ys)
+        ex, ev = run.series("val_loss")
+        spe = max(run.steps_per_epoch, 1)
+        self.val_line.set_data([e * spe for e in ex], ev)
+        for key, line in self.acc_lines.items():
+            line.set_data(*run.series(key))
         for ax in (self.ax_loss, self.ax_acc):
-            ax.tick_params(labelsize=7)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-        self.canvas.draw_idle()
+            ax.relim()
+            ax.autoscale_view(scalex=True, scaley=ax is self.ax_loss)
 
-    def draw_histogram(self, margins: np.ndarray) -> None:
-        self.ax_acc.clear()
-        self.ax_acc.hist(margins, bins=20, color="tab:purple")
-        self.ax_acc.set_xlabel("IMA margin (normalised units)", fontsize=8)
-        self.ax_acc.set_ylabel("samples", fontsize=8)
-        self.ax_acc.tick_params(labelsize=7)
-        self.canvas.draw_idle()
+    def _draw_margins(self, margins: np.ndarray | None) -> None:
+        if margins is self.margins:
+            return
+        self.margins = margins
+        self.ax_hist.clear()
+        if margins is None:
+            self.ax_hist.set_visible(False)
+            self.ax_acc.set_position((0.17, 0.14, 0.79, 0.33))
+            return
+        self.ax_acc.set_position((0.17, 0.14, 0.36, 0.33))
+        self.ax_hist.set_visible(True)
+        self.ax_hist.hist(margins, bins=20, color="tab:purple")
+        self.ax_hist.set_xlabel("IMA margin", fontsize=7, labelpad=1)
+        self.ax_hist.set_ylabel("samples", fontsize=7, labelpad=1)
+        self.ax_hist.tick_params(labelsize=6, pad=1)
+
+    @property
+    def histogram_shown(self) -> bool:
+        return bool(self.ax_hist.get_visible() and self.ax_hist.patches)
 
 
-class TrainWidget(Container):
+# ---------------------------------------------------------------------- the widget
+
+
+class TrainWidget(DockWidget):
     """Train a classifier with a defense in a background ``cryoguard train`` process."""
 
     def __init__(self, viewer: napari.viewer.Viewer, runs_dir: str | Path | None = None) -> None:
-        super().__init__(labels=True)
+        from qtpy.QtCore import QTimer
+
+        from napari_cryoguard.models.registry import default_size_preset
+
+        super().__init__()
         self._viewer = viewer
+        self._worker = None
         self.runs_dir = runs_dir
         self.runs: dict[str, object] = {}
+        self.margins_by_run: dict[str, np.ndarray] = {}
+        self.last_margins: np.ndarray | None = None
+        # data
         self.source = ComboBox(choices=SOURCES, value=SOURCES[0], label="data")
         self.per_class = SpinBox(value=50, min=2, max=100_000, label="per class")
         self.snr = FloatSpinBox(value=0.1, min=0.001, max=100.0, step=0.01, label="SNR")
         self.tilt = FloatSpinBox(value=60.0, min=1.0, max=90.0, step=5.0, label="tilt +-")
         self.cube = SpinBox(value=28, min=16, max=128, label="cube")
+        self.simulation = Group("simulation", [self.per_class, self.snr, self.tilt, self.cube])
+        self.labels = LabelsChoice(viewer)
         self.dataset = FileEdit(mode="r", filter="*.npz", label="dataset")
+        # model and defense
         self.model = ComboBox(choices=_model_names, value="cb3d", label="model")
+        self.size = ComboBox(choices=_size_names, value=default_size_preset("auto"), label="size",
+                             tooltip="small: quick on a CPU; paper: the papers' widths (a GPU)")
         self.model_form = DataclassForm()
+        self.model_group = Group("model parameters", [self.model_form])
         self.defense = ComboBox(choices=_defense_names, value="standard", label="defense")
         self.defense_form = DataclassForm()
+        self.defense_group = Group("defense parameters", [self.defense_form])
+        # recipe
         self.epochs = SpinBox(value=10, min=1, max=100_000, label="epochs")
         self.batch_size = SpinBox(value=16, min=1, max=4096, label="batch size")
         self.optimizer = ComboBox(choices=["adam", "sgd"], value="adam", label="optimizer")
+        self.lr = LineEdit(value="", label="learning rate",
+                           tooltip="empty: the optimizer's default (1e-4 adam, 0.005 sgd)")
         self.robust_every = SpinBox(value=0, min=0, max=1000, label="robust every",
                                     tooltip="robust validation accuracy (PGD) every n epochs; 0 = off")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
+        self.keep_state = CheckBox(value=False, label="resumable",
+                                   tooltip="also keep the optimizer state beside the checkpoint "
+                                           "(a second file) to resume the run exactly")
+        self.recipe_group = Group("training recipe", [self.batch_size, self.optimizer, self.lr,
+                                                      self.robust_every, self.device,
+                                                      self.keep_state])
+        # runs
         self.start_button = PushButton(text="Start training")
         self.run_list = ComboBox(choices=[], label="runs")
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
-        self.info = Label(value="")
+        self.info = status_label()
         self.cancel_button = PushButton(text="Cancel run")
-        self.use_button = PushButton(text="Use model in Classify / Attack")
+        self.use_button = PushButton(text="Use model in Classify / Attack / Evaluate")
         self.export_button = PushButton(text="Export margins as STAR...")
         self.plots = _Plots()
-        self.extend([self.source, self.per_class, self.snr, self.tilt, self.cube, self.dataset,
-                     self.model, self.model_form, self.defense, self.defense_form, self.epochs,
-                     self.batch_size, self.optimizer, self.robust_every, self.device,
-                     self.start_button, self.run_list, self.progress, self.info,
-                     self.cancel_button, self.use_button, self.export_button])
-        self.native.layout().addWidget(self.plots.canvas)
-        self._set_forms()
+        self.body.extend([self.source, self.simulation, self.labels.combo, self.dataset,
+                          self.model, self.size, self.model_group, self.defense,
+                          self.defense_group, self.epochs, self.recipe_group, self.start_button,
+                          self.run_list, self.progress, self.info, self.cancel_button,
+                          self.use_button, self.export_button])
+        self.add_native(self.plots.canvas)
+        self.cancel_button.enabled = False
+        self.use_button.enabled = False
+        self._set_model_form()
+        self._set_defense_form()
         self._source_changed()
         self.source.changed.connect(self._source_changed)
-        self.model.changed.connect(self._set_forms)
-        self.defense.changed.connect(self._set_forms)
+        self.model.changed.connect(self._set_model_form)
+        self.size.changed.connect(self._set_model_form)
+        self.defense.changed.connect(self._set_defense_form)
         self.start_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.use_button.changed.connect(self.use_model)
         self.export_button.changed.connect(self.export_margins)
         self.run_list.changed.connect(lambda *_: self.refresh())
-        from qtpy.QtCore import QTimer
-
-        self._timer = QTimer()
+        self._timer = QTimer(self.native)
         self._timer.setInterval(300)
         self._timer.timeout.connect(self.refresh)
-        self.native.destroyed.connect(self._timer.stop)
 
     # ------------------------------------------------------------------ forms
-    def _set_forms(self, *_) -> None:
-        from napari_cryoguard.defenses import defense_params_class
+    def _set_model_form(self, *_) -> None:
+        """The model's form at the chosen size (the preset's values, still editable)."""
         from napari_cryoguard.models import model_params_class
+        from napari_cryoguard.models.registry import size_preset
 
         self.model_form.set_params_cls(model_params_class(self.model.value))
+        for key, value in size_preset(self.size.value, self.model.value).items():
+            w = getattr(self.model_form, key)
+            w.value = json.dumps(list(value)) if isinstance(w, LineEdit) else value
+
+    def _set_defense_form(self, *_) -> None:
+        from napari_cryoguard.defenses import defense_params_class
+
         self.defense_form.set_params_cls(defense_params_class(self.defense.value))
 
     def _source_changed(self, *_) -> None:
-        sim = self.source.value == SOURCES[0]
-        for w in (self.per_class, self.snr, self.tilt, self.cube):
-            w.visible = sim
+        self.simulation.visible = self.source.value == SOURCES[0]
+        self.labels.combo.visible = self.source.value == SOURCES[1]
         self.dataset.visible = self.source.value == SOURCES[2]
 
-    def _changed_params(self, form: DataclassForm) -> dict:
+    @staticmethod
+    def _changed_params(form: DataclassForm) -> dict:
         """Only the fields that differ from the dataclass defaults (a shorter command)."""
-        import dataclasses
-
         defaults = {f.name: f.default for f in dataclasses.fields(form.params_cls)}
         out = {}
         for k, v in form.values().items():
@@ -181,186 +333,182 @@ class TrainWidget(Container):
             out[k] = list(v) if isinstance(v, tuple) else v
         return out
 
-    # ------------------------------------------------------------------ data
-    def _dataset_from_layers(self, folder: Path) -> Path:
-        """Write the ``subtomograms`` layer, labelled by the picks' ``class``, as a dataset."""
-        from napari_cryoguard.data import SubtomogramDataset, save_dataset
+    def settings(self) -> dict:
+        """The run's settings, every parameter checked (raises :class:`CryoGuardError`).
 
-        if SUBTOMOGRAMS_LAYER not in self._viewer.layers or PICKS_LAYER not in self._viewer.layers:
-            raise ValueError("training on the subtomograms layer needs 'subtomograms' and 'picks'")
-        sub = self._viewer.layers[SUBTOMOGRAMS_LAYER]
-        picks = self._viewer.layers[PICKS_LAYER]
-        index = np.asarray(sub.metadata.get("index", np.arange(len(sub.data))))
-        feats = picks.features
-        col = "true_class" if "true_class" in feats.columns else "class"
-        if col not in feats.columns:
-            raise ValueError("the picks have no 'class' feature to train on (classify or label them)")
-        names = [str(c) for c in np.asarray(feats[col])[index]]
-        class_names = sorted({c for c in names if c})
-        labels = np.array([class_names.index(c) if c else -1 for c in names])
-        if len(class_names) < 2:
-            raise ValueError("training needs at least two classes among the picks")
-        ds = SubtomogramDataset(
-            volumes=np.asarray(sub.data, dtype=np.float32), labels=labels, class_names=class_names,
-            coords=np.asarray(picks.data)[index, -3:],
-            voxel_size=float(sub.metadata.get("voxel_size", 1.0)),
-            normalized=bool(sub.metadata.get("normalized", False)),
-            meta={"source": "napari subtomograms layer", "pick_index": index.tolist()})
-        return save_dataset(folder / "data.npz", ds)
+        The model, defense and recipe dataclasses are built here, so a value they refuse
+        (``eps=-5``) is reported now rather than by the training process later.
+        """
+        from napari_cryoguard.defenses.base import make_defense_params
+        from napari_cryoguard.defenses.trainer import Recipe
+        from napari_cryoguard.models.registry import make_params
+
+        make_params(self.model.value, **self.model_form.values())
+        make_defense_params(self.defense.value, **self.defense_form.values())
+        text = str(self.lr.value).strip()
+        try:
+            lr = float(text) if text else None
+        except ValueError:
+            raise CryoGuardError(f"the learning rate must be a number or empty, not {text!r}") from None
+        Recipe(epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
+               optimizer=self.optimizer.value, lr=lr, robust_every=int(self.robust_every.value))
+        settings = dict(model=self.model.value, defense=self.defense.value,
+                        model_params=self._changed_params(self.model_form),
+                        defense_params=self._changed_params(self.defense_form),
+                        epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
+                        lr=lr, optimizer=self.optimizer.value, device=self.device.value,
+                        robust_every=int(self.robust_every.value), step_interval=0.0,
+                        save_state=bool(self.keep_state.value))
+        if self.source.value == SOURCES[0]:
+            settings["simulate"] = {"n_per_class": int(self.per_class.value),
+                                    "snr": float(self.snr.value),
+                                    "tilt": float(self.tilt.value), "cube": int(self.cube.value)}
+        return settings
 
     # ------------------------------------------------------------------ runs
     def start(self) -> None:
-        """Create a run folder, build the command and launch it."""
-        from napari_cryoguard.runs import TrainRun
-
+        """Check the parameters, then prepare the data and launch the run in a worker."""
+        source = self.source.value
+        kwargs = {}
         try:
-            settings = dict(model=self.model.value, defense=self.defense.value,
-                            model_params=self._changed_params(self.model_form),
-                            defense_params=self._changed_params(self.defense_form),
-                            epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
-                            optimizer=self.optimizer.value, device=self.device.value,
-                            robust_every=int(self.robust_every.value))
-            if self.source.value == SOURCES[0]:
-                settings["simulate"] = {"n_per_class": int(self.per_class.value),
-                                        "snr": float(self.snr.value),
-                                        "tilt": float(self.tilt.value), "cube": int(self.cube.value)}
-                run = TrainRun.create(self.runs_dir, label=f"{self.model.value}-{self.defense.value}",
-                                      **settings)
-            else:
-                run = TrainRun.create(self.runs_dir, label=f"{self.model.value}-{self.defense.value}",
-                                      data="pending", **settings)
-                data = (self._dataset_from_layers(run.folder) if self.source.value == SOURCES[1]
-                        else Path(self.dataset.value))
-                if not data.is_file():
-                    raise ValueError(f"no dataset file at {data}")
-                run.argv[run.argv.index("--data") + 1] = str(data)
-            run.start()
-        except Exception as exc:
-            show_error(exc)
-            self.info.value = f"error: {exc}"
+            settings = self.settings()
+            if source == SOURCES[1]:
+                labels = self.labels.resolve()
+                kwargs = {"viewer": self._viewer, "labels": labels}
+            elif source == SOURCES[2]:
+                kwargs = {"dataset_path": chosen_file(self.dataset, "a dataset file (.npz)")}
+        except CryoGuardError as exc:
+            self.show_failure(exc)
             return
+        note = ""
+        if source == SOURCES[1]:
+            note = f"; labels: {labels.source}"
+            if labels.predictions:
+                note += " - chosen explicitly: the model learns to agree with itself"
+        self._start_note = note
+        self.info.value = "preparing the run..." + note
+        start_worker(self, prepare_run, self.runs_dir, f"{self.model.value}-{self.defense.value}",
+                     settings, source, **kwargs, on_return=self._started,
+                     buttons=(self.start_button,))
+
+    def _started(self, run) -> None:
         self.runs[run.name] = run
         self.run_list.choices = list(self.runs)
         self.run_list.value = run.name
         self._timer.start()
         self.refresh()
 
+    def show_failure(self, exc: BaseException) -> None:
+        """Show an error in the widget and as a napari notification."""
+        self.info.value = f"error: {exc}"
+        show_error(exc)
+
     def current_run(self):
         return self.runs.get(self.run_list.value) if self.run_list.value else None
 
     def refresh(self) -> None:
-        """Poll every running run; redraw the selected one."""
+        """Poll the running runs; redraw the selected one when it has news."""
         any_running = False
         for run in self.runs.values():
-            before = run.status
+            if run.status != "running":
+                continue
             run.poll()
-            any_running |= run.status == "running"
-            if before == "running" and run.status != "running":
+            if run.status == "running":
+                any_running = True
+            else:
                 self._finished(run)
         if not any_running:
             self._timer.stop()
         run = self.current_run()
         if run is None:
             return
-        self.progress.value = int(100 * run.fraction)
-        eta = f", ETA {run.eta_seconds:.0f} s" if run.eta_seconds else ""
-        last = run.history[-1] if run.history else {}
-        acc = f", val acc {last['val_acc']:.3f}" if isinstance(last.get("val_acc"), float) else ""
-        self.info.value = (f"{run.name}: {run.status}, epoch {run.epoch}/{run.epochs}{acc}{eta}"
-                           + (f"<br>{run.message}" if run.message else ""))
-        self.cancel_button.enabled = run.status == "running"
+        self.progress.value = int(round(100 * run.fraction))
+        line = f"{run.name}: {run.state_line()}"
+        if run.message and run.status == "running":
+            line += f" ({run.message})"
+        if run.status == "running" and getattr(self, "_start_note", ""):
+            line += self._start_note
+        self.info.value = line
+        self.cancel_button.enabled = run.status == "running" and not run.cancel_requested
         self.use_button.enabled = run.checkpoint is not None and run.status in ("done", "cancelled")
-        self.plots.draw_run(run)
+        self.plots.show(run, self.margins_by_run.get(run.name))
 
     def _finished(self, run) -> None:
         if run.status in ("error", "failed"):
-            show_error(RuntimeError(f"training run {run.name} failed: {run.message}"))
+            show_error(CryoGuardError(f"training run {run.name} failed: {run.message}"))
             return
-        if run.checkpoint is not None and run.status == "done":
-            self.show_margins(run)
+        if run.checkpoint is not None and run.checkpoint.is_file():
+            state_for(self._viewer).add_model(run.checkpoint)
+            if run.status == "done" and run.defense == "ima":
+                self.show_margins(run)
 
     def cancel(self) -> None:
-        """Cancel the selected run cleanly."""
+        """Cancel the selected run cleanly (within one step)."""
         run = self.current_run()
         if run is not None:
             run.cancel()
             self.refresh()
 
     def use_model(self) -> None:
-        """Load the selected run's checkpoint into every Classify and Attack widget."""
+        """Select the run's checkpoint in every model picker of the viewer (also later ones)."""
         run = self.current_run()
         if run is None or run.checkpoint is None:
             return
-        n = 0
-        for w in list(MODEL_CONSUMERS):
-            if getattr(w, "_viewer", None) is self._viewer:
-                w.set_checkpoint(run.checkpoint)
-                n += 1
-        self.info.value = f"{run.checkpoint.name} selected in {n} widget(s)"
+        spec = state_for(self._viewer).select_model(run.checkpoint)
+        p = Path(spec)
+        self.info.value = (f"{run.name}: {run.state_line()}<br>model {p.parent.name}/{p.name} "
+                           "selected in Classify, Attack and Evaluate (also those opened later)")
 
     # ------------------------------------------------------------------ margins
-    def run_margins(self, run) -> tuple[np.ndarray, dict] | None:
-        """The IMA margins saved in a run's checkpoint, with its metadata (or None)."""
-        from napari_cryoguard.models import load_checkpoint
-
-        _, meta = load_checkpoint(run.checkpoint)
-        extra = meta.get("extra_tensors") or {}
-        key = next((k for k in extra if k.endswith("margins")), None)
-        if key is None:
-            return None
-        return np.asarray(extra[key], dtype=np.float32).reshape(-1), meta
-
     def show_margins(self, run) -> None:
-        """After an IMA run: the ``margins`` layer and the histogram."""
-        try:
-            found = self.run_margins(run)
-        except Exception as exc:  # a broken checkpoint must not take napari down
-            show_error(exc)
-            return
+        """Read a run's IMA margins in a worker; then the ``margins`` layer and histogram."""
+        start_worker(self, margins_job, run.checkpoint, run.data_path,
+                     on_return=lambda found: self._apply_margins(run, found))
+
+    def _apply_margins(self, run, found) -> None:
         if found is None:
             return
-        margins, meta = found
-        self.plots.draw_histogram(margins)
+        margins, where = found
+        self.margins_by_run[run.name] = margins
         self.last_margins = margins
-        data = self._margin_positions(run, len(margins))
-        if data is None:
+        if self.current_run() is run:
+            self.plots.show(run, margins)
+        if where is None:
             self.info.value += "<br>margins: histogram only (the samples have no positions)"
             return
-        coords, scale, pick_index = data
-        if MARGINS_LAYER in self._viewer.layers:
-            self._viewer.layers.remove(MARGINS_LAYER)
+        coords, scale, pick_index = where
         hi = float(margins.max()) or 1.0
-        self._viewer.add_points(coords, name=MARGINS_LAYER, scale=scale,
-                                size=4 + 16 * margins / hi, features={"margin": margins},
-                                face_color="margin", face_colormap="viridis",
-                                projection_mode="all")
-        if pick_index is not None and PICKS_LAYER in self._viewer.layers:
-            picks = self._viewer.layers[PICKS_LAYER]
+        size = 4 + 16 * margins / hi
+        layers = self._viewer.layers
+        if MARGINS_LAYER in layers and layers[MARGINS_LAYER].ndim == 3:
+            layer = layers[MARGINS_LAYER]  # updated in place, not removed and re-added
+            layer.data = coords
+            layer.scale = scale
+            layer.features = {"margin": margins}
+            layer.size = size
+            layer.face_color = "margin"
+        else:
+            if MARGINS_LAYER in layers:
+                layers.remove(MARGINS_LAYER)
+            self._viewer.add_points(coords, name=MARGINS_LAYER, scale=scale, size=size,
+                                    features={"margin": margins}, face_color="margin",
+                                    face_colormap="viridis", projection_mode="all")
+        if pick_index is not None and PICKS_LAYER in layers:
+            picks = layers[PICKS_LAYER]
             feats = picks.features.copy()
             col = np.full(len(picks.data), np.nan)
-            col[pick_index] = margins
+            ok = pick_index < len(col)
+            col[pick_index[ok]] = margins[ok]
             feats["margin"] = col
             picks.features = feats
-
-    def _margin_positions(self, run, n: int):
-        from napari_cryoguard.data import load_dataset
-
-        data_arg = run.argv[run.argv.index("--data") + 1] if "--data" in run.argv else None
-        if data_arg is None:
-            return None
-        ds = load_dataset(data_arg)
-        if ds.coords is None or len(ds.coords) != n:
-            return None
-        scale = (ds.voxel_size,) * 3
-        pick_index = ds.meta.get("pick_index")
-        return ds.coords, scale, None if pick_index is None else np.asarray(pick_index)
 
     def export_margins(self) -> None:
         """Write the picks (with their ``margin`` column) to a STAR file."""
         from magicgui.widgets import request_values
 
         if PICKS_LAYER not in self._viewer.layers or "margin" not in self._viewer.layers[PICKS_LAYER].features:
-            show_error(ValueError("no margins on the picks yet: train with the 'ima' defense first"))
+            show_error(CryoGuardError("no margins on the picks yet: train on the subtomograms "
+                                      "layer with the 'ima' defense first"))
             return
         values = request_values(path={"annotation": Path, "options": {"mode": "w", "filter": "*.star"}})
         if values:

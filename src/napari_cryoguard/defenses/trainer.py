@@ -449,6 +449,7 @@ class Trainer:
         out: Path,
         cancel: Callable[[], bool],
         num_workers: int = 0,
+        save_state: bool = True,
     ) -> None:
         self.dataset = dataset
         self.dataset_info = dataset_info
@@ -459,6 +460,7 @@ class Trainer:
         self.events = events
         self.out = out
         self.state_path = state_path_for(out)
+        self.save_state = bool(save_state)
         self._cancel = cancel
         self.num_workers = int(num_workers)
         self.num_samples = len(dataset)
@@ -634,7 +636,8 @@ class Trainer:
                 "bad_epochs": self.bad_epochs,
             },
         }
-        _atomic_save_tensors(self.state_path, tensors, smeta)
+        if self.save_state:
+            _atomic_save_tensors(self.state_path, tensors, smeta)
         meta = self._metadata(
             cancelled, step_in_epoch, self.epoch_done if weights_epoch is None else weights_epoch
         )
@@ -809,7 +812,7 @@ class Trainer:
                         metrics=dict(self.history[-1]) if self.history else {},
                         epochs_run=epochs_run,
                         cancelled=True,
-                        state_path=self.state_path if self.ctx.is_main else None,
+                        state_path=self.state_path if self.ctx.is_main and self.save_state else None,
                     )
             self.skip_steps = 0
             keys = sorted(sums)
@@ -880,7 +883,7 @@ class Trainer:
             metrics=final,
             epochs_run=epochs_run,
             stopped_early=stopped_early,
-            state_path=self.state_path if self.ctx.is_main else None,
+            state_path=self.state_path if self.ctx.is_main and self.save_state else None,
         )
 
 
@@ -899,6 +902,7 @@ def train(
     cancel: Any = None,
     num_workers: int = 0,
     progress: Callable[[dict], None] | None = None,
+    save_state: bool = True,
     **recipe_kwargs: Any,
 ) -> TrainResult:
     """Train a classifier with a defense; the one loop behind ``cryoguard train``.
@@ -946,6 +950,10 @@ def train(
         DataLoader worker processes (0: load in this process; the data is in memory).
     progress
         Optional callable receiving each epoch's metrics dict.
+    save_state
+        Write ``<stem>.state.safetensors`` (optimizer state, best weights) beside the
+        checkpoint, for an exact ``resume``. ``False`` leaves the checkpoint alone (a
+        resume then starts the optimizer afresh, and says so).
 
     Returns
     -------
@@ -1049,6 +1057,7 @@ def train(
             out_path,
             _cancel_checker(cancel),
             num_workers=num_workers,
+            save_state=save_state,
         )
         if resume_meta is not None:
             trainer.restore(resume_meta)
@@ -1314,6 +1323,20 @@ def build_parser() -> argparse.ArgumentParser:
         "<stem>.state.safetensors beside it holds the optimizer state",
     )
     p.add_argument(
+        "--no-state",
+        action="store_true",
+        help="write only the checkpoint, not <stem>.state.safetensors (a later --resume "
+        "then starts the optimizer afresh)",
+    )
+    p.add_argument(
+        "--step-interval",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="at most one step event per SECONDS (the last step of each epoch is always "
+        "written; 0 = every step; default 0.5)",
+    )
+    p.add_argument(
         "--events",
         default=None,
         metavar="FILE|-",
@@ -1526,6 +1549,8 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
     else:
         data = args.data
     out = args.out or args.resume or f"cryoguard-{model_name}-{defense_name}.safetensors"
+    if args.step_interval < 0:
+        raise CryoGuardError(f"--step-interval must be >= 0, got {args.step_interval!r}")
     return train(
         data,
         model=init_model if init_model is not None else model_name,
@@ -1534,10 +1559,11 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
         defense_params=dp,
         device=args.device,
         out=out,
-        events=sink,
+        events=EventWriter(sink, step_interval=args.step_interval),
         resume=args.resume,
         cancel=cancel,
         num_workers=args.num_workers,
+        save_state=not args.no_state,
         **rp,
     )
 

@@ -18,11 +18,14 @@ from torch import nn
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
+    "SIZE_PRESETS",
     "TINY_PARAMS",
     "available_models",
     "build_model",
+    "default_size_preset",
     "model_params_class",
     "register_model",
+    "size_preset",
     "tiny_params",
 ]
 
@@ -40,6 +43,28 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
         "fc_widths": (16, 16),
     },
     "autoencoder": {"conv_widths": (4, 4), "code_size": 8, "classifier_widths": (8,)},
+}
+
+#: Model sizes a user chooses from (the Train widget's "size"): parameter overrides per
+#: architecture on top of the dataclass defaults. "paper" is the dataclass defaults (the
+#: papers' widths: the CB3D first step takes minutes on a CPU); "small (CPU-friendly)"
+#: is about 0.1 s per step of 16 cubes of 28^3 on one CPU core (the cb3d entry is the
+#: width of the bundled ``cb3d-default`` weights). Our choice of widths, not the papers'.
+SIZE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "small (CPU-friendly)": {
+        "cb3d": {"conv_widths": (8, 16, 32, 64, 64), "fc_widths": (256, 256)},
+        "dsrf3d_v2": {"conv_widths": (8, 16, 32), "fc_widths": (256, 256)},
+        "rb3d": {
+            "stem_width": 8,
+            "block_widths": (8, 16, 16, 32),
+            "bottleneck_widths": (4, 8, 8, 16),
+            "fc_widths": (256, 256),
+        },
+        "autoencoder": {"conv_widths": (16, 16, 16, 16), "code_size": 128,
+                        "classifier_widths": (64,)},
+    },
+    "paper": {},
+    "tiny (quick check)": TINY_PARAMS,
 }
 _T = TypeVar("_T", bound=type)
 
@@ -99,6 +124,33 @@ def tiny_params(name: str) -> dict[str, Any]:
             f"no tiny preset for model {name!r}; presets: {', '.join(TINY_PARAMS)}"
         )
     return dict(TINY_PARAMS[key])
+
+
+def size_preset(preset: str, name: str) -> dict[str, Any]:
+    """The parameters of architecture ``name`` at size ``preset`` (see ``SIZE_PRESETS``).
+
+    Only the fields the preset changes; an architecture the preset does not list keeps
+    its defaults (the paper's size). Raises :class:`CryoGuardError` for an unknown preset
+    or architecture.
+    """
+    _lookup(name)
+    if preset not in SIZE_PRESETS:
+        raise CryoGuardError(
+            f"unknown model size {preset!r}; known: {', '.join(SIZE_PRESETS)}"
+        )
+    key = str(name).strip().lower().replace("-", "_")
+    return dict(SIZE_PRESETS[preset].get(key, {}))
+
+
+def default_size_preset(device: str = "auto") -> str:
+    """``"paper"`` when ``device`` resolves to a CUDA GPU, else ``"small (CPU-friendly)"``."""
+    from napari_cryoguard.device import resolve_device
+
+    try:
+        kind = resolve_device(device).type
+    except CryoGuardError:
+        kind = "cpu"
+    return "paper" if kind == "cuda" else "small (CPU-friendly)"
 
 
 def make_params(name: str, **params: Any) -> Any:
