@@ -38,13 +38,20 @@ def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str 
 
     Coordinates are the picks' ZYX voxel indices; the layer takes the image's scale and
     translate so that points sit on the particles in physical units. Scores (and any
-    features of the picks) become layer features. Picks are drawn out of slice
-    (``out_of_slice_display``): a point shows on every slice its particle crosses,
-    smaller away from its centre. ``diameter`` is the particle diameter in Angstrom; the
-    point size is that diameter in voxels of ``image_layer`` (napari's Points ``size``
-    is in data units and is drawn times the layer's scale), default 14 voxels. A layer
-    ``name`` that is already there is updated in place, so what listens to it (its
-    selection, for click-to-select) keeps working.
+    features of the picks) become layer features. ``diameter`` is the particle diameter
+    in Angstrom; the point size is that diameter in voxels of ``image_layer`` (napari's
+    Points ``size`` is in data units, drawn times the layer's scale), default 14 voxels.
+
+    Picks are drawn out of slice: a point shows on every slice its particle crosses, as
+    the disc the particle's sphere cuts there. napari 0.9 replaced ``out_of_slice_display``
+    (deprecated; it now means ``projection_mode="rescale_linear"`` and only acts within
+    a thick slice) by projection modes, so the layer gets
+    ``projection_mode="rescale_spherical"`` and the viewer's slice along Z is made at
+    least one particle diameter thick (:func:`fit_slice_to_points`); Image layers ignore
+    the thickness (their projection mode is ``none``), so the tomogram looks the same.
+
+    A layer ``name`` that is already there is updated in place, so what listens to it
+    (its selection, for click-to-select) keeps working.
     """
     import pandas as pd
 
@@ -69,11 +76,12 @@ def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str 
                  border_color=kwargs.pop("border_color", "yellow"),
                  face_color=kwargs.pop("face_color", "transparent"),
                  border_width=kwargs.pop("border_width", 0.12),
-                 out_of_slice_display=kwargs.pop("out_of_slice_display", True),
-                 projection_mode=kwargs.pop("projection_mode", "all"))
+                 projection_mode=kwargs.pop("projection_mode", "rescale_spherical"))
     coords = picks.coords.reshape(-1, 3)
     layer = viewer.layers[name] if name in viewer.layers else None
-    if layer is not None and getattr(layer, "_type_string", "") == "points" and layer.ndim == 3:
+    from napari.layers import Points
+
+    if isinstance(layer, Points) and layer.ndim == 3:
         layer.selected_data = set()
         layer.scale = scale
         layer.translate = translate
@@ -83,11 +91,28 @@ def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str 
         for key, value in {**style, **kwargs}.items():
             setattr(layer, key, value)
         layer.refresh()
-        return layer
-    if layer is not None:
-        viewer.layers.remove(name)
-    return viewer.add_points(coords, name=name, features=features, scale=scale,
-                             translate=translate, metadata=metadata, **style, **kwargs)
+    else:
+        if layer is not None:
+            viewer.layers.remove(name)
+        layer = viewer.add_points(coords, name=name, features=features, scale=scale,
+                                  translate=translate, metadata=metadata, **style, **kwargs)
+    fit_slice_to_points(viewer, layer)
+    return layer
+
+
+def fit_slice_to_points(viewer, layer) -> None:
+    """Make the viewer's slice along the Points ``layer``'s first axis (Z) at least as
+    thick as its largest point (world units), so that a projection mode that draws
+    points out of slice shows each particle on every slice it crosses."""
+    size = np.asarray(layer.size, dtype=float)
+    if size.size == 0 or viewer.dims.ndim < 3:
+        return
+    axis = viewer.dims.ndim - layer.ndim
+    needed = float(np.max(size)) * abs(float(layer.scale[0])) * 1.02
+    thickness = list(viewer.dims.thickness)
+    if thickness[axis] < needed:
+        thickness[axis] = needed
+        viewer.dims.thickness = tuple(thickness)
 
 
 def connect_picks_selection(viewer, callback, name: str = PICKS_LAYER):
@@ -107,23 +132,29 @@ def connect_picks_selection(viewer, callback, name: str = PICKS_LAYER):
     else:
         def ref(cb=callback):
             return cb
+    from napari.layers import Points
+
     watched: dict[int, tuple] = {}
 
     def watch(layer) -> None:
-        if getattr(layer, "_type_string", "") != "points" or id(layer) in watched:
+        if not isinstance(layer, Points) or id(layer) in watched:
             return
+        changed = _selection_relay(layer)
+        layer.selected_data.events.items_changed.connect(changed)
+        watched[id(layer)] = (layer, changed)
 
-        def changed(event=None, layer=layer) -> None:
+    def _selection_relay(layer):
+        def changed(*_) -> None:
             cb = ref()
             if cb is None or layer.name != name or layer not in viewer.layers:
                 return
             try:
                 cb(layer, sorted(int(i) for i in layer.selected_data))
-            except RuntimeError:  # the widget's Qt object is gone
-                pass
+            except RuntimeError as exc:  # the widget's Qt object is gone (dock closed)
+                if "deleted" not in str(exc):
+                    raise
 
-        layer.selected_data.events.items_changed.connect(changed)
-        watched[id(layer)] = (layer, changed)
+        return changed
 
     def inserted(event) -> None:
         watch(event.value)
@@ -157,36 +188,48 @@ def class_colors(n: int) -> np.ndarray:
 
 
 def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
-                         styles: dict | None = None, gap: int = 4, go_to: bool = True) -> list:
-    """Show single-particle cubes at the tomogram's scale, in a row beside the particle.
+                         styles: dict | None = None, gap: int = 4, columns: int = 3,
+                         go_to: bool = True, frames: str | None = None) -> list:
+    """Show single-particle cubes at the tomogram's scale, in a grid beside the particle.
 
     ``layers`` maps names (``particle <i>``, ``adversarial <i>``, ``perturbation <i> x<k>``,
-    ``reconstruction <i>``, ...) to (D, H, W) cubes. They take ``image_layer``'s scale
-    (voxel size in Angstrom), and are laid out left to right starting one ``gap`` (voxels)
-    to the right of the particle at ``center`` (ZYX voxel indices of ``image_layer``),
-    their middle slice on the particle's Z, so they show in the slice the user looks at
-    next to the particle itself. A layer of the same name is updated in place (no
-    remove/re-add). ``styles`` maps a name to layer properties (colormap,
-    contrast_limits). With ``go_to`` the view moves there: the Z slider to the particle
-    and the camera over the row, zoomed to fit it.
+    then ``reconstruction <i>``, ``adversarial reconstruction <i>``) to (D, H, W) cubes.
+    They take ``image_layer``'s scale (voxel size in Angstrom) and fill a grid of
+    ``columns`` columns, row by row, that starts ``gap`` voxels to the right of the
+    particle at ``center`` (ZYX voxel indices of ``image_layer``) with its top row level
+    with the particle; every cube's middle slice lies on the particle's Z, so the cubes
+    show in the slice the user looks at, next to the particle itself (reconstructions sit
+    under the particle and adversarial cubes they belong to). A layer of the same name is
+    updated in place (no remove/re-add). ``styles`` maps a name to layer properties
+    (colormap, contrast_limits). With ``go_to`` the view moves there: the Z slider to the
+    particle and the camera over the particle and the grid, zoomed to fit them.
+    ``frames`` names a Shapes layer drawn around the cubes, each captioned with its
+    layer's name without the particle number, so the cubes stand out from the tomogram.
     """
     styles = styles or {}
     scale = np.asarray(image_layer.scale[-3:], dtype=float) if image_layer is not None else np.ones(3)
     origin = np.asarray(image_layer.translate[-3:], dtype=float) if image_layer is not None else np.zeros(3)
     c = np.zeros(3) if center is None else np.asarray(center, dtype=float)[-3:]
-    c_world = origin + c * scale
+    cz, cy, cx = origin + c * scale
     out = []
-    x_left = None
-    x_right = None
-    offset = 0.0
-    for name, vol in layers.items():
+    rects, captions = [], []
+    lo_y = hi_y = cy
+    lo_x = hi_x = cx
+    for j, (name, vol) in enumerate(layers.items()):
         vol = np.asarray(vol, dtype=np.float32)
         d, h, w = vol.shape[-3:]
-        x0 = c_world[2] + (w / 2 + gap) * scale[2] + offset
-        offset += (w + gap) * scale[2]
-        translate = (c_world[0] - (d - 1) / 2 * scale[0], c_world[1] - (h - 1) / 2 * scale[1], x0)
-        x_left = x0 if x_left is None else x_left
-        x_right = x0 + w * scale[2]
+        row, col = divmod(j, columns)
+        x0 = cx + (w / 2 + gap) * scale[2] + col * (w + gap) * scale[2]
+        y0 = cy - (h / 2) * scale[1] + row * (h + gap) * scale[1]
+        translate = (cz - (d - 1) / 2 * scale[0], y0, x0)
+        lo_x, hi_x = min(lo_x, cx - w / 2 * scale[2]), max(hi_x, x0 + w * scale[2])
+        lo_y, hi_y = min(lo_y, y0), max(hi_y, y0 + h * scale[1])
+        y1, x1 = y0 + (h - 1) * scale[1], x0 + (w - 1) * scale[2]
+        half = (scale[1] / 2, scale[2] / 2)
+        rects.append(np.array([[cz, y0 - half[0], x0 - half[1]], [cz, y0 - half[0], x1 + half[1]],
+                               [cz, y1 + half[0], x1 + half[1]], [cz, y1 + half[0], x0 - half[1]]]))
+        caption = " ".join(t for t in name.split() if not t.isdigit())
+        captions.append(caption.replace("adversarial reconstruction", "adv. reconstruction"))
         style = {"colormap": "gray", **styles.get(name, {})}
         if "contrast_limits" not in style:
             lo, hi = float(vol.min()), float(vol.max())
@@ -205,27 +248,46 @@ def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
             layer = viewer.add_image(vol, name=name, scale=tuple(scale), translate=translate,
                                      **style)
         out.append(layer)
+    if frames and rects:
+        _show_frames(viewer, frames, [r / scale for r in rects], captions, scale)
     if go_to and out:
-        go_to_region(viewer, c_world[0], (c_world[1], (x_left + x_right) / 2),
-                     width=(x_right - c_world[2]) * 2.2, height=max(lay.data.shape[-2] for lay in out)
-                     * scale[1] * 2.2)
+        go_to_region(viewer, cz, ((lo_y + hi_y) / 2, (lo_x + hi_x) / 2),
+                     width=(hi_x - lo_x) * 1.15, height=(hi_y - lo_y) * 1.15)
     return out
+
+
+def _show_frames(viewer, name: str, rects: list, captions: list, scale) -> None:
+    """Rectangles (voxels at ``scale``) with a caption above each, as the Shapes layer ``name``.
+
+    The active layer stays what it was (clicking picks keeps working)."""
+    active = viewer.layers.selection.active
+    text = {"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": 8,
+            "translation": [0, -1.5, 0]}
+    if name in viewer.layers and viewer.layers[name].ndim == 3:
+        layer = viewer.layers[name]
+        layer.data = rects
+        layer.features = {"caption": captions}
+        layer.text = text
+        layer.visible = True
+    else:
+        viewer.add_shapes(rects, shape_type="polygon", name=name, edge_color="yellow",
+                          face_color="transparent", edge_width=0.6, scale=tuple(scale),
+                          features={"caption": captions}, text=text, opacity=0.9)
+    if active is not None and active.name in viewer.layers:
+        viewer.layers.selection.active = viewer.layers[active.name]
 
 
 def go_to_region(viewer, z_world: float, center_yx, width: float, height: float) -> None:
     """Move the Z slider to ``z_world`` and the 2D camera over ``center_yx``, fitting
     ``width`` x ``height`` (world units) in the canvas."""
-    from napari_cryoguard._napari._state import _unwrap
-
     if viewer.dims.ndim >= 3:
-        axis = viewer.dims.ndim - 3
-        viewer.dims.set_point(axis, float(z_world))
+        viewer.dims.set_point(viewer.dims.ndim - 3, float(z_world))
     scene = getattr(viewer, "scene", None)
     camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
     camera.center = (float(center_yx[0]), float(center_yx[1]))
     try:
-        ch, cw = _unwrap(viewer)._canvas_size
-    except Exception:  # noqa: BLE001 - no canvas yet
+        ch, cw = viewer.canvas.size
+    except Exception:  # noqa: BLE001 - no canvas model (older napari)
         ch, cw = 600, 800
     if width > 0 and height > 0 and ch > 0 and cw > 0:
         camera.zoom = float(min(cw / width, ch / height))

@@ -16,16 +16,48 @@ from magicgui.widgets import Container, Label, PushButton
 DOCK_WIDTH = 380
 
 
+def _scroll_area_class():
+    """A vertical scroll area whose size hints follow its content's width (never clipped)
+    but whose height never asks for more than the screen has."""
+    from qtpy.QtCore import QSize
+    from qtpy.QtWidgets import QComboBox, QScrollArea
+
+    class FitScrollArea(QScrollArea):
+        def _bar(self) -> int:
+            return self.verticalScrollBar().sizeHint().width() + 4
+
+        def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+            inner = self.widget()
+            width = inner.minimumSizeHint().width() if inner is not None else 200
+            return QSize(width + self._bar(), 160)
+
+        def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+            inner = self.widget()
+            hint = inner.sizeHint() if inner is not None else QSize(DOCK_WIDTH, 400)
+            return QSize(max(min(hint.width(), DOCK_WIDTH), self.minimumSizeHint().width()),
+                         min(hint.height(), 560))
+
+        def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+            # long choices (checkpoint paths, layer names) must not widen the dock
+            for combo in self.findChildren(QComboBox):
+                combo.setSizeAdjustPolicy(
+                    QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+                combo.setMinimumContentsLength(10)
+            super().showEvent(event)
+
+    return FitScrollArea
+
+
 class DockWidget(Container):
     """A dock widget root: controls in ``self.body`` inside a vertical scroll area."""
 
     def __init__(self) -> None:
         from qtpy.QtCore import Qt
-        from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
+        from qtpy.QtWidgets import QFrame, QSizePolicy
 
         super().__init__(labels=False)
         self.body = Container(labels=True)
-        scroll = QScrollArea()
+        scroll = _scroll_area_class()()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -35,8 +67,6 @@ class DockWidget(Container):
         layout = self.native.layout()
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(scroll)
-        self.native.setMaximumWidth(DOCK_WIDTH + 40)
-        self.native.setMinimumWidth(260)
 
     def reset_choices(self, *_) -> None:
         """napari calls this when layers change: refresh every combo box of the body."""
@@ -63,10 +93,11 @@ class Group(Container):
 
     @property
     def expanded(self) -> bool:
-        return bool(self.inner.visible)
+        return self._expanded
 
     def set_expanded(self, expanded: bool) -> None:
-        self.inner.visible = bool(expanded)
+        self._expanded = bool(expanded)
+        self.inner.visible = self._expanded
         self.toggle.text = ("\u25be " if expanded else "\u25b8 ") + self.title
 
     def _toggle(self, *_) -> None:

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import (
     ComboBox,
-    Container,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -31,15 +29,20 @@ from magicgui.widgets import (
 )
 
 from napari_cryoguard._napari._common import (
-    MODEL_CONSUMERS,
     PICKS_LAYER,
     ModelPicker,
+    connect_pick_selection,
     particle_cube,
+    particle_source,
     show_error,
     show_particle_layers,
     start_worker,
 )
 from napari_cryoguard._napari._forms import DataclassForm
+from napari_cryoguard._napari._labels import LabelsChoice
+from napari_cryoguard._napari._layout import DockWidget, Group, status_label
+
+from napari_cryoguard.errors import CryoGuardError
 
 if TYPE_CHECKING:
     import napari
@@ -115,40 +118,74 @@ def attack_all_job(loaded, volume, coords, true_labels, name: str, device: str, 
     return res, np.asarray(sub.index)
 
 
-class AttackWidget(Container):
+def attack_one_job(picker, spec: str, source: dict, label_name: str | None, name: str,
+                   params: dict, magnify: int) -> dict:
+    """Worker job for one particle: load the model, cut its cube, attack, prepare layers."""
+    loaded = picker.load(spec)
+    vol = particle_cube(source, loaded.cube)
+    names = loaded.class_names
+    label = names.index(label_name) if label_name in names else None
+    out = attack_one(loaded, vol, label, name, params)
+    out["loaded"] = loaded
+    out["center"] = source["center"]
+    out["label_known"] = label is not None
+    pert = out["perturbation"] * magnify
+    lim = float(np.abs(pert).max()) or 1.0
+    lo, hi = float(np.min(vol)), float(np.max(vol))
+    limits = (lo, hi) if hi > lo else (lo, lo + 1.0)
+    i = source["index"]
+    layers = {f"particle {i}": vol, f"adversarial {i}": out["x_adv"],
+              f"perturbation {i} x{magnify}": pert}
+    styles = {f"perturbation {i} x{magnify}": {"colormap": "PiYG", "contrast_limits": (-lim, lim)},
+              f"particle {i}": {"contrast_limits": limits},
+              f"adversarial {i}": {"contrast_limits": limits}}
+    if "reconstruction" in out:
+        for key in ("reconstruction", "adversarial reconstruction"):
+            layers[f"{key} {i}"] = out[key]
+            styles[f"{key} {i}"] = {"contrast_limits": limits}
+    out["layers"], out["styles"] = layers, styles
+    return out
+
+
+class AttackWidget(DockWidget):
     """Attack the classifier on picked particles and look at what the attack did."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = viewer
         self._worker = None
         self.last = None  # the last single-particle result (dict)
-        self.picker = ModelPicker()
+        self.picker = ModelPicker(viewer)
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")
         self.attack = ComboBox(choices=_attack_choices, value="fgsm", label="attack")
         self.form = DataclassForm()
-        self.index = SpinBox(value=0, min=0, max=10**7, label="particle")
-        self.magnify = SpinBox(value=50, min=1, max=100_000, label="magnify x")
+        self.form_group = Group("attack parameters", [self.form], expanded=True)
+        self.index = SpinBox(value=0, min=0, max=10**7, label="particle",
+                             tooltip="the pick to attack; clicking a point of 'picks' selects it")
+        self.magnify = SpinBox(value=50, min=1, max=100_000, label="magnify x",
+                               tooltip="the perturbation layer shows (adversarial - particle) x this")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
         self.batch_size = SpinBox(value=16, min=1, max=4096, label="batch size",
                                   tooltip="picks per batch in 'Attack all' (Cancel acts between batches)")
+        self.more = Group("options", [self.magnify, self.device, self.batch_size])
+        self.labels = LabelsChoice(viewer)
         self.run_button = PushButton(text="Attack particle")
-        self.result = Label(value="")
+        self.result = status_label()
         self.all_button = PushButton(text="Attack all picks")
         self.cancel_button = PushButton(text="Cancel")
         self.cancel_button.enabled = False
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
-        self.status = Label(value="")
-        self.extend([*self.picker.widgets, self.image, self.attack, self.form, self.index,
-                     self.magnify, self.device, self.batch_size, self.run_button, self.result, self.all_button,
-                     self.cancel_button, self.progress, self.status])
+        self.status = status_label()
+        self.body.extend([*self.picker.widgets, self.image, self.attack, self.form_group,
+                          self.index, self.labels.combo, self.more, self.run_button,
+                          self.result, self.all_button, self.cancel_button, self.progress,
+                          self.status])
         self._set_form()
         self.attack.changed.connect(self._set_form)
         self.run_button.changed.connect(self.run_one)
         self.all_button.changed.connect(self.run_all)
         self.cancel_button.changed.connect(self.cancel)
-        viewer.layers.selection.events.active.connect(self._connect_picks_selection)
-        MODEL_CONSUMERS.add(self)
+        connect_pick_selection(viewer, self._on_select)
 
     def set_checkpoint(self, path) -> None:
         """Select a checkpoint file (the Train widget's "use this model")."""
@@ -159,6 +196,8 @@ class AttackWidget(Container):
         from napari_cryoguard.attacks import get_attack_params
 
         self.form.set_params_cls(get_attack_params(self.attack.value))
+        self.form_group.title = f"{self.attack.value} parameters"
+        self.form_group.set_expanded(self.form_group.expanded)
 
     def attack_params(self) -> dict:
         """The attack's parameters from the form."""
@@ -170,71 +209,39 @@ class AttackWidget(Container):
         show_error(exc)
 
     # ------------------------------------------------------------------ selection
-    def _connect_picks_selection(self, event=None) -> None:
-        if PICKS_LAYER in self._viewer.layers:
-            sel = self._viewer.layers[PICKS_LAYER].selected_data
-            try:
-                sel.events.items_changed.disconnect(self._on_select)
-            except (TypeError, RuntimeError, ValueError):
-                pass
-            sel.events.items_changed.connect(self._on_select)
-
-    def _on_select(self, event=None) -> None:
-        chosen = sorted(self._viewer.layers[PICKS_LAYER].selected_data)
-        if chosen:
-            self.index.value = int(chosen[0])
-
-    def _true_label(self, i: int, class_names: list[str]) -> int | None:
-        """Pick ``i``'s class from the ``truth``/``label`` feature when it names a model class."""
-        if PICKS_LAYER not in self._viewer.layers:
-            return None
-        feats = self._viewer.layers[PICKS_LAYER].features
-        for col in ("true_class", "label_name"):
-            if col in feats.columns and i < len(feats):
-                name = str(feats[col].iloc[i])
-                if name in class_names:
-                    return class_names.index(name)
-        return None
+    def _on_select(self, index: int) -> None:
+        self.index.value = int(index)
 
     # ------------------------------------------------------------------ one particle
     def run_one(self) -> None:
-        """Attack pick ``index`` in a worker thread and show the layers."""
+        """Attack pick ``index`` in a worker thread and show the layers beside it."""
         i = int(self.index.value)
         try:
-            loaded = self.picker.load()
-            vol = particle_cube(self._viewer, i, loaded.cube, self.image.value)
+            spec = self.picker.spec()
+            source = particle_source(self._viewer, i, self.image.value)
             params = self.attack_params()
-            label = self._true_label(i, loaded.class_names)
+            labels = self.labels.resolve()
+            label_name = labels.names[i] if i < len(labels.names) and labels.names[i] else None
         except Exception as exc:
             self.show_failure(exc)
             return
-        self.status.value = f"attacking particle {i}..."
-        start_worker(self, attack_one, loaded, vol, label, self.attack.value, params,
-                     on_return=lambda out: self._on_attacked(out, i, loaded),
+        self.status.value = f"attacking particle {i} with {self.attack.value}..."
+        model_name = self.picker.display_name
+        start_worker(self, attack_one_job, self.picker, spec, source, label_name,
+                     self.attack.value, params, int(self.magnify.value),
+                     on_return=lambda out: self._on_attacked(out, i, model_name, labels),
                      buttons=(self.run_button, self.all_button))
 
-    def _on_attacked(self, out: dict, i: int, loaded) -> None:
+    def _on_attacked(self, out: dict, i: int, model_name: str = "", labels=None) -> None:
         self.last = out
-        k = int(self.magnify.value)
-        names = loaded.class_names
-        pert = out["perturbation"] * k
-        lim = float(np.abs(pert).max()) or 1.0
-        layers = {f"particle {i}": out["x"], f"adversarial {i}": out["x_adv"]}
+        names = out["loaded"].class_names
         for old in [lay.name for lay in self._viewer.layers]:
-            if old.startswith(f"perturbation {i} x"):
+            if old.startswith(f"perturbation {i} x") and old not in out["layers"]:
                 self._viewer.layers.remove(old)
-        layers[f"perturbation {i} x{k}"] = pert
-        extra = {f"perturbation {i} x{k}": {"colormap": "PiYG", "contrast_limits": (-lim, lim)}}
-        if "reconstruction" in out:
-            layers[f"reconstruction {i}"] = out["reconstruction"]
-            layers[f"adversarial reconstruction {i}"] = out["adversarial reconstruction"]
-        lo, hi = float(np.min(out["x"])), float(np.max(out["x"]))
-        for name in layers:
-            if not name.startswith("perturbation"):
-                extra[name] = {"contrast_limits": (lo, hi) if hi > lo else None}
-                if extra[name]["contrast_limits"] is None:
-                    del extra[name]["contrast_limits"]
-        show_particle_layers(self._viewer, layers, **extra)
+        # the pick's coordinates are in the picks layer's data space: place the row with it
+        anchor = self._viewer.layers[PICKS_LAYER] if PICKS_LAYER in self._viewer.layers else None
+        show_particle_layers(self._viewer, out["layers"], image_layer=anchor or self.image.value,
+                             center=out["center"], styles=out["styles"], frames=f"particle {i} frames")
 
         def probs(p):
             top = np.argsort(p)[::-1][:3]
@@ -242,25 +249,26 @@ class AttackWidget(Container):
 
         verdict = "FLIPPED" if out["success"] else "held"
         note = " (zero gradient: the attack cannot move this sample)" if out["zero_grad"] else ""
+        against = (f"true class {names[out['label']]} (from {labels.source})" if out["label_known"]
+                   else "the model's own prediction (no label for this pick)")
         self.result.value = (
-            f"<b>{verdict}</b>{note}<br>"
+            f"<b>{verdict}</b>{note} &mdash; {model_name}, attacked against {against}<br>"
             f"before: {names[out['pred_before']]} ({probs(out['probs_before'])})<br>"
             f"after: {names[out['pred_after']]} ({probs(out['probs_after'])})<br>"
-            f"L-inf {out['linf']:.4g}, L2 {out['l2']:.4g}, {out['steps']} steps"
+            f"L-inf {out['linf']:.4g}, L2 {out['l2']:.4g}, {out['steps']} step"
+            + ("s" if out["steps"] != 1 else "")
         )
-        self.status.value = f"attacked particle {i} with {self.attack.value}"
+        self.status.value = f"attacked particle {i} with {self.attack.value}; its layers are beside it"
 
     # ------------------------------------------------------------------ all picks
     def run_all(self) -> None:
         """Attack every pick (extracted at the model's cube size) with progress and Cancel."""
         try:
-            loaded = self.picker.load()
+            spec = self.picker.spec()
             if PICKS_LAYER not in self._viewer.layers or self.image.value is None:
-                raise ValueError("attacking all picks needs a 'picks' layer and a tomogram")
+                raise CryoGuardError("attacking all picks needs a 'picks' layer and a tomogram")
             coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
-            true = np.array([self._true_label(j, loaded.class_names) for j in range(len(coords))],
-                            dtype=object)
-            true = np.array([-1 if t is None else t for t in true], dtype=np.int64)
+            labels = self.labels.resolve()
             params = self.attack_params()
         except Exception as exc:
             self.show_failure(exc)
@@ -268,11 +276,22 @@ class AttackWidget(Container):
         self.progress.value = 0
         self.status.value = f"attacking {len(coords)} picks..."
         self.cancel_button.enabled = True
+        model_name = self.picker.display_name
+        picker = self.picker
+
+        def job():
+            loaded = picker.load(spec)
+            true = np.array([loaded.class_names.index(n) if n in loaded.class_names else -1
+                             for n in labels.names], dtype=np.int64)
+            res, index = yield from attack_all_job(loaded, self.image.value.data, coords, true,
+                                                   self.attack.value, self.device.value, params,
+                                                   int(self.batch_size.value))
+            return res, index, loaded, true
+
         worker = start_worker(
-            self, attack_all_job, loaded, self.image.value.data, coords, true, self.attack.value,
-            self.device.value, params, int(self.batch_size.value),
+            self, job,
             on_yield=lambda p: setattr(self.progress, "value", int(100 * p[0] / max(p[1], 1))),
-            on_return=lambda out: self._on_all(out[0], out[1], loaded),
+            on_return=lambda out: self._on_all(out[0], out[1], out[2], labels, out[3], model_name),
             buttons=(self.run_button, self.all_button))
         worker.aborted.connect(self._on_cancelled)
         worker.finished.connect(lambda: setattr(self.cancel_button, "enabled", False))
@@ -287,7 +306,7 @@ class AttackWidget(Container):
         self.progress.value = 0
         self.status.value = "cancelled: the picks' features are unchanged"
 
-    def _on_all(self, res, index: np.ndarray, loaded) -> None:
+    def _on_all(self, res, index: np.ndarray, loaded, labels=None, true=None, model_name="") -> None:
         import pandas as pd
 
         layer = self._viewer.layers[PICKS_LAYER]
@@ -312,7 +331,24 @@ class AttackWidget(Container):
         layer.border_color = rgba
         layer.face_color = rgba
         self.progress.value = 100
-        s = res.summary()
-        self.status.value = (f"{int(succ.sum())}/{len(succ)} picks flipped by {res.name} "
-                             f"(accuracy {s['accuracy_before']:.2f} -> {s['accuracy_after']:.2f} "
-                             f"against the labels used)")
+        self.status.value = summary_line(res, index, labels, true, model_name)
+
+
+def summary_line(res, index, labels, true, model_name: str) -> str:
+    """What "Attack all" found, in words that say which labels the numbers are against."""
+    succ = res.success.numpy().astype(bool)
+    head = f"{int(succ.sum())}/{len(succ)} picks flipped by {res.name} ({model_name})"
+    known = np.asarray(true)[index] >= 0 if true is not None else np.zeros(len(index), bool)
+    if labels is None or labels.predictions or not known.any():
+        right_before = res.pred_before.numpy() == res.labels.numpy()
+        right_after = res.pred_after.numpy() == res.labels.numpy()
+        return (f"{head}; no true labels were used: agreement with the model's own predictions "
+                f"{right_before.mean():.2f} -> {right_after.mean():.2f}")
+    y = res.labels.numpy()[known]
+    before = float(np.mean(res.pred_before.numpy()[known] == y))
+    after = float(np.mean((res.pred_before.numpy()[known] == y) & (res.pred_after.numpy()[known] == y)))
+    rest = int((~known).sum())
+    tail = (f"; {rest} picks without a label were attacked against the model's own prediction"
+            if rest else "")
+    return (f"{head}; accuracy against {labels.source} on {int(known.sum())} labelled picks "
+            f"{before:.2f} -> {after:.2f} (robust: right before and after){tail}")

@@ -248,7 +248,7 @@ class ClassifyWidget(DockWidget):
         self.loaded = out["loaded"]
         anchor = self._viewer.layers[PICKS_LAYER] if PICKS_LAYER in self._viewer.layers else self.image.value
         show_particle_layers(self._viewer, out["layers"], image_layer=anchor, center=out["center"],
-                             styles=out["styles"])
+                             styles=out["styles"], frames=f"particle {i} frames")
         if self.loaded.has_decoder:
             self.status.value = f"particle {i} and its reconstruction by {self.loaded.source}, beside it"
         else:
