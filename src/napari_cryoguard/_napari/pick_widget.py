@@ -1,9 +1,17 @@
 """The "Pick particles" dock widget: DoG picking and subtomogram extraction.
 
-The widget only wires callbacks: picking is :func:`napari_cryoguard.picking.iter_pick_particles`
-(a generator yielding progress) run in a napari thread worker; extraction is
-:func:`napari_cryoguard.picking.extract_subtomograms`, also off the Qt thread. Errors
-(a volume with NaNs, a cube that does not fit) show as napari notifications.
+The widget wires controls to the core: picking is
+:func:`napari_cryoguard.picking.iter_pick_particles` (a generator yielding progress),
+the polarity choice :func:`napari_cryoguard.picking.choose_polarity`, the preview
+:func:`napari_cryoguard.picking.dog_preview` and extraction
+:func:`napari_cryoguard.picking.extract_subtomograms`, each in a napari thread worker.
+Only layer updates run on the Qt thread. Errors (a 2D image, a volume with NaNs, a cube
+that does not fit) show as napari notifications and in the status line.
+
+The main input is the particle diameter in Angstrom, which is what a biologist knows;
+the DoG's sigma1 is derived from it (``sigma1 = diameter / (2 sqrt(3) voxel size)``,
+see :func:`~napari_cryoguard.picking.sigma_from_diameter`) and shown, and can be set
+directly under *advanced parameters*.
 """
 
 from __future__ import annotations
@@ -14,9 +22,7 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -26,46 +32,108 @@ from magicgui.widgets import (
 from napari_cryoguard._napari._common import (
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
+    connect_picks_selection,
     set_picks_layer,
     show_error,
     start_worker,
     voxel_size_of,
 )
+from napari_cryoguard._napari._layout import DockWidget, Group, status_label
 
 if TYPE_CHECKING:
     import napari
 
+#: Default particle diameter (A): the sample data's particles (radii 7-11 voxels at 10 A)
+#: give sigma1 = 4.9 voxels, about :data:`~napari_cryoguard.picking.SIMULATED_SIGMA1`.
+DEFAULT_DIAMETER = 170.0
 
-class PickWidget(Container):
+#: polarity choices as the user sees them in the viewer -> the core's value
+POLARITY_CHOICES = [("auto (try both)", "auto"), ("protein white (bright)", "bright"),
+                    ("protein black (dark)", "dark")]
+
+
+def _pick_job(data, polarity: str, params: dict):
+    """Worker body: choose the polarity when asked to, then pick; returns (picks, choice)."""
+    from napari_cryoguard.picking import choose_polarity, iter_pick_particles
+
+    choice = None
+    if polarity == "auto":
+        choice = choose_polarity(data, params["sigma1"], params["k"],
+                                 voxel_size=params["voxel_size"], border=params["border"],
+                                 min_distance=params["min_distance"])
+        polarity = choice.polarity
+    picks = yield from iter_pick_particles(data, polarity=polarity, **params)
+    return picks, polarity, choice
+
+
+def _preview_job(data, polarity: str, sigma1: float, k: float):
+    """Worker body: the binned DoG with the particles' sign positive, and its display range."""
+    from napari_cryoguard.picking import dog_preview
+    from napari_cryoguard.picking.polarity import polarity_from_dog
+
+    response, b = dog_preview(data, sigma1, k, polarity="bright")
+    choice = None
+    if polarity == "auto":
+        choice = polarity_from_dog(response, b, sigma1)
+        polarity = choice.polarity
+    if polarity == "dark":
+        np.negative(response, out=response)
+    lim = float(np.percentile(np.abs(response), 99.9)) or 1.0
+    return response, b, lim, polarity, choice
+
+
+class PickWidget(DockWidget):
     """Difference-of-Gaussian particle picking, then extraction of subtomogram cubes.
 
-    Parameters mirror :func:`~napari_cryoguard.picking.pick_particles` (RAT paper IV.A
-    defaults sigma1 = 7.0 voxels, k = 1.1). "Pick" writes the ``picks`` Points layer with
-    a ``score`` feature; "Preview DoG" adds ``<tomogram> DoG``; "Extract" makes the
-    ``subtomograms`` Image layer (N, D, H, W) from the current ``picks``.
+    "Pick" writes the ``picks`` Points layer (a ``score`` feature per pick, drawn out of
+    slice with the particle diameter as size); "Preview DoG" shows ``<tomogram> DoG``
+    with the picked sign bright; "Extract subtomograms" makes the ``subtomograms`` Image
+    layer (N, D, H, W) from the current ``picks``. Parameters mirror
+    :func:`~napari_cryoguard.picking.pick_particles`; k defaults to the RAT paper's 1.1.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
+        from napari_cryoguard._napari._state import state_for
+
         self._viewer = viewer
+        self._state = state_for(viewer)
         self._worker = None
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")
-        self.sigma1 = FloatSpinBox(value=7.0, min=0.1, max=500.0, step=0.5, label="sigma1",
-                                   tooltip="smaller Gaussian sigma (RAT paper: 7.0)")
+        self.diameter = FloatSpinBox(
+            value=DEFAULT_DIAMETER, min=1.0, max=100_000.0, step=10.0,
+            label="particle diameter (Å)",
+            tooltip="diameter of the particles in Angstrom; the DoG's sigma1 is derived from "
+                    "it (sigma1 = diameter / (2 sqrt(3) voxel size)) and the picks are drawn "
+                    "this size")
+        self.polarity = ComboBox(
+            choices=POLARITY_CHOICES, value="auto", label="protein looks",
+            tooltip="how particles look in the viewer: white (bright) or black (dark); auto "
+                    "tries both and keeps the sign whose best peaks stand out more")
+        self.sigma_info = status_label("")
+        # ---------------------------------------------------------- advanced
+        self.sigma1 = FloatSpinBox(
+            value=0.0, min=0.0, max=500.0, step=0.5, label="sigma1 (voxels)",
+            tooltip="0 = derived from the particle diameter; otherwise the DoG's smaller "
+                    "sigma in voxels (RAT paper: 7.0)")
         self.k = FloatSpinBox(value=1.1, min=1.01, max=10.0, step=0.05, label="k",
                               tooltip="sigma2 = k * sigma1 (RAT paper: 1.1)")
-        self.sigma_unit = ComboBox(choices=["voxel", "angstrom"], value="voxel", label="sigma unit")
-        self.threshold = FloatSpinBox(value=3.0, min=-50.0, max=1000.0, step=0.25, label="threshold",
-                                      tooltip="z-score: keep peaks with DoG >= mean + threshold * std")
-        self.min_distance = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0,
-                                         label="min distance",
-                                         tooltip="voxels between picks; 0 = automatic from sigma1")
+        self.threshold = FloatSpinBox(
+            value=3.0, min=-50.0, max=1000.0, step=0.25, label="threshold",
+            tooltip="z-score: keep peaks with DoG >= mean + threshold * std")
+        self.min_distance = FloatSpinBox(
+            value=0.0, min=0.0, max=1000.0, step=1.0, label="min distance",
+            tooltip="voxels between picks; 0 = automatic (2 * sigma1)")
         self.max_picks = SpinBox(value=0, min=0, max=10_000_000, label="max picks",
                                  tooltip="0 = no limit")
         self.border = SpinBox(value=14, min=0, max=10_000, label="border",
                               tooltip="exclude picks closer than this to the edge (voxels)")
-        self.polarity = ComboBox(choices=["bright", "dark"], value="bright", label="polarity",
-                                 tooltip="bright: density convention (simulator); dark: raw tomograms")
+        self.bin = SpinBox(value=0, min=0, max=64, label="bin",
+                           tooltip="bin the volume by this factor before filtering; "
+                                   "0 = automatic (sigma1 / 1.6)")
+        self.advanced = Group("advanced parameters", [
+            self.sigma1, self.k, self.threshold, self.min_distance, self.max_picks,
+            self.border, self.bin])
         self.preview_button = PushButton(text="Preview DoG")
         self.pick_button = PushButton(text="Pick")
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
@@ -73,29 +141,58 @@ class PickWidget(Container):
         self.normalize = CheckBox(value=True, text="normalise per sample")
         self.border_mode = ComboBox(choices=["skip", "pad"], value="skip", label="at border")
         self.extract_button = PushButton(text="Extract subtomograms")
-        self.status = Label(value="")
-        self.extend([
-            self.image, self.sigma1, self.k, self.sigma_unit, self.threshold, self.min_distance,
-            self.max_picks, self.border, self.polarity, self.preview_button, self.pick_button,
-            self.progress, self.cube, self.normalize, self.border_mode, self.extract_button,
-            self.status,
+        self.status = status_label("")
+        self.selection = status_label("")
+        self.body.extend([
+            self.image, self.diameter, self.polarity, self.sigma_info, self.advanced,
+            self.preview_button, self.pick_button, self.progress, self.cube, self.normalize,
+            self.border_mode, self.extract_button, self.status, self.selection,
         ])
         self.pick_button.changed.connect(self.run_pick)
         self.preview_button.changed.connect(self.run_preview)
         self.extract_button.changed.connect(self.run_extract)
+        for w in (self.image, self.diameter, self.sigma1):
+            w.changed.connect(self._update_sigma_info)
+        self._disconnect_selection = connect_picks_selection(viewer, self._on_select)
+        self._update_sigma_info()
 
     # ------------------------------------------------------------------ parameters
-    def pick_parameters(self) -> dict:
-        """The keyword arguments for :func:`pick_particles` from the form."""
+    def reset_choices(self, *_) -> None:
+        super().reset_choices()
+        self._update_sigma_info()
+
+    def voxel_size(self) -> float:
         layer = self.image.value
+        return voxel_size_of(layer) if layer is not None else 1.0
+
+    def sigma_voxels(self) -> float:
+        """sigma1 in voxels: the override when set, else derived from the diameter."""
+        from napari_cryoguard.picking import sigma_from_diameter
+
+        if float(self.sigma1.value) > 0:
+            return float(self.sigma1.value)
+        return sigma_from_diameter(float(self.diameter.value), self.voxel_size())
+
+    def _update_sigma_info(self, *_) -> None:
+        voxel = self.voxel_size()
+        s = self.sigma_voxels()
+        if float(self.sigma1.value) > 0:
+            text = f"sigma1 = {s:.2f} voxels (set under advanced parameters)"
+        else:
+            text = (f"sigma1 = {s:.2f} voxels, from {float(self.diameter.value):g} Å at "
+                    f"{voxel:g} Å/voxel (sigma1 = diameter / (2√3 · voxel size))")
+        if self.image.value is not None and voxel == 1.0:
+            text += "; the layer has no voxel size, 1 Å is assumed"
+        self.sigma_info.value = text
+
+    def pick_parameters(self) -> dict:
+        """The keyword arguments for :func:`pick_particles` (polarity apart) from the form."""
         return dict(
-            sigma1=float(self.sigma1.value), k=float(self.k.value),
-            sigma_unit=self.sigma_unit.value,
-            voxel_size=voxel_size_of(layer) if layer is not None else 1.0,
-            threshold=float(self.threshold.value),
+            sigma1=self.sigma_voxels(), k=float(self.k.value), sigma_unit="voxel",
+            voxel_size=self.voxel_size(), threshold=float(self.threshold.value),
             min_distance=float(self.min_distance.value) or None,
             max_picks=int(self.max_picks.value) or None,
-            border=float(self.border.value), polarity=self.polarity.value,
+            border=int(self.border.value), bin_factor=int(self.bin.value) or "auto",
         )
 
     def _start(self, fn, *args, on_return, on_yield=None, **kwargs) -> None:
@@ -112,60 +209,85 @@ class PickWidget(Container):
     def _layer_or_error(self):
         layer = self.image.value
         if layer is None:
-            show_error(ValueError("open a tomogram first (no image layer selected)"))
+            self.show_failure(ValueError("open a tomogram first: there is no image layer to "
+                                         "pick in"))
         return layer
 
     # ------------------------------------------------------------------ picking
     def run_pick(self) -> None:
         """Pick particles in the selected tomogram in a worker thread."""
-        from napari_cryoguard.picking import iter_pick_particles
-
         layer = self._layer_or_error()
         if layer is None:
             return
         self.status.value = "picking..."
         self.progress.value = 0
-        self._start(iter_pick_particles, layer.data, **self.pick_parameters(),
+        self._start(_pick_job, layer.data, self.polarity.value, self.pick_parameters(),
                     on_yield=self._on_progress,
-                    on_return=lambda picks, layer=layer: self._on_picked(picks, layer))
+                    on_return=lambda result, layer=layer: self._on_picked(result, layer))
 
     def _on_progress(self, value) -> None:
         done, total = value
         self.progress.value = int(100 * done / max(total, 1))
 
-    def _on_picked(self, picks, layer) -> None:
+    def _on_picked(self, result, layer) -> None:
+        from napari_cryoguard.picking import POLARITY_WORDS
+
+        picks, polarity, choice = result
         picks.tomo_names = np.array([layer.name] * len(picks))
-        set_picks_layer(self._viewer, picks, layer)
+        set_picks_layer(self._viewer, picks, layer, diameter=float(self.diameter.value))
+        self._state.set_tomogram(layer.name)
         self.progress.value = 100
-        self.status.value = f"{len(picks)} picks in {layer.name}"
+        how = f"auto chose {choice.describe()}" if choice is not None else POLARITY_WORDS[polarity]
+        self.status.value = f"{len(picks)} picks in {layer.name}; {how}"
+
+    def _on_select(self, layer, indices) -> None:
+        """A pick was clicked: say which, with its score and position."""
+        if not indices:
+            self.selection.value = ""
+            return
+        i = indices[0]
+        feats = layer.features
+        score = f", score {float(feats['score'].iloc[i]):.2f}" if "score" in feats else ""
+        z, y, x = np.asarray(layer.data[i])[-3:]
+        more = f" (+{len(indices) - 1} more selected)" if len(indices) > 1 else ""
+        self.selection.value = f"pick {i}{score} at z {z:.0f}, y {y:.0f}, x {x:.0f} voxels{more}"
 
     # ------------------------------------------------------------------ DoG preview
     def run_preview(self) -> None:
         """Compute the DoG response (binned as the picker does) as ``<tomogram> DoG``."""
-        from napari_cryoguard.picking import dog_preview
-
         layer = self._layer_or_error()
         if layer is None:
             return
-        p = self.pick_parameters()
         self.status.value = "computing DoG..."
-        self._start(dog_preview, layer.data, sigma1=p["sigma1"], k=p["k"],
-                    sigma_unit=p["sigma_unit"], voxel_size=p["voxel_size"],
-                    polarity=p["polarity"],
+        self._start(_preview_job, layer.data, self.polarity.value, self.sigma_voxels(),
+                    float(self.k.value),
                     on_return=lambda result, layer=layer: self._on_preview(result, layer))
 
     def _on_preview(self, result, layer) -> None:
-        response, bin_factor = result
+        from napari_cryoguard.picking import POLARITY_WORDS
+
+        response, bin_factor, lim, polarity, choice = result
         name = f"{layer.name} DoG"
         scale = np.asarray(layer.scale[-3:]) * bin_factor
-        translate = np.asarray(layer.translate[-3:]) + (bin_factor - 1) / 2 * np.asarray(layer.scale[-3:])
-        if name in self._viewer.layers:
-            self._viewer.layers.remove(name)
-        lim = float(np.percentile(np.abs(response), 99.9)) or 1.0
-        self._viewer.add_image(response, name=name, scale=scale, translate=translate,
-                               colormap="twilight_shifted", contrast_limits=(-lim, lim),
-                               blending="additive", visible=True, opacity=0.6)
-        self.status.value = f"DoG preview (binned x{bin_factor})"
+        translate = (np.asarray(layer.translate[-3:])
+                     + (bin_factor - 1) / 2 * np.asarray(layer.scale[-3:]))
+        props = dict(scale=scale, translate=translate, contrast_limits=(-lim, lim),
+                     metadata={"polarity": polarity, "bin_factor": int(bin_factor)})
+        if name in self._viewer.layers and self._viewer.layers[name].ndim == 3:
+            existing = self._viewer.layers[name]
+            existing.data = response
+            for key, value in props.items():
+                setattr(existing, key, value)
+            existing.visible = True
+        else:
+            if name in self._viewer.layers:
+                self._viewer.layers.remove(name)
+            self._viewer.add_image(response, name=name, colormap="twilight_shifted",
+                                   blending="additive", opacity=0.6, **props)
+        word = POLARITY_WORDS[polarity].split(" (")[0]
+        how = f" (auto chose {choice.describe()})" if choice is not None else ""
+        self.status.value = (f"DoG preview (binned x{bin_factor}): bright = what is picked, "
+                             f"{word}{how}")
 
     # ------------------------------------------------------------------ extraction
     def run_extract(self) -> None:
@@ -176,26 +298,37 @@ class PickWidget(Container):
         if layer is None:
             return
         if PICKS_LAYER not in self._viewer.layers:
-            show_error(ValueError("no 'picks' layer: pick particles first"))
+            self.show_failure(ValueError("there is no 'picks' layer: pick particles first"))
             return
-        coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
+        coords = np.array(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
         self.status.value = "extracting..."
         self._start(extract_subtomograms, layer.data, coords, size=int(self.cube.value),
                     normalize=bool(self.normalize.value), border=self.border_mode.value,
                     on_return=lambda sub, layer=layer: self._on_extracted(sub, layer))
 
     def _on_extracted(self, sub, layer) -> None:
-        if SUBTOMOGRAMS_LAYER in self._viewer.layers:
-            self._viewer.layers.remove(SUBTOMOGRAMS_LAYER)
         if len(sub.volumes) == 0:
+            if SUBTOMOGRAMS_LAYER in self._viewer.layers:
+                self._viewer.layers.remove(SUBTOMOGRAMS_LAYER)
             self.status.value = f"no cubes extracted ({sub.n_skipped} skipped at the border)"
             return
         scale = (1.0, *layer.scale[-3:])
-        self._viewer.add_image(
-            sub.volumes, name=SUBTOMOGRAMS_LAYER, scale=scale, colormap="gray",
-            metadata={"index": np.asarray(sub.index), "n_skipped": int(sub.n_skipped),
-                      "normalized": bool(sub.normalized), "tomogram": layer.name,
-                      "voxel_size": voxel_size_of(layer)},
-        )
+        metadata = {"index": np.asarray(sub.index), "n_skipped": int(sub.n_skipped),
+                    "normalized": bool(sub.normalized), "tomogram": layer.name,
+                    "voxel_size": voxel_size_of(layer)}
+        lo, hi = float(np.min(sub.volumes[0])), float(np.max(sub.volumes[0]))
+        existing = (self._viewer.layers[SUBTOMOGRAMS_LAYER]
+                    if SUBTOMOGRAMS_LAYER in self._viewer.layers else None)
+        if existing is not None and existing.ndim == 4 and existing.rgb is False:
+            existing.data = sub.volumes
+            existing.scale = scale
+            existing.metadata = metadata
+            existing.contrast_limits = (lo, hi if hi > lo else lo + 1.0)
+        else:
+            if existing is not None:
+                self._viewer.layers.remove(SUBTOMOGRAMS_LAYER)
+            self._viewer.add_image(sub.volumes, name=SUBTOMOGRAMS_LAYER, scale=scale,
+                                   colormap="gray", metadata=metadata,
+                                   contrast_limits=(lo, hi if hi > lo else lo + 1.0))
         self.status.value = (f"{len(sub.volumes)} subtomograms of {sub.size}^3 "
                              f"({sub.n_skipped} skipped at the border)")

@@ -14,7 +14,11 @@ The defaults are the paper's: ``sigma1 = 7.0`` voxels and ``k = 1.1``
 close to 1 responds best to blobs of radius about ``sqrt(3) * sigma1``, so sigma 7 suits
 particles of radius ~12 voxels, which fill the paper's 28^3 cubes at 9.4 A. Match
 ``sigma1`` to your particles (``sigma1 ~ radius / sqrt(3)``, or give it in Angstrom with
-``sigma_unit="angstrom"``). The simulator's default classes are smaller (radii 7-11
+``sigma_unit="angstrom"``); :func:`sigma_from_diameter` does it from the particle
+diameter in Angstrom, ``sigma1 = diameter / (2 sqrt(3) voxel_size)``. The factor: the
+DoG with ``k`` near 1 is ``(k - 1) sigma1^2`` times the Laplacian of a Gaussian, and that
+scale-normalised Laplacian, at the centre of a uniform ball of radius ``r`` in 3D, is
+strongest for ``sigma = r / sqrt(3)``. The simulator's default classes are smaller (radii 7-11
 voxels at 10 A); for them :data:`SIMULATED_SIGMA1` = 5.0 with
 :data:`SIMULATED_THRESHOLD` = 3.5 is right, and the demo and tests use it. Measured on
 simulated tomograms (SNR 0.1, +-60 degrees; seeds of 64x200x200 with 30 particles, and
@@ -26,8 +30,10 @@ Definitions
 -----------
 DoG
     ``D = G(sigma1) * V - G(k * sigma1) * V``: positive on bright blobs of radius
-    about ``sqrt(3) * sigma1`` voxels. ``polarity="dark"`` uses ``-D`` instead, for raw
-    tomograms where protein is dark.
+    about ``sqrt(3) * sigma1`` voxels. ``polarity="dark"`` uses ``-D`` instead, for
+    tomograms where protein is dark (black in the viewer); ``polarity="auto"`` tries both
+    signs and keeps the one whose best peaks score higher
+    (:func:`napari_cryoguard.picking.choose_polarity`).
 Score
     The DoG response as a z-score: ``(D(peak) - mean(D)) / std(D)``, mean and standard
     deviation taken over the (masked) volume. A pick needs ``score >= threshold``.
@@ -67,11 +73,15 @@ from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io.picks import Picks
 
 __all__ = [
+    "BLOB_RADIUS_PER_SIGMA",
     "PAPER_K",
     "PAPER_SIGMA1",
+    "POLARITIES",
     "SIMULATED_SIGMA1",
     "SIMULATED_THRESHOLD",
-    "dog_filter", "iter_pick_particles", "pick_particles"]
+    "diameter_from_sigma",
+    "dog_filter", "dog_preview", "iter_pick_particles", "pick_particles",
+    "sigma_from_diameter"]
 
 #: Gaussian kernels are truncated at this many standard deviations (scipy's default).
 _TRUNCATE = 4.0
@@ -86,12 +96,48 @@ SIMULATED_SIGMA1 = 5.0
 #: Threshold (z-score) used with :data:`SIMULATED_SIGMA1` on simulated tomograms.
 SIMULATED_THRESHOLD = 3.5
 
+#: A DoG with k near 1 responds best to blobs of radius ``sqrt(3) * sigma1`` (3D).
+BLOB_RADIUS_PER_SIGMA = math.sqrt(3.0)
+#: Values of ``polarity``: protein bright (white), protein dark (black), or try both.
+POLARITIES = ("bright", "dark", "auto")
+
 #: Default cube the border default is derived from (the paper's 28^3 subvolumes).
 _DEFAULT_CUBE = 28
 #: Picks at most this many voxels beyond the border are moved onto it, not dropped.
 _BORDER_SLACK = 2.0
 
 Progress = tuple[int, int]
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def sigma_from_diameter(diameter: float, voxel_size: float = 1.0) -> float:
+    """DoG ``sigma1`` in voxels for particles of ``diameter`` (Angstrom, or voxels with
+    ``voxel_size=1``): ``diameter / (2 sqrt(3) voxel_size)``.
+
+    The DoG responds best to blobs of radius ``sqrt(3) * sigma1`` (module docstring), so
+    a 170 A particle at 10 A per voxel gets sigma1 = 4.9 voxels.
+    """
+    diameter, voxel_size = float(diameter), float(voxel_size)
+    if not np.isfinite(diameter) or diameter <= 0:
+        raise CryoGuardError(f"the particle diameter must be > 0, got {diameter}")
+    if not np.isfinite(voxel_size) or voxel_size <= 0:
+        raise CryoGuardError(f"voxel_size must be > 0 Angstrom, got {voxel_size}")
+    return diameter / (2.0 * BLOB_RADIUS_PER_SIGMA * voxel_size)
+
+
+def diameter_from_sigma(sigma1: float, voxel_size: float = 1.0) -> float:
+    """The particle diameter (Angstrom with ``voxel_size`` in A) that ``sigma1`` voxels suit."""
+    return 2.0 * BLOB_RADIUS_PER_SIGMA * float(sigma1) * float(voxel_size)
+
+
+def _check_polarity(polarity: str) -> None:
+    if polarity not in POLARITIES:
+        raise CryoGuardError(
+            f"polarity must be 'bright' (protein white), 'dark' (protein black) or 'auto', "
+            f"got {polarity!r}"
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -272,8 +318,7 @@ def iter_pick_particles(
     voxel_size = float(voxel_size)
     if not np.isfinite(voxel_size) or voxel_size <= 0:
         raise CryoGuardError(f"voxel_size must be > 0 Angstrom, got {voxel_size}")
-    if polarity not in ("bright", "dark"):
-        raise CryoGuardError(f"polarity must be 'bright' or 'dark', got {polarity!r}")
+    _check_polarity(polarity)
     s1 = float(sigma1) / voxel_size if sigma_unit == "angstrom" else float(sigma1)
     k = float(k)
     shape = _shape_of(volume)
@@ -300,13 +345,18 @@ def iter_pick_particles(
     if min(bshape) < 3:
         raise CryoGuardError(
             f"volume {shape} is too small for bin factor {b} (binned shape {bshape}); "
-            "use a smaller bin_factor or sigma"
+            "bin less or use a smaller sigma1 (particle diameter)"
         )
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != shape:
             raise CryoGuardError(f"mask shape {mask.shape} does not match the volume {shape}")
         mask = mask.astype(bool, copy=False)
+    if polarity == "auto":
+        from napari_cryoguard.picking.polarity import choose_polarity
+
+        polarity = choose_polarity(volume, s1, k, border=border, min_distance=min_distance,
+                                   chunk_size=chunk_size).polarity
 
     nz = shape[0]
     # -------------------------------------------------- stage A: bin (chunked read)
@@ -516,9 +566,14 @@ def pick_particles(
     mask : ndarray of bool, shape (Z, Y, X), optional
         Picks only where True (judged at the rounded centre); the score statistics are
         taken over the masked region.
-    polarity : {"bright", "dark"}
-        "bright": particles brighter than the background (the simulator). "dark": raw
-        tomograms, where protein is dark; the DoG is negated.
+    polarity : {"bright", "dark", "auto"}
+        What the particles look like in the viewer: "bright" (protein white: the
+        simulator, density maps, many shared tomograms that were already inverted) or
+        "dark" (protein black, as reconstructed from raw micrographs; the DoG is
+        negated). Which one holds depends on the processing, not only on the source, so
+        look at the tomogram. "auto" tries both and keeps the sign whose best peaks
+        stand out more (:func:`napari_cryoguard.picking.choose_polarity`, which also
+        says which sign it chose and by how much).
     bin_factor : "auto" or int
         Bin before filtering; "auto" bins by ``floor(sigma1 / 1.6)`` (in voxels; 3 for the
         default). 1 filters at full resolution (slower, same picks within a
@@ -614,6 +669,46 @@ def _greedy_nms(coords: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
+def _preview_bin(shape: tuple[int, ...], s1: float, max_voxels: int) -> int:
+    b = _auto_bin(s1)
+    n = int(np.prod(shape))
+    while n / b**3 > max_voxels:
+        b += 1
+    return b
+
+
+def binned_dog(volume: Any, sigma1: float, k: float = PAPER_K, *, bin_factor: int = 1,
+               chunk_size: int = 64) -> np.ndarray:
+    """The DoG (bright blobs positive) on the grid binned by ``bin_factor``.
+
+    Like :func:`dog_filter`, but the volume is read and block-mean binned
+    ``chunk_size`` Z-slices at a time (a memory-mapped tomogram is never read whole),
+    and non-finite voxels raise a :class:`CryoGuardError` giving their number.
+    ``sigma1`` is in full-resolution voxels.
+    """
+    _check_sigma(float(sigma1), float(k))
+    shape = _shape_of(volume)
+    if len(shape) != 3:
+        raise CryoGuardError(f"the DoG needs a 3D ZYX volume, got shape {shape}")
+    b = _resolve_bin(bin_factor, float(sigma1))
+    if b == 1:
+        vol = np.asarray(volume, dtype=np.float32)
+    else:
+        step = max(b, (int(chunk_size) // b) * b)
+        vol = np.empty(tuple(-(-n // b) for n in shape), dtype=np.float32)
+        for z0 in range(0, shape[0], step):
+            with np.errstate(invalid="ignore", over="ignore"):
+                blocks = _block_mean(_read(volume, z0, min(shape[0], z0 + step)), b)
+            vol[z0 // b : z0 // b + blocks.shape[0]] = blocks
+    if not np.isfinite(vol).all():
+        bad = _count_nonfinite(vol) if b == 1 else _count_nonfinite(np.asarray(volume))
+        raise CryoGuardError(
+            f"the volume has {bad} non-finite voxels (NaN or Inf); fix or mask them first"
+            if bad else "volume values overflow float32 when binned; rescale it"
+        )
+    return _dog_block(vol, _binned_sigma(float(sigma1), b), float(k))
+
+
 def dog_preview(
     volume: Any,
     sigma1: float = PAPER_SIGMA1,
@@ -627,19 +722,26 @@ def dog_preview(
     """The DoG response as the picker sees it, for display: ``(response, bin_factor)``.
 
     Binned like :func:`pick_particles` with ``bin_factor="auto"`` (more if the volume
-    would still exceed ``max_voxels``), sign-flipped for ``polarity="dark"``, so that
-    bright means "particle" either way. Show it with scale ``bin_factor`` times the
-    tomogram's and a translate of ``(bin_factor - 1) / 2`` voxels.
+    would still exceed ``max_voxels``), read in Z-chunks, and sign-flipped for
+    ``polarity="dark"``, so that bright means "particle" either way (``"auto"`` flips it
+    when :func:`~napari_cryoguard.picking.choose_polarity` chooses dark; call that first
+    to know which). Show it with scale ``bin_factor`` times the tomogram's and a
+    translate of ``(bin_factor - 1) / 2`` voxels.
     """
-    if polarity not in ("bright", "dark"):
-        raise CryoGuardError(f"polarity must be 'bright' or 'dark', got {polarity!r}")
+    _check_polarity(polarity)
     if sigma_unit not in ("voxel", "angstrom"):
         raise CryoGuardError(f"sigma_unit must be 'voxel' or 'angstrom', got {sigma_unit!r}")
     s1 = sigma1 / voxel_size if sigma_unit == "angstrom" else sigma1
     _check_sigma(s1, k)
-    b = _auto_bin(s1)
-    n = int(np.prod(_shape_of(volume)))
-    while n / b**3 > max_voxels:
-        b += 1
-    response = dog_filter(volume, s1, k, bin_factor=b)
-    return (-response if polarity == "dark" else response), b
+    shape = _shape_of(volume)
+    if len(shape) != 3:
+        raise CryoGuardError(f"the DoG needs a 3D ZYX volume, got shape {shape}")
+    b = _preview_bin(shape, s1, max_voxels)
+    response = binned_dog(volume, s1, k, bin_factor=b)
+    if polarity == "auto":
+        from napari_cryoguard.picking.polarity import polarity_from_dog
+
+        polarity = polarity_from_dog(response, b, s1).polarity
+    if polarity == "dark":
+        np.negative(response, out=response)
+    return response, b
