@@ -118,3 +118,59 @@ def test_reproduce_quick_all_parts(tmp_path):
 
     metrics = _json.loads((out / "metrics.json").read_text())
     assert metrics
+
+
+@pytest.fixture
+def files_of_each_kind(tmp_path, monkeypatch):
+    """A tomogram, a 2D MRC, a STAR pick file and a dataset, in the working directory."""
+    import mrcfile
+
+    from napari_cryoguard.data import SubtomogramDataset, save_dataset
+    from napari_cryoguard.io import Picks, write_picks, write_tomogram
+
+    monkeypatch.chdir(tmp_path)
+    write_tomogram("tomo.mrc", np.zeros((8, 8, 8), np.float32), 10.0)
+    with mrcfile.new("flat.mrc") as m:
+        m.set_data(np.zeros((10, 10), np.float32))
+    write_picks("picks.star", Picks(coords=np.array([[4.0, 4.0, 4.0]]), voxel_size=10.0))
+    save_dataset("data.npz", SubtomogramDataset(volumes=np.zeros((2, 16, 16, 16), np.float32),
+                                                labels=np.array([0, 1]), class_names=["a", "b"]))
+    return tmp_path
+
+
+WANT_DATASET = "takes a dataset (.npz) from `cryoguard extract`"
+WANT_TOMOGRAM = "takes a tomogram (.mrc .map .rec .st)"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["classify", "tomo.mrc", "--out", "p.csv"], f"tomo.mrc is a tomogram (MRC); classify {WANT_DATASET}"),
+    (["classify", "picks.star", "--out", "p.csv"], f"picks.star is a pick file (STAR); classify {WANT_DATASET}"),
+    (["attack", "flat.mrc", "--attack", "fgsm", "--out", "a.npz"],
+     f"flat.mrc is a 2D image (MRC); attack {WANT_DATASET}"),
+    (["evaluate", "default", "--data", "tomo.mrc", "--out", "e"],
+     f"tomo.mrc is a tomogram (MRC); evaluate --data {WANT_DATASET}"),
+    (["evaluate", "default", "--data=picks.star", "--out", "e"],
+     f"picks.star is a pick file (STAR); evaluate --data {WANT_DATASET}"),
+    (["train", "--data", "tomo.mrc", "--out", "t"], f"tomo.mrc is a tomogram (MRC); train --data {WANT_DATASET}"),
+    (["pick", "data.npz", "--out", "p.star"], f"data.npz is a dataset (.npz); pick {WANT_TOMOGRAM}"),
+    (["extract", "data.npz", "--picks", "picks.star", "--out", "d.npz"],
+     f"data.npz is a dataset (.npz); extract {WANT_TOMOGRAM}"),
+    (["extract", "tomo.mrc", "--picks", "data.npz", "--out", "d.npz"],
+     "data.npz is a dataset (.npz); extract --picks takes a pick file (.star or .csv) from `cryoguard pick`"),
+])
+def test_a_file_of_the_wrong_kind_says_what_it_is(files_of_each_kind, capsys, argv, expected):
+    from napari_cryoguard.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cryoguard {argv[0]}: error: {expected}"]  # one line, no traceback
+    assert not list(files_of_each_kind.glob("e")) and not list(files_of_each_kind.glob("t"))
+
+
+def test_load_dataset_says_what_the_file_is(files_of_each_kind):
+    from napari_cryoguard import CryoGuardError
+    from napari_cryoguard.data import load_dataset
+
+    with pytest.raises(CryoGuardError, match=r"^tomo.mrc is a tomogram \(MRC\), not a dataset"):
+        load_dataset("tomo.mrc")  # what the Train widget and the Python API see
+    assert len(load_dataset("data.npz")) == 2

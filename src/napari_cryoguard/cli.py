@@ -149,13 +149,60 @@ def cmd_simulate_dataset(args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------- pick / extract
 
 
+def _wrong_kind(path, command: str, wanted: str, accept) -> None:
+    """Raise a one-line :class:`CryoGuardError` when ``path`` is a file of another kind.
+
+    ``accept(kind)`` says whether :func:`napari_cryoguard.data.file_kind`'s answer is
+    what ``command`` takes; an unknown kind (or a missing file) is left to the reader,
+    whose own message is clearer than a guess.
+    """
+    from napari_cryoguard.data import file_kind
+
+    p = Path(path)
+    if not p.is_file():
+        return
+    kind = file_kind(p)
+    if kind is not None and not accept(kind):
+        raise CryoGuardError(f"{path} is {kind}; {command} takes {wanted}")
+
+
+def _want_dataset(path, command: str) -> None:
+    from napari_cryoguard.data import DATASET_KIND
+
+    _wrong_kind(path, command, "a dataset (.npz) from `cryoguard extract`",
+                lambda kind: kind == DATASET_KIND or "archive" in kind)
+
+
+def _want_tomogram(path, command: str) -> None:
+    _wrong_kind(path, command, "a tomogram (.mrc .map .rec .st)",
+                lambda kind: "MRC" in kind)
+
+
+def _want_picks(path, command: str) -> None:
+    _wrong_kind(path, command, "a pick file (.star or .csv) from `cryoguard pick`",
+                lambda kind: kind.startswith(("a pick file", "a CSV table")))
+
+
+def _data_option(argv: Sequence[str]) -> str | None:
+    """The value of ``--data`` in a train/evaluate command line (None when absent)."""
+    for i, arg in enumerate(argv):
+        if arg == "--data" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--data="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 @_command("pick")
 def cmd_pick(args: argparse.Namespace) -> dict:
     from napari_cryoguard.io import Picks, read_tomogram, write_picks
     from napari_cryoguard.picking import pick_particles
 
+    for path in args.tomograms:
+        _want_tomogram(path, "pick")
     mask = None
     if args.mask:
+        _want_tomogram(args.mask, "pick --mask")
         with read_tomogram(args.mask) as m:
             mask = np.asarray(m.data) > 0
     all_picks: list[Picks] = []
@@ -193,6 +240,8 @@ def cmd_pick(args: argparse.Namespace) -> dict:
 def cmd_extract(args: argparse.Namespace) -> dict:
     from napari_cryoguard.io import read_picks, read_tomogram
 
+    _want_tomogram(args.tomogram, "extract")
+    _want_picks(args.picks, "extract --picks")
     picks = read_picks(args.picks)
     with read_tomogram(args.tomogram) as tomo:
         return _extract_from(args, tomo, picks)
@@ -240,6 +289,7 @@ def cmd_classify(args: argparse.Namespace) -> dict:
     from napari_cryoguard.classify import align_labels, iter_classify, load_model, write_predictions
     from napari_cryoguard.data import load_dataset
 
+    _want_dataset(args.dataset, "classify")
     ds = load_dataset(args.dataset)
     loaded = load_model(args.model, device="cpu")
     t0 = time.perf_counter()
@@ -275,6 +325,7 @@ def cmd_attack(args: argparse.Namespace) -> dict:
     from napari_cryoguard.data import load_dataset
     from napari_cryoguard.device import predict
 
+    _want_dataset(args.dataset, "attack")
     ds = load_dataset(args.dataset)
     loaded = load_model(args.model, device="cpu")
     fields = {f.name for f in dataclasses.fields(get_attack_params(args.attack))}
@@ -511,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("train", "evaluate") and _data_option(argv) is not None:
+        try:
+            _want_dataset(_data_option(argv), f"{argv[0]} --data")
+        except CryoGuardError as exc:
+            print(f"cryoguard {argv[0]}: error: {exc}", file=sys.stderr)
+            if "--json" in argv:
+                print(json.dumps({"command": argv[0], "ok": False, "error": str(exc)}))
+            return 2
     if argv and argv[0] == "train":
         # training has its own parser (shared with `python -m napari_cryoguard.defenses.trainer`
         # and torchrun); see napari_cryoguard.defenses.trainer.train_main

@@ -264,6 +264,49 @@ def save_dataset(
     return path
 
 
+DATASET_KIND = "a dataset (.npz)"
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What a file is, from its first bytes and suffix ("a tomogram (MRC)", "a pick file
+    (STAR)", ...), for error messages; ``None`` when it cannot tell (or cannot read it).
+
+    Cheap: reads at most the 1024-byte MRC header or a zip's member list.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return "a damaged zip/.npz archive"
+        if "format_version.npy" in names and "volumes.npy" in names:
+            return DATASET_KIND
+        if "x_adv.npy" in names:
+            return "an attack result (.npz from `cryoguard attack`)"
+        return "an .npz archive that is not a cryoguard dataset"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array"
+    if len(head) >= 212 and head[208:211] == b"MAP":
+        nz = int(np.frombuffer(head[8:12], dtype="<i4")[0])
+        return "a 2D image (MRC)" if nz == 1 else "a tomogram (MRC)"
+    if suffix in (".mrc", ".map", ".rec", ".st"):
+        return "a tomogram (MRC)" if len(head) == 1024 else "an MRC file too short for its header"
+    if suffix == ".star":
+        return "a pick file (STAR)"
+    if suffix == ".csv":
+        return "a CSV table (picks or predictions)"
+    if suffix == ".safetensors":
+        return "a model checkpoint (.safetensors)"
+    return None
+
+
 def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
     """Read a dataset written by :func:`save_dataset`, validating it strictly.
 
@@ -278,6 +321,12 @@ def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
     path = Path(path)
     if not path.is_file():
         raise CryoGuardError(f"dataset file not found: {path}")
+    kind = file_kind(path)
+    if kind is not None and "archive" not in kind and kind != DATASET_KIND:
+        # another kind of file (a tomogram, picks, a checkpoint): say what it is; a zip
+        # that is not a dataset gets the precise messages below
+        raise CryoGuardError(f"{path} is {kind}, not a dataset: datasets (.npz) come from "
+                             "`cryoguard extract` or `cryoguard simulate-dataset`")
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:

@@ -30,14 +30,64 @@ def test_reader_declines_other_files(tmp_path):
     assert get_reader([str(tmp_path / "a.mrc"), str(tmp_path / "b.png")]) is None
 
 
-def test_reader_rejects_2d_with_package_error(tmp_path):
+def _flat_and_truncated(tmp_path):
     import mrcfile
 
-    p = tmp_path / "flat.mrc"
-    with mrcfile.new(p) as m:
+    flat = tmp_path / "flat.mrc"
+    with mrcfile.new(flat) as m:
         m.set_data(np.zeros((10, 10), np.float32))
-    with pytest.raises(CryoGuardError, match="2D|2-D|image"):
-        get_reader(str(p))(str(p))
+    good = write_tomogram(tmp_path / "good.mrc", np.zeros((16, 16, 16), np.float32), 10.0)
+    truncated = tmp_path / "truncated.mrc"
+    truncated.write_bytes(good.read_bytes()[:-2000])
+    return flat, truncated
+
+
+def test_reader_reports_bad_files_in_its_own_words(tmp_path, monkeypatch):
+    """A bad file is a notification with the package's sentence, and no layer."""
+    import napari.utils.notifications as nt
+
+    from napari_cryoguard.io import read_tomogram
+
+    seen = []
+    monkeypatch.setattr(nt, "show_error", seen.append)
+    flat, truncated = _flat_and_truncated(tmp_path)
+    for path, words in ((flat, "is a 2D image"), (truncated, "is truncated")):
+        with pytest.raises(CryoGuardError, match=words):
+            read_tomogram(path)  # the core's sentence ...
+        reader = get_reader(str(path))
+        assert reader is not None  # not "refused": napari would hide our sentence
+        assert reader(str(path)) == [(None,)]  # napari's "no layers, on purpose"
+        assert seen[-1].startswith(f"{path.name} {words}")  # ... is the notification's text
+
+
+def _open_and_notify(viewer, path, **kwargs):
+    from napari.utils.notifications import notification_manager
+
+    before = len(notification_manager.records)
+    if kwargs.get("menu"):  # File > Open: what the Qt viewer does with the chosen files
+        viewer.window._qt_viewer._qt_open([str(path)], stack=False)
+        added = []
+    else:  # must not raise napari's "Tried opening with napari-cryoguard, but failed."
+        added = viewer.open(str(path), **kwargs)
+    return added, [str(n.message) for n in notification_manager.records[before:]]
+
+
+@pytest.mark.gui
+def test_viewer_open_shows_the_plugins_sentence(viewer, tmp_path):
+    """Opened in a real viewer (with and without naming the plugin), the first and only
+    message the user sees is the plugin's own sentence."""
+    flat, truncated = _flat_and_truncated(tmp_path)
+    for path, words in ((flat, "is a 2D image (10 x 10, nz = 1)"), (truncated, "is truncated")):
+        for kwargs in ({"plugin": "napari-cryoguard"}, {"plugin": None}, {"menu": True}):
+            added, messages = _open_and_notify(viewer, path, **kwargs)
+            assert added == []
+            assert len(viewer.layers) == 0
+            assert messages and messages[0].startswith(f"{path.name} {words}"), messages
+            assert not any("Tried" in m or "failed" in m for m in messages)
+    good = write_tomogram(tmp_path / "t.mrc", np.ones((8, 12, 16), np.float32), 7.5)
+    added, messages = _open_and_notify(viewer, good, plugin="napari-cryoguard")
+    assert [lay.name for lay in added] == ["t"] and added[0].scale[-1] == 7.5
+    assert not messages
 
 
 def test_writer_round_trip_star_and_csv(tmp_path):
