@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_cryoguard._napari import _probe
-from napari_cryoguard._napari._common import connect_picks_selection
+from napari_cryoguard._napari._common import connect_pick_selection
 from napari_cryoguard._napari._state import state_for
 from napari_cryoguard.picking import match_picks, sigma_from_diameter
 
@@ -149,7 +149,7 @@ def test_click_to_select_whatever_was_active_first(docked):
     viewer = docked.viewer
     seen = []
     # connected before any picks layer exists, with the tomogram active
-    connect_picks_selection(viewer, lambda layer, idx: seen.append((layer.name, idx)))
+    connect_pick_selection(viewer, lambda index: seen.append(index))
     tomo = docked.sample()
     w = docked.dock("Pick particles")
     w.image.value = tomo
@@ -159,18 +159,19 @@ def test_click_to_select_whatever_was_active_first(docked):
     picks = viewer.layers["picks"]
     viewer.layers.selection.active = tomo  # the picks layer is not the active one
     picks.selected_data = {3}
-    assert seen[-1] == ("picks", [3])
+    assert seen[-1] == 3
     assert w.selection.value.startswith("pick 3, score")
-    # after picking again (layer updated) and after the layer was replaced
+    # after picking again (the layer is updated in place) and after it was replaced
     docked.click(w, "Pick")
     docked.wait_idle(w)
-    viewer.layers["picks"].selected_data = {1}
-    assert seen[-1] == ("picks", [1]) and w.selection.value.startswith("pick 1")
+    assert viewer.layers["picks"] is picks
+    picks.selected_data = {1}
+    assert seen[-1] == 1 and w.selection.value.startswith("pick 1")
     viewer.layers.remove("picks")
     docked.click(w, "Pick")
     docked.wait_idle(w)
-    viewer.layers["picks"].selected_data = {0, 2}
-    assert seen[-1] == ("picks", [0, 2]) and "+1 more" in w.selection.value
+    viewer.layers["picks"].selected_data = {2}
+    assert seen[-1] == 2 and w.selection.value.startswith("pick 2")
     # other Points layers do not reach the callback
     count = len(seen)
     viewer.layers["truth"].selected_data = {0}

@@ -115,70 +115,6 @@ def fit_slice_to_points(viewer, layer) -> None:
         viewer.dims.thickness = tuple(thickness)
 
 
-def connect_picks_selection(viewer, callback, name: str = PICKS_LAYER):
-    """Call ``callback(layer, indices)`` whenever the selected points of ``name`` change.
-
-    Click-to-select that works whatever layer was active first: every Points layer of
-    the viewer is watched from the moment it is inserted (and those already there), and
-    the callback fires only for the one named ``name``, also after it was replaced or
-    renamed. ``indices`` is the sorted list of selected point indices. A bound method is
-    held weakly (a closed widget stops receiving calls). Returns a function that
-    disconnects everything.
-    """
-    import weakref
-
-    if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
-        ref = weakref.WeakMethod(callback)
-    else:
-        def ref(cb=callback):
-            return cb
-    from napari.layers import Points
-
-    watched: dict[int, tuple] = {}
-
-    def watch(layer) -> None:
-        if not isinstance(layer, Points) or id(layer) in watched:
-            return
-        changed = _selection_relay(layer)
-        layer.selected_data.events.items_changed.connect(changed)
-        watched[id(layer)] = (layer, changed)
-
-    def _selection_relay(layer):
-        def changed(*_) -> None:
-            cb = ref()
-            if cb is None or layer.name != name or layer not in viewer.layers:
-                return
-            try:
-                cb(layer, sorted(int(i) for i in layer.selected_data))
-            except RuntimeError as exc:  # the widget's Qt object is gone (dock closed)
-                if "deleted" not in str(exc):
-                    raise
-
-        return changed
-
-    def inserted(event) -> None:
-        watch(event.value)
-
-    def removed(event) -> None:
-        entry = watched.pop(id(event.value), None)
-        if entry is not None:
-            entry[0].selected_data.events.items_changed.disconnect(entry[1])
-
-    viewer.layers.events.inserted.connect(inserted)
-    viewer.layers.events.removed.connect(removed)
-    for layer in list(viewer.layers):
-        watch(layer)
-
-    def disconnect() -> None:
-        viewer.layers.events.inserted.disconnect(inserted)
-        viewer.layers.events.removed.disconnect(removed)
-        for layer, changed in watched.values():
-            layer.selected_data.events.items_changed.disconnect(changed)
-        watched.clear()
-
-    return disconnect
-
-
 def class_colors(n: int) -> np.ndarray:
     """``n`` distinct RGBA colours (tab10, then tab20), one per class."""
     from matplotlib import colormaps
@@ -199,8 +135,9 @@ def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
     particle at ``center`` (ZYX voxel indices of ``image_layer``) with its top row level
     with the particle; every cube's middle slice lies on the particle's Z, so the cubes
     show in the slice the user looks at, next to the particle itself (reconstructions sit
-    under the particle and adversarial cubes they belong to). A layer of the same name is
-    updated in place (no remove/re-add). ``styles`` maps a name to layer properties
+    under the particle and adversarial cubes they belong to). A layer of the same name,
+    or the inspection layer of the same role shown for another particle, is updated in
+    place and renamed (no remove/re-add: a new layer costs ~0.1 s on the Qt thread). ``styles`` maps a name to layer properties
     (colormap, contrast_limits). With ``go_to`` the view moves there: the Z slider to the
     particle and the camera over the particle and the grid, zoomed to fit them.
     ``frames`` names a Shapes layer drawn around the cubes, each captioned with its
@@ -234,6 +171,7 @@ def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
         if "contrast_limits" not in style:
             lo, hi = float(vol.min()), float(vol.max())
             style["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
+        _recycle(viewer, name)
         if name in viewer.layers and viewer.layers[name].ndim == 3:
             layer = viewer.layers[name]
             layer.data = vol
@@ -246,7 +184,7 @@ def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
             if name in viewer.layers:
                 viewer.layers.remove(name)
             layer = viewer.add_image(vol, name=name, scale=tuple(scale), translate=translate,
-                                     **style)
+                                     metadata={INSPECTION: _role(name)}, **style)
         out.append(layer)
     if frames and rects:
         _show_frames(viewer, frames, [r / scale for r in rects], captions, scale)
@@ -256,6 +194,30 @@ def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
     return out
 
 
+INSPECTION = "cryoguard_inspection"  # layer metadata key: the role of an inspection layer
+
+
+def _role(name: str) -> str:
+    """``particle 3`` -> ``particle``; ``perturbation 3 x50`` -> ``perturbation``."""
+    import re
+
+    return " ".join(t for t in name.split() if not re.fullmatch(r"\d+|x\d+", t))
+
+
+def _recycle(viewer, name: str) -> None:
+    """Rename the inspection layer of ``name``'s role (another particle's, or another
+    magnification's) to ``name``, so it is updated in place: creating a napari layer
+    costs ~0.1 s on the Qt thread, renaming costs nothing. Layers of other particles the
+    user renamed or made are left alone."""
+    if name in viewer.layers:
+        return
+    role = _role(name)
+    for layer in list(viewer.layers):
+        if (layer.metadata or {}).get(INSPECTION) == role and layer.name != name:
+            layer.name = name
+            return
+
+
 def _show_frames(viewer, name: str, rects: list, captions: list, scale) -> None:
     """Rectangles (voxels at ``scale``) with a caption above each, as the Shapes layer ``name``.
 
@@ -263,6 +225,7 @@ def _show_frames(viewer, name: str, rects: list, captions: list, scale) -> None:
     active = viewer.layers.selection.active
     text = {"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": 8,
             "translation": [0, -1.5, 0]}
+    _recycle(viewer, name)
     if name in viewer.layers and viewer.layers[name].ndim == 3:
         layer = viewer.layers[name]
         layer.data = rects
@@ -272,7 +235,8 @@ def _show_frames(viewer, name: str, rects: list, captions: list, scale) -> None:
     else:
         viewer.add_shapes(rects, shape_type="polygon", name=name, edge_color="yellow",
                           face_color="transparent", edge_width=0.6, scale=tuple(scale),
-                          features={"caption": captions}, text=text, opacity=0.9)
+                          features={"caption": captions}, text=text, opacity=0.9,
+                          metadata={INSPECTION: _role(name)})
     if active is not None and active.name in viewer.layers:
         viewer.layers.selection.active = viewer.layers[active.name]
 

@@ -32,7 +32,7 @@ from magicgui.widgets import (
 from napari_cryoguard._napari._common import (
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
-    connect_picks_selection,
+    connect_pick_selection,
     set_picks_layer,
     show_error,
     start_worker,
@@ -153,7 +153,7 @@ class PickWidget(DockWidget):
         self.extract_button.changed.connect(self.run_extract)
         for w in (self.image, self.diameter, self.sigma1):
             w.changed.connect(self._update_sigma_info)
-        self._disconnect_selection = connect_picks_selection(viewer, self._on_select)
+        connect_pick_selection(viewer, self._on_select)
         self._update_sigma_info()
 
     # ------------------------------------------------------------------ parameters
@@ -240,17 +240,17 @@ class PickWidget(DockWidget):
         how = f"auto chose {choice.describe()}" if choice is not None else POLARITY_WORDS[polarity]
         self.status.value = f"{len(picks)} picks in {layer.name}; {how}"
 
-    def _on_select(self, layer, indices) -> None:
+    def _on_select(self, index: int) -> None:
         """A pick was clicked: say which, with its score and position."""
-        if not indices:
-            self.selection.value = ""
+        if PICKS_LAYER not in self._viewer.layers:
             return
-        i = indices[0]
+        layer = self._viewer.layers[PICKS_LAYER]
+        if not 0 <= index < len(layer.data):
+            return
         feats = layer.features
-        score = f", score {float(feats['score'].iloc[i]):.2f}" if "score" in feats else ""
-        z, y, x = np.asarray(layer.data[i])[-3:]
-        more = f" (+{len(indices) - 1} more selected)" if len(indices) > 1 else ""
-        self.selection.value = f"pick {i}{score} at z {z:.0f}, y {y:.0f}, x {x:.0f} voxels{more}"
+        score = f", score {float(feats['score'].iloc[index]):.2f}" if "score" in feats else ""
+        z, y, x = np.asarray(layer.data[index])[-3:]
+        self.selection.value = f"pick {index}{score} at z {z:.0f}, y {y:.0f}, x {x:.0f} voxels"
 
     # ------------------------------------------------------------------ DoG preview
     def run_preview(self) -> None:
