@@ -149,15 +149,30 @@ class TrainRun:
         """The defense named in the command (``standard`` when none is)."""
         return self.argv[self.argv.index("--defense") + 1] if "--defense" in self.argv else "standard"
 
-    def start(self) -> None:
-        """Launch the training process (its stderr goes to ``train.log``)."""
+    def start(self, threads: int | None = None, nice: int = 0) -> None:
+        """Launch the training process (its stderr goes to ``train.log``).
+
+        ``threads`` caps the CPU threads of the process (``OMP_NUM_THREADS``), and
+        ``nice`` lowers its priority (POSIX), so that a viewer running beside it on the
+        same CPU stays responsive.
+        """
         cmd = [sys.executable, "-m", "napari_cryoguard.cli", *self.argv]
+        env = None
+        if threads:
+            env = dict(os.environ)
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = str(int(threads))
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
-                                            cwd=self.folder)
+                                            cwd=self.folder, env=env)
         finally:
             log.close()
+        if nice and hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.process.pid, int(nice))
+            except OSError:  # not permitted here: run at normal priority
+                pass
         self.status = "running"
 
     @property

@@ -55,6 +55,12 @@ def _start(docked, w):
 def _wait_end(docked, w, run, timeout=240):
     docked.qtbot.waitUntil(lambda: run.status != "running", timeout=timeout * 1000)
     w.refresh()
+    _wait_plot(docked, w)
+
+
+def _wait_plot(docked, w):
+    """The plot is rendered in a thread: wait until the last request is on screen."""
+    docked.qtbot.waitUntil(lambda: not w.plots.busy, timeout=30_000)
 
 
 def test_size_presets_fill_the_model_form(train):
@@ -93,6 +99,7 @@ def test_train_run_live_then_use_model(docked, train, runs_dir):
     assert run.total_steps == 2 * run.steps_per_epoch > 2
     assert steps == list(range(1, run.total_steps + 1))
     assert list(train.plots.step_line.get_xdata()) == steps
+    assert not train.plots.canvas.pixmap().isNull()  # the rendered plot is on screen
     assert len(train.plots.acc_lines["val_acc"].get_xdata()) == 2
     # one checkpoint and nothing else the user did not ask for
     assert sorted(p.name for p in run.folder.glob("*.safetensors")) == ["model.safetensors"]
@@ -224,6 +231,7 @@ def test_ima_margins_layer_kept_after_refresh(docked, train, tmp_path):
     _wait_end(docked, train, run)
     assert run.status == "done", run.message
     docked.wait_idle(train)  # the margins are read in a worker
+    _wait_plot(docked, train)
     layer = docked.viewer.layers["margins"]
     margins = np.asarray(layer.features["margin"])
     n_train = run.config["n_train"] + run.config["n_val"]
@@ -232,6 +240,7 @@ def test_ima_margins_layer_kept_after_refresh(docked, train, tmp_path):
     assert train.plots.histogram_shown
     train.refresh()
     train.refresh()
+    _wait_plot(docked, train)
     assert "margins" in docked.viewer.layers and docked.viewer.layers["margins"] is layer
     assert train.plots.histogram_shown
     out = train.write_margins(tmp_path / "m.star")

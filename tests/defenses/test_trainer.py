@@ -396,6 +396,25 @@ def test_cli_trains_from_a_dataset_file_with_json_summary(tiny_data, tmp_path, c
     assert meta["training"]["n_val"] == 10 and meta["training"]["dataset"]["path"].endswith("d.npz")
 
 
+def test_cli_no_state_and_every_step_event(tiny_data, tmp_path):
+    """--no-state leaves the checkpoint alone; --step-interval 0 reports every step."""
+    data = save_dataset(tmp_path / "d.npz", volumes=tiny_data.volumes,
+                        labels=tiny_data.labels, class_names=tiny_data.class_names)
+    out, events = tmp_path / "run" / "m.safetensors", tmp_path / "run" / "ev.jsonl"
+    code = train_main(["--data", str(data), "--model", "cb3d", "--tiny", "--epochs", "2",
+                       "--batch-size", "4", "--device", "cpu", "--out", str(out),
+                       "--events", str(events), "--no-state", "--step-interval", "0",
+                       "--quiet"])
+    assert code == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ev.jsonl", "m.safetensors"]
+    steps = [(e["epoch"], e["step"]) for e in read_events(events) if e["event"] == "step"]
+    per_epoch = steps[-1][1]
+    assert per_epoch == 8  # 32 training cubes in batches of 4
+    assert steps == [(ep, st) for ep in (1, 2) for st in range(1, per_epoch + 1)]
+    assert train_main(["--data", str(data), "--step-interval", "-1", "--out", str(out),
+                       "--quiet"]) == 2
+
+
 def test_set_keys_resolve_defense_then_model_then_recipe():
     mp, dp, rp = _resolve_sets(
         [

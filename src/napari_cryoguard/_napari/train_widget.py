@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,7 +102,8 @@ def prepare_run(runs_dir, label: str, settings: dict, source: str, *, viewer=Non
                               **settings)
         if ds is not None:
             run.set_data(save_dataset(run.folder / "data.npz", ds))
-    run.start()
+    # one core stays free for napari, and the viewer keeps priority over the training
+    run.start(threads=max(1, (os.cpu_count() or 2) - 1), nice=5)
     return run
 
 
@@ -132,18 +134,28 @@ def margins_job(checkpoint, data_path):
 class _Plots:
     """Loss per step (top); accuracies per epoch and, after IMA, the margins (bottom).
 
-    The artists are made once and updated in place; :meth:`show` redraws only when what
-    it is asked to show changed.
+    The figure is a plain Agg figure rendered in a background thread (a redraw takes
+    tens of milliseconds, too long for the Qt thread); the finished image is shown in a
+    QLabel. The artists are made once and updated in place; :meth:`show` renders only
+    when what it is asked to show changed, and a request arriving while a render runs
+    is rendered next (only the newest).
     """
 
     def __init__(self) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from concurrent.futures import ThreadPoolExecutor
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from qtpy.QtCore import Qt, QTimer
+        from qtpy.QtWidgets import QLabel, QSizePolicy
 
         self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100)
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        FigureCanvasAgg(self.figure)
+        self.canvas = QLabel()
         self.canvas.setFixedHeight(PLOT_HEIGHT)
-        self.canvas.setMinimumWidth(200)
+        self.canvas.setMinimumWidth(0)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.ax_loss = self.figure.add_axes((0.17, 0.62, 0.79, 0.33))
         self.ax_acc = self.figure.add_axes((0.17, 0.14, 0.79, 0.33))
         self.ax_hist = self.figure.add_axes((0.62, 0.14, 0.34, 0.33))
@@ -164,33 +176,83 @@ class _Plots:
         self.ax_loss.legend(fontsize=6, loc="upper right")
         self.ax_acc.legend(fontsize=6, loc="lower right")
         self.margins: np.ndarray | None = None
-        self.draws = 0
+        self.draws = 0  # renders started
         self._key = None
+        self._pending = None  # the newest request not rendered yet
+        self._future = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryoguard-plot")
+        self._poll = QTimer(self.canvas)
+        self._poll.setInterval(20)
+        self._poll.timeout.connect(self._collect)
+        self.canvas.destroyed.connect(lambda *_: self._pool.shutdown(wait=False))
+
+    @property
+    def busy(self) -> bool:
+        """A render is running or waiting."""
+        return self._future is not None or self._pending is not None
 
     def show(self, run, margins: np.ndarray | None) -> bool:
-        """Draw ``run`` (and its margins); returns whether anything was redrawn."""
-        key = (None if run is None else (run.name, run.version), None if margins is None else id(margins))
+        """Render ``run`` (and its margins) when they changed; returns whether it will."""
+        key = (None if run is None else (run.name, run.version),
+               None if margins is None else id(margins))
         if key == self._key:
             return False
         self._key = key
-        if run is not None:
-            self._draw_curves(run)
-        self._draw_margins(margins)
-        self.draws += 1
-        self.canvas.draw_idle()
+        data = None
+        if run is not None:  # plain copies: the render thread never touches the run
+            data = {"loss": run.loss_series(), "val_loss": run.series("val_loss"),
+                    "spe": max(run.steps_per_epoch, 1),
+                    "acc": {k: run.series(k) for k in self.acc_lines}}
+        width = self.canvas.width() if self.canvas.width() >= 200 else 340
+        self._pending = (data, margins, width, self.canvas.devicePixelRatioF())
+        self._submit()
         return True
 
-    def _draw_curves(self, run) -> None:
-        xs, ys = run.loss_series()
-        self.step_line.set_data(xs, ys)
-        ex, ev = run.series("val_loss")
-        spe = max(run.steps_per_epoch, 1)
-        self.val_line.set_data([e * spe for e in ex], ev)
-        for key, line in self.acc_lines.items():
-            line.set_data(*run.series(key))
-        for ax in (self.ax_loss, self.ax_acc):
-            ax.relim()
-            ax.autoscale_view(scalex=True, scaley=ax is self.ax_loss)
+    def _submit(self) -> None:
+        if self._future is not None or self._pending is None:
+            return
+        request, self._pending = self._pending, None
+        self.draws += 1
+        self._future = self._pool.submit(self._render, *request)
+        self._poll.start()
+
+    def _collect(self) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        if self._future is None or not self._future.done():
+            return
+        future, self._future = self._future, None
+        if self._pending is None:
+            self._poll.stop()
+        try:
+            rgba, ratio = future.result()
+        except Exception:  # noqa: BLE001 - a plot that fails to render must not take napari down
+            rgba = None
+        if rgba is not None:
+            h, w = rgba.shape[:2]
+            image = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
+            pixmap = QPixmap.fromImage(image)
+            pixmap.setDevicePixelRatio(ratio)
+            self.canvas.setPixmap(pixmap)
+        self._submit()
+
+    def _render(self, data, margins, width, ratio):
+        """Update the artists and rasterise the figure (in the render thread)."""
+        dpi = 100 * ratio
+        self.figure.set_dpi(dpi)
+        self.figure.set_size_inches(width / 100, PLOT_HEIGHT / 100)
+        if data is not None:
+            self.step_line.set_data(*data["loss"])
+            ex, ev = data["val_loss"]
+            self.val_line.set_data([e * data["spe"] for e in ex], ev)
+            for key, line in self.acc_lines.items():
+                line.set_data(*data["acc"][key])
+            for ax in (self.ax_loss, self.ax_acc):
+                ax.relim()
+                ax.autoscale_view(scalex=True, scaley=ax is self.ax_loss)
+        self._draw_margins(margins)
+        self.figure.canvas.draw()
+        return np.array(self.figure.canvas.buffer_rgba()), ratio
 
     def _draw_margins(self, margins: np.ndarray | None) -> None:
         if margins is self.margins:
