@@ -42,7 +42,7 @@ PANELS = (
     ("L-inf attacks", "eps (L-inf, normalised units)"),
     ("L2 attacks", "eps (L2, normalised units)"),
 )
-PLOT_HEIGHT = 330  # px: two stacked panels, within a 1280 x 800 window with the controls
+PLOT_HEIGHT = 300  # px: two stacked panels, within a 1280 x 800 window with the controls
 
 
 class _Cancelled(Exception):
