@@ -44,7 +44,9 @@ class Docked:
 
     def wait_idle(self, widget, timeout: float = 120.0) -> None:
         """Wait until ``widget``'s worker has finished (``_common.start_worker`` marks it busy)."""
-        self.qtbot.waitUntil(lambda: not getattr(widget, "_busy", False), timeout=int(timeout * 1000))
+        self.qtbot.waitUntil(lambda: not (getattr(widget, "_busy", False)
+                                         or getattr(widget, "_applying", False)),
+                            timeout=int(timeout * 1000))
         self.qtbot.wait(30)
 
     def sample(self):

@@ -84,8 +84,6 @@ def test_attack_one_particle_layers_visible_beside_it(setup, small_sim):
     assert pos["reconstruction 2"][0] > pos["particle 2"][0]
     assert viewer.dims.point[0] == pytest.approx(p[0] * vs, abs=vs)
     coverage = canvas_coverage(viewer, shown)
-    viewer.screenshot("/tmp/attack_canvas.png", canvas_only=True, flash=False)
-    viewer.window.screenshot("/tmp/attack_window.png", canvas_only=False)
     assert coverage > 0.10, coverage
 
     # again with another magnification: updated in place, not piled up
@@ -97,6 +95,16 @@ def test_attack_one_particle_layers_visible_beside_it(setup, small_sim):
     assert "perturbation 2 x10" in names and "perturbation 2 x50" not in names
     assert names.count("particle 2") == 1 and names.count("adversarial 2") == 1
     assert viewer.layers["particle 2"] is before
+
+    # another particle: the same layers follow it (renamed, moved, updated in place)
+    n_layers = len(viewer.layers)
+    widget.index.value = 3
+    docked.click(widget, "Attack particle")
+    docked.wait_idle(widget)
+    assert "particle 3" in viewer.layers and "particle 2" not in viewer.layers
+    assert viewer.layers["particle 3"] is before and len(viewer.layers) == n_layers
+    p3 = viewer.layers["picks"].data[3]
+    assert viewer.dims.point[0] == pytest.approx(p3[0] * vs, abs=vs)
 
 
 def test_attack_all_picks_features(setup):

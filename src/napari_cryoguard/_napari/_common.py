@@ -123,9 +123,48 @@ def class_colors(n: int) -> np.ndarray:
     return np.array([cmap(i % cmap.N) for i in range(n)], dtype=np.float32)
 
 
-def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
+def show_particle_layers(viewer, layers: dict, **kwargs) -> list:
+    """:func:`iter_particle_layers` all at once (scripts, the demo)."""
+    steps = iter_particle_layers(viewer, layers, **kwargs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def apply_stepwise(widget, steps, on_done=None) -> None:
+    """Run a generator of small Qt-thread updates one step per event-loop turn.
+
+    Each step (one layer updated, ~20-60 ms) is followed by a repaint and whatever else
+    the event loop has to do, so the viewer never freezes for the sum of them. The
+    widget counts as busy (``widget._busy``) until the last step ran; ``on_done`` gets the
+    generator's return value.
+    """
+    from qtpy.QtCore import QTimer
+
+    widget._applying = True
+
+    def step() -> None:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            widget._applying = False
+            if on_done is not None:
+                on_done(stop.value)
+            return
+        except Exception as exc:  # noqa: BLE001 - a layer the user removed meanwhile
+            widget._applying = False
+            widget.show_failure(exc)
+            return
+        QTimer.singleShot(1, step)
+
+    QTimer.singleShot(0, step)
+
+
+def iter_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
                          styles: dict | None = None, gap: int = 4, columns: int = 3,
-                         go_to: bool = True, frames: str | None = None) -> list:
+                         go_to: bool = True, frames: str | None = None):
     """Show single-particle cubes at the tomogram's scale, in a grid beside the particle.
 
     ``layers`` maps names (``particle <i>``, ``adversarial <i>``, ``perturbation <i> x<k>``,
@@ -175,19 +214,25 @@ def show_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
         if name in viewer.layers and viewer.layers[name].ndim == 3:
             layer = viewer.layers[name]
             layer.data = vol
-            layer.scale = tuple(scale)
+            if not np.allclose(layer.scale, scale):
+                layer.scale = tuple(scale)
             layer.translate = translate
             for key, value in style.items():
+                if key == "colormap" and getattr(layer.colormap, "name", None) == value:
+                    continue
                 setattr(layer, key, value)
-            layer.visible = True
+            if not layer.visible:
+                layer.visible = True
         else:
             if name in viewer.layers:
                 viewer.layers.remove(name)
             layer = viewer.add_image(vol, name=name, scale=tuple(scale), translate=translate,
                                      metadata={INSPECTION: _role(name)}, **style)
         out.append(layer)
+        yield name
     if frames and rects:
         _show_frames(viewer, frames, [r / scale for r in rects], captions, scale)
+        yield frames
     if go_to and out:
         go_to_region(viewer, cz, ((lo_y + hi_y) / 2, (lo_x + hi_x) / 2),
                      width=(hi_x - lo_x) * 1.15, height=(hi_y - lo_y) * 1.15)

@@ -35,7 +35,8 @@ from napari_cryoguard._napari._common import (
     particle_cube,
     particle_source,
     show_error,
-    show_particle_layers,
+    apply_stepwise,
+    iter_particle_layers,
     start_worker,
 )
 from napari_cryoguard._napari._forms import DataclassForm
@@ -235,13 +236,11 @@ class AttackWidget(DockWidget):
     def _on_attacked(self, out: dict, i: int, model_name: str = "", labels=None) -> None:
         self.last = out
         names = out["loaded"].class_names
-        for old in [lay.name for lay in self._viewer.layers]:
-            if old.startswith(f"perturbation {i} x") and old not in out["layers"]:
-                self._viewer.layers.remove(old)
-        # the pick's coordinates are in the picks layer's data space: place the row with it
+        # the pick's coordinates are in the picks layer's data space: place the grid with it
         anchor = self._viewer.layers[PICKS_LAYER] if PICKS_LAYER in self._viewer.layers else None
-        show_particle_layers(self._viewer, out["layers"], image_layer=anchor or self.image.value,
-                             center=out["center"], styles=out["styles"], frames=f"particle {i} frames")
+        apply_stepwise(self, iter_particle_layers(
+            self._viewer, out["layers"], image_layer=anchor or self.image.value,
+            center=out["center"], styles=out["styles"], frames=f"particle {i} frames"))
 
         def probs(p):
             top = np.argsort(p)[::-1][:3]

@@ -33,7 +33,8 @@ from napari_cryoguard._napari._common import (
     particle_cube,
     particle_source,
     show_error,
-    show_particle_layers,
+    apply_stepwise,
+    iter_particle_layers,
     start_worker,
 )
 from napari_cryoguard._napari._labels import NONE, LabelsChoice
@@ -247,8 +248,9 @@ class ClassifyWidget(DockWidget):
     def _on_reconstructed(self, out: dict, i: int) -> None:
         self.loaded = out["loaded"]
         anchor = self._viewer.layers[PICKS_LAYER] if PICKS_LAYER in self._viewer.layers else self.image.value
-        show_particle_layers(self._viewer, out["layers"], image_layer=anchor, center=out["center"],
-                             styles=out["styles"], frames=f"particle {i} frames")
+        apply_stepwise(self, iter_particle_layers(
+            self._viewer, out["layers"], image_layer=anchor, center=out["center"],
+            styles=out["styles"], frames=f"particle {i} frames"))
         if self.loaded.has_decoder:
             self.status.value = f"particle {i} and its reconstruction by {self.loaded.source}, beside it"
         else:
