@@ -29,7 +29,7 @@ def _scroll_area_class():
         def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
             inner = self.widget()
             width = inner.minimumSizeHint().width() if inner is not None else 200
-            return QSize(width + self._bar(), 160)
+            return QSize(width + self._bar(), 80)
 
         def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
             inner = self.widget()

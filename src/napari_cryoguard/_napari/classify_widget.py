@@ -102,7 +102,7 @@ class ClassifyWidget(DockWidget):
                                value="subtomograms layer", label="classify")
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")
         self.batch_size = SpinBox(value=32, min=1, max=4096, label="batch size")
-        self.labels = LabelsChoice(viewer, label="compare with")
+        self.labels = LabelsChoice(viewer, label="labels")
         self.more = Group("options", [self.device, self.batch_size])
         self.run_button = PushButton(text="Classify")
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")

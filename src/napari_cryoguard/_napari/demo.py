@@ -8,30 +8,26 @@ import numpy as np
 
 
 def populate_viewer(viewer, result) -> dict:
-    """Add the demo's layers and dock the plugin widgets; return the widgets by name."""
-    from napari_cryoguard._napari._common import SUBTOMOGRAMS_LAYER, set_picks_layer
-    from napari_cryoguard._napari.attack_widget import AttackWidget
-    from napari_cryoguard._napari.classify_widget import ClassifyWidget
-    from napari_cryoguard._napari.evaluate_widget import EvaluateWidget
-    from napari_cryoguard._napari.pick_widget import PickWidget
-    from napari_cryoguard._napari.train_widget import TrainWidget
+    """Add the demo's layers and dock the plugin widgets from the manifest (as the
+    *Plugins* menu does); set them to what the demo did. Returns the widgets by name."""
+    from napari_cryoguard._napari._common import SUBTOMOGRAMS_LAYER, apply_predictions, set_picks_layer
+    from napari_cryoguard._napari._probe import dock
+    from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
 
     sim = result.sim
     scale = (sim.voxel_size,) * 3
     image = viewer.add_image(sim.volume, name="tomogram", scale=scale, colormap="gray",
-                             metadata={"voxel_size": sim.voxel_size}, projection_mode="none")
+                             metadata={"voxel_size": sim.voxel_size})
     names = np.asarray(sim.class_names)[sim.labels]
     viewer.add_points(sim.coords, name="truth", scale=scale, size=5, symbol="cross",
                       face_color="cyan", border_width=0, features={"class": names},
-                      projection_mode="all", visible=True)
+                      visible=True)
     picks_layer = set_picks_layer(viewer, result.picks, image)
     if result.true_class is not None:
         feats = picks_layer.features.copy()
         feats["true_class"] = result.true_class
         picks_layer.features = feats
     if result.predictions is not None:
-        from napari_cryoguard._napari._common import apply_predictions
-
         apply_predictions(picks_layer, result.predictions, result.subtomograms.index)
     viewer.add_image(result.subtomograms.volumes, name=SUBTOMOGRAMS_LAYER,
                      scale=(1.0, *scale), colormap="gray", visible=False,
@@ -39,34 +35,39 @@ def populate_viewer(viewer, result) -> dict:
                                "normalized": bool(result.subtomograms.normalized),
                                "voxel_size": sim.voxel_size})
     # docked in this order: Train, Attack and Classify share a tabbed dock, Classify on top
-    widgets = {"Pick particles": PickWidget(viewer), "Evaluate": EvaluateWidget(viewer),
-               "Train": TrainWidget(viewer), "Attack": AttackWidget(viewer),
-               "Classify": ClassifyWidget(viewer)}
-    from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
-
-    widgets["Pick particles"].sigma1.value = SIMULATED_SIGMA1
-    widgets["Pick particles"].threshold.value = SIMULATED_THRESHOLD
-    for j, (name, w) in enumerate(widgets.items()):
-        viewer.window.add_dock_widget(w, name=name, area="right", tabify=j >= 2)
+    order = ["Pick particles", "Evaluate", "Train", "Attack", "Classify"]
+    widgets = {name: dock(viewer, name, tabify=j >= 2) for j, name in enumerate(order)}
+    pick = widgets["Pick particles"]
+    if hasattr(pick, "sigma1"):
+        pick.sigma1.value = SIMULATED_SIGMA1
+    if hasattr(pick, "threshold"):
+        pick.threshold.value = SIMULATED_THRESHOLD
+    if hasattr(pick, "progress"):
+        pick.progress.value = 100
+    if hasattr(pick, "status"):
+        pick.status.value = f"{len(result.picks)} picks in tomogram (the demo's DoG run)"
+    classify = widgets["Classify"]
     if result.predictions is not None:
-        widgets["Classify"].legend.value = widgets["Classify"]._legend_html(
-            result.predictions.class_names, result.predictions)
-        widgets["Classify"].show_probabilities()
+        model = result.summary.get("model", "cb3d-default") if result.summary else "cb3d-default"
+        classify.picker.select(model)
+        classify.source.value = "subtomograms layer"
+        classify.legend.value = classify._legend_html(result.predictions.class_names,
+                                                      result.predictions)
+        classify.progress.value = 100
+        acc = (result.summary or {}).get("classification_accuracy")
+        classify.status.value = (f"classified {len(result.predictions.probabilities)} "
+                                 f"subtomograms with {model}"
+                                 + (f"; accuracy {acc:.3f} against the matched truth"
+                                    if acc is not None else ""))
+        classify.show_probabilities()
     if result.attack is not None:
-        _show_attacked_particle(viewer, result, widgets)
-    viewer.layers.selection.active = image
-    # browse Z with a slab one cube thick, so every particle's pick shows near its centre
-    z_axis = viewer.dims.ndim - 3
-    viewer.dims.set_point(z_axis, sim.volume.shape[0] // 2 * sim.voxel_size)
-    thickness = list(viewer.dims.thickness)
-    thickness[z_axis] = 28 * sim.voxel_size
-    viewer.dims.thickness = thickness
-    viewer.reset_view()
+        _show_attacked_particle(viewer, result, widgets, picks_layer)
+    viewer.layers.selection.active = picks_layer
     return widgets
 
 
-def _show_attacked_particle(viewer, result, widgets) -> None:
-    """One attacked particle as the Attack widget shows it (hidden, for the user to open)."""
+def _show_attacked_particle(viewer, result, widgets, picks_layer) -> None:
+    """One particle FGSM flipped, as the Attack widget shows it: beside the particle."""
     from napari_cryoguard._napari._common import show_particle_layers
 
     res = result.attack
@@ -77,12 +78,24 @@ def _show_attacked_particle(viewer, result, widgets) -> None:
     adv = res.x_adv[row, 0].numpy()
     pert = (adv - x) * 50
     lim = float(np.abs(pert).max()) or 1.0
-    layers = show_particle_layers(
+    limits = (float(x.min()), float(x.max()))
+    show_particle_layers(
         viewer, {f"particle {i}": x, f"adversarial {i}": adv, f"perturbation {i} x50": pert},
-        **{f"perturbation {i} x50": {"colormap": "PiYG", "contrast_limits": (-lim, lim)}})
-    for layer in layers:
-        layer.visible = False
-    widgets["Attack"].index.value = i
+        image_layer=picks_layer, center=np.asarray(picks_layer.data[i]),
+        styles={f"perturbation {i} x50": {"colormap": "PiYG", "contrast_limits": (-lim, lim)},
+                f"particle {i}": {"contrast_limits": limits},
+                f"adversarial {i}": {"contrast_limits": limits}},
+        frames=f"particle {i} frames")
+    attack = widgets["Attack"]
+    attack.picker.select("cb3d-default")
+    attack.index.value = i
+    names = result.predictions.class_names if result.predictions is not None else []
+    before, after = int(res.pred_before[row]), int(res.pred_after[row])
+    if names:
+        attack.result.value = (f"<b>{'FLIPPED' if res.success[row] else 'held'}</b> &mdash; "
+                               f"cb3d-default, FGSM eps 0.03<br>before: {names[before]}<br>"
+                               f"after: {names[after]}")
+    attack.status.value = f"the demo attacked every pick with FGSM; particle {i} is shown beside it"
 
 
 def show_demo(result, out: Path, headless: bool) -> Path | None:
@@ -98,10 +111,10 @@ def show_demo(result, out: Path, headless: bool) -> Path | None:
 
     qt_window = getattr(viewer.window, "_qt_window", None)
     if qt_window is not None:
-        qt_window.resize(1500, 950)
+        qt_window.resize(1280, 800)
     for _ in range(5):
         QApplication.processEvents()
-    viewer.reset_view()
+    viewer.reset_view()  # the whole tomogram, the attacked particle's cubes beside it
     for _ in range(5):
         QApplication.processEvents()
     path = Path(out) / "screenshot.png"

@@ -1,0 +1,33 @@
+"""All five widgets docked from the manifest fit a 1280x800 laptop screen."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.gui
+
+NAMES = ("Pick particles", "Classify", "Attack", "Train", "Evaluate")
+
+
+@pytest.mark.parametrize("tabify", [True, False])
+def test_all_widgets_fit_a_laptop_screen(docked, tabify):
+    viewer = docked.viewer
+    win = viewer.window._qt_window
+    docked.sample()
+    widgets = [docked.dock(name, tabify=tabify) for name in NAMES]
+    docked.qtbot.wait(300)
+    assert (win.width(), win.height()) == (1280, 800)
+    # a long status or error line wraps instead of widening the dock
+    before = [w.native.width() for w in widgets]
+    long_text = "error: " + " ".join(["a long explanation of what went wrong"] * 20)
+    path_text = "error: /" + "/".join(["deeply-nested-folder"] * 15) + "/model.safetensors"
+    for w in widgets:
+        line = w.status if hasattr(w, "status") else w.info  # Train calls its line 'info'
+        line.value = long_text if w is not widgets[0] else path_text
+    docked.qtbot.wait(300)
+    assert (win.width(), win.height()) == (1280, 800)
+    after = [w.native.width() for w in widgets]
+    assert all(a <= b + 2 for a, b in zip(after, before, strict=True)), (before, after)
+    # the canvas keeps most of the window
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.width() >= 500, canvas.width()
