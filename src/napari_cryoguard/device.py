@@ -217,7 +217,7 @@ def iter_predict(
                 if bs == 1:
                     raise CryoGuardError(
                         f"out of memory on {dev} even with batch size 1; use a smaller model, "
-                        f"another device or device='cpu' ({reason})"
+                        f"or the cpu device ({reason})"
                     ) from None
                 bs = max(1, bs // 2)
                 warnings.warn(

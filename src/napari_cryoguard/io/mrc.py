@@ -357,7 +357,8 @@ def read_tomogram(path: str | os.PathLike, *, allow_stack: bool = False) -> Tomo
     if suffix in STACK_SUFFIXES and not allow_stack:
         raise CryoGuardError(
             f"{path.name} is an image stack ({suffix}), not a tomogram; "
-            "pass allow_stack=True to read it as a stack"
+            "open a reconstructed tomogram (.mrc, .rec) instead (from Python: "
+            "read_tomogram(..., allow_stack=True) reads the stack)"
         )
     if suffix not in TOMOGRAM_SUFFIXES + STACK_SUFFIXES:
         raise CryoGuardError(
@@ -387,7 +388,8 @@ def read_tomogram(path: str | os.PathLike, *, allow_stack: bool = False) -> Tomo
     if is_stack and not (allow_stack or suffix == ".st"):
         raise CryoGuardError(
             f"{name} is a stack of {nz} 2D images (space group 0, mz = 1), not a volume; "
-            "pass allow_stack=True to read it as a stack"
+            "open a reconstructed tomogram instead (from Python: "
+            "read_tomogram(..., allow_stack=True) reads the stack)"
         )
 
     with warnings.catch_warnings(record=True) as caught:
