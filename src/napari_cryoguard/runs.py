@@ -320,7 +320,10 @@ class TrainRun:
         if self.status == "done":
             last = self.history[-1] if self.history else {}
             acc = last.get("val_acc")
+            n_val = self.config.get("n_val")
             acc_s = f", validation accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
+            if acc_s and n_val:
+                acc_s += f" on {n_val} held-out subtomograms"
             return f"done: {len(self.history)} epoch(s){acc_s}; checkpoint {ck}"
         if self.status == "cancelled":
             return f"cancelled at {where or 'the start'}; checkpoint {ck}"

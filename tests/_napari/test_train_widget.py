@@ -238,6 +238,7 @@ def test_ima_margins_layer_kept_after_refresh(docked, train, tmp_path):
     assert len(margins) == n_train == 12
     assert np.isfinite(np.asarray(picks.features["margin"], dtype=float)).all()
     assert train.plots.histogram_shown
+    assert train.run_list.value == run.name  # napari's reset_choices (new layer) kept the runs
     train.refresh()
     train.refresh()
     _wait_plot(docked, train)

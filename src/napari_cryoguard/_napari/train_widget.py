@@ -31,6 +31,7 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
+    Container,
     FileEdit,
     FloatSpinBox,
     LineEdit,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 MARGINS_LAYER = "margins"
 SOURCES = ("simulated dataset", "subtomograms layer", "dataset file")
 #: height of the plot canvas (px): small enough for a 800 px screen
-PLOT_HEIGHT = 250
+PLOT_HEIGHT = 210
 
 
 def _model_names(widget=None) -> list[str]:
@@ -131,6 +132,13 @@ def margins_job(checkpoint, data_path):
 # ---------------------------------------------------------------------- plots
 
 
+# axes boxes (figure fractions): loss on top, accuracy (and margins) below
+_LOSS_BOX = (0.17, 0.63, 0.79, 0.33)
+_ACC_BOX = (0.17, 0.15, 0.79, 0.31)
+_ACC_HALF_BOX = (0.17, 0.15, 0.36, 0.31)
+_HIST_BOX = (0.62, 0.15, 0.34, 0.31)
+
+
 class _Plots:
     """Loss per step (top); accuracies per epoch and, after IMA, the margins (bottom).
 
@@ -156,9 +164,9 @@ class _Plots:
         self.canvas.setMinimumWidth(0)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.ax_loss = self.figure.add_axes((0.17, 0.62, 0.79, 0.33))
-        self.ax_acc = self.figure.add_axes((0.17, 0.14, 0.79, 0.33))
-        self.ax_hist = self.figure.add_axes((0.62, 0.14, 0.34, 0.33))
+        self.ax_loss = self.figure.add_axes(_LOSS_BOX)
+        self.ax_acc = self.figure.add_axes(_ACC_BOX)
+        self.ax_hist = self.figure.add_axes(_HIST_BOX)
         self.ax_hist.set_visible(False)
         (self.step_line,) = self.ax_loss.plot([], [], "-", lw=0.9, label="train (step)")
         (self.val_line,) = self.ax_loss.plot([], [], "o--", ms=3, label="val (epoch)")
@@ -173,8 +181,10 @@ class _Plots:
         self.ax_acc.set_ylim(0, 1.02)
         for ax in (self.ax_loss, self.ax_acc, self.ax_hist):
             ax.tick_params(labelsize=6, pad=1)
-        self.ax_loss.legend(fontsize=6, loc="upper right")
-        self.ax_acc.legend(fontsize=6, loc="lower right")
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in (self.ax_loss, self.ax_acc):
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         self.margins: np.ndarray | None = None
         self.draws = 0  # renders started
         self._key = None
@@ -247,9 +257,15 @@ class _Plots:
             self.val_line.set_data([e * data["spe"] for e in ex], ev)
             for key, line in self.acc_lines.items():
                 line.set_data(*data["acc"][key])
-            for ax in (self.ax_loss, self.ax_acc):
+            for ax, lines in ((self.ax_loss, (self.step_line, self.val_line)),
+                              (self.ax_acc, tuple(self.acc_lines.values()))):
                 ax.relim()
                 ax.autoscale_view(scalex=True, scaley=ax is self.ax_loss)
+                shown = [line for line in lines if len(line.get_xdata())]
+                if shown:  # a legend of the curves there are (no "robust" when it is off)
+                    ax.legend(handles=shown, fontsize=6, loc="best", framealpha=0.6)
+                elif ax.get_legend() is not None:
+                    ax.get_legend().remove()
         self._draw_margins(margins)
         self.figure.canvas.draw()
         return np.array(self.figure.canvas.buffer_rgba()), ratio
@@ -261,9 +277,9 @@ class _Plots:
         self.ax_hist.clear()
         if margins is None:
             self.ax_hist.set_visible(False)
-            self.ax_acc.set_position((0.17, 0.14, 0.79, 0.33))
+            self.ax_acc.set_position(_ACC_BOX)
             return
-        self.ax_acc.set_position((0.17, 0.14, 0.36, 0.33))
+        self.ax_acc.set_position(_ACC_HALF_BOX)
         self.ax_hist.set_visible(True)
         self.ax_hist.hist(margins, bins=20, color="tab:purple")
         self.ax_hist.set_xlabel("IMA margin", fontsize=7, labelpad=1)
@@ -292,6 +308,8 @@ class TrainWidget(DockWidget):
         self.runs_dir = runs_dir
         self.runs: dict[str, object] = {}
         self.margins_by_run: dict[str, np.ndarray] = {}
+        self._notes: dict[str, str] = {}  # what the info line adds per run (the labels used)
+        self._pending_note = ""
         self.last_margins: np.ndarray | None = None
         # data
         self.source = ComboBox(choices=SOURCES, value=SOURCES[0], label="data")
@@ -328,18 +346,22 @@ class TrainWidget(DockWidget):
                                                       self.keep_state])
         # runs
         self.start_button = PushButton(text="Start training")
-        self.run_list = ComboBox(choices=[], label="runs")
+        # choices from a callable: napari's reset_choices (on every layer change) keeps them
+        self.run_list = ComboBox(choices=self._run_names, label="runs")
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
         self.info = status_label()
         self.cancel_button = PushButton(text="Cancel run")
         self.use_button = PushButton(text="Use model in Classify / Attack / Evaluate")
-        self.export_button = PushButton(text="Export margins as STAR...")
+        self.export_button = PushButton(text="Export margins as STAR...",
+                                        tooltip="the picks with their IMA margins")
         self.plots = _Plots()
+        buttons = Container(layout="horizontal", labels=False,
+                            widgets=[self.cancel_button, self.export_button])
+        buttons.margins = (0, 0, 0, 0)
         self.body.extend([self.source, self.simulation, self.labels.combo, self.dataset,
                           self.model, self.size, self.model_group, self.defense,
                           self.defense_group, self.epochs, self.recipe_group, self.start_button,
-                          self.run_list, self.progress, self.info, self.cancel_button,
-                          self.use_button, self.export_button])
+                          self.run_list, self.progress, self.info, buttons, self.use_button])
         self.add_native(self.plots.canvas)
         self.cancel_button.enabled = False
         self.use_button.enabled = False
@@ -447,15 +469,19 @@ class TrainWidget(DockWidget):
             note = f"; labels: {labels.source}"
             if labels.predictions:
                 note += " - chosen explicitly: the model learns to agree with itself"
-        self._start_note = note
+        self._pending_note = note
         self.info.value = "preparing the run..." + note
         start_worker(self, prepare_run, self.runs_dir, f"{self.model.value}-{self.defense.value}",
                      settings, source, **kwargs, on_return=self._started,
                      buttons=(self.start_button,))
 
+    def _run_names(self, widget=None) -> list[str]:
+        return list(getattr(self, "runs", {}))
+
     def _started(self, run) -> None:
         self.runs[run.name] = run
-        self.run_list.choices = list(self.runs)
+        self._notes[run.name] = self._pending_note
+        self.run_list.reset_choices()
         self.run_list.value = run.name
         self._timer.start()
         self.refresh()
@@ -488,8 +514,7 @@ class TrainWidget(DockWidget):
         line = f"{run.name}: {run.state_line()}"
         if run.message and run.status == "running":
             line += f" ({run.message})"
-        if run.status == "running" and getattr(self, "_start_note", ""):
-            line += self._start_note
+        line += self._notes.get(run.name, "")
         self.info.value = line
         self.cancel_button.enabled = run.status == "running" and not run.cancel_requested
         self.use_button.enabled = run.checkpoint is not None and run.status in ("done", "cancelled")
