@@ -12,8 +12,6 @@ if TYPE_CHECKING:
 import weakref
 
 PICKS_LAYER = "picks"
-#: Classify and Attack widgets alive (the Train widget hands them finished checkpoints)
-MODEL_CONSUMERS: weakref.WeakSet = weakref.WeakSet()
 SUBTOMOGRAMS_LAYER = "subtomograms"
 
 
