@@ -35,7 +35,8 @@ class Docked:
         self.widgets: dict = {}
 
     def dock(self, name: str, **kwargs):
-        widget = _probe.dock(self.viewer, name, **kwargs)
+        # exactly what the Plugins menu does: napari hands the widget its own viewer proxy
+        _, widget = self.viewer.window.add_plugin_dock_widget(_probe.PLUGIN, name, **kwargs)
         self.widgets[name] = widget
         return widget
 
