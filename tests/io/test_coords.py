@@ -324,8 +324,9 @@ def test_csv_ragged_row_is_reported(tmp_path):
 def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(CryoGuardError, match="not found"):
         read_picks(tmp_path / "missing.star")
-    with pytest.raises(CryoGuardError, match=r"\.star or \.csv"):
-        read_picks(tmp_path / "picks.txt")
+    (tmp_path / "picks.xyz").write_text("1 2 3\n")
+    with pytest.raises(CryoGuardError, match=r"not a pick file.*\.star, \.csv"):
+        read_picks(tmp_path / "picks.xyz")
     with pytest.raises(CryoGuardError, match=r"\.star or \.csv"):
         write_picks(tmp_path / "picks.json", Picks(coords=np.zeros((1, 3))))
 

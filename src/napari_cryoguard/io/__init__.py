@@ -7,7 +7,7 @@ columns (RELION ``rlnCoordinateX/Y/Z`` = ZYX coordinates reversed, in voxels).
 
 from __future__ import annotations
 
-from napari_cryoguard.io.coords import PICK_SUFFIXES, read_picks, write_picks
+from napari_cryoguard.io.coords import PICK_SUFFIXES, write_picks
 from napari_cryoguard.io.mrc import (
     STACK_SUFFIXES,
     TOMOGRAM_SUFFIXES,
@@ -17,10 +17,12 @@ from napari_cryoguard.io.mrc import (
     read_tomogram,
     write_tomogram,
 )
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io.picks import Picks, tomo_key
+from napari_cryoguard.io.readers import READ_PICK_SUFFIXES, read_picks
 
 __all__ = [
     "PICK_SUFFIXES",
+    "READ_PICK_SUFFIXES",
     "STACK_SUFFIXES",
     "TOMOGRAM_SUFFIXES",
     "LazyVolume",
@@ -29,6 +31,7 @@ __all__ = [
     "check_finite",
     "read_picks",
     "read_tomogram",
+    "tomo_key",
     "write_picks",
     "write_tomogram",
 ]

@@ -29,6 +29,10 @@ class Picks:
         Any further per-particle columns (probabilities, attack outcome, margin, ...).
     voxel_size : float
         Voxel size in Angstrom of the tomogram(s) the coordinates index into.
+    notes : list of str
+        What a reader assumed or converted (voxel size guessed, origins applied, units
+        converted, ...), in words for the user; commands and widgets show them with the
+        result so that nothing is guessed silently.
     """
 
     coords: np.ndarray
@@ -38,6 +42,7 @@ class Picks:
     tomo_names: np.ndarray | None = None
     features: dict[str, np.ndarray] = field(default_factory=dict)
     voxel_size: float = 1.0
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords, dtype=np.float64)
@@ -81,6 +86,7 @@ class Picks:
             tomo_names=None if self.tomo_names is None else self.tomo_names[index],
             features={k: v[index] for k, v in self.features.items()},
             voxel_size=self.voxel_size,
+            notes=list(self.notes),
         )
 
     def class_of(self) -> list[str] | None:
@@ -88,3 +94,94 @@ class Picks:
         if self.labels is None or self.class_names is None:
             return None
         return [self.class_names[i] if 0 <= i < len(self.class_names) else "" for i in self.labels]
+
+    # ------------------------------------------------------------------ guards
+
+    def tomogram_names(self) -> list[str]:
+        """Distinct tomogram names in file order (empty when the file names none)."""
+        if self.tomo_names is None:
+            return []
+        return list(dict.fromkeys(self.tomo_names.tolist()))
+
+    def for_tomogram(self, name: str, *, source: str = "the picks") -> Picks:
+        """The rows of the tomogram called ``name``, matched by :func:`tomo_key`.
+
+        Files that name no tomogram are returned whole. A file naming exactly one
+        tomogram that does not match is also returned whole, with a note saying so (the
+        common case of ``TS_01`` picks on ``TS_01_bin4.mrc``). A file naming several
+        tomograms, none of which matches, raises :class:`CryoGuardError` listing them.
+        """
+        names = self.tomogram_names()
+        if not names:
+            return self
+        key = tomo_key(name)
+        mask = np.array([tomo_key(n) == key for n in self.tomo_names.tolist()], dtype=bool)
+        if mask.any():
+            out = self.subset(mask)
+            if len(names) > 1:
+                out.notes.append(
+                    f"used the {int(mask.sum())} of {len(self)} picks of {source} that belong "
+                    f"to tomogram {name!r} ({len(names)} tomograms in the file)"
+                )
+            return out
+        if len(names) == 1:
+            out = self.subset(np.ones(len(self), dtype=bool))
+            out.notes.append(
+                f"{source} name tomogram {names[0]!r}, not {name!r}; assumed they are the same "
+                "tomogram"
+            )
+            return out
+        shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+        raise CryoGuardError(
+            f"{source} hold picks of {len(names)} tomograms ({shown}) but none named "
+            f"{name!r}; open one of those tomograms or pick its name"
+        )
+
+    def at_voxel_size(self, voxel_size: float, *, source: str = "the picks") -> Picks:
+        """The same positions in Angstrom, as voxel indices of a tomogram at ``voxel_size``.
+
+        A pick at voxel ``c`` of a tomogram at ``v`` Angstrom lies at ``c * v`` Angstrom
+        from the first voxel's centre; on a tomogram at ``w`` Angstrom that is voxel
+        ``c * v / w`` (both tomograms covering the same volume from the same origin, as
+        binned versions of one reconstruction do). A note records the conversion.
+        """
+        voxel_size = float(voxel_size)
+        if not np.isfinite(voxel_size) or voxel_size <= 0:
+            raise CryoGuardError(f"voxel size must be a positive number, got {voxel_size!r}")
+        if np.isclose(voxel_size, self.voxel_size, rtol=1e-4, atol=0.0):
+            return self
+        out = self.subset(np.ones(len(self), dtype=bool))
+        out.coords = self.coords * (self.voxel_size / voxel_size)
+        out.voxel_size = voxel_size
+        out.notes.append(
+            f"converted {source} from {self.voxel_size:g} to {voxel_size:g} Angstrom voxels "
+            f"(coordinates x {self.voxel_size / voxel_size:g})"
+        )
+        return out
+
+
+_TOMO_SUFFIXES = (
+    ".tomostar", ".mrc", ".rec", ".st", ".map", ".zarr", ".ome", ".em", ".tif", ".tiff", ".mod",
+)
+
+
+def tomo_key(name: str) -> str:
+    """A tomogram name reduced for matching between tools.
+
+    Drops folders and the suffixes tools add (``.tomostar`` of Warp, ``.mrc``, ``.rec``,
+    ``.zarr``, ...), repeatedly, and compares case-sensitively. pytom-match-pick names
+    its reconstructions ``rec_<name>``; that prefix is NOT dropped here, because a
+    ``rec_`` tomogram and its tilt series ``<name>`` are different files; readers that
+    know the convention strip it themselves and say so in a note.
+    """
+    s = str(name).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    changed = True
+    while changed:
+        changed = False
+        low = s.lower()
+        for suf in _TOMO_SUFFIXES:
+            if low.endswith(suf) and len(s) > len(suf):
+                s = s[: -len(suf)]
+                changed = True
+                break
+    return s
