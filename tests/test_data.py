@@ -211,3 +211,64 @@ def test_truncated_file(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CryoGuardError):
         load_dataset(path)
+
+
+# --- hostile archives: refused before allocation, one CryoGuardError each -------------
+
+
+def _small_dataset(n=3, cube=4):
+    rng = np.random.default_rng(0)
+    return SubtomogramDataset(volumes=rng.normal(size=(n, cube, cube, cube)).astype(np.float32),
+                              labels=np.arange(n) % 2, class_names=["a", "b"])
+
+
+def test_compressed_dataset_is_refused(tmp_path):
+    path = save_dataset(tmp_path / "ok.npz", _small_dataset())
+    with np.load(path) as z:
+        members = {k: z[k] for k in z.files}
+    bad = tmp_path / "compressed.npz"
+    np.savez_compressed(bad, **members)
+    with pytest.raises(CryoGuardError, match="compressed"):
+        load_dataset(bad)
+
+
+def test_header_claiming_more_than_the_file_holds_is_refused_without_allocating(tmp_path):
+    import io
+    import zipfile
+
+    path = save_dataset(tmp_path / "ok.npz", _small_dataset())
+    bad = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "volumes.npy":
+                buf = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    buf, {"descr": "<f4", "fortran_order": False,
+                          "shape": (10**9, 28, 28, 28)})
+                data = buf.getvalue() + b"\0" * 64
+            dst.writestr(info.filename, data)
+    assert bad.stat().st_size < 10_000
+    with pytest.raises(CryoGuardError, match=r"claims shape \(1000000000, 28, 28, 28\)"):
+        load_dataset(bad)
+
+
+def test_object_member_is_refused(tmp_path):
+    path = save_dataset(tmp_path / "ok.npz", _small_dataset())
+    with np.load(path) as z:
+        members = {k: z[k] for k in z.files}
+    members["labels"] = np.array([1, "x", None], dtype=object)
+    bad = tmp_path / "objects.npz"
+    np.savez(bad, **members)
+    with pytest.raises(CryoGuardError, match="Python objects"):
+        load_dataset(bad)
+
+
+def test_non_finite_voxels_are_refused_with_counts_and_indices(tmp_path):
+    ds = _small_dataset(n=6)
+    ds.volumes[1, 0, 0, 0] = np.nan
+    ds.volumes[4, 1, 1, 1] = np.inf
+    ds.volumes[4, 2, 1, 1] = -np.inf
+    path = save_dataset(tmp_path / "nan.npz", ds)
+    with pytest.raises(CryoGuardError, match=r"3 NaN or infinite voxels in 2 of 6 cubes \(first: 1, 4\)"):
+        load_dataset(path)

@@ -307,6 +307,93 @@ def file_kind(path: str | os.PathLike) -> str | None:
     return None
 
 
+MAX_METADATA_BYTES = 16 * 2**20
+"""Largest ``metadata`` member a dataset may hold (16 MiB of JSON)."""
+
+
+def require_finite(volumes: np.ndarray, what: str) -> None:
+    """Raise :class:`CryoGuardError` if ``volumes`` hold NaN or infinity.
+
+    The message gives the number of non-finite voxels, of cubes holding them and the
+    first few cube indices, so the bad cubes can be found and dropped.
+    """
+    vol = np.asarray(volumes)
+    if vol.size == 0:
+        return
+    flat = vol.reshape(len(vol), -1) if vol.ndim > 1 else vol.reshape(-1, 1)
+    bad_per = np.zeros(len(flat), dtype=np.int64)
+    step = max(1, 2**24 // max(flat.shape[1], 1))
+    for i in range(0, len(flat), step):
+        bad_per[i:i + step] = (~np.isfinite(flat[i:i + step])).sum(axis=1)
+    if not bad_per.any():
+        return
+    idx = np.flatnonzero(bad_per)
+    first = ", ".join(str(int(i)) for i in idx[:5]) + (", ..." if len(idx) > 5 else "")
+    raise CryoGuardError(
+        f"{what} hold {int(bad_per.sum()):,} NaN or infinite voxels in {len(idx):,} of "
+        f"{len(flat):,} cubes (first: {first}); remove or repair those cubes first"
+    )
+
+
+def _check_members(path: Path) -> None:
+    """Refuse, before anything is allocated, archives that cannot be what they claim.
+
+    Every member must be stored uncompressed (the documented format; a compressed member
+    could expand a small file into any amount of memory) and its ``.npy`` header must
+    describe a plain (non-object) array whose bytes fit in the member's stored size, so
+    a 3 KB file whose header claims 1e9 cubes is refused here, not by the allocator.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise CryoGuardError(
+                        f"{path}: member {info.filename!r} is compressed; datasets are "
+                        "uncompressed .npz files (numpy.savez, not savez_compressed), so that "
+                        "their size on disk bounds what they hold"
+                    )
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        header = np.lib.format.read_array_header_1_0(fh, max_header_size=10000)
+                    elif version == (2, 0):
+                        header = np.lib.format.read_array_header_2_0(fh, max_header_size=10000)
+                    else:
+                        raise CryoGuardError(
+                            f"{path}: member {info.filename!r} uses .npy format {version}; "
+                            "datasets use 1.0 or 2.0"
+                        )
+                    shape, _fortran, dtype = header
+                    header_end = fh.tell()
+                if dtype.hasobject:
+                    raise CryoGuardError(
+                        f"{path}: member {info.filename!r} holds Python objects "
+                        f"(dtype {dtype}); datasets hold only numbers and strings"
+                    )
+                count = 1
+                for d in shape:
+                    count *= int(d)
+                need = count * dtype.itemsize
+                have = info.file_size - header_end
+                if need > have:
+                    raise CryoGuardError(
+                        f"{path}: member {info.filename!r} claims shape {tuple(shape)} "
+                        f"({need:,} bytes) but holds only {max(have, 0):,} bytes; the file is "
+                        "truncated or corrupt"
+                    )
+                if info.filename == "metadata.npy" and need > MAX_METADATA_BYTES:
+                    raise CryoGuardError(
+                        f"{path}: metadata is {need:,} bytes; the limit is "
+                        f"{MAX_METADATA_BYTES:,}"
+                    )
+    except CryoGuardError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise CryoGuardError(f"{path} is not a readable .npz dataset: {err}") from None
+
+
 def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
     """Read a dataset written by :func:`save_dataset`, validating it strictly.
 
@@ -316,7 +403,9 @@ def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
     ------
     CryoGuardError
         Missing file, not an ``.npz``, unknown format version, missing ``volumes`` or
-        ``metadata``, bad metadata JSON, wrong dtypes or shapes.
+        ``metadata``, bad metadata JSON, wrong dtypes or shapes; compressed or object
+        members, or members whose header claims more than they hold (checked before
+        anything is allocated); NaN or infinite voxels (counts and first cube indices).
     """
     path = Path(path)
     if not path.is_file():
@@ -327,8 +416,11 @@ def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
         # that is not a dataset gets the precise messages below
         raise CryoGuardError(f"{path} is {kind}, not a dataset: datasets (.npz) come from "
                              "`cryoguard extract` or `cryoguard simulate-dataset`")
+    _check_members(path)
     try:
         npz = np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise CryoGuardError(f"{path}: not enough memory to read this dataset") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
         raise CryoGuardError(f"{path} is not a readable .npz dataset: {err}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -373,8 +465,11 @@ def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
             tomo_names = npz["tomo_names"] if "tomo_names" in keys else None
             if tomo_names is not None and tomo_names.dtype.kind != "U":
                 raise CryoGuardError(f"{path}: tomo_names must be strings")
+        except MemoryError:
+            raise CryoGuardError(f"{path}: not enough memory to read this dataset") from None
         except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
             raise CryoGuardError(f"{path}: corrupt dataset member: {err}") from None
+    require_finite(volumes, f"{path.name}: the subtomograms")
     class_names = metadata.get("class_names")
     if class_names is not None and (
         not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names)
