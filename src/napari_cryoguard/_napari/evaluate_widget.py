@@ -107,12 +107,20 @@ class EvaluateWidget(DockWidget):
         self.body.extend([*self.picker.widgets, model_row, self.model_list, self.labels.combo,
                           self.settings, run_row, self.progress, self.status])
 
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QLabel, QSizePolicy
 
+        # an Agg figure rendered in the worker (drawing two panels takes ~100 ms, too long
+        # for the Qt thread); the finished image is shown in a QLabel
         self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        FigureCanvasAgg(self.figure)
+        self.canvas = QLabel()
         self.canvas.setFixedHeight(PLOT_HEIGHT)
+        self.canvas.setMinimumWidth(0)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.canvas.setVisible(False)  # shown with the first results
         self.add_native(self.canvas)
         self.body.append(self.table_group)
@@ -218,6 +226,8 @@ class EvaluateWidget(DockWidget):
         self.status.value = f"evaluating {', '.join(names)} ({labels.source})..."
         quick, device = bool(self.quick.value), str(self.device.value)
         viewer = self._viewer
+        width = self.canvas.width() if self.canvas.width() >= 200 else 340
+        ratio = self.native.devicePixelRatioF()
 
         def job():
             from napari_cryoguard.evaluate import evaluate
@@ -228,7 +238,8 @@ class EvaluateWidget(DockWidget):
                                    progress=self._progress, names=names)
             except _Cancelled:
                 return None
-            return metrics, index, _plot_series(metrics)
+            image = self._render(_plot_series(metrics), labels.score_word, width, ratio)
+            return metrics, index, image
 
         worker = start_worker(self, job, on_return=lambda r: self._on_done(r, labels, out),
                               buttons=(self.run_button,))
@@ -250,21 +261,52 @@ class EvaluateWidget(DockWidget):
             self.progress.value = 0
             self.status.value = f"cancelled; finished steps kept in {out}"
             return
-        metrics, index, series = result
+        from qtpy.QtCore import QTimer
+
+        metrics, index, image = result
         self.metrics = metrics
         self.last_labels = labels
         self.progress.value = 100
+        self.status.value = result_text(metrics, labels, out)
+        # one piece per event-loop turn, so napari keeps drawing in between
+        steps = [lambda: self._show_image(image), lambda: self._fill_table(metrics),
+                 lambda: self._pick_features(metrics, index)]
+        self._applying = True
+
+        def next_step():
+            try:
+                steps.pop(0)()
+            finally:
+                if steps:
+                    QTimer.singleShot(0, next_step)
+                else:
+                    self._applying = False
+
+        QTimer.singleShot(0, next_step)
+
+    def _fill_table(self, metrics: dict) -> None:
         rows = _rows(metrics)
         self.table.value = {"model": [r[0] for r in rows], "attack": [r[1] for r in rows],
                             "budget": [f"{r[2]:g}" for r in rows], "unit": [r[3] for r in rows],
                             "score": [f"{r[4]:.3f}" for r in rows]}
         self.table.native.horizontalHeader().setStretchLastSection(True)
-        self._plot(series, labels.score_word)
-        self._pick_features(metrics, index)
-        self.status.value = result_text(metrics, labels, out)
 
-    def _plot(self, series: dict, score_word: str) -> None:
-        """Draw the panels (once per evaluation): one per norm, budgets in their unit."""
+    def _show_image(self, image) -> None:
+        from qtpy.QtGui import QImage, QPixmap
+
+        rgba, ratio = image
+        h, w = rgba.shape[:2]
+        pixmap = QPixmap.fromImage(
+            QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy())
+        pixmap.setDevicePixelRatio(ratio)
+        self.canvas.setPixmap(pixmap)
+        self.canvas.setVisible(True)
+
+    def _render(self, series: dict, score_word: str, width: int, ratio: float):
+        """Draw the panels (once per evaluation, in the worker): one per norm, budgets in
+        their unit; returns the RGBA image and its device pixel ratio."""
+        self.figure.set_dpi(100 * ratio)
+        self.figure.set_size_inches(width / 100, PLOT_HEIGHT / 100)
         self.figure.clear()
         axes = self.figure.subplots(len(PANELS), 1)
         ylabel = "agreement" if score_word != "accuracy" else "accuracy"
@@ -283,8 +325,8 @@ class EvaluateWidget(DockWidget):
             else:
                 ax.text(0.5, 0.5, "no attack of this norm in the suite", ha="center",
                         va="center", fontsize=7, transform=ax.transAxes)
-        self.canvas.setVisible(True)
-        self.canvas.draw_idle()
+        self.figure.canvas.draw()
+        return np.array(self.figure.canvas.buffer_rgba()), ratio
 
     def _pick_features(self, metrics: dict, index: np.ndarray) -> None:
         """Per-pick results of the first model: ``eval_correct`` and ``robust_<attack>``
