@@ -1,0 +1,205 @@
+"""copick picks (``<user>_<session>_<object>.json``): points in Angstrom, one object per file.
+
+A copick picks file (the ``CopickPicksFile`` model of copick) is a JSON object with
+``pickable_object_name``, ``user_id``, ``session_id``, ``run_name`` (the tomogram),
+``voxel_spacing`` (often null), ``unit`` (``"angstrom"``) and ``points``: a list of
+``{"location": {"x", "y", "z"}, "transformation_": 4x4, "instance_id", "score"}``.
+
+Conventions implemented here:
+
+* ``location`` is the particle centre in Angstrom from the centre of the tomogram's first
+  voxel, so voxel index = location / voxel size (copick's own tools and the CZII
+  challenge divide by the voxel spacing the same way).
+* ``voxel_size=`` is the voxel size of the tomogram the coordinates should index; when
+  it is not given the file's ``voxel_spacing`` is used, with a note; when neither is
+  there the reader refuses (a guess would misplace every pick).
+* ``transformation_`` is the orientation of the object; it is not applied to the
+  position. When some point's matrix is not the identity the 16 matrix values are kept
+  as the feature ``copick_transformation`` (N, 16), and a non-zero translation part is
+  named in a note.
+* The object name is the class (``class_names = [pickable_object_name]``, labels 0);
+  ``run_name`` fills ``tomo_names``; ``score`` and ``instance_id`` are kept.
+
+A JSON list of such objects (several objects or runs in one file) is read as their
+concatenation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io.picks import Picks
+
+MAX_FILE_BYTES = 512 * 1024**2
+"""Largest copick JSON read (bytes)."""
+
+_IDENTITY = np.eye(4).ravel()
+
+
+def _number(value: Any, what: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CryoGuardError(f"{path.name}: {what} must be a number, got {value!r}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise CryoGuardError(f"{path.name}: {what} is not finite ({value!r})")
+    return v
+
+
+def _one_object(path: Path, obj: Any, index: int) -> dict[str, Any]:
+    where = "" if index < 0 else f" (entry {index})"
+    if not isinstance(obj, dict):
+        raise CryoGuardError(f"{path.name}{where}: expected a copick picks object, got {type(obj).__name__}")
+    if "points" not in obj or "pickable_object_name" not in obj:
+        raise CryoGuardError(
+            f"{path.name}{where}: not a copick picks file: needs 'pickable_object_name' and "
+            f"'points', found keys {sorted(obj)[:12]}"
+        )
+    unit = obj.get("unit", "angstrom")
+    if unit is not None and str(unit).lower() not in ("angstrom", "a", "angstroms"):
+        raise CryoGuardError(f"{path.name}{where}: unit {unit!r} not understood; copick picks are in 'angstrom'")
+    points = obj["points"] or []
+    if not isinstance(points, list):
+        raise CryoGuardError(f"{path.name}{where}: 'points' must be a list")
+    name = obj["pickable_object_name"]
+    if not isinstance(name, str):
+        raise CryoGuardError(f"{path.name}{where}: 'pickable_object_name' must be a string, got {name!r}")
+    run = obj.get("run_name")
+    xyz = np.empty((len(points), 3))
+    scores = np.ones(len(points))
+    inst = np.zeros(len(points), dtype=np.int64)
+    mats = np.tile(_IDENTITY, (len(points), 1))
+    for i, p in enumerate(points):
+        if not isinstance(p, dict) or not isinstance(p.get("location"), dict):
+            raise CryoGuardError(f"{path.name}{where}: point {i} has no 'location' object")
+        loc = p["location"]
+        for j, a in enumerate("xyz"):
+            if a not in loc:
+                raise CryoGuardError(f"{path.name}{where}: point {i} location lacks {a!r}")
+            xyz[i, j] = _number(loc[a], f"point {i} location.{a}", path)
+        if p.get("score") is not None:
+            scores[i] = _number(p["score"], f"point {i} score", path)
+        if p.get("instance_id") is not None:
+            inst[i] = int(_number(p["instance_id"], f"point {i} instance_id", path))
+        t = p.get("transformation_", p.get("transformation"))
+        if t is not None:
+            m = np.asarray(t, dtype=object)
+            if m.shape != (4, 4):
+                raise CryoGuardError(f"{path.name}{where}: point {i} transformation is not 4x4")
+            mats[i] = [_number(v, f"point {i} transformation", path) for v in m.ravel()]
+    return {
+        "xyz": xyz, "scores": scores, "instance": inst, "mats": mats, "name": name,
+        "run": None if run is None else str(run), "spacing": obj.get("voxel_spacing"),
+    }
+
+
+def read_copick_picks(
+    path: str | os.PathLike,
+    *,
+    voxel_size: float | None = None,
+    tomograms: Any = None,
+) -> Picks:
+    """Read a copick picks JSON file (Angstrom) as voxel picks.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``.json`` picks file (one object, or a list of them).
+    voxel_size : float, optional
+        Angstrom per voxel of the tomogram to index into; defaults to the file's
+        ``voxel_spacing``; one of the two is required.
+    tomograms : optional
+        Not used (accepted for the common reader signature).
+
+    Returns
+    -------
+    Picks
+        ZYX voxel coordinates, class = object name, tomogram = run name, scores, and
+        features ``instance_id`` (and ``copick_transformation`` when not identity).
+
+    Raises
+    ------
+    CryoGuardError
+        Not JSON, not copick picks, non-numeric or non-finite values, unit not Angstrom,
+        no voxel size known.
+    """
+    del tomograms
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise CryoGuardError(f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a picks file may hold")
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as err:
+        raise CryoGuardError(f"could not read {path}: {err}") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CryoGuardError(f"{path.name} is not valid JSON: {err}") from err
+    objs = [_one_object(path, o, i) for i, o in enumerate(data)] if isinstance(data, list) else [
+        _one_object(path, data, -1)
+    ]
+    notes: list[str] = []
+    if voxel_size is not None:
+        try:
+            voxel_size = float(voxel_size)
+        except (TypeError, ValueError) as err:
+            raise CryoGuardError(f"voxel size must be a number, got {voxel_size!r}") from err
+    else:
+        spacings = {float(o["spacing"]) for o in objs if isinstance(o["spacing"], (int, float))}
+        if len(spacings) == 1:
+            voxel_size = spacings.pop()
+            notes.append(
+                f"{path.name}: voxel size {voxel_size:g} A taken from the file's voxel_spacing"
+            )
+        else:
+            raise CryoGuardError(
+                f"{path.name}: copick picks are in Angstrom and the file gives "
+                f"{'no' if not spacings else 'several'} voxel_spacing; pass voxel_size= "
+                "(Angstrom per voxel of the tomogram) to convert them to voxels"
+            )
+    if not np.isfinite(voxel_size) or voxel_size <= 0:
+        raise CryoGuardError(f"voxel size must be positive and finite, got {voxel_size!r}")
+    class_names = list(dict.fromkeys(o["name"] for o in objs))
+    lookup = {c: i for i, c in enumerate(class_names)}
+    xyz = np.concatenate([o["xyz"] for o in objs]) if objs else np.zeros((0, 3))
+    mats = np.concatenate([o["mats"] for o in objs]) if objs else np.zeros((0, 16))
+    labels = np.concatenate([np.full(len(o["xyz"]), lookup[o["name"]], np.int64) for o in objs]) if objs else np.zeros(0, np.int64)
+    scores = np.concatenate([o["scores"] for o in objs]) if objs else np.zeros(0)
+    inst = np.concatenate([o["instance"] for o in objs]) if objs else np.zeros(0, np.int64)
+    runs = [o["run"] for o in objs]
+    tomo_names = None
+    if any(r is not None for r in runs):
+        tomo_names = np.concatenate([np.full(len(o["xyz"]), o["run"] or "", dtype=object) for o in objs]).astype(str)
+    coords = xyz[:, ::-1] / voxel_size
+    notes.append(
+        f"{path.name}: copick locations in Angstrom divided by {voxel_size:g} A per voxel "
+        "(x, y, z -> z, y, x voxel indices)"
+    )
+    features: dict[str, np.ndarray] = {"instance_id": inst}
+    not_identity = ~np.isclose(mats, _IDENTITY).all(axis=1)
+    if not_identity.any():
+        features["copick_transformation"] = mats
+        notes.append(
+            f"{path.name}: {int(not_identity.sum())} point(s) carry an orientation "
+            "(transformation_); kept as feature copick_transformation (row-major 4x4), not "
+            "applied to the positions"
+        )
+        shifted = np.abs(mats[:, [3, 7, 11]]).max(axis=1) > 0
+        if shifted.any():
+            notes.append(
+                f"{path.name}: {int(shifted.sum())} transformation(s) have a translation part; "
+                "positions are the 'location' values only"
+            )
+    return Picks(
+        coords=coords,
+        scores=scores,
+        labels=labels,
+        class_names=class_names,
+        tomo_names=tomo_names,
+        features=features,
+        voxel_size=voxel_size,
+        notes=notes,
+    )

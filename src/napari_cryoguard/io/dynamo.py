@@ -1,0 +1,214 @@
+"""Dynamo tables (``.tbl``): one particle per row, columns by Dynamo's table convention.
+
+Read with the ``dynamotable`` library (``pip install napari-cryoguard[formats]``).
+
+Columns used (1-based, as Dynamo numbers them): 1 ``tag``, 4-6 ``dx dy dz`` (shifts
+found by alignment), 10 ``cc`` (score), 20 ``tomo`` (tomogram index), 22 ``class``,
+24-26 ``x y z`` (the position the particle was cropped at), 36 ``apix`` (Angstrom per
+pixel, when present and non-zero).
+
+Conventions implemented here:
+
+* The particle centre is ``x + dx``, ``y + dy``, ``z + dz`` (shifts applied, said in a
+  note; ``apply_shifts=False`` keeps the raw ``x y z`` and the shifts as features).
+* Dynamo is MATLAB: voxel indices start at 1 (the first voxel's centre is 1). The
+  position is converted to 0-based indices by subtracting 1 on every axis; a note says
+  so. ``one_based=False`` skips that for tables made by tools that write 0-based ones.
+* The tomogram index (column 20) becomes ``tomo_names`` as text (``"1"``, ``"2"``, ...);
+  when a Dynamo table map (``<table>.doc``, lines ``index path``) lies next to the table
+  the tomogram file names are used instead.
+* The class (column 22) becomes labels: the distinct class numbers, sorted, map to
+  labels 0, 1, ...; ``class_names`` are the numbers as text.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io.picks import Picks
+
+MAX_FILE_BYTES = 2 * 1024**3
+MAX_CLASSES = 100_000
+
+
+def _install_hint(lib: str) -> CryoGuardError:
+    return CryoGuardError(
+        f"reading this format needs the {lib!r} library: install napari-cryoguard[formats]"
+    )
+
+
+def _positive(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise CryoGuardError(f"voxel size must be a number, got {value!r}") from err
+    if not np.isfinite(v) or v <= 0:
+        raise CryoGuardError(f"voxel size must be positive and finite, got {value!r}")
+    return v
+
+
+def _table_map(path: Path) -> dict[int, str]:
+    doc = path.with_suffix(".doc")
+    out: dict[int, str] = {}
+    if not doc.is_file():
+        return out
+    try:
+        lines = doc.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2:
+            try:
+                out[int(float(parts[0]))] = parts[1].strip()
+            except ValueError:
+                continue
+    return out
+
+
+def read_dynamo_picks(
+    path: str | os.PathLike,
+    *,
+    voxel_size: float | None = None,
+    tomograms: Any = None,
+    apply_shifts: bool = True,
+    one_based: bool = True,
+) -> Picks:
+    """Read a Dynamo ``.tbl`` table as voxel picks.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The table.
+    voxel_size : float, optional
+        Angstrom per voxel; overrides column 36 (``apix``). Without either, 1.0 is
+        assumed with a note.
+    tomograms : optional
+        Not used (accepted for the common reader signature).
+    apply_shifts : bool
+        Add ``dx dy dz`` to ``x y z`` (default); False keeps them as features.
+    one_based : bool
+        Subtract 1 to turn Dynamo's 1-based indices into 0-based ones (default).
+
+    Returns
+    -------
+    Picks
+        ZYX voxel coordinates, scores (``cc``), labels (class), tomogram names, and the
+        features ``tag``, ``tdrot``, ``tilt``, ``narot``.
+
+    Raises
+    ------
+    CryoGuardError
+        ``dynamotable`` missing, unreadable table, fewer than 26 columns, non-numeric or
+        non-finite positions.
+    """
+    del tomograms
+    path = Path(path)
+    try:
+        import dynamotable
+    except ImportError as err:
+        raise _install_hint("dynamotable") from err
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise CryoGuardError(f"could not read {path}: {err}") from err
+    if size > MAX_FILE_BYTES:
+        raise CryoGuardError(f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a table may hold")
+    notes: list[str] = []
+    if size == 0 or not path.read_bytes().strip():
+        df = None
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                df = dynamotable.read(str(path))
+        except Exception as err:  # pandas raises many kinds on malformed text
+            raise CryoGuardError(f"{path.name}: could not parse the Dynamo table: {err}") from err
+        if df.shape[1] < 26:
+            raise CryoGuardError(
+                f"{path.name}: a Dynamo table has at least 26 columns (x y z are 24-26), "
+                f"this one has {df.shape[1]}"
+            )
+
+    def col(name: str, what: str) -> np.ndarray:
+        values = df[name].to_numpy()
+        if values.dtype.kind == "c" or values.dtype.kind == "O":
+            # Dynamo sometimes writes complex numbers (0+1.2e-06i) in unused columns
+            try:
+                values = np.array([complex(str(v).replace("i", "j")).real for v in values])
+            except ValueError as err:
+                raise CryoGuardError(f"{path.name}: column {what} must hold numbers: {err}") from err
+        try:
+            out = values.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise CryoGuardError(f"{path.name}: column {what} must hold numbers: {err}") from err
+        return out
+
+    if df is None:
+        vs = 1.0 if voxel_size is None else _positive(voxel_size)
+        return Picks(coords=np.zeros((0, 3)), voxel_size=vs, notes=[f"{path.name} holds no particles"])
+    x, y, z = col("x", "24 (x)"), col("y", "25 (y)"), col("z", "26 (z)")
+    dx, dy, dz = col("dx", "4 (dx)"), col("dy", "5 (dy)"), col("dz", "6 (dz)")
+    features: dict[str, np.ndarray] = {"tag": col("tag", "1 (tag)").astype(np.int64)}
+    for name, num in (("tdrot", 7), ("tilt", 8), ("narot", 9)):
+        features[name] = col(name, f"{num} ({name})")
+    if apply_shifts:
+        x, y, z = x + dx, y + dy, z + dz
+        notes.append(f"{path.name}: positions are x+dx, y+dy, z+dz (Dynamo columns 24-26 plus 4-6)")
+    else:
+        features.update(dx=dx, dy=dy, dz=dz)
+        notes.append(f"{path.name}: shifts dx, dy, dz not applied; kept as features")
+    coords = np.stack([z, y, x], axis=1)
+    if one_based:
+        coords = coords - 1.0
+        notes.append(f"{path.name}: Dynamo indices are 1-based (MATLAB); subtracted 1 on each axis")
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        raise CryoGuardError(
+            f"{path.name}: {int(bad.sum())} particle(s) have non-finite positions "
+            f"(rows {np.flatnonzero(bad)[:5].tolist()})"
+        )
+    scores = col("cc", "10 (cc)")
+    tomo_idx = col("tomo", "20 (tomo)")
+    tmap = _table_map(path)
+    names = [
+        tmap.get(int(t), f"{int(t)}" if float(t).is_integer() else f"{t:g}") for t in tomo_idx.tolist()
+    ]
+    tomo_names = np.asarray(names, dtype=str)
+    notes.append(
+        f"{path.name}: tomogram names from column 20 (tomo)"
+        + (f" mapped through {path.with_suffix('.doc').name}" if tmap else " as the index numbers")
+    )
+    classes = col("class", "22 (class)")
+    distinct = np.unique(classes)
+    if len(distinct) > MAX_CLASSES:
+        raise CryoGuardError(f"{path.name}: {len(distinct)} classes, more than the limit of {MAX_CLASSES}")
+    labels = np.searchsorted(distinct, classes).astype(np.int64)
+    class_names = [f"{int(c)}" if float(c).is_integer() else f"{c:g}" for c in distinct.tolist()]
+    if voxel_size is not None:
+        voxel_size = _positive(voxel_size)
+    else:
+        apix = col("apix", "36 (apix)") if "apix" in df.columns else np.zeros(0)
+        positive = np.unique(apix[apix > 0]) if len(apix) else apix
+        if len(positive) == 1:
+            voxel_size = float(positive[0])
+            notes.append(f"{path.name}: voxel size {voxel_size:g} A from column 36 (apix)")
+        else:
+            voxel_size = 1.0
+            notes.append(f"{path.name} does not say its voxel size; assumed 1.0 Angstrom (pass voxel_size=)")
+    return Picks(
+        coords=coords,
+        scores=scores,
+        labels=labels,
+        class_names=class_names,
+        tomo_names=tomo_names,
+        features=features,
+        voxel_size=float(voxel_size),
+        notes=notes,
+    )

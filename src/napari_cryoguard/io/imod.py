@@ -1,0 +1,165 @@
+"""IMOD models (``.mod``): every point of every contour is one pick.
+
+Read with the ``imodmodel`` library (``pip install napari-cryoguard[formats]``).
+
+Conventions implemented here:
+
+* Model points are x, y, z in pixels of the image the model was made on. 3dmod puts
+  x = y = 0 at the *edge* of the first pixel and z = 0 at the *centre* of the first
+  section (imodmodel's note on 3dmod's coordinate system), so the 0-based voxel index is
+  ``(z, y - 0.5, x - 0.5)``. A note says so; ``pixel_centres=False`` keeps the raw
+  values.
+* Labels are the object names: each distinct name, in file order, is one class (objects
+  sharing a name share a label); an unnamed object is ``object <n>`` (1-based, as 3dmod
+  numbers them). The 1-based object number is kept as the feature ``object`` and the
+  contour index within its object as ``contour``. The contour index within its object is kept as the
+  feature ``contour``, the 1-based object number as ``object``.
+* Voxel size: ``voxel_size=`` when given, else the model header's ``pixelsize`` with its
+  ``units`` (0 = pixels, i.e. unknown; -10 = Angstrom, -9 = nm, -6 = micron, ...) when
+  that says a physical size, else 1.0 with a note. A header ``zscale`` other than 1 is
+  named in a note (the z values are left as section indices).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io.picks import Picks
+
+MAX_FILE_BYTES = 1024**3
+MAX_CLASSES = 100_000
+
+_UNIT_EXPONENT_TO_ANGSTROM = {-12: 1e-2, -10: 1.0, -9: 10.0, -6: 1e4, -3: 1e7, -2: 1e8, 1: 1e10, 3: 1e13}
+_UNIT_WORDS = {-12: "pm", -10: "Angstrom", -9: "nm", -6: "micron", -3: "mm", -2: "cm", 1: "m", 3: "km"}
+
+
+def _positive(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise CryoGuardError(f"voxel size must be a number, got {value!r}") from err
+    if not np.isfinite(v) or v <= 0:
+        raise CryoGuardError(f"voxel size must be positive and finite, got {value!r}")
+    return v
+
+
+def read_imod_picks(
+    path: str | os.PathLike,
+    *,
+    voxel_size: float | None = None,
+    tomograms: Any = None,
+    pixel_centres: bool = True,
+) -> Picks:
+    """Read the points of an IMOD model as voxel picks.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``.mod`` file.
+    voxel_size : float, optional
+        Angstrom per voxel; overrides the model header.
+    tomograms : optional
+        Not used (accepted for the common reader signature).
+    pixel_centres : bool
+        Shift x and y by -0.5 so that pixel centres are at integers (default).
+
+    Returns
+    -------
+    Picks
+        ZYX voxel coordinates, labels per object, class names, features ``object`` and
+        ``contour``.
+
+    Raises
+    ------
+    CryoGuardError
+        ``imodmodel`` missing, not an IMOD model, unreadable, non-finite points.
+    """
+    del tomograms
+    path = Path(path)
+    try:
+        import imodmodel
+    except ImportError as err:
+        raise CryoGuardError(
+            "reading this format needs the 'imodmodel' library: install napari-cryoguard[formats]"
+        ) from err
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            magic = fh.read(8)
+    except OSError as err:
+        raise CryoGuardError(f"could not read {path}: {err}") from err
+    if size > MAX_FILE_BYTES:
+        raise CryoGuardError(f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a model may hold")
+    if not magic.startswith(b"IMOD"):
+        raise CryoGuardError(f"{path.name} is not an IMOD model (it does not start with 'IMOD')")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = imodmodel.ImodModel.from_file(path)
+    except Exception as err:  # the binary parser raises many kinds on broken files
+        raise CryoGuardError(f"{path.name}: could not parse the IMOD model: {err}") from err
+    notes: list[str] = []
+    xyz_parts, labels_parts, contour_parts, object_parts = [], [], [], []
+    class_names: list[str] = []
+    for i, obj in enumerate(model.objects):
+        name = (obj.header.name or "").strip() or f"object {i + 1}"
+        for j, contour in enumerate(obj.contours):
+            pts = np.asarray(contour.points, dtype=np.float64).reshape(-1, 3)
+            if not len(pts):
+                continue
+            if name not in class_names:
+                if len(class_names) >= MAX_CLASSES:
+                    raise CryoGuardError(f"{path.name}: more than {MAX_CLASSES} named objects")
+                class_names.append(name)
+            xyz_parts.append(pts)
+            labels_parts.append(np.full(len(pts), class_names.index(name), np.int64))
+            contour_parts.append(np.full(len(pts), j, np.int64))
+            object_parts.append(np.full(len(pts), i + 1, np.int64))
+    xyz = np.concatenate(xyz_parts) if xyz_parts else np.zeros((0, 3))
+    if not np.isfinite(xyz).all():
+        raise CryoGuardError(f"{path.name}: the model holds non-finite points")
+    coords = xyz[:, ::-1].copy()
+    if pixel_centres:
+        coords[:, 1:] -= 0.5
+        notes.append(
+            f"{path.name}: IMOD x, y count from the pixel edge and z from the first section's "
+            "centre; voxel index = (z, y - 0.5, x - 0.5)"
+        )
+    header = model.header
+    zscale = float(getattr(header, "zscale", 1.0) or 1.0)
+    if not np.isclose(zscale, 1.0):
+        notes.append(f"{path.name}: the model header has zscale {zscale:g}; z kept as section indices")
+    if voxel_size is not None:
+        voxel_size = _positive(voxel_size)
+    else:
+        units = int(getattr(header, "units", 0) or 0)
+        pixsize = float(getattr(header, "pixelsize", 0.0) or 0.0)
+        if units in _UNIT_EXPONENT_TO_ANGSTROM and np.isfinite(pixsize) and pixsize > 0:
+            voxel_size = pixsize * _UNIT_EXPONENT_TO_ANGSTROM[units]
+            notes.append(
+                f"{path.name}: voxel size {voxel_size:g} A from the model header "
+                f"(pixel size {pixsize:g} {_UNIT_WORDS[units]})"
+            )
+        else:
+            voxel_size = 1.0
+            notes.append(
+                f"{path.name}: the model header gives no physical pixel size (units = pixels); "
+                "assumed 1.0 Angstrom (pass voxel_size=)"
+            )
+    return Picks(
+        coords=coords,
+        labels=np.concatenate(labels_parts) if labels_parts else np.zeros(0, np.int64),
+        class_names=class_names,
+        features={
+            "object": np.concatenate(object_parts) if object_parts else np.zeros(0, np.int64),
+            "contour": np.concatenate(contour_parts) if contour_parts else np.zeros(0, np.int64),
+        },
+        voxel_size=float(voxel_size),
+        notes=notes,
+    )

@@ -1,0 +1,361 @@
+"""Pick files of other tools: copick, Dynamo, IMOD, crYOLO / TomoTwin, foreign CSV tables.
+
+The expected numbers are worked out by hand from the bundled files (see
+``tests/data/<tool>/NOTICE.md`` for where each file comes from).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cryoguard import CryoGuardError
+from napari_cryoguard.io import Picks, read_picks, write_picks
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _quiet(path, **kw) -> Picks:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_picks(path, **kw)
+
+
+def _has_note(picks: Picks, *words: str) -> bool:
+    return any(all(w.lower() in n.lower() for w in words) for n in picks.notes)
+
+
+# --------------------------------------------------------------------------- Dynamo
+
+
+def test_dynamo_real_table_positions_classes_tomograms():
+    picks = read_picks(DATA / "dynamo" / "t_double.tbl")
+    assert len(picks) == 300
+    # row 1: x y z = 141.28 114.71 163.08, dx dy dz = 2.5178 -3.523 2.1043, 1-based
+    np.testing.assert_allclose(picks.coords[0], [164.1843, 110.187, 142.7978], atol=1e-3)
+    # row 2: x y z = 161.92 97.211 121.46, dx dy dz = 3.2463 1.4558 0.36336
+    np.testing.assert_allclose(picks.coords[1], [120.82336, 97.6668, 164.1663], atol=1e-3)
+    assert picks.class_names == [str(c) for c in range(1, 11)]
+    assert picks.labels[0] == 8 and picks.labels[1] == 1  # classes 9 and 2
+    assert int((picks.labels == 0).sum()) == 34  # 34 rows of class 1
+    assert picks.tomo_names.tolist() == ["1"] * 150 + ["2"] * 150
+    assert len(picks.for_tomogram("2")) == 150
+    assert picks.scores[0] == pytest.approx(0.15858)
+    assert picks.features["tag"][:3].tolist() == [1, 2, 3]
+    assert picks.voxel_size == 1.0
+    assert _has_note(picks, "1-based") and _has_note(picks, "x+dx") and _has_note(picks, "voxel size")
+
+
+def test_dynamo_switches_and_voxel_size(tmp_path):
+    raw = read_picks(
+        DATA / "dynamo" / "t_double.tbl", apply_shifts=False, one_based=False, voxel_size=6.8
+    )
+    np.testing.assert_allclose(raw.coords[0], [163.08, 114.71, 141.28], atol=1e-6)
+    assert raw.features["dx"][0] == pytest.approx(2.5178)
+    assert raw.voxel_size == 6.8
+
+
+def test_dynamo_table_map_names_tomograms(tmp_path):
+    tbl = tmp_path / "t.tbl"
+    tbl.write_bytes((DATA / "dynamo" / "t_double.tbl").read_bytes())
+    (tmp_path / "t.doc").write_text("1 /data/tomo_17.mrc\n2 /data/tomo_18.mrc\n")
+    picks = read_picks(tbl)
+    assert set(picks.tomo_names.tolist()) == {"/data/tomo_17.mrc", "/data/tomo_18.mrc"}
+    assert len(picks.for_tomogram("tomo_17")) == 150
+
+
+def test_dynamo_short_table_and_missing_library(tmp_path, monkeypatch):
+    bad = tmp_path / "short.tbl"
+    bad.write_text("1 1 1 0 0 0\n")
+    with pytest.raises(CryoGuardError, match="at least 26 columns"):
+        read_picks(bad)
+    monkeypatch.setitem(sys.modules, "dynamotable", None)
+    with pytest.raises(CryoGuardError, match=r"install napari-cryoguard\[formats\]"):
+        read_picks(DATA / "dynamo" / "t_double.tbl")
+
+
+# --------------------------------------------------------------------------- IMOD
+
+
+def test_imod_points_model_pixel_centres():
+    picks = read_picks(DATA / "imod" / "points.mod")
+    # points.txt of the same commit: x y z = 1 2 3, 0 1 1, 8 4 5
+    expected_zyx = np.array([[3, 2, 1], [1, 1, 0], [5, 4, 8]], float) - [0, 0.5, 0.5]
+    np.testing.assert_allclose(picks.coords, expected_zyx, atol=1e-6)
+    assert picks.class_names == ["object 1"] and picks.labels.tolist() == [0, 0, 0]
+    assert picks.voxel_size == 1.0 and _has_note(picks, "no physical pixel size")
+    raw = read_picks(DATA / "imod" / "points.mod", pixel_centres=False, voxel_size=3.0)
+    np.testing.assert_allclose(raw.coords[2], [5, 4, 8])
+    assert raw.voxel_size == 3.0
+
+
+def test_imod_objects_and_header_pixel_size():
+    picks = read_picks(DATA / "imod" / "multiple_objects_example.mod")
+    assert len(picks) == 6
+    assert picks.voxel_size == pytest.approx(19.7333, abs=1e-3)  # 1.97333 nm in the header
+    assert picks.class_names == ["chemo-array"]  # objects 2 and 3 share the name
+    assert picks.features["object"].tolist() == [2, 2, 2, 3, 3, 3]
+    # first point x y z = 367.000061 661.833435 134
+    np.testing.assert_allclose(picks.coords[0], [134.0, 661.333435, 366.500061], atol=1e-3)
+    np.testing.assert_allclose(picks.coords[3], [141.0, 358.500122, 783.000122], atol=1e-3)
+
+
+def test_imod_refuses_other_files(tmp_path, monkeypatch):
+    bad = tmp_path / "x.mod"
+    bad.write_bytes(b"IMODV1.2" + b"\x00" * 10)
+    with pytest.raises(CryoGuardError, match="IMOD model"):
+        read_picks(bad)
+    monkeypatch.setitem(sys.modules, "imodmodel", None)
+    with pytest.raises(CryoGuardError, match=r"install napari-cryoguard\[formats\]"):
+        read_picks(DATA / "imod" / "points.mod")
+
+
+# --------------------------------------------------------------------------- copick
+
+
+def test_copick_angstrom_to_voxels():
+    picks = read_picks(DATA / "copick" / "TS_6_4_ribosome.json", voxel_size=10.0)
+    assert len(picks) == 3
+    np.testing.assert_allclose(
+        picks.coords,
+        [[61.9798, 528.8121, 527.4903], [72.6624, 518.1127, 549.3057], [42.1572, 516.8655, 565.6951]],
+        atol=1e-6,
+    )
+    assert picks.class_names == ["ribosome"] and picks.labels.tolist() == [0, 0, 0]
+    assert picks.tomo_names.tolist() == ["TS_6_4"] * 3
+    assert picks.voxel_size == 10.0
+    assert "copick_transformation" not in picks.features  # all identity
+    assert _has_note(picks, "angstrom", "10")
+    at_40 = read_picks(DATA / "copick" / "TS_6_4_ribosome.json", voxel_size=40.0)
+    np.testing.assert_allclose(at_40.coords * 40.0, picks.coords * 10.0)
+
+
+def test_copick_needs_a_voxel_size(tmp_path):
+    with pytest.raises(CryoGuardError, match="voxel_size"):
+        read_picks(DATA / "copick" / "TS_6_4_ribosome.json")
+    text = (DATA / "copick" / "TS_6_4_ribosome.json").read_text()
+    with_spacing = tmp_path / "p.json"
+    with_spacing.write_text(text.replace('"voxel_spacing": null', '"voxel_spacing": 7.84'))
+    picks = read_picks(with_spacing)
+    assert picks.voxel_size == 7.84 and _has_note(picks, "voxel_spacing")
+
+
+def test_copick_orientation_kept_and_bad_values_refused(tmp_path):
+    p = tmp_path / "o.json"
+    p.write_text(
+        '{"pickable_object_name": "a", "user_id": "u", "session_id": "1", "points": ['
+        '{"location": {"x": 10, "y": 20, "z": 30}, "score": 0.5,'
+        ' "transformation_": [[0,-1,0,5],[1,0,0,0],[0,0,1,0],[0,0,0,1]]}]}'
+    )
+    picks = read_picks(p, voxel_size=10)
+    np.testing.assert_allclose(picks.coords, [[3.0, 2.0, 1.0]])
+    assert picks.features["copick_transformation"].shape == (1, 16)
+    assert picks.tomo_names is None and picks.scores.tolist() == [0.5]
+    assert _has_note(picks, "translation")
+    p.write_text('{"pickable_object_name": "a", "points": [{"location": {"x": "1", "y": 2, "z": 3}}]}')
+    with pytest.raises(CryoGuardError, match="location.x must be a number"):
+        read_picks(p, voxel_size=10)
+    p.write_text('{"hello": 1}')
+    with pytest.raises(CryoGuardError, match="not a copick picks file"):
+        read_picks(p, voxel_size=10)
+
+
+# --------------------------------------------------------------------------- crYOLO / TomoTwin
+
+
+def test_cbox_corner_to_centre():
+    picks = read_picks(DATA / "cryolo" / "TS_01.cbox", voxel_size=13.1)
+    assert len(picks) == 3
+    np.testing.assert_allclose(
+        picks.coords,
+        [[88.0, 620.5, 500.0], [101.0, 52.0, 138.75], [12.0, 428.75, 27.0]],  # X + W/2, Y + H/2
+        atol=1e-9,
+    )
+    np.testing.assert_allclose(picks.scores, [0.8731, 0.5412, 0.3020])
+    assert np.isnan(picks.features["est_width"][1])
+    assert picks.tomo_names.tolist() == ["TS_01"] * 3
+    assert picks.voxel_size == 13.1
+    assert _has_note(picks, "lower-left")
+    centres = read_picks(DATA / "cryolo" / "TS_01.cbox", box_corner=False, tomo_name="T")
+    np.testing.assert_allclose(centres.coords[0], [88.0, 602.0, 481.5])
+    assert centres.tomo_names[0] == "T" and centres.voxel_size == 1.0
+
+
+def test_cbox_without_z_is_refused(tmp_path):
+    p = tmp_path / "two_d.cbox"
+    p.write_text(
+        "data_cryolo\n\nloop_\n_CoordinateX #1\n_CoordinateY #2\n_CoordinateZ #3\n_Width #4\n"
+        "_Height #5\n10 20 <NA> 30 30\n"
+    )
+    with pytest.raises(CryoGuardError, match="2-D cbox"):
+        read_picks(p)
+
+
+def test_tomotwin_coords():
+    picks = read_picks(DATA / "cryolo" / "tomotwin_test_coords.coords", voxel_size=10.0)
+    np.testing.assert_allclose(picks.coords, [[3, 2, 1], [6, 5, 4], [9, 8, 7]])
+    assert picks.tomo_names.tolist() == ["tomotwin_test_coords"] * 3
+    assert picks.voxel_size == 10.0
+
+
+# --------------------------------------------------------------------------- foreign tables
+
+
+def test_napari_points_csv_is_zyx():
+    picks = _quiet(DATA / "csv" / "napari_points.csv")
+    np.testing.assert_allclose(picks.coords, [[10.0, 20.5, 30.25], [4, 5, 6], [0, 1.5, 2]])
+    assert picks.features["index"].tolist() == [0.0, 1.0, 2.0]
+    assert _has_note(picks, "axis-0")
+
+
+def test_headerless_whitespace_text_is_xyz():
+    picks = _quiet(DATA / "csv" / "imodmodel_points.txt", voxel_size=2.0)
+    np.testing.assert_allclose(picks.coords, [[3, 2, 1], [1, 1, 0], [5, 4, 8]])
+    assert _has_note(picks, "no header", "x, y, z")
+
+
+@pytest.mark.parametrize(
+    "sep, name", [("\t", "tab"), ("|", "pipe"), (";", "semicolon"), (" ", "whitespace"), (",", "comma")]
+)
+def test_delimiters_are_sniffed(tmp_path, sep, name):
+    p = tmp_path / "t.tsv"
+    rows = [["X", "Y", "Z", "tomo"], ["1.5", "2", "3", "TS_1"], ["4", "5", "6.25", "TS_2"]]
+    p.write_text("\n".join(sep.join(r) for r in rows) + "\n")
+    picks = read_picks(p, voxel_size=5.0)
+    np.testing.assert_allclose(picks.coords, [[3, 2, 1.5], [6.25, 5, 4]])
+    assert picks.tomo_names.tolist() == ["TS_1", "TS_2"]
+    assert _has_note(picks, f"{name}-separated")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "rlnCoordinateX,rlnCoordinateY,rlnCoordinateZ",
+        "coordinate_x,coordinate_y,coordinate_z",
+        "x_coord,y_coord,z_coord",
+        "pos_x,pos_y,pos_z",
+    ],
+)
+def test_coordinate_column_names(tmp_path, header):
+    p = tmp_path / "n.csv"
+    p.write_text(header + "\n1,2,3\n")
+    np.testing.assert_allclose(read_picks(p, voxel_size=1.0).coords, [[3, 2, 1]])
+
+
+def test_zyx_order_by_name(tmp_path):
+    p = tmp_path / "zyx.csv"
+    p.write_text("z,y,x\n1,2,3\n")
+    np.testing.assert_allclose(read_picks(p, voxel_size=1.0).coords, [[1, 2, 3]])
+
+
+def test_angstrom_units(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("x,y,z\n100,200,300\n")
+    with pytest.raises(CryoGuardError, match="voxel_size"):
+        read_picks(p, units="angstrom")
+    picks = read_picks(p, units="angstrom", voxel_size=10.0)
+    np.testing.assert_allclose(picks.coords, [[30, 20, 10]])
+    assert _has_note(picks, "angstrom", "divided")
+    q = tmp_path / "b.csv"
+    q.write_text("rlnCoordinateXAngst,rlnCoordinateYAngst,rlnCoordinateZAngst\n100,200,300\n")
+    with pytest.raises(CryoGuardError, match="Angstrom"):
+        read_picks(q)
+    np.testing.assert_allclose(read_picks(q, voxel_size=20.0).coords, [[15, 10, 5]])
+    with pytest.raises(CryoGuardError, match="units"):
+        read_picks(p, units="nm", voxel_size=1.0)
+
+
+def test_foreign_class_columns(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("x,y,z,rlnClassNumber,confidence\n1,2,3,2,0.9\n4,5,6,0,0.1\n")
+    picks = read_picks(p, voxel_size=1.0)
+    assert picks.labels.tolist() == [1, -1]
+    np.testing.assert_allclose(picks.scores, [0.9, 0.1])
+    assert _has_note(picks, "1-based")
+
+
+# --------------------------------------------------------------------------- hostile tables (issue 11)
+
+
+def test_duplicate_columns_are_refused(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("z,y,x,score,score\n1,2,3,4,5\n")
+    with pytest.raises(CryoGuardError, match="'score' appears more than once"):
+        read_picks(p, voxel_size=1.0)
+    p.write_text("x,y,z,X\n1,2,3,4\n")
+    with pytest.raises(CryoGuardError, match="both name the x coordinate"):
+        read_picks(p, voxel_size=1.0)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    own = write_picks(tmp_path / "own.csv", Picks(coords=[[1.0, 2.0, 3.0]], voxel_size=4.0))
+    own.write_bytes(b"\xef\xbb\xbf" + own.read_bytes())
+    back = read_picks(own)
+    np.testing.assert_array_equal(back.coords, [[1.0, 2.0, 3.0]])
+    assert back.voxel_size == 4.0
+    foreign = tmp_path / "excel.csv"
+    foreign.write_bytes(b"\xef\xbb\xbfX,Y,Z\r\n1,2,3\r\n")
+    np.testing.assert_array_equal(read_picks(foreign, voxel_size=1.0).coords, [[3, 2, 1]])
+
+
+@pytest.mark.parametrize("value", ['"abc"', "5", '["a", 1]', "{}", "not json"])
+def test_class_names_line_must_be_a_list_of_strings(tmp_path, value):
+    p = tmp_path / "c.csv"
+    p.write_text(f"# voxel_size: 1.0\n# class_names: {value}\nz,y,x,label\n1,2,3,0\n")
+    with pytest.raises(CryoGuardError, match="class_names"):
+        read_picks(p)
+
+
+def test_class_names_list_reads(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text('# voxel_size: 1.0\n# class_names: ["abc"]\nz,y,x,label\n1,2,3,0\n')
+    assert read_picks(p).class_names == ["abc"]
+    p.write_text('# voxel_size: 1.0\n# class_names: ["abc"]\nz,y,x,label\n1,2,3,1\n')
+    with pytest.raises(CryoGuardError, match="only 1 class names"):
+        read_picks(p)
+
+
+def test_huge_label_is_refused_before_allocating(tmp_path):
+    p = tmp_path / "big.csv"
+    p.write_text("# voxel_size: 1.0\nz,y,x,label,class_name\n1,2,3,30000000,a\n")
+    t0 = time.perf_counter()
+    with pytest.raises(CryoGuardError, match="limit"):
+        read_picks(p)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_huge_feature_width_is_refused(tmp_path):
+    p = tmp_path / "w.csv"
+    p.write_text('# voxel_size: 1.0\n# features: {"prob": ["<f4", 100000000]}\nz,y,x\n1,2,3\n')
+    with pytest.raises(CryoGuardError, match="width 100000000"):
+        read_picks(p)
+    p.write_text('# voxel_size: 1.0\n# features: {"prob": ["garbage", 0]}\nz,y,x,prob\n1,2,3,4\n')
+    with pytest.raises(CryoGuardError, match="dtype"):
+        read_picks(p)
+
+
+def test_own_csv_round_trip_keeps_notes_empty(tmp_path):
+    picks = Picks(
+        coords=[[1.0, 2.0, 3.0]], labels=[0], class_names=["r"], tomo_names=["TS"],
+        features={"note": np.array(["NaN"])}, voxel_size=2.0,
+    )
+    back = read_picks(write_picks(tmp_path / "p.csv", picks))
+    assert back.features["note"].tolist() == ["NaN"]
+    assert back.notes == []
+    assert back.class_names == ["r"] and back.tomo_names.tolist() == ["TS"]
+
+
+def test_text_that_is_not_a_table(tmp_path):
+    p = tmp_path / "bin.csv"
+    p.write_bytes(b"\xff\xfe\x00\x01garbage")
+    with pytest.raises(CryoGuardError, match="UTF-8"):
+        read_picks(p)
+    q = tmp_path / "two.txt"
+    q.write_text("1 2\n3 4\n")
+    with pytest.raises(CryoGuardError, match="at least 3 columns"):
+        read_picks(q)
