@@ -48,7 +48,8 @@ def test_dynamo_real_table_positions_classes_tomograms():
     assert picks.scores[0] == pytest.approx(0.15858)
     assert picks.features["tag"][:3].tolist() == [1, 2, 3]
     assert picks.voxel_size == 1.0
-    assert _has_note(picks, "1-based") and _has_note(picks, "x+dx") and _has_note(picks, "voxel size")
+    assert _has_note(picks, "1-based") and _has_note(picks, "x+dx")
+    assert _has_note(picks, "voxel size")
 
 
 def test_dynamo_switches_and_voxel_size(tmp_path):
@@ -123,7 +124,11 @@ def test_copick_angstrom_to_voxels():
     assert len(picks) == 3
     np.testing.assert_allclose(
         picks.coords,
-        [[61.9798, 528.8121, 527.4903], [72.6624, 518.1127, 549.3057], [42.1572, 516.8655, 565.6951]],
+        [
+            [61.9798, 528.8121, 527.4903],
+            [72.6624, 518.1127, 549.3057],
+            [42.1572, 516.8655, 565.6951],
+        ],
         atol=1e-6,
     )
     assert picks.class_names == ["ribosome"] and picks.labels.tolist() == [0, 0, 0]
@@ -157,7 +162,9 @@ def test_copick_orientation_kept_and_bad_values_refused(tmp_path):
     assert picks.features["copick_transformation"].shape == (1, 16)
     assert picks.tomo_names is None and picks.scores.tolist() == [0.5]
     assert _has_note(picks, "translation")
-    p.write_text('{"pickable_object_name": "a", "points": [{"location": {"x": "1", "y": 2, "z": 3}}]}')
+    p.write_text(
+        '{"pickable_object_name": "a", "points": [{"location": {"x": "1", "y": 2, "z": 3}}]}'
+    )
     with pytest.raises(CryoGuardError, match="location.x must be a number"):
         read_picks(p, voxel_size=10)
     p.write_text('{"hello": 1}')
@@ -220,7 +227,8 @@ def test_headerless_whitespace_text_is_xyz():
 
 
 @pytest.mark.parametrize(
-    "sep, name", [("\t", "tab"), ("|", "pipe"), (";", "semicolon"), (" ", "whitespace"), (",", "comma")]
+    "sep, name",
+    [("\t", "tab"), ("|", "pipe"), (";", "semicolon"), (" ", "whitespace"), (",", "comma")],
 )
 def test_delimiters_are_sniffed(tmp_path, sep, name):
     p = tmp_path / "t.tsv"
@@ -245,6 +253,18 @@ def test_coordinate_column_names(tmp_path, header):
     p = tmp_path / "n.csv"
     p.write_text(header + "\n1,2,3\n")
     np.testing.assert_allclose(read_picks(p, voxel_size=1.0).coords, [[3, 2, 1]])
+
+
+def test_headerless_with_a_text_column(tmp_path):
+    p = tmp_path / "h.csv"
+    p.write_text("1,2,3,TS_1\n4,5,6,TS_2\n")
+    picks = read_picks(p, voxel_size=1.0)
+    np.testing.assert_allclose(picks.coords, [[3, 2, 1], [6, 5, 4]])
+    assert picks.features["column4"].tolist() == ["TS_1", "TS_2"]
+    q = tmp_path / "forced.csv"
+    q.write_text("1,2,3\n")
+    with pytest.raises(CryoGuardError, match="missing coordinate column"):
+        read_picks(q, header=True, voxel_size=1.0)
 
 
 def test_zyx_order_by_name(tmp_path):
@@ -279,7 +299,7 @@ def test_foreign_class_columns(tmp_path):
     assert _has_note(picks, "1-based")
 
 
-# --------------------------------------------------------------------------- hostile tables (issue 11)
+# --------------------------------------------------------------------------- hostile tables
 
 
 def test_duplicate_columns_are_refused(tmp_path):

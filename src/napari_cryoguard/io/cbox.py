@@ -47,7 +47,9 @@ _NA = {"<na>", "na", "nan", "none", ""}
 
 def _voxel_size(value: Any, path: Path, notes: list[str]) -> float:
     if value is None:
-        notes.append(f"{path.name} does not say its voxel size; assumed 1.0 Angstrom (pass voxel_size=)")
+        notes.append(
+            f"{path.name} does not say its voxel size; assumed 1.0 Angstrom (pass voxel_size=)"
+        )
         return 1.0
     try:
         v = float(value)
@@ -81,7 +83,9 @@ def _cbox_loop(path: Path, text: str) -> tuple[list[str], list[list[str]]]:
             continue
         if line.startswith("_"):
             if rows:
-                raise CryoGuardError(f"{path.name}: a column label follows data rows in data_cryolo")
+                raise CryoGuardError(
+                    f"{path.name}: a column label follows data rows in data_cryolo"
+                )
             labels.append(line.split()[0][1:])
             continue
         if in_loop and labels:
@@ -147,7 +151,9 @@ def read_cbox_picks(
     path = Path(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise CryoGuardError(f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a box file may hold")
+            raise CryoGuardError(
+                f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a box file may hold"
+            )
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as err:
         raise CryoGuardError(f"could not read {path}: {err}") from err
@@ -165,7 +171,7 @@ def read_cbox_picks(
     missing = [a for a in ("coordinatex", "coordinatey", "coordinatez") if a not in norm]
     if missing:
         raise CryoGuardError(
-            f"{path.name}: data_cryolo lacks {', '.join('_' + labels_case(m) for m in missing)}; "
+            f"{path.name}: data_cryolo lacks {', '.join('_' + _label_case(m) for m in missing)}; "
             f"found {', '.join('_' + lab for lab in labels)}"
         )
     cols = list(zip(*rows, strict=True)) if rows else [() for _ in labels]
@@ -214,8 +220,8 @@ def read_cbox_picks(
     )
 
 
-def labels_case(key: str) -> str:
-    return {"coordinatex": "CoordinateX", "coordinatey": "CoordinateY", "coordinatez": "CoordinateZ"}[key]
+def _label_case(key: str) -> str:
+    return {"coordinatex": "CoordinateX", "coordinatey": "CoordinateY"}.get(key, "CoordinateZ")
 
 
 def read_coords_picks(

@@ -54,7 +54,9 @@ def _number(value: Any, what: str, path: Path) -> float:
 def _one_object(path: Path, obj: Any, index: int) -> dict[str, Any]:
     where = "" if index < 0 else f" (entry {index})"
     if not isinstance(obj, dict):
-        raise CryoGuardError(f"{path.name}{where}: expected a copick picks object, got {type(obj).__name__}")
+        raise CryoGuardError(
+            f"{path.name}{where}: expected a copick picks object, got {type(obj).__name__}"
+        )
     if "points" not in obj or "pickable_object_name" not in obj:
         raise CryoGuardError(
             f"{path.name}{where}: not a copick picks file: needs 'pickable_object_name' and "
@@ -62,13 +64,17 @@ def _one_object(path: Path, obj: Any, index: int) -> dict[str, Any]:
         )
     unit = obj.get("unit", "angstrom")
     if unit is not None and str(unit).lower() not in ("angstrom", "a", "angstroms"):
-        raise CryoGuardError(f"{path.name}{where}: unit {unit!r} not understood; copick picks are in 'angstrom'")
+        raise CryoGuardError(
+            f"{path.name}{where}: unit {unit!r} not understood; copick picks are in 'angstrom'"
+        )
     points = obj["points"] or []
     if not isinstance(points, list):
         raise CryoGuardError(f"{path.name}{where}: 'points' must be a list")
     name = obj["pickable_object_name"]
     if not isinstance(name, str):
-        raise CryoGuardError(f"{path.name}{where}: 'pickable_object_name' must be a string, got {name!r}")
+        raise CryoGuardError(
+            f"{path.name}{where}: 'pickable_object_name' must be a string, got {name!r}"
+        )
     run = obj.get("run_name")
     xyz = np.empty((len(points), 3))
     scores = np.ones(len(points))
@@ -132,7 +138,9 @@ def read_copick_picks(
     path = Path(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise CryoGuardError(f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a picks file may hold")
+            raise CryoGuardError(
+                f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a picks file may hold"
+            )
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except OSError as err:
         raise CryoGuardError(f"could not read {path}: {err}") from err
@@ -164,15 +172,18 @@ def read_copick_picks(
         raise CryoGuardError(f"voxel size must be positive and finite, got {voxel_size!r}")
     class_names = list(dict.fromkeys(o["name"] for o in objs))
     lookup = {c: i for i, c in enumerate(class_names)}
-    xyz = np.concatenate([o["xyz"] for o in objs]) if objs else np.zeros((0, 3))
-    mats = np.concatenate([o["mats"] for o in objs]) if objs else np.zeros((0, 16))
-    labels = np.concatenate([np.full(len(o["xyz"]), lookup[o["name"]], np.int64) for o in objs]) if objs else np.zeros(0, np.int64)
-    scores = np.concatenate([o["scores"] for o in objs]) if objs else np.zeros(0)
-    inst = np.concatenate([o["instance"] for o in objs]) if objs else np.zeros(0, np.int64)
-    runs = [o["run"] for o in objs]
+    if not objs:
+        raise CryoGuardError(f"{path.name}: an empty list holds no copick picks")
+    xyz = np.concatenate([o["xyz"] for o in objs])
+    mats = np.concatenate([o["mats"] for o in objs])
+    labels = np.concatenate([np.full(len(o["xyz"]), lookup[o["name"]], np.int64) for o in objs])
+    scores = np.concatenate([o["scores"] for o in objs])
+    inst = np.concatenate([o["instance"] for o in objs])
     tomo_names = None
-    if any(r is not None for r in runs):
-        tomo_names = np.concatenate([np.full(len(o["xyz"]), o["run"] or "", dtype=object) for o in objs]).astype(str)
+    if any(o["run"] is not None for o in objs):
+        tomo_names = np.concatenate(
+            [np.full(len(o["xyz"]), o["run"] or "", dtype=object) for o in objs]
+        ).astype(str)
     coords = xyz[:, ::-1] / voxel_size
     notes.append(
         f"{path.name}: copick locations in Angstrom divided by {voxel_size:g} A per voxel "

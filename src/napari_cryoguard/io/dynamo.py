@@ -119,7 +119,9 @@ def read_dynamo_picks(
     except OSError as err:
         raise CryoGuardError(f"could not read {path}: {err}") from err
     if size > MAX_FILE_BYTES:
-        raise CryoGuardError(f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a table may hold")
+        raise CryoGuardError(
+            f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a table may hold"
+        )
     notes: list[str] = []
     if size == 0 or not path.read_bytes().strip():
         df = None
@@ -143,7 +145,9 @@ def read_dynamo_picks(
             try:
                 values = np.array([complex(str(v).replace("i", "j")).real for v in values])
             except ValueError as err:
-                raise CryoGuardError(f"{path.name}: column {what} must hold numbers: {err}") from err
+                raise CryoGuardError(
+                    f"{path.name}: column {what} must hold numbers: {err}"
+                ) from err
         try:
             out = values.astype(np.float64)
         except (TypeError, ValueError) as err:
@@ -152,7 +156,9 @@ def read_dynamo_picks(
 
     if df is None:
         vs = 1.0 if voxel_size is None else _positive(voxel_size)
-        return Picks(coords=np.zeros((0, 3)), voxel_size=vs, notes=[f"{path.name} holds no particles"])
+        return Picks(
+            coords=np.zeros((0, 3)), voxel_size=vs, notes=[f"{path.name} holds no particles"]
+        )
     x, y, z = col("x", "24 (x)"), col("y", "25 (y)"), col("z", "26 (z)")
     dx, dy, dz = col("dx", "4 (dx)"), col("dy", "5 (dy)"), col("dz", "6 (dz)")
     features: dict[str, np.ndarray] = {"tag": col("tag", "1 (tag)").astype(np.int64)}
@@ -178,7 +184,8 @@ def read_dynamo_picks(
     tomo_idx = col("tomo", "20 (tomo)")
     tmap = _table_map(path)
     names = [
-        tmap.get(int(t), f"{int(t)}" if float(t).is_integer() else f"{t:g}") for t in tomo_idx.tolist()
+        tmap.get(int(t), f"{int(t)}" if float(t).is_integer() else f"{t:g}")
+        for t in tomo_idx.tolist()
     ]
     tomo_names = np.asarray(names, dtype=str)
     notes.append(
@@ -188,7 +195,9 @@ def read_dynamo_picks(
     classes = col("class", "22 (class)")
     distinct = np.unique(classes)
     if len(distinct) > MAX_CLASSES:
-        raise CryoGuardError(f"{path.name}: {len(distinct)} classes, more than the limit of {MAX_CLASSES}")
+        raise CryoGuardError(
+            f"{path.name}: {len(distinct)} classes, more than the limit of {MAX_CLASSES}"
+        )
     labels = np.searchsorted(distinct, classes).astype(np.int64)
     class_names = [f"{int(c)}" if float(c).is_integer() else f"{c:g}" for c in distinct.tolist()]
     if voxel_size is not None:
@@ -201,7 +210,10 @@ def read_dynamo_picks(
             notes.append(f"{path.name}: voxel size {voxel_size:g} A from column 36 (apix)")
         else:
             voxel_size = 1.0
-            notes.append(f"{path.name} does not say its voxel size; assumed 1.0 Angstrom (pass voxel_size=)")
+            notes.append(
+                f"{path.name} does not say its voxel size; assumed 1.0 Angstrom (pass "
+                f"voxel_size=)"
+            )
     return Picks(
         coords=coords,
         scores=scores,

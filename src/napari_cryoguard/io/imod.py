@@ -35,8 +35,13 @@ from napari_cryoguard.io.picks import Picks
 MAX_FILE_BYTES = 1024**3
 MAX_CLASSES = 100_000
 
-_UNIT_EXPONENT_TO_ANGSTROM = {-12: 1e-2, -10: 1.0, -9: 10.0, -6: 1e4, -3: 1e7, -2: 1e8, 1: 1e10, 3: 1e13}
-_UNIT_WORDS = {-12: "pm", -10: "Angstrom", -9: "nm", -6: "micron", -3: "mm", -2: "cm", 1: "m", 3: "km"}
+# IMOD model header ``units``: the power of ten of a metre (0 = pixels, no physical size)
+_UNIT_EXPONENT_TO_ANGSTROM = {
+    -12: 1e-2, -10: 1.0, -9: 10.0, -6: 1e4, -3: 1e7, -2: 1e8, 1: 1e10, 3: 1e13,
+}
+_UNIT_WORDS = {
+    -12: "pm", -10: "Angstrom", -9: "nm", -6: "micron", -3: "mm", -2: "cm", 1: "m", 3: "km",
+}
 
 
 def _positive(value: Any) -> float:
@@ -95,7 +100,9 @@ def read_imod_picks(
     except OSError as err:
         raise CryoGuardError(f"could not read {path}: {err}") from err
     if size > MAX_FILE_BYTES:
-        raise CryoGuardError(f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a model may hold")
+        raise CryoGuardError(
+            f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a model may hold"
+        )
     if not magic.startswith(b"IMOD"):
         raise CryoGuardError(f"{path.name} is not an IMOD model (it does not start with 'IMOD')")
     try:
@@ -134,7 +141,9 @@ def read_imod_picks(
     header = model.header
     zscale = float(getattr(header, "zscale", 1.0) or 1.0)
     if not np.isclose(zscale, 1.0):
-        notes.append(f"{path.name}: the model header has zscale {zscale:g}; z kept as section indices")
+        notes.append(
+            f"{path.name}: the model header has zscale {zscale:g}; z kept as section indices"
+        )
     if voxel_size is not None:
         voxel_size = _positive(voxel_size)
     else:

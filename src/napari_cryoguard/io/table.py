@@ -2,12 +2,13 @@
 
 What is read
 ------------
-* **Delimiter**, sniffed from the first data lines: comma, tab, ``|`` or ``;`` when every
-  line holds the same number of them, otherwise runs of whitespace. ``delimiter=`` forces
+* **Delimiter**, sniffed from the first data lines: of comma, tab, ``|`` and ``;``, the
+  one most frequent in the first line that every sampled line holds; otherwise runs of
+  whitespace. ``delimiter=`` forces
   one (``"whitespace"`` for runs of blanks).
 * **Header**, sniffed: the first row is a header when it names a coordinate column or
-  holds any field that is not a number. A table without header is read as ``x y z``
-  (then further columns become features ``column4``, ``column5``, ...), the order of
+  holds a field that is not a number among its first three. A table without header is
+  read as ``x y z`` (then further columns become features ``column4``, ...), the order of
   TomoTwin / crYOLO ``.coords`` files and of IMOD ``model2point`` output.
 * **Coordinates** by column name, case-insensitive, punctuation ignored: ``x`` / ``y`` /
   ``z``, ``coordinate_x``, ``coord_x``, ``pos_x``, ``position_x``, ``center_x``,
@@ -189,7 +190,9 @@ def _parse(strings: list[str] | np.ndarray, dtype: str | None, what: str, path: 
         try:
             target = np.dtype(dtype)
         except TypeError as err:
-            raise CryoGuardError(f"{path.name}: feature {what!r} has unknown dtype {dtype!r}") from err
+            raise CryoGuardError(
+                f"{path.name}: feature {what!r} has unknown dtype {dtype!r}"
+            ) from err
         try:
             if target.kind == "f":
                 return strings.astype(np.float64).astype(target)
@@ -198,7 +201,9 @@ def _parse(strings: list[str] | np.ndarray, dtype: str | None, what: str, path: 
             if target.kind == "b":
                 return strings.astype(np.int64) != 0
         except (ValueError, OverflowError) as err:
-            raise CryoGuardError(f"{path.name}: column {what!r} should hold {target}: {err}") from err
+            raise CryoGuardError(
+                f"{path.name}: column {what!r} should hold {target}: {err}"
+            ) from err
         raise CryoGuardError(f"{path.name}: feature {what!r} has unsupported dtype {dtype!r}")
     for target in (np.int64, np.float64):
         try:
@@ -260,7 +265,8 @@ def _features_meta(value: str, path: Path, n_columns: int) -> dict[str, tuple[st
             or not isinstance(v[1], int) or isinstance(v[1], bool)
         ):
             raise CryoGuardError(
-                f"{path.name}: feature {k!r} in the '# features:' line must be [dtype, width], got {v!r}"
+                f"{path.name}: feature {k!r} in the '# features:' line must be [dtype, width], "
+                f"got {v!r}"
             )
         if not 0 <= v[1] <= n_columns:
             raise CryoGuardError(
@@ -370,7 +376,7 @@ def read_table_picks(
     rows, delim_name = _rows(path, lines, delimiter)
     first = rows[0]
     if header is None:
-        header = any(_axis_of(f) for f in first) or not all(_is_number(f) for f in first)
+        header = any(_axis_of(f) for f in first) or not all(_is_number(f) for f in first[:3])
     if header:
         names = [h.strip() for h in first]
         body = rows[1:]
@@ -430,7 +436,8 @@ def read_table_picks(
     angstrom_names = {axes[a][1] for a in "zyx"}
     if len(angstrom_names) > 1:
         raise CryoGuardError(
-            f"{path.name}: some coordinate columns are named in Angstrom and some not ({', '.join(zyx)})"
+            f"{path.name}: some coordinate columns are named in Angstrom and some not "
+            f"({', '.join(zyx)})"
         )
     in_angstrom = units == "angstrom" or angstrom_names == {True}
     used = set(zyx)
