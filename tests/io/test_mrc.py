@@ -68,6 +68,11 @@ def test_emd3197_shape_dtype_voxel_size_and_values():
 
 
 def test_emd3001_anisotropic_voxels_warn_and_keep_file_order():
+    """EMD-3001: nx, ny, nz = 73, 43, 25; mx, my, mz = 40, 12, 72; cella = 17.93, 4.71,
+    33.03 Angstrom; mapc, mapr, maps = 3, 1, 2. Per crystal axis the voxel size is
+    X 17.93 / 40 = 0.44825, Y 4.71 / 12 = 0.3925, Z 33.03 / 72 = 0.45875. Columns run along
+    crystal Z (mapc = 3), rows along X (mapr = 1), sections along Y (maps = 2), so the
+    array axes (sections, rows, columns) get (0.3925, 0.44825, 0.45875)."""
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         tomo = read_tomogram(EMD_3001)
@@ -76,14 +81,39 @@ def test_emd3001_anisotropic_voxels_warn_and_keep_file_order():
         assert tomo.shape == (25, 43, 73)
         with mrcfile.open(EMD_3001, permissive=True) as ref:
             np.testing.assert_array_equal(np.asarray(tomo.data), ref.data)
-            vs = ref.voxel_size
-            expected_zyx = (float(vs.z), float(vs.y), float(vs.x))
-        np.testing.assert_allclose(tomo.voxel_size_zyx, expected_zyx, rtol=1e-6)
-        assert tomo.voxel_size == pytest.approx(float(vs.x), rel=1e-6)
-        assert len(set(tomo.voxel_size_zyx)) == 3
-    # the non-standard axis mapping (mapc, mapr, maps = 3, 1, 2) is reported, not applied
+            assert (int(ref.header.mapc), int(ref.header.mapr), int(ref.header.maps)) == (3, 1, 2)
+        assert tomo.voxel_size_zyx == (0.3925, 0.44825, 0.45875)
+        assert tomo.voxel_size == 0.45875  # the columns' (last array axis) voxel size
+        assert any("axis order" in n for n in tomo.notes)
+    # the non-standard axis mapping is reported; the data are not transposed
     assert any("axis order" in str(w.message) for w in record)
     assert sum("anisotropic" in str(w.message) for w in record) == 1
+
+
+def _with_axes(tmp_path, axes, name="axes.mrc"):
+    vol = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    path = _write_raw(tmp_path / name, vol, voxel_size=(2.0, 3.0, 4.0))  # x, y, z
+    with mrcfile.open(path, mode="r+", permissive=True) as mrc:
+        mrc.header.mapc, mrc.header.mapr, mrc.header.maps = axes
+    return path
+
+
+def test_axis_mapping_puts_each_crystal_axis_voxel_size_on_its_array_axis(tmp_path):
+    # voxel sizes X 2, Y 3, Z 4 (mx = nx etc. as mrcfile writes them); sections, rows,
+    # columns hold crystal axes maps, mapr, mapc
+    with read_tomogram(_with_axes(tmp_path, (1, 2, 3))) as tomo:
+        assert tomo.voxel_size_zyx == (4.0, 3.0, 2.0)
+    with pytest.warns(UserWarning, match="axis order"):
+        tomo = read_tomogram(_with_axes(tmp_path, (2, 3, 1), "b.mrc"))
+    with tomo:  # columns = Y (3), rows = Z (4), sections = X (2)
+        assert tomo.voxel_size_zyx == (2.0, 4.0, 3.0)
+
+
+@pytest.mark.parametrize("axes", [(0, 0, 0), (1, 1, 2), (1, 2, 4), (-1, 2, 3)])
+def test_invalid_axis_mapping_is_refused(tmp_path, axes):
+    path = _with_axes(tmp_path, axes)
+    with pytest.raises(CryoGuardError, match=r"invalid MRC axis mapping.*permutation of 1, 2, 3"):
+        read_tomogram(path)
 
 
 def test_zyx_orientation_matches_header_nx_ny_nz(tmp_path):
@@ -103,7 +133,8 @@ def test_suffix_matching_is_case_insensitive(tmp_path):
     with read_tomogram(target) as tomo:
         assert tomo.shape == (20, 20, 20)
         assert tomo.name == "COPY"
-    assert set(TOMOGRAM_SUFFIXES) == {".mrc", ".map", ".rec", ".st"}
+    assert set(TOMOGRAM_SUFFIXES) == {".mrc", ".map", ".rec", ".st", ".zarr", ".tif", ".tiff",
+                                      ".em"}
 
 
 # --------------------------------------------------------------------------- write / read
@@ -297,7 +328,7 @@ def test_tiny_file_is_not_mrc(tmp_path):
 def test_missing_file_and_bad_suffix(tmp_path):
     with pytest.raises(CryoGuardError, match="not found"):
         read_tomogram(tmp_path / "nothing.mrc")
-    other = tmp_path / "vol.tif"
+    other = tmp_path / "vol.png"
     other.write_bytes(b"x")
     with pytest.raises(CryoGuardError, match="suffix"):
         read_tomogram(other)

@@ -11,10 +11,16 @@ Axis order
     The data are returned in file order, ``(sections, rows, columns)`` = ZYX for every
     cryo-ET MRC file (``mapc, mapr, maps = 1, 2, 3``), exactly like ``mrcfile``'s own
     ``data``. Crystallographic maps with another axis mapping are returned in file order
-    too, with a warning; nothing is transposed.
+    too, with a warning; nothing is transposed. ``mapc, mapr, maps`` must be a
+    permutation of 1, 2, 3; anything else (e.g. 0, 0, 0) is refused.
 
 Voxel size
-    ``cella / (mx, my, mz)`` in Angstrom as in the MRC2014 header, reported as the
+    ``cella / (mx, my, mz)`` in Angstrom per *crystal* axis X, Y, Z, as in the MRC2014
+    header, then put on the array axis that holds that crystal axis: columns (the last
+    array axis) run along crystal axis ``mapc``, rows along ``mapr``, sections (the
+    first array axis) along ``maps``. So ``voxel_size_zyx`` is always per array axis
+    ``(sections, rows, columns)``; for EMD-3001 (``mapc, mapr, maps = 3, 1, 2``) it is
+    ``(cella.y / my, cella.x / mx, cella.z / mz)``. Values are reported as the
     shortest decimal that reproduces the float32 header (11.4, not 11.3999996). A zero,
     negative or non-finite voxel size is replaced by the other axes' value, or 1.0 when
     none is valid, with a ``UserWarning`` naming the file. Different values on the three
@@ -28,6 +34,12 @@ Non-finite voxels
     :func:`read_tomogram` does not scan the data (that would defeat lazy opening).
     Use :func:`check_finite` where NaNs matter: picking calls it and rejects volumes
     with non-finite voxels.
+
+Other formats
+    :func:`read_tomogram` also opens OME-Zarr folders (:mod:`napari_cryoguard.io.omezarr`),
+    TIFF stacks (:mod:`napari_cryoguard.io.tiff`) and TOM/AITom ``.em`` files
+    (:mod:`napari_cryoguard.io.em`), chosen by suffix; all return a :class:`Tomogram`
+    whose ``notes`` say what was assumed (e.g. a voxel size not in the file).
 """
 
 from __future__ import annotations
@@ -46,7 +58,19 @@ from mrcfile.dtypes import HEADER_DTYPE
 from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.errors import CryoGuardError
 
-TOMOGRAM_SUFFIXES: tuple[str, ...] = (".mrc", ".map", ".rec", ".st")
+MRC_SUFFIXES: tuple[str, ...] = (".mrc", ".map", ".rec", ".st")
+"""Suffixes read as MRC tomograms (lower case; matching is case-insensitive)."""
+
+OMEZARR_SUFFIXES: tuple[str, ...] = (".zarr",)
+"""Folder suffixes read as OME-Zarr tomograms (``name.zarr``, ``name.ome.zarr``)."""
+
+TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+"""Suffixes read as TIFF stacks."""
+
+EM_SUFFIXES: tuple[str, ...] = (".em",)
+"""Suffixes read as TOM / AITom EM files."""
+
+TOMOGRAM_SUFFIXES: tuple[str, ...] = MRC_SUFFIXES + OMEZARR_SUFFIXES + TIFF_SUFFIXES + EM_SUFFIXES
 """File suffixes read as tomograms (lower case; matching is case-insensitive)."""
 
 STACK_SUFFIXES: tuple[str, ...] = (".mrcs",)
@@ -153,7 +177,10 @@ class Tomogram:
     origin_zyx : tuple of float
         The header origin in Angstrom, ZYX (MRC2014 ``origin`` field).
     mode : int
-        The MRC mode of the file (2 = float32).
+        The MRC mode of the file (2 = float32); 2 for other formats.
+    notes : list of str
+        What the reader assumed or chose, in words for the user (a voxel size not in
+        the file, the multiscale level taken, a unit converted).
     """
 
     data: Any = field(repr=False)
@@ -164,6 +191,7 @@ class Tomogram:
     shape: tuple[int, int, int]
     origin_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0)
     mode: int = 2
+    notes: list[str] = field(default_factory=list)
     _handle: Any = field(default=None, repr=False)
 
     @classmethod
@@ -312,12 +340,29 @@ def _inspect_header(path: Path, file_size: int) -> dict[str, Any]:
         "expected": expected,
         "ispg": int(header["ispg"]),
         "mz": int(header["mz"]),
-        "axes": (int(header["mapc"]), int(header["mapr"]), int(header["maps"])),
+        "axes": _axis_mapping(path, header),
     }
 
 
-def read_tomogram(path: str | os.PathLike, *, allow_stack: bool = False) -> Tomogram:
-    """Open an MRC tomogram lazily: the header is read and the data memory-mapped.
+def _axis_mapping(path: Path, header: Any) -> tuple[int, int, int]:
+    """``(mapc, mapr, maps)``: the crystal axis (1 = X, 2 = Y, 3 = Z) of the columns,
+    rows and sections; CryoGuardError unless it is a permutation of 1, 2, 3."""
+    axes = (int(header["mapc"]), int(header["mapr"]), int(header["maps"]))
+    if sorted(axes) != [1, 2, 3]:
+        raise CryoGuardError(
+            f"{path.name} has an invalid MRC axis mapping: mapc, mapr, maps = {axes}; "
+            "expected a permutation of 1, 2, 3 (1 = X, 2 = Y, 3 = Z)"
+        )
+    return axes
+
+
+def read_tomogram(
+    path: str | os.PathLike,
+    *,
+    allow_stack: bool = False,
+    voxel_size: float | Sequence[float] | None = None,
+) -> Tomogram:
+    """Open a tomogram lazily: MRC (memory-mapped), OME-Zarr, TIFF or TOM ``.em``.
 
     Parameters
     ----------
@@ -325,9 +370,17 @@ def read_tomogram(path: str | os.PathLike, *, allow_stack: bool = False) -> Tomo
         A ``.mrc``, ``.map``, ``.rec`` or ``.st`` file (``.mrcs`` only with
         ``allow_stack``); the suffix is matched case-insensitively. ``.st`` files are
         tilt series: they are read as (tilt, Y, X) stacks without ``allow_stack``.
+        Also an OME-Zarr folder (``.zarr``, see :func:`~napari_cryoguard.io.omezarr.read_omezarr`),
+        a TIFF stack (``.tif``, ``.tiff``, :func:`~napari_cryoguard.io.tiff.read_tiff`)
+        or a TOM / AITom ``.em`` file (:func:`~napari_cryoguard.io.em.read_em`).
     allow_stack : bool
         Accept image stacks (``.mrcs`` files, or a header marking a stack of 2D images:
         space group 0 with ``mz == 1``) and return them as (N, Y, X).
+    voxel_size : float or (z, y, x), optional
+        Angstrom. For OME-Zarr: the multiscale level whose voxel size is nearest to it
+        is opened (default: level 0). For TIFF and ``.em``: the voxel size to use when
+        the file does not state one (when it does, the file wins and a note says so if
+        they differ). Ignored for MRC files, whose header always has one.
 
     Returns
     -------
@@ -354,6 +407,18 @@ def read_tomogram(path: str | os.PathLike, *, allow_stack: bool = False) -> Tomo
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix in OMEZARR_SUFFIXES:
+        from napari_cryoguard.io.omezarr import read_omezarr
+
+        return read_omezarr(path, voxel_size=voxel_size)
+    if suffix in TIFF_SUFFIXES:
+        from napari_cryoguard.io.tiff import read_tiff
+
+        return read_tiff(path, voxel_size=voxel_size)
+    if suffix in EM_SUFFIXES:
+        from napari_cryoguard.io.em import read_em
+
+        return read_em(path, voxel_size=voxel_size)
     if suffix in STACK_SUFFIXES and not allow_stack:
         raise CryoGuardError(
             f"{path.name} is an image stack ({suffix}), not a tomogram; "
@@ -422,12 +487,13 @@ def read_tomogram(path: str | os.PathLike, *, allow_stack: bool = False) -> Tomo
             stacklevel=2,
         )
     if info["axes"] != (1, 2, 3):
-        warnings.warn(
+        msg = (
             f"{name} has axis order mapc, mapr, maps = {info['axes']}; data are returned in "
-            "file order (sections, rows, columns) without transposing",
-            UserWarning,
-            stacklevel=2,
+            "file order (sections, rows, columns) without transposing, with each array "
+            f"axis's own voxel size (sections, rows, columns) = {tomo.voxel_size_zyx} Angstrom"
         )
+        tomo.notes.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
     vs = tomo.voxel_size_zyx
     if not np.allclose(vs, vs[2], rtol=1e-5, atol=0):
         warnings.warn(
@@ -449,10 +515,14 @@ def _tomogram_from_mrc(mrc: Any, path: Path, info: dict[str, Any]) -> Tomogram:
         data = LazyVolume(raw)
 
     header = mrc.header
-    found = tuple(
-        _header_voxel_size(float(header.cella[axis]), int(header[m]))
-        for axis, m in (("z", "mz"), ("y", "my"), ("x", "mx"))
-    )
+    # voxel size along crystal axes X, Y, Z (1, 2, 3) ...
+    crystal = {
+        i + 1: _header_voxel_size(float(header.cella[axis]), int(header[m]))
+        for i, (axis, m) in enumerate((("x", "mx"), ("y", "my"), ("z", "mz")))
+    }
+    # ... put on the array axes (sections, rows, columns) = (maps, mapr, mapc)
+    mapc, mapr, maps = info["axes"]
+    found = (crystal[maps], crystal[mapr], crystal[mapc])
     if info.get("is_stack"):
         found = (found[2],) + found[1:]  # sections of a stack are images: no z spacing
     valid = [v for v in found if v > 0]
@@ -471,7 +541,8 @@ def _tomogram_from_mrc(mrc: Any, path: Path, info: dict[str, Any]) -> Tomogram:
         voxel_zyx = found
 
     origin = mrc.header.origin
-    origin_zyx = tuple(float(origin[k]) for k in ("z", "y", "x"))
+    by_axis = {1: float(origin["x"]), 2: float(origin["y"]), 3: float(origin["z"])}
+    origin_zyx = (by_axis[maps], by_axis[mapr], by_axis[mapc])
     origin_zyx = tuple(v if np.isfinite(v) else 0.0 for v in origin_zyx)
     return Tomogram(
         data=data,
