@@ -1,0 +1,264 @@
+"""Tomograms in OME-Zarr, TIFF and TOM .em through ``read_tomogram``.
+
+The three bundled files (tests/data/{omezarr,em,tiff}, see their NOTICE.md) hold the
+same (16, 24, 32) volume with bright voxels (10.0) at ZYX (4, 6, 8), (10, 16, 20) and
+(12, 8, 26), at 7.5 Angstrom.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cryoguard import CryoGuardError
+from napari_cryoguard.io import read_tomogram
+from napari_cryoguard.io.em import write_em
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ZARR = DATA / "omezarr" / "TS_demo.zarr"
+EM = DATA / "em" / "TS_demo.em"
+TIF = DATA / "tiff" / "TS_demo.tif"
+BRIGHT = [(4, 6, 8), (10, 16, 20), (12, 8, 26)]
+
+
+def _check_bright(data):
+    for z, y, x in BRIGHT:
+        assert float(data[z, y, x]) == 10.0
+    assert float(data[0, 0, 0]) != 10.0
+
+
+# ------------------------------------------------------------------------- OME-Zarr
+
+
+def test_omezarr_level0_is_lazy_with_its_voxel_size():
+    import zarr
+
+    tomo = read_tomogram(ZARR)
+    assert isinstance(tomo.data, zarr.Array)  # not loaded: chunks read on slicing
+    assert tomo.shape == (16, 24, 32)
+    assert tomo.voxel_size_zyx == (7.5, 7.5, 7.5) and tomo.voxel_size == 7.5
+    assert tomo.name == "TS_demo"
+    _check_bright(tomo.data)
+
+
+@pytest.mark.parametrize(("asked", "level", "shape", "size"), [
+    (7.5, "0", (16, 24, 32), 7.5),
+    (10.0, "0", (16, 24, 32), 7.5),   # |log(7.5/10)| = 0.29 < |log(15/10)| = 0.41
+    (12.0, "1", (8, 12, 16), 15.0),
+    (20.0, "1", (8, 12, 16), 15.0),   # |log(15/20)| = 0.29 < |log(30/20)| = 0.41
+    (100.0, "2", (4, 6, 8), 30.0),
+])
+def test_omezarr_opens_the_level_nearest_to_the_asked_voxel_size(asked, level, shape, size):
+    tomo = read_tomogram(ZARR, voxel_size=asked)
+    assert tomo.shape == shape
+    assert tomo.voxel_size_zyx == (size, size, size)
+    assert any(f"opened level {level!r}" in n for n in tomo.notes)
+
+
+def test_omezarr_level1_holds_the_binned_values():
+    full = np.asarray(read_tomogram(ZARR).data)
+    half = np.asarray(read_tomogram(ZARR, voxel_size=15).data)
+    np.testing.assert_allclose(half, full.reshape(8, 2, 12, 2, 16, 2).mean((1, 3, 5)), rtol=1e-6)
+
+
+def _copy_with(tmp_path, edit, name="copy.zarr"):
+    dst = tmp_path / name
+    shutil.copytree(ZARR, dst)
+    attrs = json.loads((dst / ".zattrs").read_text())
+    edit(attrs["multiscales"][0])
+    (dst / ".zattrs").write_text(json.dumps(attrs))
+    return dst
+
+
+def test_omezarr_nanometer_units_are_converted(tmp_path):
+    def to_nm(ms):
+        for a in ms["axes"]:
+            a["unit"] = "nanometer"
+        for i, ds in enumerate(ms["datasets"]):
+            ds["coordinateTransformations"][0]["scale"] = [0.75 * 2**i] * 3
+
+    tomo = read_tomogram(_copy_with(tmp_path, to_nm, "nm.ome.zarr"))
+    assert tomo.voxel_size_zyx == (7.5, 7.5, 7.5)
+    assert tomo.name == "nm"
+    assert any("converted to Angstrom" in n for n in tomo.notes)
+
+
+def test_omezarr_without_units_assumes_angstrom_and_says_so(tmp_path):
+    def drop_units(ms):
+        for a in ms["axes"]:
+            a.pop("unit")
+
+    tomo = read_tomogram(_copy_with(tmp_path, drop_units))
+    assert tomo.voxel_size == 7.5
+    assert any("Angstrom assumed" in n for n in tomo.notes)
+
+
+def test_omezarr_multiscale_level_transform_multiplies(tmp_path):
+    def top(ms):
+        ms["coordinateTransformations"] = [{"type": "scale", "scale": [2.0, 1.0, 1.0]}]
+
+    assert read_tomogram(_copy_with(tmp_path, top)).voxel_size_zyx == (15.0, 7.5, 7.5)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda ms: ms["axes"].reverse(), "z, y, x"),
+    (lambda ms: ms["axes"][0].__setitem__("unit", "parsec"), "unknown length unit 'parsec'"),
+    (lambda ms: ms["datasets"][0].__setitem__("path", "9"), "level '9' is listed but cannot"),
+    (lambda ms: ms["datasets"][0]["coordinateTransformations"][0].__setitem__("scale", [1, 2]),
+     "must hold 3 finite numbers"),
+    (lambda ms: ms["datasets"][0]["coordinateTransformations"][0].__setitem__("scale", [0, 1, 1]),
+     "must be positive"),
+])
+def test_omezarr_bad_metadata_is_one_clear_error(tmp_path, edit, match):
+    with pytest.raises(CryoGuardError, match=match):
+        read_tomogram(_copy_with(tmp_path, edit))
+
+
+def test_omezarr_not_a_multiscale_image(tmp_path):
+    import zarr
+
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
+    with pytest.raises(CryoGuardError, match="no 'multiscales'"):
+        read_tomogram(tmp_path / "plain.zarr")
+    with pytest.raises(CryoGuardError, match="not found"):
+        read_tomogram(tmp_path / "missing.zarr")
+
+
+def test_omezarr_drops_length_one_leading_axes(tmp_path):
+    import zarr
+
+    vol = np.arange(4 * 5 * 6, dtype=np.int16).reshape(1, 1, 4, 5, 6)
+    root = zarr.open_group(str(tmp_path / "tczyx.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=vol.shape, dtype="int16")[:] = vol
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+        *({"name": n, "type": "space", "unit": "nanometer"} for n in "zyx")],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 1, 2.0, 1.0, 1.0]}]}]}]
+    tomo = read_tomogram(tmp_path / "tczyx.zarr")
+    assert tomo.shape == (4, 5, 6)
+    assert tomo.voxel_size_zyx == (20.0, 10.0, 10.0)
+    assert tomo.data.dtype == np.float32
+    assert float(tomo.data[3, 4, 5]) == 119.0
+    np.testing.assert_array_equal(np.asarray(tomo.data), vol[0, 0].astype(np.float32))
+
+
+# ------------------------------------------------------------------------------ TIFF
+
+
+def test_tiff_imagej_voxel_size_in_nm_is_converted():
+    tomo = read_tomogram(TIF)
+    assert isinstance(tomo.data, np.memmap)  # uncompressed: memory-mapped, not loaded
+    assert tomo.shape == (16, 24, 32)
+    assert tomo.voxel_size_zyx == pytest.approx((7.5, 7.5, 7.5), rel=1e-9)
+    assert tomo.name == "TS_demo"
+    _check_bright(tomo.data)
+    assert any("ImageJ metadata" in n for n in tomo.notes)
+
+
+def test_tiff_without_metadata_uses_given_or_one_with_a_note(tmp_path):
+    import tifffile
+
+    path = tmp_path / "plain.tiff"
+    tifffile.imwrite(path, np.ones((3, 4, 5), np.uint16), photometric="minisblack")
+    with pytest.warns(UserWarning, match="assumed 1.0 Angstrom"):
+        tomo = read_tomogram(path)
+    assert tomo.voxel_size_zyx == (1.0, 1.0, 1.0)
+    assert any("assumed 1.0" in n for n in tomo.notes)
+    assert tomo.data.dtype == np.float32 and float(tomo.data[2, 3, 4]) == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tomo = read_tomogram(path, voxel_size=12.0)
+    assert tomo.voxel_size_zyx == (12.0, 12.0, 12.0)
+
+
+def test_ome_tiff_physical_size(tmp_path):
+    import tifffile
+
+    path = tmp_path / "o.ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 4, 5), np.float32), ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "nm",
+        "PhysicalSizeZ": 0.8, "PhysicalSizeZUnit": "nm"})
+    tomo = read_tomogram(path, voxel_size=3.0)
+    assert tomo.voxel_size_zyx == pytest.approx((8.0, 5.0, 5.0))
+    assert tomo.name == "o"
+    assert any("was not used" in n for n in tomo.notes)
+
+
+def test_tiff_2d_and_garbage_are_refused(tmp_path):
+    import tifffile
+
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.zeros((4, 5), np.float32))
+    with pytest.raises(CryoGuardError, match="a tomogram is a 3D"):
+        read_tomogram(flat)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff at all")
+    with pytest.raises(CryoGuardError, match="not a readable TIFF"):
+        read_tomogram(bad)
+
+
+# -------------------------------------------------------------------------------- EM
+
+
+def test_em_header_and_voxels():
+    head = EM.read_bytes()[:16]
+    assert head[0] == 6 and head[3] == 5  # PC little-endian, float32
+    assert np.frombuffer(head[4:16], "<i4").tolist() == [32, 24, 16]  # nx, ny, nz
+    with pytest.warns(UserWarning, match="assumed 1.0 Angstrom"):
+        tomo = read_tomogram(EM)
+    assert isinstance(tomo.data, np.memmap) and not tomo.data.flags.writeable
+    assert tomo.shape == (16, 24, 32)
+    assert tomo.voxel_size == 1.0
+    _check_bright(tomo.data)
+    # byte offset of voxel (z, y, x) = 512 + 4 * (z * 24 * 32 + y * 32 + x)
+    z, y, x = BRIGHT[1]
+    off = 512 + 4 * (z * 24 * 32 + y * 32 + x)
+    assert np.frombuffer(EM.read_bytes()[off:off + 4], "<f4")[0] == 10.0
+    assert read_tomogram(EM, voxel_size=7.5).voxel_size_zyx == (7.5, 7.5, 7.5)
+
+
+def test_em_big_endian_and_int16(tmp_path):
+    vol = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    big = write_em(tmp_path / "big.em", vol, big_endian=True)
+    np.testing.assert_array_equal(np.asarray(read_tomogram(big, voxel_size=2).data), vol)
+    raw = bytearray(512)
+    raw[0], raw[3] = 6, 2
+    raw[4:16] = np.array([4, 3, 2], "<i4").tobytes()
+    path = tmp_path / "short.em"
+    path.write_bytes(bytes(raw) + vol.astype("<i2").tobytes())
+    tomo = read_tomogram(path, voxel_size=2)
+    assert tomo.data.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(tomo.data), vol)
+
+
+@pytest.mark.parametrize(("machine", "dtype", "dims", "extra", "match"), [
+    (9, 5, (4, 3, 2), 0, "machine byte 9"),
+    (6, 8, (4, 3, 2), 0, "complex"),
+    (6, 7, (4, 3, 2), 0, "data type 7"),
+    (6, 5, (4, 3, 0), 0, "invalid EM header"),
+    (6, 5, (4, 3, 2), -8, "truncated"),
+    (6, 5, (4, 3, 1), 0, "2D image"),
+])
+def test_em_bad_headers(tmp_path, machine, dtype, dims, extra, match):
+    raw = bytearray(512)
+    raw[0], raw[3] = machine, dtype
+    raw[4:16] = np.array(dims, "<i4").tobytes()
+    n = int(np.prod(dims)) * 4 + extra
+    path = tmp_path / "bad.em"
+    path.write_bytes(bytes(raw) + b"\0" * max(n, 0))
+    with pytest.raises(CryoGuardError, match=match):
+        read_tomogram(path, voxel_size=1)
+
+
+def test_em_too_short_for_header(tmp_path):
+    path = tmp_path / "tiny.em"
+    path.write_bytes(b"\x06\x00\x00\x05")
+    with pytest.raises(CryoGuardError, match="fewer than the 512-byte EM header"):
+        read_tomogram(path)
