@@ -1,4 +1,5 @@
-"""The reader (tomograms, scaled by voxel size), the picks writer and the sample data."""
+"""The readers (tomograms scaled by voxel size, pick files as Points), the picks writer
+and the sample data."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ import numpy as np
 import pytest
 
 from napari_cryoguard import CryoGuardError
-from napari_cryoguard._napari._reader import get_reader
+from pathlib import Path
+
+from napari_cryoguard._napari._reader import get_picks_reader, get_reader
 from napari_cryoguard._napari._sample_data import simulated_layers
 from napari_cryoguard._napari._writer import points_to_picks, write_picks
-from napari_cryoguard.io import read_picks, write_tomogram
+from napari_cryoguard.io import Picks, read_picks, write_tomogram
+from napari_cryoguard.io import write_picks as write_pick_file
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ZARR = DATA / "omezarr" / "TS_demo.zarr"
+#: bright voxels (value 10) of the bundled TS_demo tomograms, ZYX at 7.5 Angstrom
+BRIGHT = np.array([(4, 6, 8), (10, 16, 20), (12, 8, 26)], dtype=float)
 
 
 def test_reader_returns_lazy_scaled_image(tmp_path):
@@ -26,7 +35,10 @@ def test_reader_returns_lazy_scaled_image(tmp_path):
 
 
 def test_reader_declines_other_files(tmp_path):
-    assert get_reader(str(tmp_path / "x.tif")) is None
+    assert get_reader(str(tmp_path / "x.png")) is None
+    assert get_reader(str(tmp_path)) is None  # a plain folder is not OME-Zarr
+    assert get_picks_reader(str(tmp_path / "x.mrc")) is None
+    assert get_picks_reader(str(tmp_path / "x.png")) is None
     assert get_reader([str(tmp_path / "a.mrc"), str(tmp_path / "b.png")]) is None
 
 
@@ -119,3 +131,124 @@ def test_sample_data_layers():
     assert truth[0].shape == (4, 3)
     assert image[1]["scale"] == truth[1]["scale"]
     assert len(truth[1]["features"]["class"]) == 4
+
+
+# ------------------------------------------------------------ other tomogram formats
+
+
+@pytest.mark.parametrize("rel", ["omezarr/TS_demo.zarr", "tiff/TS_demo.tif", "em/TS_demo.em"])
+def test_reader_opens_omezarr_tiff_em_scaled(rel, recwarn):
+    path = DATA / rel
+    reader = get_reader(str(path))
+    assert reader is not None
+    [(data, kwargs, kind)] = reader(str(path))
+    assert kind == "image" and kwargs["name"] == "TS_demo"
+    # the .em file stores no voxel size: 1.0 (with a note); the others 7.5 Angstrom
+    expected = 1.0 if rel.endswith(".em") else 7.5
+    assert kwargs["scale"] == pytest.approx((expected,) * 3)
+    assert data.shape == (16, 24, 32)
+    for z, y, x in BRIGHT.astype(int):
+        assert float(data[z, y, x]) == 10.0
+
+
+def _two_tomogram_star(tmp_path, voxel_size=15.0, names=("TS_demo", "other")):
+    """Picks on the bright voxels of TS_demo (at ``voxel_size``) plus two of another tomogram."""
+    coords = np.vstack([BRIGHT * 7.5 / voxel_size, [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]]])
+    picks = Picks(coords=coords, scores=[5.0, 4.0, 3.0, 2.0, 1.0],
+                  tomo_names=[names[0]] * 3 + [names[1]] * 2, voxel_size=voxel_size)
+    return write_pick_file(tmp_path / "particles.star", picks)
+
+
+def test_picks_reader_without_viewer_splits_tomograms(tmp_path):
+    path = _two_tomogram_star(tmp_path)
+    reader = get_picks_reader(str(path))
+    assert reader is not None
+    layers = reader(str(path))
+    assert [(lay[1]["name"], len(lay[0]), lay[2]) for lay in layers] == [
+        ("particles TS_demo", 3, "points"), ("particles other", 2, "points")]
+    data, kwargs, _ = layers[0]
+    np.testing.assert_allclose(data, BRIGHT / 2)
+    assert kwargs["scale"] == (15.0, 15.0, 15.0)
+    meta = kwargs["metadata"]
+    assert meta["voxel_size"] == 15.0 and meta["tomo_name"] == "TS_demo"
+    assert meta["source"] == str(path) and isinstance(meta["notes"], list)
+    np.testing.assert_array_equal(kwargs["features"]["score"], [5.0, 4.0, 3.0])
+
+
+def test_picks_reader_reports_bad_files(tmp_path, monkeypatch):
+    import napari.utils.notifications as nt
+
+    seen = []
+    monkeypatch.setattr(nt, "show_error", seen.append)
+    bad = tmp_path / "broken.star"
+    bad.write_text("data_\nloop_\n_rlnCoordinateX #1\nnot-a-number\n")
+    assert get_picks_reader(str(bad))(str(bad)) == [(None,)]
+    assert seen and "broken.star" in seen[-1]
+
+
+def _notes_since(before):
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records[before:]]
+
+
+@pytest.mark.gui
+def test_viewer_opens_omezarr_and_star_picks_on_the_particles(viewer, tmp_path):
+    """An OME-Zarr tomogram at 7.5 Angstrom and a STAR of two tomograms at 15 Angstrom: the
+    Points layer holds only TS_demo's rows, converted to 7.5 Angstrom voxels, and lies on
+    the bright voxels in world coordinates."""
+    from napari.utils.notifications import notification_manager
+
+    [image] = viewer.open(str(ZARR), plugin="napari-cryoguard")
+    assert image.name == "TS_demo" and tuple(image.scale) == (7.5, 7.5, 7.5)
+    path = _two_tomogram_star(tmp_path)
+    before = len(notification_manager.records)
+    [points] = viewer.open(str(path), plugin="napari-cryoguard")
+    messages = _notes_since(before)
+    assert points.name == "particles" and len(points.data) == 3
+    assert tuple(points.scale) == (7.5, 7.5, 7.5)
+    assert points.metadata["voxel_size"] == 7.5 and points.metadata["tomo_name"] == "TS_demo"
+    assert points.metadata["source"] == str(path)
+    assert any("converted" in n for n in points.metadata["notes"])
+    world = np.array([points.data_to_world(c) for c in points.data])
+    np.testing.assert_allclose(world, BRIGHT * 7.5)
+    for w in world:  # the image voxel under each point is a bright one
+        z, y, x = np.round(image.world_to_data(w)).astype(int)
+        assert float(image.data[z, y, x]) == 10.0
+    assert any("converted" in m for m in messages), messages
+
+
+@pytest.mark.gui
+def test_viewer_multi_tomogram_file_without_match_gives_one_layer_per_tomogram(viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    path = _two_tomogram_star(tmp_path, voxel_size=10.0, names=("TS_a", "TS_b"))
+    viewer.open(str(ZARR), plugin="napari-cryoguard")
+    before = len(notification_manager.records)
+    added = viewer.open(str(path), plugin="napari-cryoguard")
+    assert [lay.name for lay in added] == ["particles TS_a", "particles TS_b"]
+    assert [len(lay.data) for lay in added] == [3, 2]
+    assert all(tuple(lay.scale) == (10.0, 10.0, 10.0) for lay in added)
+    messages = _notes_since(before)
+    assert any("2 tomograms" in m and "one Points layer per tomogram" in m for m in messages)
+
+
+@pytest.mark.gui
+def test_viewer_csv_picks_without_tomogram_names_take_the_open_tomogram(viewer, tmp_path):
+    [image] = viewer.open(str(DATA / "tiff" / "TS_demo.tif"), plugin="napari-cryoguard")
+    picks = Picks(coords=BRIGHT, voxel_size=7.5)
+    path = write_pick_file(tmp_path / "picks.csv", picks)
+    [points] = viewer.open(str(path), plugin="napari-cryoguard")
+    assert tuple(points.scale) == pytest.approx(tuple(image.scale))
+    np.testing.assert_allclose(points.data, BRIGHT)
+    assert points.metadata["tomo_name"] == "TS_demo"
+
+
+@pytest.mark.gui
+def test_viewer_bad_pick_file_is_the_packages_sentence(viewer, tmp_path):
+    bad = tmp_path / "empty.csv"
+    bad.write_text("")
+    added, messages = _open_and_notify(viewer, bad, plugin="napari-cryoguard")
+    assert added == [] and len(viewer.layers) == 0
+    assert messages and "empty.csv" in messages[0], messages
+    assert not any("Tried" in m for m in messages)

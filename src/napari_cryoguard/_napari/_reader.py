@@ -1,4 +1,24 @@
-"""napari reader for tomograms (.mrc .map .rec .st): lazy, scaled by the voxel size.
+"""napari readers: tomograms (MRC, OME-Zarr, TIFF, .em) and pick files, in Angstrom.
+
+Tomograms (:func:`get_reader`): ``.mrc .map .rec .st``, OME-Zarr folders (``.zarr``,
+level 0), ``.tif .tiff`` and ``.em``, lazily, as an image layer whose ``scale`` is the
+voxel size in Angstrom (ZYX). What the reader assumed (a voxel size not in the file, a
+unit converted) is shown as an info notification.
+
+Pick files (:func:`get_picks_reader`): every format
+:func:`~napari_cryoguard.io.read_picks` reads (``.star .csv .tsv .tbl .mod .cbox
+.coords .json``), as Points layers following the picks-layer contract of
+:func:`~napari_cryoguard._napari._common.set_picks_layer`: data are ZYX voxel indices
+of a tomogram, ``scale`` its voxel size in Angstrom, metadata ``voxel_size``,
+``tomo_name``, ``class_names``, ``source`` (the file) and ``notes``. When tomograms are
+open in the current viewer, each one whose name matches the file's tomogram names
+(:meth:`~napari_cryoguard.io.Picks.for_tomogram`) gets the rows of that tomogram,
+converted to its voxel size (:meth:`~napari_cryoguard.io.Picks.at_voxel_size`) and drawn
+with its scale and translate, so points lie on the particles in world coordinates. The
+open tomograms' shapes and voxel sizes are also given to the reader as ``tomograms=``
+(what RELION 5 centred coordinates need). A file of several tomograms with no matching
+open tomogram gives one layer per tomogram, ``<file stem> <tomogram>`` (never mixed in
+one layer), and a notification saying so.
 
 Errors come first, in the plugin's own words. napari 0.9 wraps any exception a reader
 function raises in a ``ReaderPluginError`` whose message starts "Tried opening with
@@ -21,23 +41,48 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from napari_cryoguard.io import TOMOGRAM_SUFFIXES, read_tomogram
+from napari_cryoguard.io.mrc import OMEZARR_SUFFIXES
 
 #: what a reader returns to say "read, on purpose no layers" (npe2 / napari convention)
 NO_LAYERS = [(None,)]
 
+PICK_FILE_SUFFIXES: tuple[str, ...] = (
+    ".star", ".csv", ".tsv", ".tbl", ".mod", ".cbox", ".coords", ".json",
+)
+"""Suffixes the napari pick-file reader takes (the manifest's filename patterns)."""
+
 
 def _ours(path) -> bool:
     p = Path(path)
-    return p.suffix.lower() in TOMOGRAM_SUFFIXES and not p.is_dir()
+    suffix = p.suffix.lower()
+    if suffix in OMEZARR_SUFFIXES:
+        return p.is_dir()
+    return suffix in TOMOGRAM_SUFFIXES and not p.is_dir()
 
 
 def get_reader(path):
-    """Return :func:`read_tomogram_layers` for tomogram files (by suffix), else ``None``."""
+    """Return :func:`read_tomogram_layers` for tomograms (by suffix; ``.zarr`` folders),
+    else ``None``."""
     paths = path if isinstance(path, list) else [path]
     if not paths or not all(_ours(p) for p in paths):
         return None
     return read_tomogram_layers
+
+
+def _pick_file(path) -> bool:
+    p = Path(path)
+    return p.suffix.lower() in PICK_FILE_SUFFIXES and not p.is_dir()
+
+
+def get_picks_reader(path):
+    """Return :func:`read_picks_layers` for pick files (by suffix), else ``None``."""
+    paths = path if isinstance(path, list) else [path]
+    if not paths or not all(_pick_file(p) for p in paths):
+        return None
+    return read_picks_layers
 
 
 def tomogram_layer_data(tomo) -> tuple:
@@ -70,9 +115,170 @@ def read_tomogram_layers(path, **_) -> list[tuple]:
     layers = []
     for p in paths:
         try:
-            layers.append(tomogram_layer_data(read_tomogram(p)))
+            tomo = read_tomogram(p)
         except CryoGuardError as exc:
             from napari.utils.notifications import show_error
 
             show_error(str(exc))
+            continue
+        layers.append(tomogram_layer_data(tomo))
+        if tomo.notes:
+            from napari.utils.notifications import show_info
+
+            show_info(" ".join(tomo.notes))
+    return layers or NO_LAYERS
+
+
+# ------------------------------------------------------------------------ pick files
+
+
+def _open_tomograms(viewer) -> list:
+    """The 3D image layers of ``viewer`` (the tomograms picks can be drawn on)."""
+    if viewer is None:
+        return []
+    from napari.layers import Image
+
+    return [lay for lay in viewer.layers
+            if isinstance(lay, Image) and lay.ndim >= 3 and not getattr(lay, "rgb", False)]
+
+
+def _tomograms_arg(images) -> dict | None:
+    """``name -> (shape_zyx, voxel_size)`` of the open tomograms, for ``read_picks``."""
+    from napari_cryoguard._napari._common import voxel_size_of
+
+    out = {}
+    for lay in images:
+        shape = tuple(int(s) for s in lay.data.shape[-3:])
+        out[lay.name] = (shape, voxel_size_of(lay))
+    return out or None
+
+
+def picks_layer_data(picks, name: str, *, source, tomo_name: str, voxel_size: float,
+                     scale=None, translate=None) -> tuple:
+    """The ``(coords, kwargs, "points")`` layer tuple of ``picks`` (ZYX voxels).
+
+    ``scale`` defaults to ``voxel_size`` on every axis; the metadata and the style follow
+    :func:`~napari_cryoguard._napari._common.set_picks_layer` (14-voxel discs drawn out of
+    slice).
+    """
+    import pandas as pd
+
+    n = len(picks)
+    features = pd.DataFrame(index=np.arange(n))
+    if picks.scores is not None:
+        features["score"] = picks.scores
+    names = picks.class_of()
+    if names is not None:
+        features["class"] = pd.Categorical(names, categories=list(dict.fromkeys(
+            [*picks.class_names, *names])))
+    for key, values in picks.features.items():
+        values = np.asarray(values)
+        if values.ndim == 1:
+            features[key] = values
+    if picks.tomo_names is not None and len(picks.tomogram_names()) > 1:
+        features["tomo_name"] = picks.tomo_names
+    scale = tuple(float(v) for v in (scale if scale is not None else (voxel_size,) * 3))
+    kwargs = {
+        "name": name,
+        "scale": scale,
+        "features": features,
+        "metadata": {
+            "voxel_size": float(voxel_size),
+            "tomo_name": tomo_name,
+            "class_names": list(picks.class_names or []),
+            "source": str(source),
+            "notes": list(picks.notes),
+            "diameter": 14.0 * float(voxel_size),
+        },
+        "size": 14.0,
+        "symbol": "disc",
+        "border_color": "yellow",
+        "face_color": "transparent",
+        "border_width": 0.12,
+        "projection_mode": "rescale_spherical",
+    }
+    if translate is not None:
+        kwargs["translate"] = tuple(float(v) for v in translate)
+    return (picks.coords.reshape(-1, 3), kwargs, "points")
+
+
+def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
+    """Layer tuples for one pick file and the messages to show (see module docstring)."""
+    from napari_cryoguard._napari._common import voxel_size_of
+    from napari_cryoguard.io import read_picks, tomo_key
+
+    images = _open_tomograms(viewer)
+    picks = read_picks(path, tomograms=_tomograms_arg(images))
+    stem = path.stem
+    names = picks.tomogram_names()
+    messages: list[str] = []
+    layers: list[tuple] = []
+
+    def on_image(part, image) -> tuple:
+        vs = voxel_size_of(image)
+        part = part.at_voxel_size(vs, source=path.name)
+        return part, picks_layer_data(part, stem, source=path, tomo_name=image.name,
+                                      voxel_size=vs, scale=image.scale[-3:],
+                                      translate=image.translate[-3:])
+
+    keys = {tomo_key(n) for n in names}
+    matched = [img for img in images if tomo_key(img.name) in keys]
+    if matched:
+        for image in matched:
+            part, layer = on_image(picks.for_tomogram(image.name, source=path.name), image)
+            if len(matched) > 1:
+                layer[1]["name"] = f"{stem} {image.name}"
+            layers.append(layer)
+            messages.extend(part.notes)
+    elif len(names) <= 1 and images:
+        # one tomogram (or none named): the active tomogram, else the last opened
+        active = viewer.layers.selection.active if viewer is not None else None
+        image = active if active in images else images[-1]
+        part, layer = on_image(picks.for_tomogram(image.name, source=path.name), image)
+        layers.append(layer)
+        messages.extend(part.notes)
+    elif len(names) > 1:
+        for tomo in names:
+            part = picks.for_tomogram(tomo, source=path.name)
+            layers.append(picks_layer_data(part, f"{stem} {tomo}", source=path, tomo_name=tomo,
+                                           voxel_size=part.voxel_size))
+        messages.extend(picks.notes)
+        opened = ", ".join(repr(i.name) for i in images) or "none"
+        messages.append(
+            f"{path.name} holds picks of {len(names)} tomograms "
+            f"({', '.join(repr(n) for n in names)}) and none matches an open tomogram "
+            f"(open: {opened}); opened one Points layer per tomogram at "
+            f"{picks.voxel_size:g} Angstrom voxels"
+        )
+    else:
+        tomo = names[0] if names else ""
+        layers.append(picks_layer_data(picks, stem, source=path, tomo_name=tomo,
+                                       voxel_size=picks.voxel_size))
+        messages.extend(picks.notes)
+    return layers, messages
+
+
+def read_picks_layers(path, **_) -> list[tuple]:
+    """Read pick files into napari Points layer tuples (see the module docstring).
+
+    A file the package cannot read is an error notification with the package's own
+    sentence and adds no layer; the readers' notes are an info notification.
+    """
+    import napari
+    from napari.utils.notifications import show_error, show_info
+
+    from napari_cryoguard.errors import CryoGuardError
+
+    viewer = napari.current_viewer()
+    paths = path if isinstance(path, list) else [path]
+    layers = []
+    for p in paths:
+        try:
+            found, messages = _picks_layers(Path(p), viewer)
+        except CryoGuardError as exc:
+            show_error(str(exc))
+            continue
+        layers.extend(found)
+        if messages:
+            show_info(" ".join(dict.fromkeys(messages)))
     return layers or NO_LAYERS

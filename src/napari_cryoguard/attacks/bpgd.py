@@ -1,6 +1,6 @@
 """BPGD: PGD followed by a binary search for the decision boundary (IMA Algorithm 3).
 
-Source: ``papers/ima-increasing-margin-adversarial-training.txt``, Algorithm 3 (BPGD)
+Source: Ma & Liang, IMA (arXiv:2005.09147), Algorithm 3 (BPGD)
 with Eq. (1) (the PGD iteration, step ``alpha * eps / N_PGD``) and Algorithm 2 (the
 margin of a sample is the distance ``||x - x_n||_p`` to the boundary point ``x_n``;
 margins are clipped to ``eps_max``). IMA trains with 20-PGD (``N_PGD = 20``,

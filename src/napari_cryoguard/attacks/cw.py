@@ -2,10 +2,10 @@
 
 Sources
 -------
-* ``papers/rat-regularized-adversarial-training-cb3d.txt`` section IV.C: CW "searches
+* Wu et al., RAT (IEEE BIBM 2019) section IV.C: CW "searches
   for the adversarial images that the disparity between these images and raw images is
   as small as possible while the adversarial samples are misclassified" (the L2 form).
-* ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 2.1: the L-inf
+* Sun et al., MIRST-DM (MICCAI 2022) section 2.1: the L-inf
   version is "similar to the PGD attack excepting the loss function"; section 4
   (attack settings): eps = 5/255 = 0.0196, at most 10 iterations, step 0.001.
 """

@@ -1,6 +1,6 @@
 """DeepFool (Moosavi-Dezfooli et al. 2016) in L2 and L-inf: a minimal perturbation attack.
 
-Source: ``papers/rat-regularized-adversarial-training-cb3d.txt`` section IV.C ("DeepFool
+Source: Wu et al., RAT (IEEE BIBM 2019) section IV.C ("DeepFool
 L2/L-inf approximates the model with a linear classifier and finds the closest
 projection of the original image onto the space of misclassification").
 """

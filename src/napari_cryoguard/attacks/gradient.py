@@ -2,13 +2,13 @@
 
 Sources
 -------
-* ``papers/rat-regularized-adversarial-training-cb3d.txt`` section IV.C (FGSM against
+* Wu et al., RAT (IEEE BIBM 2019) section IV.C (FGSM against
   CB3D, max eps 0.03; Table II also 0.06 and 0.12) and Eq. (3) (the iterative sign
   update with eps 0.01, step 0.001, 10 steps used for training).
-* ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 2.1 and Eq. (3)
+* Sun et al., MIRST-DM (MICCAI 2022) section 2.1 and Eq. (3)
   (PGD: sign step, projection on [x - eps, x + eps]; evaluation eps 5/255, 20 steps,
   step 0.001).
-* ``papers/ima-increasing-margin-adversarial-training.txt`` Eq. (1) (PGD in L-inf or L2:
+* Ma & Liang, IMA (arXiv:2005.09147) Eq. (1) (PGD in L-inf or L2:
   sign or L2-normalised gradient, clip to the eps-ball; random start; "100-PGD" run
   with both the cross-entropy and the margin loss).
 """

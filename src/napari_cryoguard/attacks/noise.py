@@ -1,6 +1,6 @@
 """Decision-based noise attacks: additive uniform noise and salt-and-pepper noise.
 
-Source: ``papers/rat-regularized-adversarial-training-cb3d.txt`` section IV.C --
+Source: Wu et al., RAT (IEEE BIBM 2019) section IV.C --
 "Additive Uniform Noise Attack: the standard deviation of noise gradually increases
 until misclassified"; "Salt and Pepper Noise Attack repeatedly adds the salt and pepper
 noise to the image until misclassified". Both are decision-based (they use only the

@@ -1,6 +1,6 @@
 """``at``: PGD adversarial training, and the inner-maximisation helpers the other defenses share.
 
-Source: ``papers/rat-regularized-adversarial-training-cb3d.txt`` section III.C, Eq. (2)-(4)
+Source: Wu et al., RAT (IEEE BIBM 2019) section III.C, Eq. (2)-(4)
 (Madry et al.'s min-max objective; adversarial examples by the sign-gradient iteration of
 Eq. (3), starting "from a random perturbation around the examples in a l-inf ball") and
 section IV.B (eps = 0.01, step mu = 0.001, 10 steps, the perturbation range

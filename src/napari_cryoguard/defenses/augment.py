@@ -1,9 +1,9 @@
 """3D augmentations of subtomogram batches, for SimCLR's positive pairs.
 
-Source: ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 3.3 (SimCLR
+Source: Sun et al., MIRST-DM (MICCAI 2022) section 3.3 (SimCLR
 pairs every image with an augmented copy); the augmentations themselves are our choice
 for cryo-ET subtomograms, which have no preferred orientation but a missing wedge fixed
-to the microscope frame (``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt``
+to the microscope frame (Che et al. 2018 (CB3D)
 section 2.2):
 
 * rotations by multiples of 90 degrees about a random axis (Z, Y or X) -- exact

@@ -1,6 +1,6 @@
 """``gr`` and ``llr``: gradient regularisation and local linearity regularisation.
 
-Source: ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 2.1 (the
+Source: Sun et al., MIRST-DM (MICCAI 2022) section 2.1 (the
 defenses MIRST-DM compares with) and section 4.1 (their weights).
 
 * **GR** (Ross & Doshi-Velez, MIRST-DM [2]): "introduces the L2 norm of gradients with

@@ -1,6 +1,6 @@
 """``ima``: Increasing-Margin Adversarial training with per-sample margins.
 
-Source: ``papers/ima-increasing-margin-adversarial-training.txt``, Algorithms 1-3 and the
+Source: Ma & Liang, IMA (arXiv:2005.09147), Algorithms 1-3 and the
 "Experiments on Classification" settings (``beta = 0.5``, ``N_PGD = 20``,
 ``N_binary = 10``, PGD ``alpha = 4``).
 
@@ -34,7 +34,7 @@ rows, addressed by ``batch.index`` (validation rows keep ``delta``); the trainer
 them in the checkpoint as ``extra.defense.margins`` (with ``extra.defense.delta``) and
 :meth:`IMA.load_state_tensors` restores them on resume. Units: the norm's, in
 normalised intensity units. ``eps_max`` = 0.03 is our choice for z-scored subtomograms
-(the largest FGSM budget of ``papers/rat-regularized-adversarial-training-cb3d.txt``
+(the largest FGSM budget of Wu et al., RAT (IEEE BIBM 2019)
 IV.C); the IMA paper picks ``eps_max`` per dataset. BPGD runs in eval mode (see
 :mod:`napari_cryoguard.defenses.at`).
 """

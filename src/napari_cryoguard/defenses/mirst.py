@@ -1,6 +1,6 @@
 """``rst`` and ``mirst``: (multi-instance) robust self-training, MIRST-DM.
 
-Source: ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 3.1, Eq. (1)-(3),
+Source: Sun et al., MIRST-DM (MICCAI 2022) section 3.1, Eq. (1)-(3),
 and section 4.1 for the settings.
 
 * **RST** (supervised form, Eq. (1); the paper uses "only labeled images and a loss

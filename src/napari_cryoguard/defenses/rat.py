@@ -1,6 +1,6 @@
 """``rat``: Regularized Adversarial Training (RAT), the defense proposed for CB3D.
 
-Source: ``papers/rat-regularized-adversarial-training-cb3d.txt`` section III.C, Eq. (1)
+Source: Wu et al., RAT (IEEE BIBM 2019) section III.C, Eq. (1)
 and (3)-(6), Algorithm 1, and section IV.B for the settings. Eq. (1):
 
     min_theta E [ max_{x_adv in B(x, eps1)} [ CE(f(x_adv), y)

@@ -1,6 +1,6 @@
 """``semi``: joint reconstruction + classification training of the autoencoding classifier.
 
-Source: ``papers/semi-supervised-3d-autoencoding-classifier.txt``, Eq. 1-3 and
+Source: Liu et al., 3D autoencoding classifier (BMVC 2019), Eq. 1-3 and
 Algorithm 1. For every training sample the decoder's reconstruction is scored with the
 voxel-mean squared error (Eq. 1); a *labelled* sample adds the cross-entropy of the
 classifier branch (Eq. 2) in the joint loss ``alpha * MSE + beta * CE`` (Eq. 3,

@@ -1,6 +1,6 @@
 """``simclr``: contrastive pre-training of a classifier's feature extractor (NT-Xent).
 
-Source: ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 3.3, Eq. (4)
+Source: Sun et al., MIRST-DM (MICCAI 2022) section 3.3, Eq. (4)
 (SimCLR: every sample of a minibatch of N is paired with an augmented copy; each pair is
 positive, the other 2(N - 1) views are negatives), and section 4.3 (a SimCLR-pretrained
 backbone improves both the generalisation and the robustness of every defense)::

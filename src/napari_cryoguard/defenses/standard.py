@@ -1,8 +1,8 @@
 """``standard``: plain cross-entropy training, the baseline every defense is compared to.
 
-The CB3D paper (``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.3)
+The CB3D paper (Che et al. 2018 (CB3D) section 2.3)
 minimises the categorical cross-entropy; the RAT paper
-(``papers/rat-regularized-adversarial-training-cb3d.txt`` section IV.B) uses the same
+(Wu et al., RAT (IEEE BIBM 2019) section IV.B) uses the same
 loss as the first term of its objective (Eq. 1). Unlabelled samples (label -1) are
 ignored.
 """

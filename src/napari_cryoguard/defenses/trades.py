@@ -1,9 +1,9 @@
 """``trades``: TRADES, a natural loss plus a KL robustness regulariser.
 
-Sources: ``papers/rat-regularized-adversarial-training-cb3d.txt`` sections II and III.C
+Sources: Wu et al., RAT (IEEE BIBM 2019) sections II and III.C
 (TRADES [31]: "the natural loss encouraging the improvement of accuracy, and the robust
 loss encouraging the amelioration of robustness"; compared with AT and RAT in IV.C) and
-``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 2.1 (a soft
+Sun et al., MIRST-DM (MICCAI 2022) section 2.1 (a soft
 regularisation term "to minimize the difference of outputs between the clean image and
 the crafted image") and section 4.1 (the weight of the adversarial term in TRADES is 1).
 The objective, in the form of the TRADES reference code (STYLE.md):

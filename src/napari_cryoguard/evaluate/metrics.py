@@ -2,14 +2,14 @@
 
 Sources
 -------
-* ``papers/mirst-dm-multi-instance-robust-self-training.txt`` section 4.1: F1 score and
+* Sun et al., MIRST-DM (MICCAI 2022) section 4.1: F1 score and
   sensitivity (recall) under attack. The paper's task is binary; for our multi-class
   subtomograms we report them per class and as the unweighted mean over the classes
   present in the labels ("macro" F1 / sensitivity; the macro sensitivity is the
   balanced accuracy).
-* ``papers/semi-supervised-3d-autoencoding-classifier.txt`` Eq. 1 and Table 3: the
+* Liu et al., 3D autoencoding classifier (BMVC 2019) Eq. 1 and Table 3: the
   reconstruction error is the voxel-mean squared error, averaged over the test set.
-* ``papers/ima-increasing-margin-adversarial-training.txt`` Fig. 9 (middle): the
+* Ma & Liang, IMA (arXiv:2005.09147) Fig. 9 (middle): the
   distribution of per-sample margins, summarised by :func:`margin_summary`.
 
 Conventions: labels and predictions are 0-based class indices; labels < 0 (unknown)

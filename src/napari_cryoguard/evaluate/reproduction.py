@@ -4,19 +4,19 @@ Five parts, each a reduced version of one paper's experiment, trained and evalua
 data from :func:`napari_cryoguard.simulate.simulate_subtomograms` (5 classes, the
 bundled templates):
 
-a. ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` Table 1: accuracy of CB3D,
+a. Che et al. 2018 (CB3D) Table 1: accuracy of CB3D,
    DSRF3D-v2 and RB3D vs SNR and tilt range.
-b. ``papers/semi-supervised-3d-autoencoding-classifier.txt`` Tables 2-3: the
+b. Liu et al., 3D autoencoding classifier (BMVC 2019) Tables 2-3: the
    autoencoding classifier trained semi-supervised vs the same network's classifier
    branch trained on the labelled samples only, at 5/10/20 % labels; reconstruction
    MSE vs a plain 3D autoencoder.
-c. ``papers/rat-regularized-adversarial-training-cb3d.txt`` Tables I-II: natural vs AT
+c. Wu et al., RAT (IEEE BIBM 2019) Tables I-II: natural vs AT
    vs TRADES vs RAT training; adversarial examples of the natural model (Table I) and
    white-box FGSM at eps 0.03/0.06/0.12 (Table II).
-d. ``papers/mirst-dm-multi-instance-robust-self-training.txt`` Tables 1 and 3: baseline,
+d. Sun et al., MIRST-DM (MICCAI 2022) Tables 1 and 3: baseline,
    RST, MIRST, each with and without drop-max, under FGSM/PGD/CW at eps 5/255 (F1 and
    sensitivity).
-e. ``papers/ima-increasing-margin-adversarial-training.txt`` Fig. 9: IMA vs AT (and
+e. Ma & Liang, IMA (arXiv:2005.09147) Fig. 9: IMA vs AT (and
    natural training) under 100-PGD (CE and margin loss), with margin estimates.
 
 For each comparison the paper claims a direction (A better than B); the report puts our

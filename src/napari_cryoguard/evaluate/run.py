@@ -10,7 +10,7 @@ Robust accuracy, the headline number, is the fraction of samples classified corr
 both clean and after the attack (an attack is never credited with fixing a wrong
 prediction). ``adv_accuracy`` is the plain accuracy on the adversarial volumes, and
 ``adv_macro_f1`` / ``adv_macro_sensitivity`` are computed from the predictions on the
-adversarial volumes, as in ``papers/mirst-dm-multi-instance-robust-self-training.txt``
+adversarial volumes, as in Sun et al., MIRST-DM (MICCAI 2022)
 Tables 1-3.
 
 Resuming: the unit of work is a *cell* -- (model, sanity), (model, clean), (model,

@@ -20,7 +20,7 @@ An attack spec is a plain dict::
 * ``variants``: every variant runs (with ``params`` updated by it) and a sample counts
   as robust only if it survives all of them, e.g. IMA's 100-PGD "run twice, with the
   margin loss and the cross-entropy loss"
-  (``papers/ima-increasing-margin-adversarial-training.txt``, Experiments).
+  (Ma & Liang, IMA (arXiv:2005.09147), Experiments).
 
 Budgets are in normalised units (z-scored subtomograms, DESIGN.md conventions).
 """
@@ -46,7 +46,7 @@ __all__ = [
 #: Attacks that search for a minimal perturbation (one run gives the whole curve).
 MINIMAL_ATTACKS = ("deepfool", "cw", "uniform_noise", "salt_pepper", "bpgd")
 
-#: FGSM budgets of ``papers/rat-regularized-adversarial-training-cb3d.txt`` Table II.
+#: FGSM budgets of Wu et al., RAT (IEEE BIBM 2019) Table II.
 RAT_FGSM_EPS = (0.01, 0.03, 0.06, 0.12)
 
 

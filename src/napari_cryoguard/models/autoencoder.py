@@ -1,6 +1,6 @@
 """The 3D autoencoding classifier for semi-supervised subtomogram classification.
 
-Source: ``papers/semi-supervised-3d-autoencoding-classifier.txt`` sections 3.1-3.2,
+Source: Liu et al., 3D autoencoding classifier (BMVC 2019) sections 3.1-3.2,
 Fig. 2 and Algorithm 1. Three parts share one encoder:
 
 * Encoder3D: 3x3x3 convolutions of 32 filters, each with ReLU and a 2x2x2 max pool

@@ -1,7 +1,7 @@
 """CB3D: the C3D-based subtomogram classifier.
 
-Sources: ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.1.3 and
-Fig. 3; ``papers/rat-regularized-adversarial-training-cb3d.txt`` section III.B (the
+Sources: Che et al. 2018 (CB3D) section 2.1.3 and
+Fig. 3; Wu et al., RAT (IEEE BIBM 2019) section III.B (the
 model RAT, AT and TRADES defend). Eight 3x3x3 convolutions with ReLU in five groups
 (1, 1, 2, 2, 2 convolutions), each group closed by a max pool -- the first one
 1x2x2 with stride (1, 2, 2), the others 2x2x2 -- then two fully connected layers

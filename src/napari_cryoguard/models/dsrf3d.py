@@ -1,6 +1,6 @@
 """DSRF3D-v2: the VGG-like "deep small receptive field" subtomogram classifier.
 
-Source: ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.1.1 and
+Source: Che et al. 2018 (CB3D) section 2.1.1 and
 Fig. 1: three sets of two 3x3x3 convolutions (ReLU) and a 2x2x2 max pool with
 stride 2, then two fully connected layers of 1024 units with 70 % dropout after
 each, then the output layer (softmax at inference only).

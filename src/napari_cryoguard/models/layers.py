@@ -1,6 +1,6 @@
 """Pooling layers shared by the classifiers: the drop-max layer of MIRST-DM.
 
-Source: ``papers/mirst-dm-multi-instance-robust-self-training.txt``, section 3.2
+Source: Sun et al., MIRST-DM (MICCAI 2022), section 3.2
 ("Drop-Max Layer"): in every pooling window the maximum is removed and the second
 largest value is passed on, so that a perturbation that pushes one voxel up cannot
 travel through the pooling layer on its own. The paper replaces only the *first*

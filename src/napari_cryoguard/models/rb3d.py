@@ -1,6 +1,6 @@
 """RB3D: the residual-block subtomogram classifier.
 
-Source: ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.1.2 and
+Source: Che et al. 2018 (CB3D) section 2.1.2 and
 Fig. 2: a convolution, ReLU and 2x2x2 max pool, then four bottleneck residual
 blocks -- one path 1x1x1 (reduce) -> 3x3x3 -> 1x1x1 (restore), the "shortcut" path
 a single 3x3x3 convolution, the two paths merged at the end of the block -- then two

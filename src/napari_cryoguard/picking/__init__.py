@@ -1,7 +1,7 @@
 """Particle picking (Difference of Gaussian) and subtomogram extraction.
 
 ``dog_filter`` / ``pick_particles`` / ``iter_pick_particles`` follow the RAT paper's
-picking (``papers/rat-regularized-adversarial-training-cb3d.txt``, section IV.A);
+picking (Wu et al., RAT (IEEE BIBM 2019), section IV.A);
 ``extract_subtomograms`` cuts normalised cubes around the picks; ``sigma_from_diameter``
 turns a particle diameter into the DoG's sigma and ``choose_polarity`` finds whether
 the protein is white or black.

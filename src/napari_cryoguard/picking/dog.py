@@ -1,10 +1,10 @@
 """Difference-of-Gaussian (DoG) particle picking.
 
-The picker follows the RAT paper (``papers/rat-regularized-adversarial-training-cb3d.txt``,
+The picker follows the RAT paper (Wu et al., RAT (IEEE BIBM 2019),
 section IV.A): "potential structural regions" are the peaks of a Difference of Gaussian
 with ``s1 = 7.0`` and ``k = 1.1``, and 28^3 subvolumes are then cut around them
 (:func:`napari_cryoguard.picking.extract_subtomograms`). The semi-supervised paper
-(``papers/semi-supervised-3d-autoencoding-classifier.txt``, section 4.1) picks the
+(Liu et al., 3D autoencoding classifier (BMVC 2019), section 4.1) picks the
 same way.
 
 Defaults, and choosing sigma
@@ -254,7 +254,7 @@ def dog_filter(
     """Difference of Gaussian of a volume, bright blobs positive.
 
     ``G(sigma1) * V - G(k * sigma1) * V`` with Gaussians truncated at 4 sigma and reflecting
-    borders (RAT paper, ``papers/rat-regularized-adversarial-training-cb3d.txt``,
+    borders (RAT paper, Wu et al., RAT (IEEE BIBM 2019),
     section IV.A: ``s1 = 7.0``, ``k = 1.1``, the defaults; see the module
     docstring). Separable filtering; the second Gaussian is
     obtained as a further blur of the first by ``sqrt(k^2 - 1) * sigma1``.
@@ -524,7 +524,7 @@ def pick_particles(
     """Pick particles as peaks of a Difference of Gaussian.
 
     Method and defaults from the RAT paper
-    (``papers/rat-regularized-adversarial-training-cb3d.txt``, section IV.A: DoG with
+    (Wu et al., RAT (IEEE BIBM 2019), section IV.A: DoG with
     ``s1 = 7.0``, ``k = 1.1``, then 28^3 subvolumes), which are the defaults; the module
     docstring says how to choose ``sigma1`` for other particle sizes and describes the
     binned, chunked computation.

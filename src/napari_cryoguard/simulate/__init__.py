@@ -3,7 +3,7 @@
 Templates (:mod:`.templates`), image formation (:mod:`.physics`: rotation, missing
 wedge, CTF, noise at a target SNR), whole tomograms (:mod:`.tomogram`) and subtomogram
 stacks (:mod:`.subtomograms`), after
-``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.2.
+Che et al. 2018 (CB3D) section 2.2.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Image-formation pieces of the subtomogram simulator, each a small pure function.
 
-Following ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.2: density
+Following Che et al. 2018 (CB3D) section 2.2: density
 maps are randomly rotated and translated, filtered by the contrast transfer function
 (CTF, Eq. 2; spherical aberration 2 mm, defocus -5 um, 300 kV), limited by the missing
 wedge of a tilt series (+-60, +-50, +-40 degrees), and noise is added at a target

@@ -1,6 +1,6 @@
 """Labelled stacks of simulated subtomograms, the papers' training data.
 
-``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.2: for each
+Che et al. 2018 (CB3D) section 2.2: for each
 macromolecular complex, subtomograms containing a randomly rotated and translated
 particle, imaged with CTF (Eq. 2) and a missing wedge, with noise at SNR 0.5 to 0.01,
 and optionally a class with no macromolecule. The RAT paper

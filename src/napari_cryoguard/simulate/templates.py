@@ -2,7 +2,7 @@
 
 The templates are density maps at 10 Å per voxel from the polnet project (see
 ``napari_cryoguard/data/templates/SOURCE.md`` and ``LICENSE``), in the spirit of the
-simulation in ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.2
+simulation in Che et al. 2018 (CB3D) section 2.2
 (density maps of PDB structures at about 1 nm resolution, 40^3 boxes).
 
 A loaded template is

@@ -2,7 +2,7 @@
 
 Particles (bundled templates, see :mod:`napari_cryoguard.simulate.templates`) are
 placed at random non-overlapping positions with random 3D rotations and random classes,
-then imaged as in ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.2:
+then imaged as in Che et al. 2018 (CB3D) section 2.2:
 CTF (Eq. 2; -5 µm defocus, Cs 2 mm, 300 kV), missing wedge (+-60 degrees by default),
 Gaussian noise at a target SNR = var(signal) / var(noise).
 
