@@ -16,9 +16,20 @@ a seeded, resumable, cancellable loop:
   :mod:`napari_cryoguard.attacks`; then an atomic checkpoint;
 * early stopping on the validation loss (the semi-supervised paper section 4 and
   the CB3D paper section 2.3 stop on it), keeping the best weights;
-* optimizer state, early-stopping state and best weights in a second atomic file,
-  ``<out stem>.state.safetensors``, so ``resume=`` continues exactly where a run
-  stopped (even mid-epoch after a cancel, by skipping the steps already done).
+* optimizer state, early-stopping state, best weights and the random-number
+  generators' states in a second atomic file, ``<out stem>.state.safetensors``, so
+  ``resume=`` continues exactly where a run stopped (even mid-epoch after a cancel, by
+  skipping the steps already done and restoring the generators and the partial epoch
+  sums of the cancelled step).
+
+The checkpoint and its state file are one consistent pair: both carry the same
+``state_token``. The state is written first to ``<stem>.state.pending.safetensors``,
+then the checkpoint, then the pending file is renamed over the state file; a kill at
+any point leaves a checkpoint whose token is held by one of the two state files, and
+:meth:`Trainer.restore` loads the one that matches (with a note when it had to take
+the pending one). Orphan temporary files of killed writes in the output folder are
+removed when a run starts, and the output path is checked (not a folder, writable)
+before any data is read.
 
 Defaults: Adam at lr 1e-4 and batch size 16 (RAT paper section IV.B; the
 semi-supervised paper section 4 also uses Adam at 1e-4); ``optimizer="sgd"`` is SGD
@@ -35,7 +46,9 @@ import inspect
 import json
 import math
 import os
+import random
 import signal
+import tempfile
 import sys
 import threading
 import time
@@ -49,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_cryoguard._atomic import atomic_output
+from napari_cryoguard._atomic import atomic_output, remove_orphans
 from napari_cryoguard.defenses import distributed as ddp
 from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, get_defense
 from napari_cryoguard.defenses.events import EventWriter
@@ -62,6 +75,7 @@ __all__ = [
     "build_parser",
     "load_training_state",
     "parse_simulate_spec",
+    "pending_state_path_for",
     "split_indices",
     "state_path_for",
     "train",
@@ -321,6 +335,10 @@ def _as_dataset(data: Any) -> tuple[Any, dict[str, Any]]:
         )
     if not (ds.labels >= 0).any():
         raise CryoGuardError("every sample of the dataset is unlabelled (-1)")
+    if "path" not in info:  # load_dataset has checked a file already
+        from napari_cryoguard.data import require_finite
+
+        require_finite(ds.volumes, "the training subtomograms")
     info.update(n=len(ds), cube=ds.cube, num_classes=ds.num_classes)
     return ds, info
 
@@ -351,9 +369,72 @@ def state_path_for(checkpoint: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{stem}.state.safetensors")
 
 
+def pending_state_path_for(checkpoint: str | os.PathLike[str]) -> Path:
+    """``a/b.safetensors`` -> ``a/b.state.pending.safetensors``.
+
+    The state of a checkpoint being written; renamed to :func:`state_path_for` once
+    the checkpoint is in place. Found after a kill between the two renames, it is the
+    state that belongs to the (new) checkpoint.
+    """
+    p = state_path_for(checkpoint)
+    return p.with_name(p.name[: -len(".safetensors")] + ".pending.safetensors")
+
+
 def _checkpoint_path(out: str | os.PathLike[str]) -> Path:
     p = Path(out)
     return p if p.suffix == ".safetensors" else p.with_name(p.name + ".safetensors")
+
+
+def _check_output(path: Path) -> None:
+    """Refuse an output path that cannot be written, before any training is done."""
+    if path.is_dir():
+        raise CryoGuardError(f"the output {path} is a folder; give a .safetensors file path")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CryoGuardError(
+            f"cannot write the checkpoint {path}: {exc.strerror or exc} (in {parent})"
+        ) from exc
+    for p in (state_path_for(path), pending_state_path_for(path)):
+        if p.is_dir():
+            raise CryoGuardError(f"{p} is a folder; the training state is written there")
+
+
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The states of torch's, numpy's and Python's global generators (tensors, JSON)."""
+    tensors = {"rng.torch": torch.get_rng_state().clone()}
+    if device.type == "cuda" and torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device).clone()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
+    version, pstate, gauss = random.getstate()
+    meta = {
+        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached": float(cached)},
+        "python": {"version": version, "state": list(pstate), "gauss": gauss},
+    }
+    return tensors, meta
+
+
+def _set_rng_state(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], device: torch.device
+) -> None:
+    """Put the generators back in the state :func:`_rng_state` recorded."""
+    torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
+    if "rng.cuda" in tensors and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"].to(torch.uint8), device)
+    if "rng.numpy" in tensors and "numpy" in meta:
+        n = meta["numpy"]
+        keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+        np.random.set_state((n["kind"], keys, int(n["pos"]), int(n["has_gauss"]),
+                             float(n["cached"])))
+    if "python" in meta:
+        py = meta["python"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -494,6 +575,10 @@ class Trainer:
         self.run_id = uuid.uuid4().hex
         self.start_epoch = 0
         self.skip_steps = 0
+        #: (tensors, meta) of the generators at a cancelled step, restored at resume
+        self._resume_rng: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+        #: the cancelled epoch's loss sums so far (summed over ranks), for its history
+        self._resume_partial: dict[str, Any] | None = None
         self._robust_disabled = False
         lr = recipe.resolved_lr()
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
@@ -550,16 +635,37 @@ class Trainer:
         dstate = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
         if dstate:
             self.defense.load_state_tensors({k: v.to(self.device) for k, v in dstate.items()})
+        partial = meta.get("partial_epoch")
+        if self.skip_steps and isinstance(partial, dict) and self.ctx.is_main:
+            self._resume_partial = partial
         token = meta.get("state_token")
         src = meta.get("_resume_path")
         spath = state_path_for(src) if src else None
-        if spath is None or not spath.is_file():
+        pending = pending_state_path_for(src) if src else None
+        found = [p for p in (spath, pending) if p is not None and p.is_file()]
+        if not found:
             self.note(f"no optimizer state found next to {src}; the optimizer starts afresh")
             return
-        tensors, smeta = load_training_state(spath)
-        if token is None or smeta.get("state_token") != token:
+        chosen = None
+        for candidate in found:
+            tensors, smeta = load_training_state(candidate)
+            if token is not None and smeta.get("state_token") == token:
+                chosen = candidate
+                break
+        if chosen is None:
             self.note(f"{spath.name} does not belong to this checkpoint; optimizer starts afresh")
             return
+        with contextlib.suppress(OSError):
+            if not self.ctx.is_main:
+                pass
+            elif chosen == pending:
+                self.note(
+                    f"took the optimizer state of {Path(str(src)).name} from {pending.name} "
+                    "(the previous run stopped between writing the checkpoint and its state)"
+                )
+                os.replace(pending, spath)  # the pair is complete again
+            elif pending is not None and pending.is_file():
+                os.unlink(pending)  # the state of a checkpoint that was never written
         try:
             self.optimizer.load_state_dict(_unflatten_optimizer(tensors, smeta["optimizer"]))
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -571,6 +677,16 @@ class Trainer:
         self.bad_epochs = int(tstate.get("bad_epochs", 0))
         best_w = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.best_state = best_w or None
+        scaler = smeta.get("scaler")
+        if scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(scaler)
+        rng_t = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+        if self.skip_steps and rng_t and smeta.get("rng") is not None:
+            if self.world_size > 1:
+                self.note("resuming mid-epoch under DDP: the random streams of the ranks "
+                          "restart from their epoch seed, so the run may differ slightly")
+            else:
+                self._resume_rng = (rng_t, dict(smeta["rng"]))
 
     # -- checkpointing --------------------------------------------------------
     def _metadata(self, cancelled: bool, step_in_epoch: int, weights_epoch: int) -> dict:
@@ -613,11 +729,16 @@ class Trainer:
         step_in_epoch: int = 0,
         weights_epoch: int | None = None,
         extra_meta: Mapping[str, Any] | None = None,
+        partial: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write the state file, then the checkpoint (rank 0 only); emit ``checkpoint``.
+        """Write the state, then the checkpoint (rank 0 only); emit ``checkpoint``.
 
         ``weights_epoch`` records which epoch's weights the file holds (the best one
-        after early stopping; the last completed one otherwise).
+        after early stopping; the last completed one otherwise). ``partial`` (a
+        cancelled epoch's loss sums so far) goes into the checkpoint, and the
+        generators' states into the state file, so that a resume continues the epoch
+        exactly. The state goes to the pending file first and is renamed over the
+        state file once the checkpoint is in place (see the module docstring).
         """
         if not self.ctx.is_main:
             return self.out
@@ -625,6 +746,8 @@ class Trainer:
 
         token = f"{self.run_id}:{self.epoch_done}:{step_in_epoch}:{time.time_ns()}"
         tensors, ometa = _flatten_optimizer(self.optimizer)
+        rng_t, rng_meta = _rng_state(self.device)
+        tensors.update(rng_t)
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         smeta = {
@@ -635,16 +758,33 @@ class Trainer:
                 "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs,
             },
+            "rng": rng_meta,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
-        if self.save_state:
-            _atomic_save_tensors(self.state_path, tensors, smeta)
         meta = self._metadata(
             cancelled, step_in_epoch, self.epoch_done if weights_epoch is None else weights_epoch
         )
         meta.update(extra_meta or {})
         meta["state_token"] = token
+        if partial is not None:
+            meta["partial_epoch"] = dict(partial)
         extra = {f"defense.{k}": v for k, v in self.defense.state_tensors().items()}
-        path = save_checkpoint(self.out, self.raw_model, meta, extra_tensors=extra)
+        pending = pending_state_path_for(self.out)
+        written = False
+        try:
+            if self.save_state:
+                _atomic_save_tensors(pending, tensors, smeta)
+            path = save_checkpoint(self.out, self.raw_model, meta, extra_tensors=extra)
+            written = True
+            if self.save_state:
+                os.replace(pending, self.state_path)
+        except OSError as exc:
+            if not written:  # the old checkpoint and its state stay the consistent pair
+                with contextlib.suppress(OSError):
+                    os.unlink(pending)
+            raise CryoGuardError(
+                f"cannot write the checkpoint {self.out}: {exc.strerror or exc}"
+            ) from exc
         self.events.emit("checkpoint", path=str(path), epoch=self.epoch_done)
         return path
 
@@ -732,6 +872,11 @@ class Trainer:
         flag = 1.0 if self._cancel() else 0.0
         return ddp.all_reduce_max(self.ctx, flag) > 0
 
+    def _apply_resume_rng(self) -> None:
+        if self._resume_rng is not None:
+            _set_rng_state(*self._resume_rng, self.device)
+            self._resume_rng = None
+
     def run(self, progress: Callable[[dict], None] | None = None) -> TrainResult:
         """Train from ``start_epoch`` to ``recipe.epochs``; see :func:`train`."""
         from torch.utils.data import BatchSampler, DataLoader
@@ -772,9 +917,17 @@ class Trainer:
             skip = self.skip_steps if epoch == self.start_epoch else 0
             sums: dict[str, float] = {}
             loss_sum = count = 0.0
+            if skip and self._resume_partial is not None:
+                part = self._resume_partial
+                loss_sum = float(part.get("loss_sum", 0.0))
+                count = float(part.get("count", 0.0))
+                sums = {str(k): float(v) for k, v in (part.get("sums") or {}).items()}
+            self._resume_partial = None
             for step, (x, y, idx) in enumerate(loader):
                 if step < skip:
                     continue
+                if step == skip:
+                    self._apply_resume_rng()  # the streams as they were after the last step
                 batch = Batch(
                     x=x.to(self.device, non_blocking=True),
                     y=y.to(self.device, non_blocking=True),
@@ -802,7 +955,16 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + float(v) * n
                 self.events.step(epoch + 1, step + 1, steps, value, epochs=r.epochs)
                 if self._cancelled():
-                    path = self.save(cancelled=True, step_in_epoch=step + 1)
+                    keys = sorted(sums)
+                    red = ddp.all_reduce_sum(
+                        self.ctx, [loss_sum, count, *[sums[k] for k in keys]]
+                    )
+                    partial = {
+                        "loss_sum": red[0],
+                        "count": red[1],
+                        "sums": dict(zip(keys, red[2:], strict=True)),
+                    }
+                    path = self.save(cancelled=True, step_in_epoch=step + 1, partial=partial)
                     self.events.emit("cancelled", path=str(path), epoch=epoch + 1, step=step + 1)
                     ddp.barrier(self.ctx)
                     return TrainResult(
@@ -814,15 +976,17 @@ class Trainer:
                         cancelled=True,
                         state_path=self.state_path if self.ctx.is_main and self.save_state else None,
                     )
+            self._apply_resume_rng()  # cancelled at the epoch's last step: nothing ran above
             self.skip_steps = 0
             keys = sorted(sums)
             red = ddp.all_reduce_sum(self.ctx, [loss_sum, count, *[sums[k] for k in keys]])
             total = red[1]
             self.defense.on_epoch_end(self)
             metrics: dict[str, Any] = {"epoch": epoch + 1}
-            metrics["train_loss"] = red[0] / total if total else math.nan
-            for k, v in zip(keys, red[2:], strict=True):
-                metrics[f"train_{k}"] = v / total if total else math.nan
+            if total:  # (a resumed epoch with every step done before: no sums to show)
+                metrics["train_loss"] = red[0] / total
+                for k, v in zip(keys, red[2:], strict=True):
+                    metrics[f"train_{k}"] = v / total
             metrics.update(self._evaluate(epoch))
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             metrics["seconds"] = time.monotonic() - t0
@@ -984,6 +1148,9 @@ def train(
         if out is None:
             raise CryoGuardError("train() needs out=: where to write the checkpoint")
         out_path = _checkpoint_path(out)
+        if ctx.is_main:
+            _check_output(out_path)
+            remove_orphans(out_path.parent)  # of writes killed in an earlier run
         ds, info = _as_dataset(dataset_or_path)
 
         resume_meta: dict[str, Any] | None = None
@@ -1495,6 +1662,30 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _stored_data(
+    resume: str, stored: Mapping[str, Any]
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The training data a checkpoint names: (dataset path, None) or (None, simulation)."""
+    training = stored.get("training")
+    info = training.get("dataset") if isinstance(training, Mapping) else None
+    if isinstance(info, Mapping):
+        path = info.get("path")
+        if isinstance(path, str) and path:
+            if not Path(path).is_file():
+                raise CryoGuardError(
+                    f"{resume} was trained on {path}, which is no longer there; "
+                    "give the data with --data DATASET"
+                )
+            return path, None
+        sim = info.get("simulated")
+        if isinstance(sim, Mapping) and sim:
+            return None, dict(sim)
+    raise CryoGuardError(
+        f"{resume} does not say where its training data is (it was in memory); "
+        "give it with --data DATASET or --simulate SPEC"
+    )
+
+
 def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Event) -> TrainResult:
     from napari_cryoguard.models import load_checkpoint, tiny_params
 
@@ -1536,18 +1727,21 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
         value = getattr(args, opt)
         if value is not None:
             rp[key] = value
+    sim_kw: dict[str, Any] | None = None
+    data: Any = args.data
     if args.data is None and args.simulate is None:
-        raise CryoGuardError("give the training data: --data DATASET or --simulate SPEC")
+        if not args.resume:
+            raise CryoGuardError("give the training data: --data DATASET or --simulate SPEC")
+        data, sim_kw = _stored_data(args.resume, stored)
     if args.simulate is not None:
+        sim_kw = parse_simulate_spec(args.simulate)
+    if sim_kw is not None:
         from napari_cryoguard.simulate import simulate_subtomograms
 
-        kw = parse_simulate_spec(args.simulate)
         try:
-            data: Any = simulate_subtomograms(**kw)
+            data = simulate_subtomograms(**sim_kw)
         except (TypeError, ValueError) as exc:
-            raise CryoGuardError(f"--simulate {args.simulate!r}: {exc}") from exc
-    else:
-        data = args.data
+            raise CryoGuardError(f"simulating the data {sim_kw!r}: {exc}") from exc
     out = args.out or args.resume or f"cryoguard-{model_name}-{defense_name}.safetensors"
     if args.step_interval < 0:
         raise CryoGuardError(f"--step-interval must be >= 0, got {args.step_interval!r}")
