@@ -183,6 +183,19 @@ def _want_picks(path, command: str) -> None:
                 lambda kind: kind.startswith(("a pick file", "a CSV table")))
 
 
+def _add_picks_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tomograms", dest="tomograms_star", default=None, metavar="STAR",
+                   help="RELION 5 tomograms.star or optimisation_set.star: each tomogram's size "
+                   "and pixel size, needed for rlnCenteredCoordinate*Angst picks")
+    p.add_argument("--picks-voxel-size", type=float, default=None, metavar="A",
+                   help="voxel size in Angstrom of the tomogram the picks were made in, when "
+                   "the file does not say (default: what the file says)")
+    p.add_argument("--keep-origins", action="store_true",
+                   help="STAR: keep rlnOrigin* shifts as features instead of applying them")
+    p.add_argument("--units", choices=["voxel", "angstrom"], default=None,
+                   help="CSV: unit of the coordinates (default: voxel)")
+
+
 def _data_option(argv: Sequence[str]) -> str | None:
     """The value of ``--data`` in a train/evaluate command line (None when absent)."""
     for i, arg in enumerate(argv):
@@ -224,7 +237,8 @@ def cmd_pick(args: argparse.Namespace) -> dict:
         per_tomo[name] = int(len(picks))
         voxel_size = vs if voxel_size is None else voxel_size
         all_picks.append(picks)
-        _log(args, f"{name}: {len(picks)} picks in {timings[name]:.2f} s")
+        _log(args, f"{name}: {len(picks)} picks in {timings[name]:.2f} s"
+                   + (" (polarity chosen automatically)" if args.polarity == "auto" else ""))
     merged = Picks(
         coords=np.concatenate([p.coords for p in all_picks]),
         scores=np.concatenate([p.scores for p in all_picks]),
@@ -236,13 +250,65 @@ def cmd_pick(args: argparse.Namespace) -> dict:
             "seconds": {"pick": timings}}
 
 
+def _picks_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments for :func:`napari_cryoguard.io.read_picks` from the command line.
+
+    An option is passed only when the user gave it, so readers that do not know it yet
+    (``apply_origins`` of STAR, ``units`` of CSV) are not handed it needlessly.
+    """
+    kw: dict = {}
+    if getattr(args, "picks_voxel_size", None) is not None:
+        kw["voxel_size"] = args.picks_voxel_size
+    if getattr(args, "tomograms_star", None):
+        kw["tomograms"] = args.tomograms_star
+    if getattr(args, "keep_origins", False):
+        kw["apply_origins"] = False
+    if getattr(args, "units", None):
+        kw["units"] = args.units
+    return kw
+
+
+def _read_picks_cli(args: argparse.Namespace, path):
+    from napari_cryoguard.io import read_picks
+
+    try:
+        return read_picks(path, **_picks_options(args))
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        # a reader that does not take one of the options given
+        raise CryoGuardError(f"{path}: this kind of pick file does not take that option "
+                             f"({exc}); leave it out for this file") from exc
+
+
+def picks_for_tomogram(picks, tomo, source: str):
+    """The rows of ``picks`` that belong to ``tomo``, at ``tomo``'s voxel size.
+
+    Rows are matched by tomogram name (:meth:`~napari_cryoguard.io.Picks.for_tomogram`,
+    a clear error listing the names when none match) and converted to the tomogram's
+    voxel size (:meth:`~napari_cryoguard.io.Picks.at_voxel_size`), so picks at 10 A on
+    a 20 A tomogram land at the same place in Angstrom. Notes say what was done.
+    """
+    picks = picks.for_tomogram(tomo.name, source=source)
+    return picks.at_voxel_size(tomo.voxel_size, source=source)
+
+
+def _notes_of(*objs) -> list[str]:
+    notes: list[str] = []
+    for obj in objs:
+        for note in getattr(obj, "notes", None) or []:
+            if note not in notes:
+                notes.append(str(note))
+    return notes
+
+
 @_command("extract")
 def cmd_extract(args: argparse.Namespace) -> dict:
-    from napari_cryoguard.io import read_picks, read_tomogram
+    from napari_cryoguard.io import read_tomogram
 
     _want_tomogram(args.tomogram, "extract")
     _want_picks(args.picks, "extract --picks")
-    picks = read_picks(args.picks)
+    picks = _read_picks_cli(args, args.picks)
     with read_tomogram(args.tomogram) as tomo:
         return _extract_from(args, tomo, picks)
 
@@ -252,14 +318,10 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
     from napari_cryoguard.picking import extract_subtomograms
 
     n_in_file = len(picks)
-    if picks.tomo_names is not None and len(picks):
-        names = set(picks.tomo_names.tolist())
-        if tomo.name in names:
-            picks = picks.subset(picks.tomo_names == tomo.name)
-        elif len(names) > 1:
-            raise CryoGuardError(
-                f"{args.picks} holds picks of {len(names)} tomograms ({', '.join(sorted(names)[:5])}) "
-                f"but none named {tomo.name!r}")
+    picks = picks_for_tomogram(picks, tomo, source=Path(args.picks).name)
+    notes = _notes_of(tomo, picks)
+    for note in notes:
+        _log(args, f"note: {note}")
     t0 = time.perf_counter()
     sub = extract_subtomograms(tomo.data, picks.coords, size=args.size,
                                normalize=not args.no_normalize, border=args.border)
@@ -274,13 +336,16 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
         voxel_size=tomo.voxel_size,
         normalized=sub.normalized,
         meta={"source": "extract", "tomogram": str(args.tomogram), "picks": str(args.picks),
-              "border": args.border, "n_skipped": int(sub.n_skipped)},
+              "border": args.border, "n_skipped": int(sub.n_skipped), "notes": notes},
     )
     out = save_dataset(args.out, ds)
     _log(args, f"wrote {out}: {len(ds)} subtomograms of {args.size}^3 from {tomo.name}"
-               f" ({sub.n_skipped} skipped near the border)")
+               f" ({len(picks)} of {n_in_file} picks in the file belong to it,"
+               f" {sub.n_skipped} skipped near the border)")
     return {"dataset": str(out), "n": int(len(ds)), "n_skipped": int(sub.n_skipped),
-            "n_picks_in_file": int(n_in_file), "size": int(args.size),
+            "n_picks_in_file": int(n_in_file), "n_picks_used": int(len(picks)),
+            "tomogram": tomo.name, "voxel_size": float(tomo.voxel_size),
+            "size": int(args.size), "notes": notes,
             "normalized": bool(sub.normalized), "seconds": {"extract": round(t_ex, 4)}}
 
 
@@ -489,12 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--border", type=float, default=None,
                    help="exclude picks closer than this to the border, in voxels (default: 14, half a 28 cube)")
     p.add_argument("--mask", default=None, help="optional mask MRC (same shape; picks only where mask > 0)")
-    p.add_argument("--polarity", choices=["bright", "dark"], default="bright",
-                   help="particle contrast: bright (density convention, the simulator) or dark (raw tomograms)")
+    p.add_argument("--polarity", choices=["bright", "dark", "auto"], default="bright",
+                   help="particle contrast: bright (density convention, the simulator), dark "
+                   "(raw tomograms) or auto (tries both, keeps the sign whose peaks stand out)")
 
     p = add("extract", "extract subtomogram cubes around picks into a dataset file")
     p.add_argument("tomogram", help="tomogram file")
-    p.add_argument("--picks", required=True, help="picks (.star or .csv); rows for other tomograms are ignored")
+    p.add_argument("--picks", required=True,
+                   help="picks (.star .csv .json .tbl .mod .cbox .coords); only the rows of this "
+                   "tomogram (matched by name) are used, converted to its voxel size")
+    _add_picks_options(p)
     p.add_argument("--out", required=True, help="output dataset file (.npz)")
     p.add_argument("--size", type=int, default=28, help="cube edge in voxels (even or odd)")
     p.add_argument("--border", choices=["skip", "pad"], default="skip",

@@ -37,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "load_default",
     "save_checkpoint",
+    "validate_metadata",
 ]
 
 FORMAT_VERSION = 1
@@ -47,6 +48,13 @@ _DEFAULT_NAMES = ("cb3d-default", "ae-default")
 _ALIASES = {"default": "cb3d-default"}
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 _ARCH_KEYS = ("arch", "arch_params", "num_classes", "cube")
+
+#: Values of the ``normalization`` field: ``"zscore"`` (per-sample zero mean, unit
+#: variance, applied before the model) or ``"none"`` (the model takes the raw values).
+NORMALIZATIONS = ("zscore", "none")
+#: Bounds checked on loading, before anything is allocated (DESIGN.md, "Limits").
+MAX_CLASSES = 10000
+CUBE_RANGE = (4, 512)
 
 
 def _json_default(obj: Any) -> Any:
@@ -158,6 +166,8 @@ def save_checkpoint(
         header_json = json.dumps(header, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise CryoGuardError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
+    # what is written must read back: the same schema as on loading
+    validate_metadata(json.loads(header_json), source=f"writing {Path(path).name}")
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     for name, value in (extra_tensors or {}).items():
@@ -275,15 +285,7 @@ def load_checkpoint(
     else:
         tensors, meta = _read_safetensors(path)
 
-    missing = [k for k in _ARCH_KEYS if k not in meta]
-    if missing:
-        raise CryoGuardError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
-    version = meta.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CryoGuardError(
-            f"{path} has checkpoint format {version!r}; this napari-cryoguard reads up to "
-            f"{FORMAT_VERSION}: please upgrade"
-        )
+    validate_metadata(meta, source=str(path))
     arch = str(meta["arch"])
     if expect_arch is not None and _norm(arch) != _norm(expect_arch):
         raise CryoGuardError(
@@ -301,6 +303,7 @@ def load_checkpoint(
 
     extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    _check_finite(state, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -314,6 +317,101 @@ def load_checkpoint(
     model.eval()
     meta["extra_tensors"] = extra
     return model, meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_metadata(meta: Any, *, source: str = "checkpoint") -> None:
+    """Check a checkpoint's metadata against its schema, before building anything.
+
+    The schema: a JSON object with ``format_version`` (int, 1 .. ``FORMAT_VERSION``),
+    ``arch`` (str), ``arch_params`` (object; bounded by
+    :func:`~napari_cryoguard.models.build_model`), ``num_classes`` (int, 2 ..
+    ``MAX_CLASSES`` = 10000), ``cube`` (int in ``CUBE_RANGE`` = [4, 512]),
+    ``class_names`` (list of ``num_classes`` str, optional), ``normalization`` (one of
+    ``NORMALIZATIONS``, optional, default ``"zscore"``), ``voxel_size`` (positive finite
+    number of Angstrom, or null), ``training`` and ``metrics`` (objects, optional).
+
+    Raises
+    ------
+    CryoGuardError
+        One sentence naming the first field that breaks the schema, what was found and
+        what is expected.
+    """
+
+    def bad(field: str, expected: str) -> CryoGuardError:
+        found = repr(meta.get(field)) if isinstance(meta, dict) else repr(meta)
+        if len(found) > 80:
+            found = found[:77] + "..."
+        return CryoGuardError(
+            f"{source}: checkpoint metadata field {field!r} is {found}; expected {expected}"
+        )
+
+    if not isinstance(meta, dict):
+        raise CryoGuardError(
+            f"{source}: checkpoint metadata must be a JSON object, got {type(meta).__name__}"
+        )
+    missing = [k for k in _ARCH_KEYS if k not in meta]
+    if missing:
+        raise CryoGuardError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or version < 1:
+        raise bad("format_version", f"an integer from 1 to {FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
+        raise CryoGuardError(
+            f"{source} has checkpoint format {version!r}; this napari-cryoguard reads up to "
+            f"{FORMAT_VERSION}: please upgrade"
+        )
+    if not isinstance(meta["arch"], str) or not meta["arch"].strip():
+        raise bad("arch", "the name of an architecture (text)")
+    if not isinstance(meta["arch_params"], dict):
+        raise bad("arch_params", "an object of architecture parameters")
+    n = meta["num_classes"]
+    if not _is_int(n) or not 2 <= n <= MAX_CLASSES:
+        raise bad("num_classes", f"an integer from 2 to {MAX_CLASSES}")
+    cube = meta["cube"]
+    if not _is_int(cube) or not CUBE_RANGE[0] <= cube <= CUBE_RANGE[1]:
+        raise bad("cube", f"an integer from {CUBE_RANGE[0]} to {CUBE_RANGE[1]} voxels")
+    if "class_names" in meta and meta["class_names"] is not None:
+        names = meta["class_names"]
+        if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+            raise bad("class_names", f"a list of {n} class names (text)")
+        if len(names) != n:
+            raise CryoGuardError(
+                f"{source}: checkpoint metadata field 'class_names' has {len(names)} names; "
+                f"expected num_classes = {n}"
+            )
+    norm = meta.get("normalization", "zscore")
+    if norm not in NORMALIZATIONS:
+        raise bad("normalization", "one of " + ", ".join(repr(v) for v in NORMALIZATIONS))
+    vs = meta.get("voxel_size")
+    if vs is not None and (
+        isinstance(vs, bool) or not isinstance(vs, (int, float)) or not np.isfinite(vs) or vs <= 0
+    ):
+        raise bad("voxel_size", "a positive number of Angstrom, or null when unknown")
+    for key in ("training", "metrics"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(key, "an object")
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinite values (they classify everything alike)."""
+    bad_count = 0
+    first = None
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        n_bad = int((~torch.isfinite(tensor)).sum())
+        if n_bad:
+            bad_count += n_bad
+            first = first or name
+    if bad_count:
+        raise CryoGuardError(
+            f"{path}: the weights hold {bad_count} NaN or infinite value(s) (first in tensor "
+            f"{first!r}); the checkpoint is corrupt or its training diverged"
+        )
 
 
 def _norm(name: str) -> str:

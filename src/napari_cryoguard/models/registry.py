@@ -10,6 +10,7 @@ parameters stored in their metadata (:func:`build_model`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -153,6 +154,58 @@ def default_size_preset(device: str = "auto") -> str:
     return "paper" if kind == "cuda" else "small (CPU-friendly)"
 
 
+#: Bounds on architecture parameters, checked before a model is built so that a hostile
+#: or corrupt checkpoint cannot ask for an unbounded allocation: every width, size or
+#: stride is an integer from 1 to ``MAX_WIDTH``; a tuple of widths has at most
+#: ``MAX_LAYERS`` entries; every other number is finite with magnitude <= ``MAX_NUMBER``
+#: (dropouts are further checked by the parameter dataclasses); flags are booleans.
+MAX_WIDTH = 8192
+MAX_LAYERS = 64
+MAX_NUMBER = 1e6
+#: Bounds on ``num_classes`` and ``cube`` (voxels) in :func:`build_model`.
+MAX_CLASSES = 10000
+MAX_CUBE = 512
+
+
+def _check_bounds(name: str, fields: dict, clean: dict[str, Any]) -> None:
+    def bad(key: str, value: Any, expected: str) -> CryoGuardError:
+        text = repr(value)
+        if len(text) > 80:
+            text = text[:77] + "..."
+        return CryoGuardError(
+            f"model {name!r} parameter {key!r} is {text}; expected {expected}"
+        )
+
+    for key, value in clean.items():
+        default = fields[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise bad(key, value, "true or false")
+        elif isinstance(default, int) or isinstance(default, tuple):
+            items = value if isinstance(value, tuple) else (value,)
+            if isinstance(default, tuple) and not isinstance(value, tuple):
+                raise bad(key, value, f"a list of integers from 1 to {MAX_WIDTH}")
+            if len(items) > MAX_LAYERS:
+                raise bad(key, value, f"at most {MAX_LAYERS} entries")
+            for item in items:
+                if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_WIDTH:
+                    raise bad(key, value, f"integers from 1 to {MAX_WIDTH}")
+        elif isinstance(default, float) or value is not None and not isinstance(value, str):
+            if value is None and default is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or abs(value) > MAX_NUMBER
+            ):
+                raise bad(key, value, f"a finite number of magnitude at most {MAX_NUMBER:g}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def make_params(name: str, **params: Any) -> Any:
     """Build the parameter dataclass of ``name``, rejecting unknown keys clearly.
 
@@ -174,6 +227,7 @@ def make_params(name: str, **params: Any) -> Any:
         ):
             value = tuple(value)
         clean[key] = value
+    _check_bounds(name, fields, clean)
     try:
         return params_cls(**clean)
     except (TypeError, ValueError) as exc:
@@ -203,8 +257,17 @@ def build_model(name: str, num_classes: int, cube: int = 28, **params: Any) -> n
     Raises
     ------
     CryoGuardError
-        Unknown name or parameter, ``cube < 16``, ``num_classes < 2``.
+        Unknown name or parameter, ``cube`` outside 16 .. ``MAX_CUBE`` (512),
+        ``num_classes`` outside 2 .. ``MAX_CLASSES`` (10000), or a parameter outside its
+        bounds (widths 1 .. ``MAX_WIDTH`` = 8192, at most ``MAX_LAYERS`` = 64 layers,
+        other numbers finite and at most ``MAX_NUMBER`` = 1e6 in magnitude).
     """
     cls, _ = _lookup(name)
+    if _is_int(num_classes) and num_classes > MAX_CLASSES:
+        raise CryoGuardError(
+            f"num_classes must be an integer from 2 to {MAX_CLASSES}, got {num_classes!r}"
+        )
+    if _is_int(cube) and cube > MAX_CUBE:
+        raise CryoGuardError(f"cube must be an integer from 16 to {MAX_CUBE} voxels, got {cube!r}")
     p = make_params(name, **params)
     return cls(num_classes=num_classes, cube=cube, params=p)
