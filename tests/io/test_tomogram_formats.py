@@ -129,6 +129,31 @@ def test_omezarr_not_a_multiscale_image(tmp_path):
         read_tomogram(tmp_path / "missing.zarr")
 
 
+def test_real_ome_zarr_py_v02_image_is_refused_as_two_channels_2d():
+    """ome-zarr-py's own test image (NGFF 0.2: no axes, so t, c, z, y, x; shape
+    (1, 2, 1, 16, 16) uint8): two channels and one z section are not a tomogram."""
+    import zarr
+
+    path = DATA / "omezarr" / "ome-zarr-py-v2.zarr"
+    assert zarr.open_group(str(path), mode="r")["0"].shape == (1, 2, 1, 16, 16)
+    with pytest.raises(CryoGuardError, match=r"shape \(1, 2, 1, 16, 16\).*one time point and "
+                                             "channel"):
+        read_tomogram(path)
+
+
+def test_omezarr_single_section_is_a_2d_image(tmp_path):
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "flat.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=(1, 5, 6), dtype="float32")[:] = 1.0
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": n, "type": "space", "unit": "angstrom"} for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]
+    with pytest.raises(CryoGuardError, match="2D image"):
+        read_tomogram(tmp_path / "flat.zarr")
+
+
 def test_omezarr_drops_length_one_leading_axes(tmp_path):
     import zarr
 

@@ -251,6 +251,11 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
                 "tomogram"
             )
         arr = _Squeezed(arr, len(lead))
+    if int(arr.shape[-3]) == 1:
+        raise CryoGuardError(
+            f"{name} level {lpath!r} is a 2D image ({arr.shape[-1]} x {arr.shape[-2]}, z = 1); "
+            "a tomogram needs z > 1"
+        )
     vs = tuple(float(v) for v in sizes[pick])
     data: Any = arr if np.dtype(arr.dtype) == np.dtype(np.float32) else LazyVolume(arr)
     stem = name
