@@ -287,3 +287,36 @@ def test_em_too_short_for_header(tmp_path):
     path.write_bytes(b"\x06\x00\x00\x05")
     with pytest.raises(CryoGuardError, match="fewer than the 512-byte EM header"):
         read_tomogram(path)
+
+
+def test_compressed_tiff_is_read_lazily_through_zarr(tmp_path):
+    import tifffile
+
+    vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    path = tmp_path / "c.tif"
+    tifffile.imwrite(path, vol, compression="zlib", imagej=True, resolution=(0.5, 0.5),
+                     metadata={"spacing": 2.0, "unit": "nm", "axes": "ZYX"})
+    tomo = read_tomogram(path)
+    assert not isinstance(tomo.data, np.ndarray)
+    assert tomo.voxel_size_zyx == pytest.approx((20.0, 20.0, 20.0))
+    assert float(tomo.data[3, 4, 5]) == 119.0
+    np.testing.assert_array_equal(np.asarray(tomo.data), vol)
+    assert any("compressed" in n for n in tomo.notes)
+
+
+def test_ngff_05_zarr_v3_metadata_under_ome(tmp_path):
+    import zarr
+
+    vol = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    root = zarr.open_group(str(tmp_path / "v05.ome.zarr"), mode="w", zarr_format=3)
+    root.create_array("s0", shape=vol.shape, dtype="float32")[:] = vol
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": [
+        {"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.2, 1.1, 1.1]},
+            {"type": "translation", "translation": [5.0, 0.0, 0.0]}]}]}]}
+    tomo = read_tomogram(tmp_path / "v05.ome.zarr")
+    assert tomo.name == "v05"
+    assert tomo.voxel_size_zyx == pytest.approx((12.0, 11.0, 11.0))
+    assert tomo.origin_zyx == pytest.approx((50.0, 0.0, 0.0))
+    np.testing.assert_array_equal(np.asarray(tomo.data), vol)
