@@ -40,7 +40,13 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_cryoguard._napari._common import PICKS_LAYER, chosen_file, show_error, start_worker
+from napari_cryoguard._napari._common import (
+    PICKS_LAYER,
+    apply_stepwise,
+    chosen_file,
+    show_error,
+    start_worker,
+)
 from napari_cryoguard._napari._forms import DataclassForm
 from napari_cryoguard._napari._labels import LabelsChoice, labelled_subtomograms
 from napari_cryoguard._napari._layout import DockWidget, Group, status_label
@@ -555,6 +561,10 @@ class TrainWidget(DockWidget):
     def _apply_margins(self, run, found) -> None:
         if found is None:
             return
+        # plot, layer and picks' feature one per event-loop turn (each ~30-80 ms)
+        apply_stepwise(self, self._margin_steps(run, found))
+
+    def _margin_steps(self, run, found):
         margins, where = found
         self.margins_by_run[run.name] = margins
         self.last_margins = margins
@@ -563,6 +573,7 @@ class TrainWidget(DockWidget):
         if where is None:
             self.info.value += "<br>margins: histogram only (the samples have no positions)"
             return
+        yield
         coords, scale, pick_index = where
         hi = float(margins.max()) or 1.0
         size = 4 + 16 * margins / hi
@@ -570,7 +581,8 @@ class TrainWidget(DockWidget):
         if MARGINS_LAYER in layers and layers[MARGINS_LAYER].ndim == 3:
             layer = layers[MARGINS_LAYER]  # updated in place, not removed and re-added
             layer.data = coords
-            layer.scale = scale
+            if not np.allclose(layer.scale[-3:], scale):
+                layer.scale = scale
             layer.features = {"margin": margins}
             layer.size = size
             layer.face_color = "margin"
@@ -580,6 +592,7 @@ class TrainWidget(DockWidget):
             self._viewer.add_points(coords, name=MARGINS_LAYER, scale=scale, size=size,
                                     features={"margin": margins}, face_color="margin",
                                     face_colormap="viridis", projection_mode="all")
+        yield
         if pick_index is not None and PICKS_LAYER in layers:
             picks = layers[PICKS_LAYER]
             feats = picks.features.copy()
