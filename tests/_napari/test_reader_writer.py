@@ -252,3 +252,21 @@ def test_viewer_bad_pick_file_is_the_packages_sentence(viewer, tmp_path):
     assert added == [] and len(viewer.layers) == 0
     assert messages and "empty.csv" in messages[0], messages
     assert not any("Tried" in m for m in messages)
+
+
+@pytest.mark.gui
+def test_viewer_relion5_picks_use_the_open_tomograms_geometry(viewer, tmp_path):
+    """RELION 5 centred Angstrom coordinates need the tomogram's size: the reader takes it
+    from the open OME-Zarr tomogram (16 x 24 x 32 at 7.5 A, centre (8, 12, 16) voxels),
+    so voxel (4, 6, 8) is centred (x, y, z) = (-60, -45, -30) A and lands on it."""
+    [image] = viewer.open(str(ZARR), plugin="napari-cryoguard")
+    picks = Picks(coords=BRIGHT, tomo_names=["TS_demo"] * 3, voxel_size=7.5)
+    path = write_pick_file(tmp_path / "r5.star", picks, convention="relion5",
+                           tomograms={"TS_demo": ((16, 24, 32), 7.5)})
+    assert "rlnCenteredCoordinateXAngst" in path.read_text()
+    [points] = viewer.open(str(path), plugin="napari-cryoguard")
+    np.testing.assert_allclose(points.data, BRIGHT, atol=1e-6)
+    np.testing.assert_allclose([points.data_to_world(c) for c in points.data], BRIGHT * 7.5)
+    assert any("open tomograms" in n for n in points.metadata["notes"])
+    for c in np.round(points.data).astype(int):
+        assert float(image.data[tuple(c)]) == 10.0

@@ -14,9 +14,9 @@ of a tomogram, ``scale`` its voxel size in Angstrom, metadata ``voxel_size``,
 open in the current viewer, each one whose name matches the file's tomogram names
 (:meth:`~napari_cryoguard.io.Picks.for_tomogram`) gets the rows of that tomogram,
 converted to its voxel size (:meth:`~napari_cryoguard.io.Picks.at_voxel_size`) and drawn
-with its scale and translate, so points lie on the particles in world coordinates. The
-open tomograms' shapes and voxel sizes are also given to the reader as ``tomograms=``
-(what RELION 5 centred coordinates need). A file of several tomograms with no matching
+with its scale and translate, so points lie on the particles in world coordinates. A file
+that cannot be read alone is read again with the open tomograms' shapes and voxel sizes
+as ``tomograms=`` (what RELION 5 centred coordinates need). A file of several tomograms with no matching
 open tomogram gives one layer per tomogram, ``<file stem> <tomogram>`` (never mixed in
 one layer), and a notification saying so.
 
@@ -207,8 +207,19 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
     from napari_cryoguard._napari._common import voxel_size_of
     from napari_cryoguard.io import read_picks, tomo_key
 
+    from napari_cryoguard.errors import CryoGuardError
+
     images = _open_tomograms(viewer)
-    picks = read_picks(path, tomograms=_tomograms_arg(images))
+    try:
+        picks = read_picks(path)
+    except CryoGuardError:
+        geometry = _tomograms_arg(images)
+        if geometry is None:
+            raise
+        # e.g. RELION 5 centred coordinates: the open tomograms' shapes and voxel sizes
+        picks = read_picks(path, tomograms=geometry)
+        picks.notes.append(f"{path.name} was read with the shapes and voxel sizes of the "
+                           f"open tomograms ({', '.join(repr(n) for n in geometry)})")
     stem = path.stem
     names = picks.tomogram_names()
     messages: list[str] = []
