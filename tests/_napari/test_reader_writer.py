@@ -270,3 +270,30 @@ def test_viewer_relion5_picks_use_the_open_tomograms_geometry(viewer, tmp_path):
     assert any("open tomograms" in n for n in points.metadata["notes"])
     for c in np.round(points.data).astype(int):
         assert float(image.data[tuple(c)]) == 10.0
+
+
+@pytest.mark.parametrize("rel", [
+    "copick/TS_6_4_ribosome.json", "cryolo/TS_01.cbox", "cryolo/tomotwin_test_coords.coords",
+    "dynamo/t_double.tbl", "imod/points.mod", "imod/multiple_objects_example.mod",
+    "csv/napari_points.csv",
+])
+def test_picks_reader_opens_the_bundled_real_pick_files(rel, recwarn):
+    """Every real pick file in tests/data opens as Points with the reader's own count,
+    coordinates and voxel size (no viewer: scale = the picks' voxel size)."""
+    path = DATA / rel
+    assert get_picks_reader(str(path)) is not None
+    layers = get_picks_reader(str(path))(str(path))
+    try:
+        picks = read_picks(path)
+    except CryoGuardError:  # copick is in Angstrom: without a tomogram, 1 A voxels
+        picks = read_picks(path, voxel_size=1.0)
+        assert any("1 Angstrom voxels" in n for n in layers[0][1]["metadata"]["notes"])
+    assert all(kind == "points" for _, _, kind in layers)
+    assert sum(len(data) for data, _, _ in layers) == len(picks)
+    names = picks.tomogram_names()
+    assert len(layers) == max(1, len(names))
+    for data, kwargs, _ in layers:
+        assert kwargs["scale"] == (picks.voxel_size,) * 3
+        assert kwargs["metadata"]["source"] == str(path)
+        part = picks.for_tomogram(kwargs["metadata"]["tomo_name"]) if len(names) > 1 else picks
+        np.testing.assert_allclose(data, part.coords)

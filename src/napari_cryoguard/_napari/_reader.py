@@ -16,7 +16,10 @@ open in the current viewer, each one whose name matches the file's tomogram name
 converted to its voxel size (:meth:`~napari_cryoguard.io.Picks.at_voxel_size`) and drawn
 with its scale and translate, so points lie on the particles in world coordinates. A file
 that cannot be read alone is read again with the open tomograms' shapes and voxel sizes
-as ``tomograms=`` (what RELION 5 centred coordinates need). A file of several tomograms with no matching
+as ``tomograms=`` (what RELION 5 centred coordinates need) and the active tomogram's
+voxel size as ``voxel_size=`` (what copick's Angstrom coordinates need); with no
+tomogram open, Angstrom files are shown at 1 Angstrom voxels (world units stay Angstrom),
+with a note. A file of several tomograms with no matching
 open tomogram gives one layer per tomogram, ``<file stem> <tomogram>`` (never mixed in
 one layer), and a notification saying so.
 
@@ -210,16 +213,27 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
     from napari_cryoguard.errors import CryoGuardError
 
     images = _open_tomograms(viewer)
+    active = viewer.layers.selection.active if viewer is not None else None
+    target = active if active in images else (images[-1] if images else None)
     try:
         picks = read_picks(path)
-    except CryoGuardError:
+    except CryoGuardError as first:
+        # files in Angstrom need a voxel size (copick), RELION 5 centred coordinates the
+        # tomograms' geometry: take them from the open tomograms, else 1 Angstrom voxels
         geometry = _tomograms_arg(images)
-        if geometry is None:
-            raise
-        # e.g. RELION 5 centred coordinates: the open tomograms' shapes and voxel sizes
-        picks = read_picks(path, tomograms=geometry)
-        picks.notes.append(f"{path.name} was read with the shapes and voxel sizes of the "
-                           f"open tomograms ({', '.join(repr(n) for n in geometry)})")
+        vs = voxel_size_of(target) if target is not None else 1.0
+        try:
+            picks = read_picks(path, tomograms=geometry, voxel_size=vs)
+        except CryoGuardError:
+            raise first from None
+        if geometry is not None:
+            picks.notes.append(
+                f"{path.name} was read with the shapes and voxel sizes of the open tomograms "
+                f"({', '.join(repr(n) for n in geometry)}), at {vs:g} Angstrom voxels")
+        else:
+            picks.notes.append(
+                f"{path.name} needs a voxel size and no tomogram is open: shown at 1 Angstrom "
+                "voxels (world units are Angstrom; open the tomogram first to get its voxels)")
     stem = path.stem
     names = picks.tomogram_names()
     messages: list[str] = []
@@ -243,8 +257,7 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
             messages.extend(part.notes)
     elif len(names) <= 1 and images:
         # one tomogram (or none named): the active tomogram, else the last opened
-        active = viewer.layers.selection.active if viewer is not None else None
-        image = active if active in images else images[-1]
+        image = target
         part, layer = on_image(picks.for_tomogram(image.name, source=path.name), image)
         layers.append(layer)
         messages.extend(part.notes)
