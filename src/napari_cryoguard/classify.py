@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,12 @@ class LoadedModel:
     def normalization(self) -> str:
         return str(self.metadata.get("normalization", "zscore"))
 
+    @property
+    def voxel_size(self) -> float | None:
+        """The voxel size in Angstrom the model was trained at (None when unknown)."""
+        vs = self.metadata.get("voxel_size")
+        return None if vs is None else float(vs)
+
 
 def load_model(spec: str | os.PathLike, device: str = "cpu") -> LoadedModel:
     """Load bundled weights by name, or a checkpoint file by path.
@@ -77,25 +83,137 @@ def zscore(volumes: np.ndarray) -> np.ndarray:
     return ((v - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
 
 
-def prepare_volumes(loaded: LoadedModel, volumes: np.ndarray, normalized: bool) -> np.ndarray:
-    """Check the cube fits the model and normalise as its checkpoint says.
+#: Voxel sizes within this relative difference count as the same (no resampling).
+VOXEL_SIZE_RTOL = 0.01
+
+
+def _differs(a: float, b: float) -> bool:
+    return abs(a - b) > VOXEL_SIZE_RTOL * b
+
+
+def resample_volumes(volumes: np.ndarray, voxel_size: float, target_voxel_size: float,
+                     cube: int, batch_size: int = 64) -> np.ndarray:
+    """Resample cubes at ``voxel_size`` to ``cube``^3 cubes at ``target_voxel_size``.
+
+    Trilinear interpolation (``torch.nn.functional.grid_sample``) on the grid of the
+    output voxel centres: output voxel ``j`` lies ``(j - cube // 2) * target`` Angstrom
+    from the particle, which is input voxel ``D // 2 + (j - cube // 2) * target /
+    voxel_size`` (the particle sits at index ``D // 2`` of a ``D``^3 cube, as
+    :func:`~napari_cryoguard.picking.extract_subtomograms` cuts it). Output voxels
+    outside the input cube are 0 (the mean of normalised data). Coarser data (e.g. 40 A
+    for a 10 A model) are interpolated and hold no detail finer than their own Nyquist
+    limit; finer data are sampled without an anti-alias filter, so prefer extracting at
+    the model's voxel size. Works in batches of ``batch_size`` cubes.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    v = np.asarray(volumes, dtype=np.float32)
+    n, d = len(v), v.shape[1]
+    step = float(target_voxel_size) / float(voxel_size)
+    pos = d // 2 + (np.arange(cube) - cube // 2) * step  # input voxel index per output voxel
+    norm = (2.0 * pos / (d - 1) - 1.0) if d > 1 else np.zeros(cube)
+    gz, gy, gx = np.meshgrid(norm, norm, norm, indexing="ij")
+    grid = torch.from_numpy(np.stack([gx, gy, gz], axis=-1).astype(np.float32))[None]
+    out = np.empty((n, cube, cube, cube), dtype=np.float32)
+    for lo in range(0, n, batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(v[lo:lo + batch_size]))[:, None]
+        g = grid.expand(len(x), -1, -1, -1, -1)
+        y = F.grid_sample(x, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out[lo:lo + batch_size] = y[:, 0].numpy()
+    return out
+
+
+def domain_warnings(loaded: LoadedModel, *, voxel_size: float | None = None,
+                    cube: int | None = None, normalized: bool | None = None) -> list[str]:
+    """Sentences on how the inputs lie outside what the model was trained on.
+
+    Compares the data's voxel size (Angstrom), cube edge (voxels) and normalisation
+    with the checkpoint's ``voxel_size``, ``cube`` and ``normalization``. An empty list
+    means nothing is known to differ. Results of classify, attack and evaluate carry
+    these under ``"warnings"`` so a confident class on foreign data is not mistaken
+    for a finding.
+    """
+    out: list[str] = []
+    model_vs = loaded.voxel_size
+    if model_vs is None:
+        out.append("model's training voxel size unknown: the checkpoint does not say at which "
+                   "voxel size it was trained, so the data's voxel size could not be checked")
+    elif voxel_size is None:
+        out.append(f"the data's voxel size is unknown; the model was trained at {model_vs:g} A")
+    elif _differs(float(voxel_size), model_vs):
+        out.append(
+            f"the data are at {float(voxel_size):g} A but the model was trained at "
+            f"{model_vs:g} A: the inputs lie outside its training domain, so its classes "
+            "and probabilities are not a finding"
+            + (f" (resampled data hold no detail finer than {2 * float(voxel_size):g} A)"
+               if float(voxel_size) > model_vs else ""))
+    if cube is not None and int(cube) != loaded.cube:
+        out.append(f"the subtomograms are {int(cube)}^3 voxels but the model was trained on "
+                   f"{loaded.cube}^3")
+    if normalized is not None and loaded.normalization == "none" and normalized:
+        out.append("the model was trained on unnormalised subtomograms but these are normalised "
+                   "(zero mean, unit variance)")
+    return out
+
+
+def prepare_volumes(loaded: LoadedModel, volumes: np.ndarray, normalized: bool, *,
+                    voxel_size: float | None = None, resample: bool = True,
+                    notes: list[str] | None = None) -> np.ndarray:
+    """Check the cubes fit the model, resample them to its voxel size, normalise.
+
+    Parameters
+    ----------
+    voxel_size
+        The subtomograms' voxel size in Angstrom. When it and the model's training voxel
+        size are known and differ by more than 1 % (``VOXEL_SIZE_RTOL``), the cubes are
+        resampled to the model's voxel size and cube (:func:`resample_volumes`), or,
+        with ``resample=False``, refused.
+    notes
+        A list that receives a sentence for each conversion made ("resampled 40 A ->
+        10 A ...").
 
     Raises
     ------
     CryoGuardError
-        When the subtomograms are not (N, D, D, D) cubes of the model's size.
+        When the subtomograms are not (N, D, D, D) cubes, hold non-finite values, are at
+        another voxel size with ``resample=False``, or are at the model's voxel size
+        but not of its cube size.
     """
     v = np.asarray(volumes, dtype=np.float32)
     if v.ndim == 5 and v.shape[1] == 1:
         v = v[:, 0]
     if v.ndim != 4 or len(set(v.shape[1:])) != 1:
         raise CryoGuardError(f"subtomograms must be a stack of cubes (N, D, D, D), got shape {v.shape}")
+    if not np.isfinite(v).all():
+        bad = ~np.isfinite(v).reshape(len(v), -1).all(axis=1)
+        first = np.flatnonzero(bad)[:5].tolist()
+        raise CryoGuardError(
+            f"the subtomograms contain NaN or infinite values ({int(bad.sum())} of {len(v)} "
+            f"cubes, first at rows {first})")
+    model_vs = loaded.voxel_size
+    if voxel_size is not None and model_vs is not None and _differs(float(voxel_size), model_vs):
+        if not resample:
+            raise CryoGuardError(
+                f"the subtomograms are at {float(voxel_size):g} A but the model {loaded.source!r} "
+                f"was trained at {model_vs:g} A; allow resampling or extract them at "
+                f"{model_vs:g} A")
+        if loaded.normalization == "zscore" and not normalized:
+            v = zscore(v)
+        d = v.shape[1]
+        v = resample_volumes(v, float(voxel_size), model_vs, loaded.cube)
+        if notes is not None:
+            notes.append(
+                f"resampled {float(voxel_size):g} A -> {model_vs:g} A (trilinear): {d}^3 cubes "
+                f"({d * float(voxel_size):g} A wide) became the model's {loaded.cube}^3 "
+                f"({loaded.cube * model_vs:g} A wide)")
+        if loaded.normalization == "zscore":
+            v = zscore(v)
+        return v
     if v.shape[1] != loaded.cube:
         raise CryoGuardError(
             f"the model {loaded.source!r} takes {loaded.cube}^3 cubes but the subtomograms are "
             f"{v.shape[1]}^3: extract them again with size {loaded.cube}")
-    if not np.isfinite(v).all():
-        raise CryoGuardError("the subtomograms contain NaN or infinite values")
     if loaded.normalization == "zscore" and not normalized:
         v = zscore(v)
     return v
@@ -107,6 +225,7 @@ class Predictions:
 
     probabilities: np.ndarray
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -128,12 +247,19 @@ class Predictions:
 
 
 def iter_classify(loaded: LoadedModel, volumes: np.ndarray, *, normalized: bool = True,
-                  device: str = "auto", batch_size: int = 32,
-                  amp: bool = False) -> Generator[tuple[int, int], None, Predictions]:
-    """Classify a stack, yielding ``(done, total)`` after each batch; returns Predictions."""
+                  device: str = "auto", batch_size: int = 32, amp: bool = False,
+                  voxel_size: float | None = None,
+                  resample: bool = True) -> Generator[tuple[int, int], None, Predictions]:
+    """Classify a stack, yielding ``(done, total)`` after each batch; returns Predictions.
+
+    ``voxel_size`` (Angstrom) and ``resample`` are passed to :func:`prepare_volumes`;
+    ``Predictions.notes`` says when the cubes were resampled.
+    """
     from napari_cryoguard.device import iter_predict
 
-    v = prepare_volumes(loaded, volumes, normalized)
+    notes: list[str] = []
+    v = prepare_volumes(loaded, volumes, normalized, voxel_size=voxel_size,
+                        resample=resample, notes=notes)
     gen = iter_predict(loaded.model, v, device=device, batch_size=batch_size, amp=amp)
     while True:
         try:
@@ -143,7 +269,7 @@ def iter_classify(loaded: LoadedModel, volumes: np.ndarray, *, normalized: bool 
             break
         yield (step.done, step.total)
     return Predictions(probabilities=np.asarray(probs, dtype=np.float32),
-                       class_names=loaded.class_names)
+                       class_names=loaded.class_names, notes=notes)
 
 
 def classify(loaded: LoadedModel, volumes: np.ndarray, **kwargs) -> Predictions:

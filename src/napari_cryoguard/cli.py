@@ -183,6 +183,13 @@ def _want_picks(path, command: str) -> None:
                 lambda kind: kind.startswith(("a pick file", "a CSV table")))
 
 
+def _add_resample_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-resample", action="store_true",
+                   help="refuse subtomograms whose voxel size differs from the model's training "
+                   "voxel size by more than 1 %% (by default they are resampled trilinearly to "
+                   "the model's voxel size and cube, and the result says so)")
+
+
 def _add_picks_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tomograms", dest="tomograms_star", default=None, metavar="STAR",
                    help="RELION 5 tomograms.star or optimisation_set.star: each tomogram's size "
@@ -351,22 +358,33 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
 
 @_command("classify")
 def cmd_classify(args: argparse.Namespace) -> dict:
-    from napari_cryoguard.classify import align_labels, iter_classify, load_model, write_predictions
+    from napari_cryoguard.classify import (
+        align_labels,
+        domain_warnings,
+        iter_classify,
+        load_model,
+        write_predictions,
+    )
     from napari_cryoguard.data import load_dataset
 
     _want_dataset(args.dataset, "classify")
     ds = load_dataset(args.dataset)
     loaded = load_model(args.model, device="cpu")
+    warnings_ = domain_warnings(loaded, voxel_size=ds.voxel_size, cube=ds.volumes.shape[1],
+                                normalized=ds.normalized)
     t0 = time.perf_counter()
     bar = _Progress("classify")
     preds = drain(iter_classify(loaded, ds.volumes, normalized=ds.normalized, device=args.device,
-                                batch_size=args.batch_size, amp=args.amp), bar)
+                                batch_size=args.batch_size, amp=args.amp,
+                                voxel_size=ds.voxel_size, resample=not args.no_resample), bar)
+    _log_domain(args, preds.notes, warnings_)
     t_cls = time.perf_counter() - t0
     labels = align_labels(ds.labels, ds.class_names, preds.class_names)
     out = write_predictions(args.out, preds, labels=labels, coords=ds.coords)
     counts = np.bincount(preds.predicted, minlength=len(preds.class_names)).tolist()
     result = {"predictions": str(out), "dataset": str(args.dataset), "model": str(args.model),
               "n": int(len(ds)), "class_names": preds.class_names, "predicted_counts": counts,
+              "notes": preds.notes, "warnings": warnings_, "resampled": bool(preds.notes),
               "seconds": {"classify": round(t_cls, 3)}}
     acc = preds.accuracy(labels)
     if acc is not None:
@@ -374,6 +392,13 @@ def cmd_classify(args: argparse.Namespace) -> dict:
     _log(args, f"classified {len(ds)} subtomograms with {args.model} in {t_cls:.2f} s"
                + (f": accuracy {acc:.3f}" if acc is not None else "") + f" -> {out}")
     return result
+
+
+def _log_domain(args: argparse.Namespace, notes, warnings_) -> None:
+    for note in notes:
+        _log(args, f"note: {note}")
+    for warning in warnings_:
+        _log(args, f"warning: {warning}")
 
 
 def _parse_value(text: str):
@@ -407,7 +432,14 @@ def cmd_attack(args: argparse.Namespace) -> dict:
         if not sep:
             raise CryoGuardError(f"--set takes KEY=VALUE, got {item!r}")
         params[key.strip()] = _parse_value(value)
-    volumes = prepare_volumes(loaded, ds.volumes, ds.normalized)
+    from napari_cryoguard.classify import domain_warnings
+
+    warnings_ = domain_warnings(loaded, voxel_size=ds.voxel_size, cube=ds.volumes.shape[1],
+                                normalized=ds.normalized)
+    notes: list[str] = []
+    volumes = prepare_volumes(loaded, ds.volumes, ds.normalized, voxel_size=ds.voxel_size,
+                              resample=not args.no_resample, notes=notes)
+    _log_domain(args, notes, warnings_)
     labels = align_labels(ds.labels, ds.class_names, loaded.class_names)
     indices = np.arange(len(ds)) if not args.indices else np.asarray(args.indices, dtype=np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= len(ds)):
@@ -433,7 +465,8 @@ def cmd_attack(args: argparse.Namespace) -> dict:
                f"{summary['mean_norm']:.4g} -> {out}")
     return {"result": str(out), "dataset": str(args.dataset), "model": str(args.model),
             **{k: v for k, v in summary.items() if k != "n"}, "n": summary["n"],
-            "params": res.params, "seconds": {"attack": round(t_att, 3)}}
+            "params": res.params, "notes": notes, "warnings": warnings_,
+            "resampled": bool(notes), "seconds": {"attack": round(t_att, 3)}}
 
 
 def _save_attack_result(path, res, loaded, args) -> Path:
@@ -579,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32,
                    help="subtomograms per forward pass (halved automatically on CUDA out-of-memory)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    _add_resample_option(p)
     p.add_argument("--out", required=True, help="predictions CSV: index, predicted class, per-class probabilities")
 
     p = add("attack", "attack a classifier on the subtomograms of a dataset file")
@@ -602,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack only these samples (0-based rows of the dataset)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    _add_resample_option(p)
     p.add_argument("--out", required=True,
                    help="result file (.npz: x_adv, perturbation, predictions, success, norms, "
                    "indices, and a JSON metadata string)")
