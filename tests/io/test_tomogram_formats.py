@@ -320,3 +320,60 @@ def test_ngff_05_zarr_v3_metadata_under_ome(tmp_path):
     assert tomo.voxel_size_zyx == pytest.approx((12.0, 11.0, 11.0))
     assert tomo.origin_zyx == pytest.approx((50.0, 0.0, 0.0))
     np.testing.assert_array_equal(np.asarray(tomo.data), vol)
+
+
+# ------------------------------------------------------------------------------ fuzz
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FUZZ = settings(max_examples=150, deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 511), st.integers(0, 255)), min_size=1,
+                      max_size=12))
+def test_150_fuzzed_em_headers_raise_only_cryoguard_errors(tmp_path, edits):
+    data = bytearray(EM.read_bytes())
+    for pos, value in edits:
+        data[pos] = value
+    path = tmp_path / "fuzz.em"
+    path.write_bytes(bytes(data))
+    try:
+        tomo = read_tomogram(path, voxel_size=2.0)
+    except CryoGuardError:
+        return
+    assert len(tomo.shape) == 3 and tomo.data.shape == tomo.shape
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 40) | st.floats(allow_nan=True)
+    | st.sampled_from(["0", "1", "z", "y", "x", "scale", "angstrom", "nm", "parsec"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["name", "unit", "type", "path", "scale", "translation", "axes",
+                         "datasets", "coordinateTransformations"]), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@_FUZZ
+@given(key=st.sampled_from(["axes", "datasets", "coordinateTransformations", "version"]),
+       value=_JSON, level_edit=st.booleans())
+def test_150_fuzzed_omezarr_metadata_raise_only_cryoguard_errors(tmp_path_factory, key, value,
+                                                                 level_edit):
+    dst = tmp_path_factory.mktemp("fz") / "f.zarr"
+    shutil.copytree(ZARR, dst)
+    attrs = json.loads((dst / ".zattrs").read_text())
+    ms = attrs["multiscales"][0]
+    if level_edit and key == "coordinateTransformations":
+        ms["datasets"][0][key] = value
+    else:
+        ms[key] = value
+    (dst / ".zattrs").write_text(json.dumps(attrs))
+    for asked in (None, 20.0):
+        try:
+            tomo = read_tomogram(dst, voxel_size=asked)
+        except CryoGuardError:
+            continue
+        assert all(v > 0 for v in tomo.voxel_size_zyx) and len(tomo.shape) == 3

@@ -91,6 +91,8 @@ def _scale_of(transforms: Any, ndim: int, where: str) -> tuple[np.ndarray, np.nd
     """Total scale and translation of a list of NGFF coordinate transformations."""
     scale = np.ones(ndim)
     shift = np.zeros(ndim)
+    if transforms is not None and not isinstance(transforms, list):
+        raise CryoGuardError(f"{where}: coordinateTransformations must be a list, got {transforms!r}")
     for t in transforms or []:
         if not isinstance(t, dict):
             raise CryoGuardError(f"{where}: a coordinateTransformation is not an object: {t!r}")
@@ -135,6 +137,8 @@ def _axes(ms: dict, ndim: int, name: str) -> list[dict]:
     axes = ms.get("axes")
     if axes is None:  # NGFF 0.1/0.2: always t, c, z, y, x
         axes = ["t", "c", "z", "y", "x"][-ndim:]
+    if not isinstance(axes, list):
+        raise CryoGuardError(f"{name}: multiscales 'axes' must be a list, got {axes!r}")
     out = []
     for a in axes:
         out.append({"name": a} if isinstance(a, str) else dict(a) if isinstance(a, dict) else {})
