@@ -174,3 +174,30 @@ def test_load_dataset_says_what_the_file_is(files_of_each_kind):
     with pytest.raises(CryoGuardError, match=r"^tomo.mrc is a tomogram \(MRC\), not a dataset"):
         load_dataset("tomo.mrc")  # what the Train widget and the Python API see
     assert len(load_dataset("data.npz")) == 2
+
+
+def test_help_shows_the_guard_options(capsys):
+    from napari_cryoguard.cli import _picks_options, build_parser
+
+    parser = build_parser()
+    for command, options in [
+        ("extract", ["--tomograms", "--picks-voxel-size", "--keep-origins", "--units"]),
+        ("classify", ["--no-resample"]),
+        ("attack", ["--no-resample"]),
+        ("pick", ["auto"]),
+    ]:
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        for option in options:
+            assert option in text, (command, option)
+    args = parser.parse_args(["pick", "t.mrc", "--out", "p.star", "--polarity", "auto"])
+    assert args.polarity == "auto"
+    # options reach read_picks only when given
+    args = parser.parse_args(["extract", "t.mrc", "--picks", "p.star", "--out", "d.npz"])
+    assert _picks_options(args) == {}
+    args = parser.parse_args(["extract", "t.mrc", "--picks", "p.star", "--out", "d.npz",
+                              "--tomograms", "tomograms.star", "--picks-voxel-size", "7.5",
+                              "--keep-origins", "--units", "angstrom"])
+    assert _picks_options(args) == {"tomograms": "tomograms.star", "voxel_size": 7.5,
+                                    "apply_origins": False, "units": "angstrom"}
