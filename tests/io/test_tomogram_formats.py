@@ -46,6 +46,18 @@ def test_omezarr_level0_is_lazy_with_its_voxel_size():
     _check_bright(tomo.data)
 
 
+def test_omezarr_opening_reads_no_chunk(tmp_path):
+    """Opening reads only metadata: with every chunk file gone it still opens, and the
+    chunks are read only when sliced (then zarr's fill value, 0)."""
+    dst = tmp_path / "nochunks.zarr"
+    shutil.copytree(ZARR, dst)
+    for chunk in dst.glob("*/*.*.*"):
+        chunk.unlink()
+    tomo = read_tomogram(dst)
+    assert tomo.shape == (16, 24, 32) and tomo.voxel_size == 7.5
+    assert float(tomo.data[4, 6, 8]) == 0.0
+
+
 @pytest.mark.parametrize(("asked", "level", "shape", "size"), [
     (7.5, "0", (16, 24, 32), 7.5),
     (10.0, "0", (16, 24, 32), 7.5),   # |log(7.5/10)| = 0.29 < |log(15/10)| = 0.41
