@@ -165,7 +165,8 @@ class Tomogram:
         The voxels. Read-only memory map for float32 files, :class:`LazyVolume`
         for other modes, a plain array for :meth:`from_array`.
     voxel_size : float
-        Voxel size in Angstrom along X (the napari scale uses ``voxel_size_zyx``).
+        Voxel size in Angstrom along the last array axis (X for cryo-ET files; the
+        napari scale uses ``voxel_size_zyx``).
     voxel_size_zyx : tuple of float
         Voxel size in Angstrom per axis, ZYX.
     path : Path or None
@@ -392,7 +393,9 @@ def read_tomogram(
     CryoGuardError
         Missing file, wrong suffix, not an MRC file, truncated data, a 2D image, an
         image stack or a stack of volumes where a volume is expected, complex or
-        unknown modes. The message says what was found.
+        unknown modes, an axis mapping (mapc, mapr, maps) that is not a permutation of
+        1, 2, 3; for the other formats see their readers. The message says what was
+        found.
 
     Warns
     -----
