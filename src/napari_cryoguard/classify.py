@@ -221,11 +221,16 @@ def prepare_volumes(loaded: LoadedModel, volumes: np.ndarray, normalized: bool, 
 
 @dataclass
 class Predictions:
-    """Per-sample class probabilities and predicted classes."""
+    """Per-sample class probabilities and predicted classes.
+
+    ``notes`` says what was converted on the way (e.g. "resampled 40 A -> 10 A ...");
+    ``warnings`` holds :func:`domain_warnings` where the caller filled them in.
+    """
 
     probabilities: np.ndarray
     class_names: list[str]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def predicted(self) -> np.ndarray:

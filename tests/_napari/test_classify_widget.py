@@ -119,3 +119,55 @@ def test_empty_checkpoint_field_says_choose(setup):
     docked.click(widget, "Classify")
     assert "choose a checkpoint file" in widget.status.value
     assert "/" not in widget.status.value.split("choose")[0]  # no working directory named
+
+
+def _classify(docked, widget):
+    widget.source.value = "picks of tomogram"
+    widget.device.value = "cpu"
+    docked.click(widget, "Classify")
+    docked.wait_idle(widget)
+    assert widget.status.value.startswith("classified"), widget.status.value
+    feats = docked.viewer.layers["picks"].features
+    return feats[[c for c in feats.columns if c.startswith("p_")]].to_numpy()
+
+
+def test_classify_uses_only_the_picks_of_the_image_and_converts_voxels(setup, small_sim):
+    """Picks of two tomograms: only the rows named like the image layer are classified;
+    picks at half the voxel size (coordinates x 2) give the same probabilities."""
+    from napari_cryoguard.io import Picks
+
+    docked, widget = setup
+    viewer = docked.viewer
+    image = viewer.layers["tomo"]
+    base = _classify(docked, widget)
+    assert "model's training voxel size unknown" in widget.status.value
+    n = len(small_sim.coords)
+    coords = np.concatenate([small_sim.coords, small_sim.coords + 1.0])
+    names = np.array(["tomo"] * n + ["other"] * n)
+    set_picks_layer(viewer, Picks(coords=coords, features={"tomo_name": names},
+                                  voxel_size=small_sim.voxel_size), image)
+    probs = _classify(docked, widget)
+    assert np.isnan(probs[n:]).all()
+    np.testing.assert_allclose(probs[:n], base, rtol=1e-5, atol=1e-6)
+    assert f"{n} of {2 * n} picks" in widget.status.value
+    # picks made at half the voxel size: coordinates twice as large, same particles
+    layer = viewer.layers["picks"]
+    set_picks_layer(viewer, Picks(coords=small_sim.coords * 2), image)
+    layer.metadata = {**layer.metadata, "voxel_size": small_sim.voxel_size / 2}
+    probs = _classify(docked, widget)
+    np.testing.assert_allclose(probs, base, rtol=1e-5, atol=1e-6)
+    assert "converted" in widget.status.value
+
+
+def test_classify_picks_of_no_matching_tomogram_notifies(setup, small_sim):
+    from napari_cryoguard.io import Picks
+
+    docked, widget = setup
+    viewer = docked.viewer
+    n = len(small_sim.coords)
+    set_picks_layer(viewer, Picks(coords=np.concatenate([small_sim.coords] * 2), features={
+        "tomo_name": np.array(["a"] * n + ["b"] * n)}), viewer.layers["tomo"])
+    widget.source.value = "picks of tomogram"
+    docked.click(widget, "Classify")
+    assert widget.status.value.startswith("error:"), widget.status.value
+    assert "'a'" in widget.status.value and "'b'" in widget.status.value

@@ -28,6 +28,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from napari_cryoguard._napari.classify_widget import domain_line
 from napari_cryoguard._napari._common import (
     PICKS_LAYER,
     ModelPicker,
@@ -96,25 +97,33 @@ def attack_one(loaded, volume: np.ndarray, label: int | None, name: str, params:
 
 
 def attack_all_job(loaded, volume, coords, true_labels, name: str, device: str, params: dict,
-                   batch_size: int = 16):
+                   batch_size: int = 16, *, voxel_size: float | None = None,
+                   notes: list[str] | None = None):
     """Extract every pick, attack them batch by batch; a generator for a worker thread.
 
     Picks with a known class (``true_labels >= 0``) are attacked against it, the others
-    against the model's own prediction. Yields ``(done, total)``; returns
-    ``(AttackResult, pick indices)``.
+    against the model's own prediction. With ``voxel_size`` (the tomogram's, Angstrom)
+    the cubes are cut to cover the model's field of view and resampled to its voxel size
+    when it differs (a sentence is appended to ``notes``). Yields ``(done, total)``;
+    returns ``(AttackResult, pick indices)``.
     """
+    from napari_cryoguard._napari.classify_widget import extraction_size
     from napari_cryoguard.attacks import iter_attack_dataset
+    from napari_cryoguard.classify import prepare_volumes
     from napari_cryoguard.device import predict
     from napari_cryoguard.errors import CryoGuardError
     from napari_cryoguard.picking import extract_subtomograms
 
-    sub = extract_subtomograms(volume, coords, size=loaded.cube, border="pad")
+    sub = extract_subtomograms(volume, coords, size=extraction_size(loaded, voxel_size),
+                               border="pad")
     if len(sub.volumes) == 0:
         raise CryoGuardError("no picks inside the tomogram to attack")
-    pred = predict(loaded.model, sub.volumes, device=device).argmax(1)
+    volumes = prepare_volumes(loaded, sub.volumes, sub.normalized, voxel_size=voxel_size,
+                              notes=notes)
+    pred = predict(loaded.model, volumes, device=device).argmax(1)
     true = np.asarray(true_labels)[sub.index]
     labels = np.where(true >= 0, true, pred)
-    res = yield from iter_attack_dataset(loaded.model, sub.volumes, labels, name,
+    res = yield from iter_attack_dataset(loaded.model, volumes, labels, name,
                                          batch_size=batch_size, device=device, **params)
     return res, np.asarray(sub.index)
 
@@ -266,7 +275,10 @@ class AttackWidget(DockWidget):
             spec = self.picker.spec()
             if PICKS_LAYER not in self._viewer.layers or self.image.value is None:
                 raise CryoGuardError("attacking all picks needs a 'picks' layer and a tomogram")
-            coords = np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
+            from napari_cryoguard._napari.classify_widget import layer_picks_for
+
+            guarded = layer_picks_for(self.image.value, self._viewer.layers[PICKS_LAYER])
+            coords, rows = guarded["coords"], guarded["rows"]
             labels = self.labels.resolve()
             params = self.attack_params()
         except Exception as exc:
@@ -278,19 +290,27 @@ class AttackWidget(DockWidget):
         model_name = self.picker.display_name
         picker = self.picker
 
+        volume = self.image.value.data
+        attack, device, batch = self.attack.value, self.device.value, int(self.batch_size.value)
+
         def job():
+            from napari_cryoguard.classify import domain_warnings
+
             loaded = picker.load(spec)
             true = np.array([loaded.class_names.index(n) if n in loaded.class_names else -1
                              for n in labels.names], dtype=np.int64)
-            res, index = yield from attack_all_job(loaded, self.image.value.data, coords, true,
-                                                   self.attack.value, self.device.value, params,
-                                                   int(self.batch_size.value))
-            return res, index, loaded, true
+            notes = list(guarded["notes"])
+            res, index = yield from attack_all_job(loaded, volume, coords, true[rows], attack,
+                                                   device, params, batch,
+                                                   voxel_size=guarded["voxel_size"], notes=notes)
+            warnings = domain_warnings(loaded, voxel_size=guarded["voxel_size"], normalized=True)
+            return res, rows[index], loaded, true, domain_line(notes, warnings)
 
         worker = start_worker(
             self, job,
             on_yield=lambda p: setattr(self.progress, "value", int(100 * p[0] / max(p[1], 1))),
-            on_return=lambda out: self._on_all(out[0], out[1], out[2], labels, out[3], model_name),
+            on_return=lambda out: self._on_all(out[0], out[1], out[2], labels, out[3], model_name,
+                                               out[4]),
             buttons=(self.run_button, self.all_button))
         worker.aborted.connect(self._on_cancelled)
         worker.finished.connect(lambda: setattr(self.cancel_button, "enabled", False))
@@ -305,7 +325,8 @@ class AttackWidget(DockWidget):
         self.progress.value = 0
         self.status.value = "cancelled: the picks' features are unchanged"
 
-    def _on_all(self, res, index: np.ndarray, loaded, labels=None, true=None, model_name="") -> None:
+    def _on_all(self, res, index: np.ndarray, loaded, labels=None, true=None, model_name="",
+                domain: str = "") -> None:
         import pandas as pd
 
         layer = self._viewer.layers[PICKS_LAYER]
@@ -330,7 +351,7 @@ class AttackWidget(DockWidget):
         layer.border_color = rgba
         layer.face_color = rgba
         self.progress.value = 100
-        self.status.value = summary_line(res, index, labels, true, model_name)
+        self.status.value = summary_line(res, index, labels, true, model_name) + domain
 
 
 def summary_line(res, index, labels, true, model_name: str) -> str:

@@ -44,29 +44,101 @@ from napari_cryoguard.errors import CryoGuardError
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["FILE_CHOICE", "ClassifyWidget"]
+__all__ = ["FILE_CHOICE", "ClassifyWidget", "layer_picks_for", "extraction_size", "domain_line"]
+
+
+def layer_picks_for(image_layer, picks_layer) -> dict:
+    """The picks of ``picks_layer`` that belong to ``image_layer``, in its voxels (main thread).
+
+    Rows are matched by tomogram name (a ``tomo_name`` feature per point, else the layer's
+    ``metadata["tomo_name"]``) with :meth:`~napari_cryoguard.io.Picks.for_tomogram`, and
+    converted from the picks layer's ``metadata["voxel_size"]`` to the image layer's
+    voxel size with :meth:`~napari_cryoguard.io.Picks.at_voxel_size`.
+
+    Returns
+    -------
+    dict
+        ``coords`` (ZYX voxels of the image), ``rows`` (indices into the picks layer),
+        ``notes`` (what was matched or converted) and ``voxel_size`` (the image's).
+    """
+    from napari_cryoguard._napari._common import voxel_size_of
+    from napari_cryoguard.io import Picks
+
+    data = np.asarray(picks_layer.data, dtype=float)[:, -3:]
+    n = len(data)
+    meta = picks_layer.metadata or {}
+    feats = picks_layer.features
+    names = None
+    if "tomo_name" in getattr(feats, "columns", ()) and len(feats) == n:
+        names = np.asarray(feats["tomo_name"]).astype(str)
+    elif meta.get("tomo_name"):
+        names = np.array([str(meta["tomo_name"])] * n)
+    image_vs = voxel_size_of(image_layer)
+    picks = Picks(coords=data, tomo_names=names, features={"_row": np.arange(n)},
+                  voxel_size=float(meta.get("voxel_size", image_vs)),
+                  notes=[str(x) for x in meta.get("notes", [])])
+    source = f"the {picks_layer.name!r} layer"
+    picks = picks.for_tomogram(image_layer.name, source=source).at_voxel_size(image_vs,
+                                                                             source=source)
+    return {"coords": picks.coords, "rows": np.asarray(picks.features["_row"], dtype=np.int64),
+            "notes": list(picks.notes), "voxel_size": image_vs}
+
+
+def extraction_size(loaded, voxel_size: float | None) -> int:
+    """Cube edge to cut at ``voxel_size`` so that it covers the model's field of view.
+
+    The model's cube when the voxel sizes agree within 1 % or either is unknown; else
+    ``ceil(cube * model voxel size / voxel size)`` (at least 4), which
+    :func:`~napari_cryoguard.classify.prepare_volumes` then resamples to the model's cube.
+    """
+    import math
+
+    from napari_cryoguard.classify import VOXEL_SIZE_RTOL
+
+    mvs = loaded.voxel_size
+    if voxel_size is None or mvs is None or abs(voxel_size - mvs) <= VOXEL_SIZE_RTOL * mvs:
+        return loaded.cube
+    return max(4, math.ceil(loaded.cube * mvs / float(voxel_size)))
+
+
+def domain_line(notes, warnings) -> str:
+    """The resampling notes and domain warnings as a suffix for a result line."""
+    parts = [*notes, *(f"warning: {w}" for w in warnings)]
+    return "".join(f"; {p}" for p in parts)
 
 
 def classify_job(picker, spec: str, source: dict, device: str, batch_size: int):
     """Worker job: load the model, get the cubes (extracting picks if needed), classify.
 
-    Yields ``(done, total)``; returns ``(predictions, pick index, loaded model)``.
+    Picks are those of the tomogram at hand in its voxels (:func:`layer_picks_for`),
+    cut so as to cover the model's field of view and resampled to the model's voxel size
+    when it differs. Yields ``(done, total)``; returns ``(predictions, pick index, loaded
+    model)``; ``predictions.notes`` carries the guards' notes and the resampling, and
+    ``predictions.warnings`` the domain warnings.
     """
-    from napari_cryoguard.classify import iter_classify
+    from napari_cryoguard.classify import domain_warnings, iter_classify
     from napari_cryoguard.picking import extract_subtomograms
 
     loaded = picker.load(spec)
+    voxel_size = source.get("voxel_size")
     if source["kind"] == "stack":
         volumes = np.asarray(source["data"], dtype=np.float32)
         normalized, index = source["normalized"], source["index"]
     else:
-        sub = extract_subtomograms(source["volume"], source["coords"], size=loaded.cube,
+        size = extraction_size(loaded, voxel_size)
+        sub = extract_subtomograms(source["volume"], source["coords"], size=size,
                                    normalize=True)
         if len(sub.volumes) == 0:
-            raise CryoGuardError(f"no pick lies far enough inside the tomogram for a {loaded.cube}^3 cube")
-        volumes, normalized, index = sub.volumes, True, np.asarray(sub.index)
+            raise CryoGuardError(f"no pick lies far enough inside the tomogram for a {size}^3 cube")
+        volumes, normalized = sub.volumes, True
+        index = np.asarray(source["rows"])[np.asarray(sub.index, dtype=np.int64)]
+    # picks are cut to the model's field of view, so only a stack's cube can differ
+    warnings = domain_warnings(loaded, voxel_size=voxel_size, normalized=normalized,
+                               cube=None if source["kind"] == "picks" else volumes.shape[1])
     preds = yield from iter_classify(loaded, volumes, normalized=normalized, device=device,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, voxel_size=voxel_size)
+    preds.notes = [*source.get("notes", []), *preds.notes]
+    preds.warnings = warnings
     return preds, index, loaded
 
 
@@ -139,12 +211,14 @@ class ClassifyWidget(DockWidget):
                                      "or classify the picks of a tomogram")
             layer = self._viewer.layers[SUBTOMOGRAMS_LAYER]
             meta = layer.metadata
+            vs = meta.get("voxel_size")
             return {"kind": "stack", "data": layer.data, "normalized": bool(meta.get("normalized", False)),
-                    "index": np.asarray(meta.get("index", np.arange(len(layer.data))))}
+                    "index": np.asarray(meta.get("index", np.arange(len(layer.data)))),
+                    "voxel_size": None if vs is None else float(vs)}
         if PICKS_LAYER not in self._viewer.layers or self.image.value is None:
             raise CryoGuardError("classifying picks needs a 'picks' layer and a tomogram")
-        return {"kind": "picks", "volume": self.image.value.data,
-                "coords": np.asarray(self._viewer.layers[PICKS_LAYER].data)[:, -3:]}
+        guarded = layer_picks_for(self.image.value, self._viewer.layers[PICKS_LAYER])
+        return {"kind": "picks", "volume": self.image.value.data, **guarded}
 
     def run_classify(self) -> None:
         """Load the model and classify in a worker thread."""
@@ -195,7 +269,9 @@ class ClassifyWidget(DockWidget):
                     note = (f"; accuracy {acc:.3f} on {int(known.sum())} picks against "
                             f"{labels.source}")
         self.legend.value = self._legend_html(preds.class_names, preds)
-        self.status.value = f"classified {len(preds.probabilities)} subtomograms with {name}{note}"
+        self.status.value = (f"classified {len(preds.probabilities)} subtomograms with {name}{note}"
+                             + domain_line(getattr(preds, "notes", []),
+                                           getattr(preds, "warnings", [])))
         self.show_probabilities()
     @staticmethod
     def _legend_html(names, preds) -> str:
