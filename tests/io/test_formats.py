@@ -379,3 +379,98 @@ def test_text_that_is_not_a_table(tmp_path):
     q.write_text("1 2\n3 4\n")
     with pytest.raises(CryoGuardError, match="at least 3 columns"):
         read_picks(q)
+
+
+# --------------------------------------------------------------------------- fuzz
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+_TABLE_ALPHABET = st.sampled_from(list("0123456789.,;|\t -+eE#:xyzXYZ_[]\"'{}\nabcn") + ["\ufeff"])
+
+
+def _only_cryoguard_errors(path, **kw):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            picks = read_picks(path, **kw)
+    except CryoGuardError:
+        return None
+    assert picks.coords.shape[1] == 3 and np.isfinite(picks.coords).all()
+    return picks
+
+
+@_FUZZ
+@given(text=st.text(_TABLE_ALPHABET, max_size=300), suffix=st.sampled_from([".csv", ".tsv"]))
+def test_fuzzed_tables_raise_only_cryoguard_error(tmp_path, text, suffix):
+    """150 random texts of table characters: a Picks or a CryoGuardError, nothing else."""
+    p = tmp_path / f"f{suffix}"
+    p.write_text(text, encoding="utf-8")
+    _only_cryoguard_errors(p)
+
+
+@_FUZZ
+@given(
+    header=st.lists(
+        st.sampled_from(["x", "y", "z", "X", "label", "class_name", "score", "tomo", "f[0]"]),
+        max_size=7,
+    ),
+    meta=st.sampled_from(
+        ["", '# class_names: ["a"]\n', '# class_names: "abc"\n', '# features: {"f": ["<f4", 1]}\n',
+         '# features: {"f": ["<f4", 99999999]}\n', "# voxel_size: -1\n", "# voxel_size: 3\n"]
+    ),
+    cells=st.lists(st.sampled_from(["1", "-1", "2.5", "nan", "a", "", "30000000"]), max_size=21),
+)
+def test_fuzzed_cryoguard_csv_raise_only_cryoguard_error(tmp_path, header, meta, cells):
+    """150 hand-shaped CSVs with metadata lines and odd cells: only CryoGuardError."""
+    width = max(len(header), 1)
+    rows = [",".join(cells[i : i + width]) for i in range(0, len(cells), width)]
+    p = tmp_path / "c.csv"
+    p.write_text(meta + ",".join(header) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    _only_cryoguard_errors(p)
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzzed_copick_cbox_dynamo_imod_raise_only_cryoguard_error(tmp_path, data):
+    """150 real files with random bytes overwritten or cut: only CryoGuardError."""
+    source = data.draw(
+        st.sampled_from(
+            [
+                DATA / "copick" / "TS_6_4_ribosome.json",
+                DATA / "cryolo" / "TS_01.cbox",
+                DATA / "dynamo" / "t_double.tbl",
+                DATA / "imod" / "points.mod",
+                DATA / "imod" / "multiple_objects_example.mod",
+            ]
+        )
+    )
+    raw = bytearray(source.read_bytes()[:4000])
+    for _ in range(data.draw(st.integers(0, 6))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    p = tmp_path / source.name
+    p.write_bytes(bytes(raw[: max(cut, 1)]))
+    _only_cryoguard_errors(p, voxel_size=10.0)
+
+
+def test_imod_counts_larger_than_the_file_are_refused(tmp_path):
+    """A contour claiming 2**30 points would make imodmodel build gigabytes: refused first."""
+    raw = bytearray((DATA / "imod" / "points.mod").read_bytes())
+    at = raw.index(b"CONT") + 4
+    raw[at : at + 4] = (2**30).to_bytes(4, "big")
+    p = tmp_path / "huge.mod"
+    p.write_bytes(bytes(raw))
+    t0 = time.perf_counter()
+    with pytest.raises(CryoGuardError, match="cut or corrupt"):
+        read_picks(p)
+    assert time.perf_counter() - t0 < 2.0
+    cut = tmp_path / "cut.mod"
+    cut.write_bytes((DATA / "imod" / "points.mod").read_bytes()[:-4])  # no IEOF: imodmodel loops
+    with pytest.raises(CryoGuardError, match="cut or corrupt"):
+        read_picks(cut)

@@ -67,7 +67,7 @@ def _table_map(path: Path) -> dict[int, str]:
         if len(parts) == 2:
             try:
                 out[int(float(parts[0]))] = parts[1].strip()
-            except ValueError:
+            except (ValueError, OverflowError):
                 continue
     return out
 
@@ -182,9 +182,13 @@ def read_dynamo_picks(
         )
     scores = col("cc", "10 (cc)")
     tomo_idx = col("tomo", "20 (tomo)")
+    classes = col("class", "22 (class)")
+    for values, what in ((tomo_idx, "20 (tomo)"), (classes, "22 (class)")):
+        if not np.isfinite(values).all():
+            raise CryoGuardError(f"{path.name}: column {what} holds non-finite values")
     tmap = _table_map(path)
     names = [
-        tmap.get(int(t), f"{int(t)}" if float(t).is_integer() else f"{t:g}")
+        tmap.get(int(t), f"{int(t)}") if float(t).is_integer() else f"{t:g}"
         for t in tomo_idx.tolist()
     ]
     tomo_names = np.asarray(names, dtype=str)
@@ -192,7 +196,6 @@ def read_dynamo_picks(
         f"{path.name}: tomogram names from column 20 (tomo)"
         + (f" mapped through {path.with_suffix('.doc').name}" if tmap else " as the index numbers")
     )
-    classes = col("class", "22 (class)")
     distinct = np.unique(classes)
     if len(distinct) > MAX_CLASSES:
         raise CryoGuardError(

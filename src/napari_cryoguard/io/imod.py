@@ -14,6 +14,9 @@ Conventions implemented here:
   numbers them). The 1-based object number is kept as the feature ``object`` and the
   contour index within its object as ``contour``. The contour index within its object is kept as the
   feature ``contour``, the 1-based object number as ``object``.
+* Before ``imodmodel`` parses the file, its chunks are walked with bounds checks: a count
+  the file cannot hold (a contour of 2**30 points in a 500-byte file) or a file cut
+  before its ``IEOF`` marker is refused, since the library would build gigabytes or loop.
 * Voxel size: ``voxel_size=`` when given, else the model header's ``pixelsize`` with its
   ``units`` (0 = pixels, i.e. unknown; -10 = Angstrom, -9 = nm, -6 = micron, ...) when
   that says a physical size, else 1.0 with a note. A header ``zscale`` other than 1 is
@@ -23,6 +26,7 @@ Conventions implemented here:
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ import numpy as np
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io.picks import Picks
 
-MAX_FILE_BYTES = 1024**3
+MAX_FILE_BYTES = 256 * 1024**2
 MAX_CLASSES = 100_000
 
 # IMOD model header ``units``: the power of ten of a metre (0 = pixels, no physical size)
@@ -42,6 +46,98 @@ _UNIT_EXPONENT_TO_ANGSTROM = {
 _UNIT_WORDS = {
     -12: "pm", -10: "Angstrom", -9: "nm", -6: "micron", -3: "mm", -2: "cm", 1: "m", 3: "km",
 }
+
+
+# byte sizes of the fixed parts of an IMOD model file (big endian, see IMOD's binary spec)
+_ID = 8
+_MODEL_HEADER = struct.calcsize(">128s4iI4i6f3i2ifi i3f".replace(" ", ""))
+_OBJECT_HEADER = struct.calcsize(">64s16IiIi i3fi8B2i".replace(" ", ""))
+_CONTOUR_HEADER = 16  # psize, flags, time, surf
+_MESH_HEADER = 16  # vsize, lsize, flags, time (short), surf (short)
+_FIXED_CHUNKS = {"IMAT": 4 + 16, "MINX": 4 + 72, "SLAN": 4 + 60}  # size word + payload
+_STORAGE_CHUNKS = ("MOST", "OBST", "COST", "MEST")
+
+
+def _check_structure(path: Path, raw: bytes) -> None:
+    """Walk the chunks of an IMOD model and refuse counts the file cannot hold.
+
+    ``imodmodel`` trusts every count in the file: a contour that claims 2**31 points
+    builds a format string of gigabytes, and a file cut before its ``IEOF`` marker makes
+    it loop for ever. This walk follows the same chunks with bounds checks, so that the
+    library only ever sees a file whose counts fit in its size.
+    """
+    size = len(raw)
+    pos = _ID + _MODEL_HEADER
+    if size < pos + 4:
+        raise CryoGuardError(
+            f"{path.name}: an IMOD model of {size} bytes is too short for its header"
+        )
+    objects = contours = meshes = 0
+    last_psize = 0
+
+    def need(n: int, what: str) -> None:
+        if n < 0 or pos + n > size:
+            raise CryoGuardError(
+                f"{path.name}: {what} at byte {pos} needs {n} bytes, the file has {size - pos} "
+                "left; the model is cut or corrupt"
+            )
+
+    def word(signed: bool = True) -> int:
+        need(4, "a count")
+        return int.from_bytes(raw[pos : pos + 4], "big", signed=signed)
+
+    while True:
+        need(4, "a chunk tag")
+        tag = raw[pos : pos + 4].decode("latin-1")
+        pos += 4
+        if tag == "IEOF":
+            return
+        if tag == "OBJT":
+            need(_OBJECT_HEADER, "an object header")
+            pos += _OBJECT_HEADER
+            objects += 1
+            contours = meshes = 0
+        elif tag in ("CONT", "MESH", "IMAT", "OBST") and not objects:
+            raise CryoGuardError(f"{path.name}: a {tag} chunk comes before any object")
+        elif tag == "CONT":
+            need(_CONTOUR_HEADER, "a contour header")
+            last_psize = word()
+            pos += _CONTOUR_HEADER
+            need(12 * last_psize, f"a contour of {last_psize} points")
+            pos += 12 * last_psize
+            contours += 1
+        elif tag == "MESH":
+            need(_MESH_HEADER, "a mesh header")
+            vsize = word()
+            lsize = int.from_bytes(raw[pos + 4 : pos + 8], "big", signed=True)
+            pos += _MESH_HEADER
+            need(12 * vsize, f"a mesh of {vsize} vertices")
+            pos += 12 * vsize
+            need(4 * lsize, f"a mesh of {lsize} indices")
+            pos += 4 * lsize
+            meshes += 1
+        elif tag in _FIXED_CHUNKS:
+            need(_FIXED_CHUNKS[tag], f"a {tag} chunk")
+            pos += _FIXED_CHUNKS[tag]
+        elif tag in _STORAGE_CHUNKS:
+            if (tag == "COST" and not contours) or (tag == "MEST" and not meshes):
+                raise CryoGuardError(f"{path.name}: a {tag} chunk has nothing to belong to")
+            n = word()
+            if n % 12:
+                raise CryoGuardError(f"{path.name}: {tag} chunk size {n} is not a multiple of 12")
+            pos += 4
+            need(n, f"a {tag} chunk")
+            pos += n
+        elif tag == "SIZE":
+            if not contours:
+                raise CryoGuardError(f"{path.name}: a SIZE chunk comes before any contour")
+            need(4 + 4 * last_psize, "a SIZE chunk")
+            pos += 4 + 4 * last_psize
+        else:
+            n = word(signed=False)
+            pos += 4
+            need(n, f"a {tag!r} chunk")
+            pos += n
 
 
 def _positive(value: Any) -> float:
@@ -95,16 +191,16 @@ def read_imod_picks(
         ) from err
     try:
         size = path.stat().st_size
-        with open(path, "rb") as fh:
-            magic = fh.read(8)
+        if size > MAX_FILE_BYTES:
+            raise CryoGuardError(
+                f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a model may hold"
+            )
+        raw = path.read_bytes()
     except OSError as err:
         raise CryoGuardError(f"could not read {path}: {err}") from err
-    if size > MAX_FILE_BYTES:
-        raise CryoGuardError(
-            f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a model may hold"
-        )
-    if not magic.startswith(b"IMOD"):
+    if not raw.startswith(b"IMOD"):
         raise CryoGuardError(f"{path.name} is not an IMOD model (it does not start with 'IMOD')")
+    _check_structure(path, raw)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -234,7 +234,7 @@ def _positive(value: Any, what: str, path: Path) -> float:
 def _class_names_meta(value: str, path: Path) -> list[str]:
     try:
         names = json.loads(value)
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:
         raise CryoGuardError(
             f"{path.name}: the '# class_names:' line must be a JSON list of strings, "
             f"got {value[:60]!r} ({err})"
@@ -254,7 +254,7 @@ def _class_names_meta(value: str, path: Path) -> list[str]:
 def _features_meta(value: str, path: Path, n_columns: int) -> dict[str, tuple[str, int]]:
     try:
         raw = json.loads(value)
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:
         raise CryoGuardError(f"{path.name}: bad '# features:' line: {err}") from err
     if not isinstance(raw, dict):
         raise CryoGuardError(f"{path.name}: the '# features:' line must be a JSON object")
