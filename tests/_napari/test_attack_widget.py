@@ -166,3 +166,27 @@ def test_bad_model_is_a_notification(setup, tmp_path):
     docked.wait_idle(widget)
     assert widget.status.value.startswith("error")
     assert widget.run_button.enabled
+
+
+def test_attack_all_uses_only_the_picks_of_the_image(setup, small_sim):
+    """Picks of two tomograms: only the rows named like the image layer are attacked, and
+    the result line says so and warns that the model's training voxel size is unknown."""
+    from napari_cryoguard.io import Picks
+
+    docked, widget = setup
+    viewer = docked.viewer
+    n = len(small_sim.coords)
+    coords = np.concatenate([small_sim.coords, small_sim.coords])
+    set_picks_layer(viewer, Picks(coords=coords, features={
+        "tomo_name": np.array(["other"] * n + ["tomo"] * n)}), viewer.layers["tomo"])
+    widget.attack.value = "fgsm"
+    widget.labels.combo.value = "none"
+    docked.click(widget, "Attack all picks")
+    docked.wait_idle(widget)
+    feats = viewer.layers["picks"].features
+    attacked = ~np.isnan(feats["adv_norm"].to_numpy())
+    np.testing.assert_array_equal(attacked, [False] * n + [True] * n)
+    status = widget.status.value
+    assert f"{n}/{n} picks" in status or f"/{n} picks flipped" in status, status
+    assert f"{n} of {2 * n} picks" in status
+    assert "model's training voxel size unknown" in status
