@@ -188,7 +188,7 @@ def _check_bounds(name: str, fields: dict, clean: dict[str, Any]) -> None:
             if len(items) > MAX_LAYERS:
                 raise bad(key, value, f"at most {MAX_LAYERS} entries")
             for item in items:
-                if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_WIDTH:
+                if not _is_int(item) or not 1 <= item <= MAX_WIDTH:
                     raise bad(key, value, f"integers from 1 to {MAX_WIDTH}")
         elif isinstance(default, float) or value is not None and not isinstance(value, str):
             if value is None and default is None:
