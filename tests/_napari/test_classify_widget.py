@@ -171,3 +171,29 @@ def test_classify_picks_of_no_matching_tomogram_notifies(setup, small_sim):
     docked.click(widget, "Classify")
     assert widget.status.value.startswith("error:"), widget.status.value
     assert "'a'" in widget.status.value and "'b'" in widget.status.value
+
+
+def test_particle_for_model_converts_the_pick_and_resamples(small_sim, tmp_path):
+    """A pick at picks-layer voxels x 2 (half the voxel size) is cut at the same place;
+    a 10 A model on a 20 A image gets a resampled 24^3 cube and a note."""
+    from napari_cryoguard.classify import load_model, zscore
+    from napari_cryoguard._napari.classify_widget import particle_for_model
+
+    torch.manual_seed(0)
+    model = build_model("cb3d", 3, cube=24, **tiny_params("cb3d"))
+    vs = float(small_sim.voxel_size)
+    same = load_model(save_checkpoint(tmp_path / "m.safetensors", model, {"voxel_size": vs}))
+    c = np.round(small_sim.coords[0])
+    src = {"index": 0, "stack": None, "volume": small_sim.volume, "center": c}
+    ref = particle_for_model({**src, "scale": 1.0, "voxel_size": vs}, same)
+    notes: list[str] = []
+    got = particle_for_model({**src, "center": c * 2, "scale": 0.5, "voxel_size": vs}, same,
+                             notes)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert ref.shape == (24, 24, 24) and "x 0.5" in notes[0]
+    finer = load_model(save_checkpoint(tmp_path / "f.safetensors", model,
+                                       {"voxel_size": vs / 2}))
+    notes = []
+    vol = particle_for_model({**src, "scale": 1.0, "voxel_size": vs}, finer, notes)
+    assert vol.shape == (24, 24, 24) and notes[0].startswith(f"resampled {vs:g} A -> {vs / 2:g} A")
+    np.testing.assert_allclose(vol, zscore(vol[None])[0], atol=1e-4)

@@ -33,7 +33,6 @@ from napari_cryoguard._napari._common import (
     PICKS_LAYER,
     ModelPicker,
     connect_pick_selection,
-    particle_cube,
     particle_source,
     show_error,
     apply_stepwise,
@@ -132,7 +131,9 @@ def attack_one_job(picker, spec: str, source: dict, label_name: str | None, name
                    params: dict, magnify: int) -> dict:
     """Worker job for one particle: load the model, cut its cube, attack, prepare layers."""
     loaded = picker.load(spec)
-    vol = particle_cube(source, loaded.cube)
+    from napari_cryoguard._napari.classify_widget import particle_for_model
+
+    vol = particle_for_model(source, loaded)
     names = loaded.class_names
     label = names.index(label_name) if label_name in names else None
     out = attack_one(loaded, vol, label, name, params)
@@ -229,6 +230,9 @@ class AttackWidget(DockWidget):
         try:
             spec = self.picker.spec()
             source = particle_source(self._viewer, i, self.image.value)
+            from napari_cryoguard._napari.classify_widget import particle_voxels
+
+            source.update(particle_voxels(self._viewer, self.image.value))
             params = self.attack_params()
             labels = self.labels.resolve()
             label_name = labels.names[i] if i < len(labels.names) and labels.names[i] else None

@@ -101,6 +101,38 @@ def extraction_size(loaded, voxel_size: float | None) -> int:
     return max(4, math.ceil(loaded.cube * mvs / float(voxel_size)))
 
 
+def particle_voxels(viewer, image_layer) -> dict:
+    """What a single pick's cube needs to be cut at the right place (main thread).
+
+    ``scale`` turns the picks layer's voxel indices into the image's (picks layer
+    ``metadata["voxel_size"]`` / image voxel size) and ``voxel_size`` is the image's.
+    """
+    from napari_cryoguard._napari._common import voxel_size_of
+
+    if image_layer is None or PICKS_LAYER not in viewer.layers:
+        return {}
+    vs = voxel_size_of(image_layer)
+    picks_vs = float((viewer.layers[PICKS_LAYER].metadata or {}).get("voxel_size", vs))
+    return {"scale": picks_vs / vs, "voxel_size": vs}
+
+
+def particle_for_model(source: dict, loaded, notes: list[str] | None = None) -> np.ndarray:
+    """A pick's cube as the model takes it (worker): cut at the image's voxels, covering
+    the model's field of view, resampled to its voxel size and cube when they differ."""
+    from napari_cryoguard.classify import prepare_volumes
+
+    src = dict(source)
+    scale = float(src.get("scale", 1.0))
+    if src.get("center") is not None and abs(scale - 1.0) > 1e-4:
+        src["center"] = np.asarray(src["center"], dtype=float) * scale
+        if notes is not None:
+            notes.append(f"converted the pick from the picks layer's voxels to the image's "
+                         f"(x {scale:g})")
+    vs = src.get("voxel_size")
+    vol = particle_cube(src, extraction_size(loaded, vs))
+    return prepare_volumes(loaded, vol[None], True, voxel_size=vs, notes=notes)[0]
+
+
 def domain_line(notes, warnings) -> str:
     """The resampling notes and domain warnings as a suffix for a result line."""
     parts = [*notes, *(f"warning: {w}" for w in warnings)]
@@ -147,7 +179,7 @@ def reconstruct_job(picker, spec: str, source: dict) -> dict:
     import torch
 
     loaded = picker.load(spec)
-    vol = particle_cube(source, loaded.cube)
+    vol = particle_for_model(source, loaded)
     i = source["index"]
     layers = {f"particle {i}": vol}
     if loaded.has_decoder:
@@ -313,6 +345,7 @@ class ClassifyWidget(DockWidget):
         try:
             spec = self.picker.spec()
             source = particle_source(self._viewer, i, self.image.value)
+            source.update(particle_voxels(self._viewer, self.image.value))
         except Exception as exc:
             self._fail(exc)
             return
