@@ -52,7 +52,7 @@ _ARCH_KEYS = ("arch", "arch_params", "num_classes", "cube")
 #: Values of the ``normalization`` field: ``"zscore"`` (per-sample zero mean, unit
 #: variance, applied before the model) or ``"none"`` (the model takes the raw values).
 NORMALIZATIONS = ("zscore", "none")
-#: Bounds checked on loading, before anything is allocated (DESIGN.md, "Limits").
+#: Bounds checked on loading, before anything is allocated (see validate_metadata).
 MAX_CLASSES = 10000
 CUBE_RANGE = (4, 512)
 
