@@ -223,8 +223,10 @@ TS_02  120.0  220.0   70.0  33.0  2  0.0
 def test_read_relion_particles_from_another_tool(tmp_path):
     path = tmp_path / "relion.star"
     path.write_text(RELION_STAR)
-    with pytest.warns(UserWarning, match="NOT applied"):
-        picks = read_picks(path)
+    picks = read_picks(path)
+    # only rlnOriginXAngst, without Y and Z: kept as a feature, and the notes say so
+    assert any("rlnOriginXAngst" in n and "kept as features" in n for n in picks.notes)
+    assert any("1.35" in n and "rlnTomoTomogramBinning" in n for n in picks.notes)
     assert len(picks) == 3
     np.testing.assert_array_equal(picks.coords[0], [50.0, 200.25, 100.5])  # ZYX
     assert picks.tomo_names.tolist() == ["TS_01", "TS_01", "TS_02"]

@@ -143,7 +143,13 @@ def _parse_column(strings: np.ndarray, dtype: str | None, what: str) -> np.ndarr
     if dtype == "str":
         return strings
     if dtype is not None:
-        target = np.dtype(dtype)
+        try:
+            target = np.dtype(dtype)
+        except (TypeError, ValueError) as err:
+            raise CryoGuardError(
+                f"column {what!r}: feature dtype {dtype!r} is not a numpy dtype; expected "
+                "'str' or a float, integer or bool dtype such as '<f8'"
+            ) from err
         try:
             if target.kind == "f":
                 return strings.astype(np.float64).astype(target)
@@ -186,6 +192,12 @@ def _feature_columns(
     meta: dict[str, tuple[str, int]] = {}
     for name, values in picks.features.items():
         _check_feature_name(str(name))
+        if star and re.match(r"(?i)(_|data_|loop_|global_|save_|stop_)", str(name)):
+            raise CryoGuardError(
+                f"feature name {name!r} cannot be a STAR column: a name starting with '_', "
+                "'data_', 'loop_', 'global_', 'save_' or 'stop_' would be read as STAR syntax; "
+                "rename it or write CSV"
+            )
         values = np.asarray(values)
         if values.dtype.kind == "O":
             values = np.asarray(values.tolist())
@@ -280,8 +292,23 @@ def _tomo_names_for_writing(picks: Picks, tomo_name: str | None) -> np.ndarray |
 # --------------------------------------------------------------------------- public API
 
 
-def write_picks(path: str | os.PathLike, picks: Picks, *, tomo_name: str | None = None) -> Path:
+def write_picks(
+    path: str | os.PathLike,
+    picks: Picks,
+    *,
+    tomo_name: str | None = None,
+    convention: str = "cryoguard",
+    tomograms: Any = None,
+    shape: tuple[int, int, int] | None = None,
+) -> Path:
     """Write picks to a RELION STAR or a CSV file (by suffix), atomically.
+
+    Two STAR conventions: ``"cryoguard"`` (default) writes voxel ``rlnCoordinateX/Y/Z``
+    with our metadata blocks (lossless, read back as is); ``"relion5"`` writes RELION 5
+    centred Angstrom coordinates ``rlnCenteredCoordinateX/Y/ZAngst`` with ``rlnTomoName``,
+    ``rlnOpticsGroup`` and a ``data_optics`` block (``rlnTomoTiltSeriesPixelSize``), for
+    RELION 5 and pytom-match-pick; reading it back needs the same ``tomograms=`` (see
+    :mod:`napari_cryoguard.io.relion` for the centring rule).
 
     Parameters
     ----------
@@ -292,6 +319,15 @@ def write_picks(path: str | os.PathLike, picks: Picks, *, tomo_name: str | None 
     tomo_name : str, optional
         Tomogram name for every pick, used when ``picks.tomo_names`` is None (it must
         agree with ``picks.tomo_names`` otherwise).
+    convention : {"cryoguard", "relion5"}
+        STAR coordinate convention (CSV files take only "cryoguard").
+    tomograms : str, PathLike or mapping, optional
+        For ``"relion5"``: each tomogram's geometry, as
+        :func:`napari_cryoguard.io.relion.load_tomograms` takes it (a ``tomograms.star``,
+        an optimisation set or ``name -> (shape_zyx, voxel_size)``).
+    shape : tuple of int, optional
+        For ``"relion5"`` without ``tomograms``: the (z, y, x) shape of the tomogram all
+        picks belong to, at ``picks.voxel_size``.
 
     Returns
     -------
@@ -312,11 +348,28 @@ def write_picks(path: str | os.PathLike, picks: Picks, *, tomo_name: str | None 
     if picks.class_names is not None:
         _format_column(np.asarray(picks.class_names, dtype=str), "class name", star=star)
     feature_cols, feature_meta = _feature_columns(picks, star=star)
+    if convention not in ("cryoguard", "relion5"):
+        raise CryoGuardError(
+            f"unknown pick-file convention {convention!r}; expected 'cryoguard' or 'relion5'"
+        )
+    coord_cols = optics = None
+    if convention == "relion5":
+        if not star:
+            raise CryoGuardError(f"{path.name}: convention 'relion5' writes STAR files only")
+        from napari_cryoguard.io.relion import relion5_columns
+
+        coord_cols, optics, tomo_names = relion5_columns(
+            picks, tomo_names, tomograms=tomograms, shape=shape
+        )
+        clash = sorted(set(feature_cols) & ({*coord_cols} | {"rlnOpticsGroup"}))
+        if clash:
+            raise CryoGuardError(f"features {clash} clash with RELION 5 columns; rename them")
     try:
         with atomic_output(path) as tmp:
             if star:
                 _write_star(
-                    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size
+                    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size,
+                    coord_cols=coord_cols, optics=optics,
                 )
             else:
                 _write_csv(
@@ -328,14 +381,18 @@ def write_picks(path: str | os.PathLike, picks: Picks, *, tomo_name: str | None 
 
 
 def _write_star(
-    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size
+    tmp, picks, tomo_names, names_per_row, feature_cols, feature_meta, voxel_size,
+    *, coord_cols=None, optics=None,
 ) -> None:
     cols: dict[str, list[str]] = {}
-    cols[STAR_XYZ[0]] = _format_column(picks.coords[:, 2], "x", star=True)
-    cols[STAR_XYZ[1]] = _format_column(picks.coords[:, 1], "y", star=True)
-    cols[STAR_XYZ[2]] = _format_column(picks.coords[:, 0], "z", star=True)
+    if coord_cols is None:
+        cols[STAR_XYZ[0]] = _format_column(picks.coords[:, 2], "x", star=True)
+        cols[STAR_XYZ[1]] = _format_column(picks.coords[:, 1], "y", star=True)
+        cols[STAR_XYZ[2]] = _format_column(picks.coords[:, 0], "z", star=True)
     if tomo_names is not None:
         cols[STAR_TOMO] = _format_column(tomo_names, "tomogram name", star=True)
+    if coord_cols is not None:
+        cols.update(coord_cols)
     if picks.scores is not None:
         cols[STAR_SCORE] = _format_column(picks.scores, "score", star=True)
     if picks.labels is not None:
@@ -351,6 +408,8 @@ def _write_star(
             STAR_VOXEL_SIZE: repr(voxel_size),
         }
     }
+    if optics is not None:
+        blocks["optics"] = pd.DataFrame(optics, dtype=object, columns=list(optics))
     if picks.class_names is not None:
         blocks[STAR_CLASSES_BLOCK] = pd.DataFrame(
             {
@@ -433,80 +492,172 @@ def read_picks(path: str | os.PathLike, *, voxel_size: float | None = None) -> P
 # --------------------------------------------------------------------------- STAR reading
 
 
-def _star_labels(path: Path) -> list[str]:
-    """Every label (``_name``) in the file, so starfile keeps all values as strings."""
-    labels: list[str] = []
-    seen: set[str] = set()
-    has_block = False
+STAR_MAX_BYTES = 256 * 1024 * 1024
+"""Largest STAR file read (bytes); larger files are refused before reading."""
+
+MAX_CLASS_NUMBER = 100_000
+"""Largest ``rlnClassNumber`` for which class names are built from per-row names."""
+
+MAX_FEATURE_WIDTH = 65_536
+"""Largest ``cryoguardFeatureWidth`` (columns of one (N, C) feature)."""
+
+
+def _star_tokens(line: str, path: Path, lineno: int) -> list[str]:
+    """Split one STAR line into values: whitespace-separated, quotes group, ``#`` comments."""
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c.isspace():
+            i += 1
+            continue
+        if c == "#":
+            break
+        if c in "\"'":
+            j = i + 1
+            while j < n and not (line[j] == c and (j + 1 == n or line[j + 1].isspace())):
+                j += 1
+            if j >= n:
+                raise CryoGuardError(f"{path.name}: line {lineno} has an unclosed {c} quote")
+            out.append(line[i + 1 : j])
+            i = j + 1
+            continue
+        j = i
+        while j < n and not line[j].isspace():
+            j += 1
+        out.append(line[i:j])
+        i = j
+    return out
+
+
+def read_star_blocks(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """Every data block of a STAR file as ``name -> column -> array of str``.
+
+    Values are kept exactly as written (``NaN`` stays the string ``"NaN"``); simple
+    blocks become one-row tables. Duplicate block or column names, rows of the wrong
+    length and files without a ``data_`` block raise :class:`CryoGuardError`.
+    """
+    path = Path(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                s = line.lstrip()
-                if s.startswith("data_"):
-                    has_block = True
-                elif s.startswith("_"):
-                    name = s.split()[0][1:]
-                    if name not in seen:
-                        seen.add(name)
-                        labels.append(name)
+        size = path.stat().st_size
+        if size > STAR_MAX_BYTES:
+            raise CryoGuardError(
+                f"{path.name} is {size} bytes; STAR files larger than {STAR_MAX_BYTES} bytes "
+                "are not read"
+            )
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CryoGuardError(f"{path.name} is not a text STAR file: {err}") from err
     except OSError as err:
         raise CryoGuardError(f"could not read {path}: {err}") from err
-    if not has_block:
+    blocks: dict[str, dict[str, list[str]]] = {}
+    loops: dict[str, bool] = {}
+    current: str | None = None
+    in_loop_header = False
+    labels: list[str] = []
+    values: list[str] = []
+
+    def finish_loop() -> None:
+        if current is None or not loops.get(current) or not labels:
+            return
+        if len(values) % len(labels):
+            raise CryoGuardError(
+                f"{path.name}: data_{current} has {len(values)} values, not a multiple of its "
+                f"{len(labels)} columns (a row is short or long)"
+            )
+        cols = blocks[current]
+        for k, lab in enumerate(labels):
+            cols[lab] = values[k :: len(labels)]
+
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        low = line.lower()
+        if low.startswith("data_"):
+            finish_loop()
+            current = line.split()[0][5:]
+            if current in blocks:
+                raise CryoGuardError(f"{path.name}: block data_{current} appears twice")
+            blocks[current] = {}
+            loops[current] = False
+            labels, values, in_loop_header = [], [], False
+            continue
+        if current is None:
+            raise CryoGuardError(
+                f"{path.name} is not a STAR file: line {lineno} comes before any 'data_' block "
+                "(there is no 'data_' block above it)"
+            )
+        if low.startswith("loop_"):
+            finish_loop()
+            loops[current] = True
+            labels, values, in_loop_header = [], [], True
+            continue
+        if line.startswith("_"):
+            tokens = _star_tokens(line, path, lineno)
+            name = tokens[0][1:]
+            if loops[current] and in_loop_header:
+                if name in labels:
+                    raise CryoGuardError(
+                        f"{path.name}: column _{name} appears twice in data_{current}"
+                    )
+                labels.append(name)
+                continue
+            if loops[current]:
+                raise CryoGuardError(
+                    f"{path.name}: line {lineno}: label _{name} after the rows of the loop "
+                    f"in data_{current}"
+                )
+            if name in blocks[current]:
+                raise CryoGuardError(f"{path.name}: _{name} appears twice in data_{current}")
+            if len(tokens) != 2:
+                raise CryoGuardError(
+                    f"{path.name}: line {lineno}: _{name} needs exactly one value, "
+                    f"got {len(tokens) - 1}"
+                )
+            blocks[current][name] = [tokens[1]]
+            continue
+        if not loops[current]:
+            raise CryoGuardError(
+                f"{path.name}: line {lineno} holds values outside a loop in data_{current}"
+            )
+        in_loop_header = False
+        values.extend(_star_tokens(line, path, lineno))
+    finish_loop()
+    if not blocks:
         raise CryoGuardError(f"{path.name} is not a STAR file: it has no 'data_' block")
-    return labels
-
-
-def _block_strings(block: Any) -> dict[str, np.ndarray] | None:
-    """A STAR block as column -> array of strings (None for an empty simple block)."""
-    if isinstance(block, dict):
-        return {k: np.array([_as_text(v)], dtype=object) for k, v in block.items()}
-    if isinstance(block, pd.DataFrame):
-        return {
-            str(c): np.array([_as_text(v) for v in block[c].tolist()], dtype=object)
-            for c in block.columns
-        }
-    return None
-
-
-def _as_text(v: Any) -> str:
-    # starfile turns 'nan' / '<NA>' into float NaN even for string columns
-    if isinstance(v, float) and np.isnan(v):
-        return "nan"
-    return str(v)
+    return {
+        name: {c: np.array(v, dtype=object) for c, v in cols.items()}
+        for name, cols in blocks.items()
+    }
 
 
 def _read_star(path: Path, voxel_size: float | None) -> Picks:
-    labels = _star_labels(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            raw = starfile.read(path, always_dict=True, parse_as_string=labels)
-    except Exception as err:  # starfile/pandas raise many types on malformed files
-        raise CryoGuardError(f"could not parse STAR file {path.name}: {err}") from err
-    blocks = {name: _block_strings(b) for name, b in raw.items()}
-    blocks = {k: v for k, v in blocks.items() if v is not None}
+    from napari_cryoguard.io.relion import read_star_picks
 
-    coord_blocks = [k for k, v in blocks.items() if all(c in v for c in STAR_XYZ)]
-    if not coord_blocks:
-        found = "; ".join(f"data_{k}: {', '.join(v) or '(no columns)'}" for k, v in blocks.items())
-        hint = ""
-        if any("rlnCenteredCoordinateXAngst" in v for v in blocks.values()):
-            hint = (
-                " (rlnCenteredCoordinate*Angst are RELION 5 centred coordinates in "
-                "Angstrom; convert them to voxel rlnCoordinateX/Y/Z first)"
-            )
-        raise CryoGuardError(
-            f"{path.name}: no data block has the coordinate columns "
-            f"{', '.join(STAR_XYZ)}{hint}. Found {found or 'no data blocks'}"
-        )
-    table = _merge_coordinate_blocks(path, blocks, coord_blocks)
-    n = len(table[STAR_XYZ[0]])
+    return read_star_picks(path, voxel_size=voxel_size)
 
-    x, y, z = (_numeric(table[c], np.float64, c, path) for c in STAR_XYZ)
-    coords = np.stack([z, y, x], axis=1) if n else np.zeros((0, 3))
+
+def star_picks_from_table(
+    path: Path,
+    blocks: dict[str, dict[str, np.ndarray]],
+    table: dict[str, np.ndarray],
+    coords: np.ndarray,
+    used: set[str],
+    *,
+    voxel_size: float,
+    tomo_names: np.ndarray | None,
+    notes: list[str],
+) -> Picks:
+    """Picks from a STAR particle table whose coordinates are already converted.
+
+    Reads scores (``rlnAutopickFigureOfMerit``), labels (``rlnClassNumber`` - 1), class
+    names (``data_cryoguard_classes`` or ``cryoguardClassName``) and features (every
+    column not in ``used``, typed by ``data_cryoguard_features`` when present).
+    """
     _check_coords(coords, path, "have")
-    used = {*STAR_XYZ}
-    scores = labels_arr = tomo_names = None
+    used = set(used)
+    scores = labels_arr = None
     if STAR_SCORE in table:
         scores = _numeric(table[STAR_SCORE], np.float64, STAR_SCORE, path)
         used.add(STAR_SCORE)
@@ -514,9 +665,6 @@ def _read_star(path: Path, voxel_size: float | None) -> Picks:
         numbers = _numeric(table[STAR_CLASS], np.int64, STAR_CLASS, path)
         labels_arr = np.where(numbers > 0, numbers - 1, -1).astype(np.int64)
         used.add(STAR_CLASS)
-    if STAR_TOMO in table:
-        tomo_names = np.asarray(table[STAR_TOMO], dtype=str)
-        used.add(STAR_TOMO)
 
     class_names = None
     if STAR_CLASSES_BLOCK in blocks and STAR_CLASS_NAME in blocks[STAR_CLASSES_BLOCK]:
@@ -531,20 +679,33 @@ def _read_star(path: Path, voxel_size: float | None) -> Picks:
         row_names = np.asarray(table[STAR_CLASS_NAME], dtype=str)
         used.add(STAR_CLASS_NAME)
     if class_names is None and row_names is not None:
-        class_names, labels_arr = _classes_from_rows(row_names, labels_arr)
+        class_names, labels_arr = _classes_from_rows(row_names, labels_arr, path=path)
 
     feature_meta: dict[str, tuple[str, int]] = {}
     fb = blocks.get(STAR_FEATURES_BLOCK)
     if fb is not None and "cryoguardFeatureName" in fb:
-        dtypes = fb.get("cryoguardFeatureDtype", np.array([None] * len(fb["cryoguardFeatureName"])))
-        widths = fb.get("cryoguardFeatureWidth", np.array(["0"] * len(fb["cryoguardFeatureName"])))
+        n_meta = len(fb["cryoguardFeatureName"])
+        dtypes = fb.get("cryoguardFeatureDtype", np.array([None] * n_meta, dtype=object))
+        widths = fb.get("cryoguardFeatureWidth", np.array(["0"] * n_meta, dtype=object))
         for name, dt, w in zip(fb["cryoguardFeatureName"], dtypes, widths, strict=True):
-            feature_meta[str(name)] = (None if dt is None else str(dt), int(w))
-    features = _collect_features(table, used, feature_meta)
-    _warn_origin_shifts(path, features)
-
-    if voxel_size is None:
-        voxel_size = _star_voxel_size(path, blocks, table)
+            try:
+                width = int(w)
+            except (TypeError, ValueError) as err:
+                raise CryoGuardError(
+                    f"{path.name}: cryoguardFeatureWidth of feature {name!r} must be an "
+                    f"integer, got {w!r}"
+                ) from err
+            if width < 0 or width > min(MAX_FEATURE_WIDTH, len(table)):
+                raise CryoGuardError(
+                    f"{path.name}: feature {name!r} claims width {width}; it must be between 0 "
+                    f"and {min(MAX_FEATURE_WIDTH, len(table))} (the file's column count, at "
+                    f"most {MAX_FEATURE_WIDTH})"
+                )
+            feature_meta[str(name)] = (None if dt is None else str(dt), width)
+    try:
+        features = _collect_features(table, used, feature_meta)
+    except CryoGuardError as err:
+        raise CryoGuardError(f"{path.name}: {err}") from err
     return Picks(
         coords=coords,
         scores=scores,
@@ -553,6 +714,7 @@ def _read_star(path: Path, voxel_size: float | None) -> Picks:
         tomo_names=tomo_names,
         features=features,
         voxel_size=voxel_size,
+        notes=list(notes),
     )
 
 
@@ -575,7 +737,7 @@ def _merge_coordinate_blocks(path: Path, blocks: dict, names: list[str]) -> dict
 
 
 def _classes_from_rows(
-    row_names: np.ndarray, labels: np.ndarray | None
+    row_names: np.ndarray, labels: np.ndarray | None, path: Path | None = None
 ) -> tuple[list[str], np.ndarray]:
     """Class list from per-row class names (and labels when present)."""
     if labels is None:
@@ -583,65 +745,17 @@ def _classes_from_rows(
         lookup = {c: i for i, c in enumerate(class_names)}
         return class_names, np.array([lookup[c] for c in row_names.tolist()], dtype=np.int64)
     size = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
+    if size > MAX_CLASS_NUMBER:
+        where = f"{path.name}: " if path is not None else ""
+        raise CryoGuardError(
+            f"{where}class number {size} is above the limit of {MAX_CLASS_NUMBER} classes "
+            "for which per-row class names are collected; renumber the classes"
+        )
     names = [f"class {i + 1}" for i in range(size)]
     for lab, nm in zip(labels.tolist(), row_names.tolist(), strict=True):
         if lab >= 0 and nm:
             names[lab] = nm
     return names, labels
-
-
-def _warn_origin_shifts(path: Path, features: dict[str, np.ndarray]) -> None:
-    shifts = [
-        c
-        for c in (
-            "rlnOriginXAngst",
-            "rlnOriginYAngst",
-            "rlnOriginZAngst",
-            "rlnOriginX",
-            "rlnOriginY",
-            "rlnOriginZ",
-        )
-        if c in features
-    ]
-    for c in shifts:
-        values = features[c]
-        if values.dtype.kind in "iuf" and np.any(values != 0):
-            warnings.warn(
-                f"{path.name}: non-zero {', '.join(shifts)} are kept as features and NOT "
-                "applied to the coordinates",
-                UserWarning,
-                stacklevel=4,
-            )
-            return
-
-
-def _unique_number(path: Path, blocks: dict, table: dict, label: str) -> float | None:
-    values: set[float] = set()
-    for source in [table, *blocks.values()]:
-        if label in source:
-            try:
-                values.update(np.asarray(source[label], dtype=str).astype(np.float64).tolist())
-            except ValueError:
-                return None
-    return values.pop() if len(values) == 1 else None
-
-
-def _star_voxel_size(path: Path, blocks: dict, table: dict) -> float:
-    meta = blocks.get(STAR_META_BLOCK)
-    if meta is not None and STAR_VOXEL_SIZE in meta:
-        return _valid_voxel_size(str(meta[STAR_VOXEL_SIZE][0]), path)
-    pixel = _unique_number(path, blocks, table, "rlnTomoTiltSeriesPixelSize")
-    if pixel is not None and np.isfinite(pixel) and pixel > 0:
-        binning = _unique_number(path, blocks, table, "rlnTomoTomogramBinning")
-        if binning is not None and np.isfinite(binning) and binning > 0:
-            return pixel * binning
-        return pixel
-    warnings.warn(
-        f"{path.name} does not say its voxel size; using 1.0 Angstrom (pass voxel_size=)",
-        UserWarning,
-        stacklevel=4,
-    )
-    return 1.0
 
 
 # --------------------------------------------------------------------------- CSV reading

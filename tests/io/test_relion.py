@@ -1,0 +1,341 @@
+"""Tests for napari_cryoguard.io.relion: RELION 3/4/5, Warp and pytom STAR particle files.
+
+Expected numbers are worked out by hand from the bundled files (tests/data/relion,
+see its NOTICE.md) with RELION 5's centring rule, voxel = centred / (pixel x binning)
++ rlnTomoSize / (2 x binning), as documented in the module.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cryoguard import CryoGuardError
+from napari_cryoguard.io import Picks, read_picks, write_picks
+from napari_cryoguard.io.relion import load_tomograms, read_star_picks, relion_euler_matrix
+
+DATA = Path(__file__).parent.parent / "data" / "relion"
+CYL = DATA / "cylindra"
+TOMOS = CYL / "Tomograms" / "job_tomo" / "tomograms.star"
+
+# cylindra's tomograms.star: rlnTomoTiltSeriesPixelSize 1.052, binning 4.830918,
+# rlnTomoSizeX/Y/Z 1000 800 200 for both TS_01 and TS_02.
+VS = 1.052 * 4.830918  # 5.0821257 A per binned voxel
+CENTRE_XYZ = (1000 / (2 * 4.830918), 800 / (2 * 4.830918), 200 / (2 * 4.830918))
+
+
+# --------------------------------------------------------------------------- RELION 5
+
+
+def test_relion5_centred_picks_with_optimisation_set():
+    picks = read_picks(
+        CYL / "Picks" / "job_picks" / "particles.star",
+        tomograms=CYL / "Picks" / "job_picks" / "optimisation_set.star",
+    )
+    assert len(picks) == 5
+    assert picks.tomo_names.tolist() == ["TS_01"] * 3 + ["TS_02"] * 2
+    assert picks.voxel_size == pytest.approx(5.082126, abs=1e-6)
+    # row 1: TS_01 -176.94 765.48005 11.16 -> x = -176.94 / 5.0821257 + 103.5 = 68.6839
+    np.testing.assert_allclose(picks.coords[0], [22.8959, 233.4220, 68.6839], atol=1e-3)
+    # row 4: TS_02 -58.030014 386.650021 9.08
+    np.testing.assert_allclose(picks.coords[3], [22.4867, 158.8804, 92.0815], atol=1e-3)
+    assert any("centred" in n and "centre" in n for n in picks.notes)
+
+
+def test_relion5_centre_is_half_the_unbinned_size_divided_by_binning():
+    geometry = load_tomograms(TOMOS)
+    assert set(geometry) == {"TS_01", "TS_02"}
+    np.testing.assert_allclose(geometry["TS_01"].centre_xyz, [103.5, 82.8, 20.7], atol=1e-4)
+    assert geometry["TS_01"].voxel_size == pytest.approx(VS)
+    assert geometry["TS_01"].tilt_series_pixel == pytest.approx(1.052)
+    # a mapping's centre is shape / 2, not (shape - 1) / 2
+    mapped = load_tomograms({"t": ((200, 801, 1000), 2.0)})
+    np.testing.assert_allclose(mapped["t"].centre_xyz, [500.0, 400.5, 100.0])
+
+
+def test_relion5_origin_shifts_rotated_like_relion(tmp_path):
+    star = CYL / "Class3D" / "job_class3d" / "run_it025_data.star"
+    opt = CYL / "Class3D" / "job_class3d" / "run_it025_optimisation_set.star"
+    picks = read_picks(star, tomograms=opt)  # paths in the set are relative to the project
+    kept = read_picks(star, tomograms=opt, apply_origins=False)
+    assert len(picks) == 10 and picks.tomogram_names() == ["TS_01", "TS_02"]
+    np.testing.assert_array_equal(picks.labels, [0, 0, 1, 1, 2] * 2)
+    # row 1 by hand: rot 174.931305, tilt 90.261512, psi -129.54646 (RELION ZYZ matrix,
+    # Euler_angles_relion.h); origin (-3.75772, 4.342283, -3.75772) A
+    p, t, c = (math.radians(a) for a in (174.931305, 90.261512, -129.54646))
+    sp, cp, st, ct, sc, cc = math.sin(p), math.cos(p), math.sin(t), math.cos(t), math.sin(c), math.cos(c)
+    a = np.array(
+        [
+            [cc * ct * cp - sc * sp, cc * ct * sp + sc * cp, -cc * st],
+            [-sc * ct * cp - cc * sp, -sc * ct * sp + cc * cp, sc * st],
+            [st * cp, st * sp, ct],
+        ]
+    )
+    origin = np.array([-3.75772, 4.342283, -3.75772])
+    centred = np.array([754.828605, -879.58025, 138.065739])
+    plain_xyz = centred / VS + np.array(CENTRE_XYZ)
+    np.testing.assert_allclose(kept.coords[0][::-1], plain_xyz, atol=1e-6)
+    np.testing.assert_allclose(picks.coords[0][::-1], plain_xyz - a @ origin / VS, atol=1e-6)
+    np.testing.assert_allclose(plain_xyz, [252.0262, -90.2733, 47.8669], atol=1e-3)
+    assert "rlnOriginXAngst" in kept.features and "rlnOriginXAngst" not in picks.features
+    assert any("origin shifts" in n and "rotated" in n for n in picks.notes)
+
+
+def test_relion_euler_matrix_known_values():
+    np.testing.assert_allclose(relion_euler_matrix(0, 0, 0), np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(
+        relion_euler_matrix(90, 0, 0), [[0, 1, 0], [-1, 0, 0], [0, 0, 1]], atol=1e-12
+    )
+    m = relion_euler_matrix(np.array([10.0, 200.0]), np.array([30.0, 95.0]), np.array([-40.0, 7.0]))
+    for r in m:
+        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(r) == pytest.approx(1.0)
+
+
+def test_relion5_without_tomograms_names_what_is_missing():
+    path = CYL / "Picks" / "job_picks" / "particles.star"
+    with pytest.raises(CryoGuardError) as info:
+        read_picks(path)
+    msg = str(info.value)
+    assert "'TS_01'" in msg and "'TS_02'" in msg and "tomograms.star" in msg
+    assert "rlnCenteredCoordinateXAngst" in msg
+    with pytest.raises(CryoGuardError, match=r"'TS_02'.*not in tomograms"):
+        read_picks(path, tomograms={"TS_01": ((40, 80, 100), 5.0)})
+
+
+def test_tomograms_star_without_sizes_is_named(tmp_path):
+    bad = tmp_path / "tomograms.star"
+    bad.write_text(
+        "data_global\n\nloop_\n_rlnTomoName #1\n_rlnTomoTiltSeriesPixelSize #2\nTS_01 1.35\n"
+    )
+    with pytest.raises(CryoGuardError, match="rlnTomoSizeX, rlnTomoSizeY, rlnTomoSizeZ"):
+        read_picks(CYL / "Picks" / "job_picks" / "particles.star", tomograms=bad)
+    opt = tmp_path / "optimisation_set.star"
+    opt.write_text("data_\n\n_rlnTomoTomogramsFile missing/tomograms.star\n")
+    with pytest.raises(CryoGuardError, match="rlnTomoTomogramsFile 'missing/tomograms.star'"):
+        read_picks(CYL / "Picks" / "job_picks" / "particles.star", tomograms=opt)
+
+
+def test_relion5_voxel_size_choice():
+    path = CYL / "Picks" / "job_picks" / "particles.star"
+    mixed = {"TS_01": ((40, 160, 200), 5.0), "TS_02": ((20, 80, 100), 10.0)}
+    with pytest.raises(CryoGuardError, match="voxel_size="):
+        read_picks(path, tomograms=mixed)
+    picks = read_picks(path, tomograms=mixed, voxel_size=10.0)
+    # TS_01 row 1: x = -176.94 / 5 + 100 = 64.612 voxels of 5 A = 32.306 voxels of 10 A
+    assert picks.voxel_size == 10.0
+    np.testing.assert_allclose(picks.coords[0][2], (-176.94 / 5 + 100) / 2, atol=1e-9)
+    # TS_02 row 4: x = -58.030014 / 10 + 50
+    np.testing.assert_allclose(picks.coords[3][2], -5.8030014 + 50, atol=1e-9)
+
+
+def test_relion5_round_trip_exact(tmp_path):
+    rng = np.random.default_rng(3)
+    picks = Picks(
+        coords=rng.uniform(0, 90, (40, 3)),
+        tomo_names=np.repeat(["TS_01", "rec_TS_02"], 20),
+        scores=rng.normal(size=40),
+        labels=rng.integers(-1, 3, 40),
+        class_names=["a", "b", "c"],
+        features={"margin": rng.normal(size=40), "probs": rng.random((40, 3))},
+        voxel_size=7.5,
+    )
+    tomos = {"TS_01": ((64, 100, 128), 7.5), "rec_TS_02": ((51, 93, 97), 7.5)}
+    path = write_picks(tmp_path / "r5.star", picks, convention="relion5", tomograms=tomos)
+    text = path.read_text()
+    assert "_rlnCenteredCoordinateXAngst" in text and "_rlnCoordinateX " not in text
+    assert "data_optics" in text and "_rlnTomoTiltSeriesPixelSize" in text
+    back = read_picks(path, tomograms=tomos)
+    np.testing.assert_allclose(back.coords, picks.coords, atol=1e-6, rtol=0)
+    assert back.voxel_size == 7.5
+    assert back.tomo_names.tolist() == picks.tomo_names.tolist()
+    np.testing.assert_array_equal(back.labels, picks.labels)
+    assert back.class_names == picks.class_names
+    assert sorted(back.features) == ["margin", "probs"]
+    np.testing.assert_array_equal(back.features["probs"], picks.features["probs"])
+    # a centred value by hand: x * 7.5 - 128 / 2 * 7.5
+    first = text.split("data_particles")[1].splitlines()
+    row = next(ln for ln in first if ln.startswith("TS_01"))
+    assert float(row.split()[1]) == pytest.approx(picks.coords[0, 2] * 7.5 - 64 * 7.5)
+
+
+def test_relion5_write_with_shape_and_tomograms_star(tmp_path):
+    picks = Picks(coords=[[10.0, 20.0, 30.0]], tomo_names=["TS_01"], voxel_size=VS)
+    path = write_picks(tmp_path / "a.star", picks, convention="relion5", shape=(41, 166, 207))
+    back = read_picks(path, tomograms={"TS_01": ((41, 166, 207), VS)})
+    np.testing.assert_allclose(back.coords, picks.coords, atol=1e-9)
+    path = write_picks(tmp_path / "b.star", picks, convention="relion5", tomograms=TOMOS)
+    assert "1.052" in path.read_text()  # the unbinned tilt-series pixel size
+    back = read_picks(path, tomograms=TOMOS)
+    np.testing.assert_allclose(back.coords, picks.coords, atol=1e-6)
+    with pytest.raises(CryoGuardError, match="shape"):
+        write_picks(tmp_path / "c.star", picks, convention="relion5")
+    with pytest.raises(CryoGuardError, match="rlnTomoName"):
+        write_picks(
+            tmp_path / "d.star", Picks(coords=[[1.0, 2, 3]]), convention="relion5", shape=(9, 9, 9)
+        )
+    with pytest.raises(CryoGuardError, match="unknown pick-file convention"):
+        write_picks(tmp_path / "e.star", picks, convention="relion6")
+    with pytest.raises(CryoGuardError, match="STAR files only"):
+        write_picks(tmp_path / "e.csv", picks, convention="relion5", shape=(9, 9, 9))
+
+
+def test_rec_prefix_matches_tilt_series_name(tmp_path):
+    path = tmp_path / "pytom.star"
+    path.write_text(
+        "data_particles\n\nloop_\n_rlnTomoName #1\n_rlnCenteredCoordinateXAngst #2\n"
+        "_rlnCenteredCoordinateYAngst #3\n_rlnCenteredCoordinateZAngst #4\nTS_01 10.0 0.0 -5.0\n"
+    )
+    picks = read_star_picks(path, tomograms={"rec_TS_01": ((100, 200, 300), 5.0)})
+    np.testing.assert_allclose(picks.coords[0], [49.0, 100.0, 152.0])
+    assert any("rec_" in n for n in picks.notes)
+
+
+# --------------------------------------------------------------------------- RELION 3/4, Warp
+
+
+def test_warp_tomostar_names_and_coordinates():
+    path = DATA / "warp_tomogram_particle_files.star"
+    picks = read_picks(path)
+    assert len(picks) == 10
+    assert picks.tomo_names.tolist() == ["TS_01"] * 5 + ["TS_02"] * 5
+    np.testing.assert_allclose(picks.coords[0], [203.739618, 214.586768, 443.701994])
+    np.testing.assert_allclose(picks.coords[9], [200.434299, 30.954625, 385.706010])
+    assert picks.voxel_size == 1.0
+    assert any("assumed 1.0 A" in n for n in picks.notes)
+    assert any("rlnMicrographName" in n for n in picks.notes)
+    np.testing.assert_allclose(picks.features["rlnAngleRot"][:2], [54.077932, -168.434232])
+    assert len(picks.for_tomogram("TS_02.mrc")) == 5
+    assert read_picks(path, voxel_size=13.48).voxel_size == 13.48
+
+
+def test_relion4_origins_applied_and_kept():
+    path = DATA / "data_portal_relion_4.star"
+    picks = read_picks(path)
+    assert len(picks) == 6
+    assert picks.tomo_names.tolist() == ["TS_001"] * 2 + ["TS_002"] * 3 + ["TS_003"]
+    assert picks.voxel_size == 1.0  # optics rlnImagePixelSize
+    # row 1: coordinate (4, 8, 12) minus rlnOriginX/Y/ZAngst (-1.2, -2.4, -3.2) at 1 A/px
+    np.testing.assert_allclose(picks.coords[0], [15.2, 10.4, 5.2])
+    np.testing.assert_allclose(picks.coords[5], [1.0 - 2.0, 2.0 - 2.0, 3.0 - 2.0])
+    np.testing.assert_array_equal(picks.labels, [0] * 6)
+    assert any("origin shifts" in n and "apply_origins=False" in n for n in picks.notes)
+    kept = read_picks(path, apply_origins=False)
+    np.testing.assert_allclose(kept.coords[0], [12.0, 8.0, 4.0])
+    np.testing.assert_allclose(kept.features["rlnOriginXAngst"][:2], [-1.2, 3.2])
+
+
+def _star(tmp_path, text, name="r.star"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_relion3_pixel_size_sources(tmp_path):
+    head = "data_particles\n\nloop_\n_rlnMicrographName #1\n_rlnCoordinateX #2\n"
+    head += "_rlnCoordinateY #3\n_rlnCoordinateZ #4\n"
+    # detector pixel (micrometres) and magnification: 14 um * 1e4 / 10000 = 14 A
+    p = _star(tmp_path, head.replace("#4\n", "#4\n_rlnDetectorPixelSize #5\n_rlnMagnification #6\n")
+              + "tomo1.mrc 1 2 3 14.0 10000\n", "dm.star")
+    picks = read_picks(p)
+    assert picks.voxel_size == pytest.approx(14.0) and picks.tomo_names.tolist() == ["tomo1"]
+    assert any("rlnMagnification" in n for n in picks.notes)
+    # rlnPixelSize
+    p = _star(tmp_path, head.replace("#4\n", "#4\n_rlnPixelSize #5\n") + "t 1 2 3 2.446\n", "px.star")
+    assert read_picks(p).voxel_size == pytest.approx(2.446)
+    # pytom-match-pick: rlnDetectorPixelSize alone, in Angstrom; rec_ name kept
+    p = _star(tmp_path, head.replace("#4\n", "#4\n_rlnDetectorPixelSize #5\n")
+              + "rec_TS_01 1 2 3 13.79\n", "pytom.star")
+    picks = read_picks(p)
+    assert picks.voxel_size == pytest.approx(13.79) and picks.tomo_names.tolist() == ["rec_TS_01"]
+    assert any("rec_" in n for n in picks.notes)
+    # optics groups with different pixel sizes: one voxel size needed
+    optics = (
+        "data_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n1 2.446\n2 3.446\n\n"
+    )
+    rows = head.replace("#4\n", "#4\n_rlnOpticsGroup #5\n") + "a 1 2 3 1\nb 4 5 6 2\n"
+    p = _star(tmp_path, optics + rows, "optics.star")
+    with pytest.raises(CryoGuardError, match="voxel_size="):
+        read_picks(p)
+    assert read_picks(p, voxel_size=2.0).voxel_size == 2.0
+    p = _star(tmp_path, optics + rows.replace("b 4 5 6 2", "b 4 5 6 1"), "optics1.star")
+    assert read_picks(p).voxel_size == pytest.approx(2.446)
+
+
+def test_relion3_pixel_origins_applied(tmp_path):
+    p = _star(
+        tmp_path,
+        "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n"
+        "_rlnOriginX #4\n_rlnOriginY #5\n_rlnOriginZ #6\n_rlnPixelSize #7\n"
+        "100 200 50 1.5 -2 0.25 10\n",
+    )
+    picks = read_picks(p)
+    np.testing.assert_allclose(picks.coords[0], [49.75, 202.0, 98.5])
+    assert "rlnOriginX" not in picks.features
+
+
+# --------------------------------------------------------------------------- issue 11
+
+
+def test_star_feature_names_that_would_not_read_back_are_refused(tmp_path):
+    for bad in ("_x", "data_x", "DATA_y", "loop_z"):
+        with pytest.raises(CryoGuardError, match="STAR"):
+            write_picks(tmp_path / "f.star", Picks(coords=np.zeros((1, 3)), features={bad: [1]}))
+    # CSV can hold them
+    back = read_picks(
+        write_picks(tmp_path / "f.csv", Picks(coords=np.zeros((1, 3)), features={"_note": [1]}))
+    )
+    assert "_note" in back.features
+
+
+def test_strings_read_back_as_written(tmp_path):
+    words = np.array(["NaN", "nan", "NA", "<NA>", "null", "None", ""])
+    picks = Picks(coords=np.zeros((7, 3)), tomo_names=words, features={"w": words})
+    back = read_picks(write_picks(tmp_path / "s.star", picks))
+    assert back.tomo_names.tolist() == words.tolist()
+    assert back.features["w"].tolist() == words.tolist()
+
+
+def test_duplicate_star_columns_are_one_error(tmp_path):
+    p = _star(
+        tmp_path,
+        "data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n"
+        "_rlnCoordinateX #4\n1 2 3 4\n",
+    )
+    with pytest.raises(CryoGuardError, match="_rlnCoordinateX appears twice"):
+        read_picks(p)
+
+
+def test_garbage_feature_dtype_is_one_error(tmp_path):
+    path = write_picks(tmp_path / "g.star", Picks(coords=np.zeros((2, 3)), features={"f": [1.0, 2]}))
+    path.write_text(path.read_text().replace("<f8", "garbage"))
+    with pytest.raises(CryoGuardError, match="garbage"):
+        read_picks(path)
+
+
+def test_huge_class_number_is_refused_quickly(tmp_path):
+    p = _star(
+        tmp_path,
+        "data_particles\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n"
+        "_rlnClassNumber\n_cryoguardClassName\n1 2 3 30000000 big\n",
+    )
+    assert p.stat().st_size < 200
+    start = time.perf_counter()
+    with pytest.raises(CryoGuardError, match="100000"):
+        read_picks(p)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_huge_feature_width_is_refused(tmp_path):
+    path = write_picks(
+        tmp_path / "w.star", Picks(coords=np.zeros((1, 3)), features={"p": np.ones((1, 2))})
+    )
+    text = path.read_text()
+    path.write_text(text.replace("p\t<f8\t2", "p\t<f8\t100000000"))
+    assert "100000000" in path.read_text()
+    with pytest.raises(CryoGuardError, match="width 100000000"):
+        read_picks(path)
