@@ -32,15 +32,23 @@ STAR layout written (RELION-compatible; RELION ignores the ``cryoguard*`` labels
         ``name[0] ... name[C-1]``).
 
 Reading STAR files from other tools
-    The data block(s) holding ``rlnCoordinateX/Y/Z`` are used (several such blocks are
-    concatenated; a block without ``rlnTomoName`` then names its picks after the block).
-    Missing coordinate columns raise :class:`CryoGuardError` naming the columns found.
-    Columns not listed above become features under their own name (``rlnAngleRot``,
-    ...). ``rlnOriginX/Y/ZAngst`` shifts are kept as features and NOT applied to the
-    coordinates (a warning says so when they are non-zero). The voxel size is taken from
-    ``voxel_size=`` if given, else ``_cryoguardVoxelSize``, else
-    ``rlnTomoTiltSeriesPixelSize`` times ``rlnTomoTomogramBinning`` (when present and
-    unique), else 1.0 with a warning.
+    STAR files are parsed by :func:`read_star_blocks` (values kept as written, so the
+    string ``NaN`` stays ``"NaN"``; duplicate columns, bad dtypes, class numbers above
+    :data:`MAX_CLASS_NUMBER` with per-row names and feature widths above
+    :data:`MAX_FEATURE_WIDTH` raise :class:`CryoGuardError`) and read by
+    :func:`napari_cryoguard.io.relion.read_star_picks`: RELION 3/4/5, Warp and
+    pytom-match-pick conventions, voxel sizes, tomogram names and ``rlnOrigin*``
+    shifts (applied by default) are documented there, and every conversion is written
+    to ``Picks.notes``. Columns not listed above become features under their own name.
+
+STAR conventions written
+    ``convention="cryoguard"`` (default): the layout above, voxel coordinates.
+    ``convention="relion5"``: ``rlnCenteredCoordinateX/Y/ZAngst`` (Angstrom from the
+    tomogram centre, RELION 5's rule), ``rlnTomoName``, ``rlnOpticsGroup`` and a
+    ``data_optics`` block with ``rlnTomoTiltSeriesPixelSize``, plus the same cryoguard
+    blocks; it needs each tomogram's shape (``tomograms=`` or ``shape=``). Feature names
+    starting with ``_``, ``data_``, ``loop_``, ``global_``, ``save_`` or ``stop_`` are
+    refused in STAR files (they would be read as STAR syntax).
 
 CSV layout
     Leading comment lines ``# key: value`` hold the metadata (``voxel_size``,

@@ -235,8 +235,6 @@ def _voxel_size_of_voxel_star(
 ) -> float:
     """Voxel size of RELION 3/4, Warp, pytom or cryoguard voxel coordinates."""
     n = len(table[XYZ[0]])
-    if n == 0:
-        per_row = None
     meta = blocks.get(_coords.STAR_META_BLOCK)
     if meta is not None and _coords.STAR_VOXEL_SIZE in meta:
         return _coords._valid_voxel_size(str(meta[_coords.STAR_VOXEL_SIZE][0]), path)
