@@ -339,3 +339,48 @@ def test_huge_feature_width_is_refused(tmp_path):
     assert "100000000" in path.read_text()
     with pytest.raises(CryoGuardError, match="width 100000000"):
         read_picks(path)
+
+
+def test_mutated_real_star_files_raise_only_cryoguard_error(tmp_path):
+    """600 random mutations of the bundled files: every failure is a CryoGuardError."""
+    import random
+
+    sources = [p.read_text() for p in sorted(DATA.rglob("*.star"))]
+    tokens = ["nan", "inf", "-1", "0", "1e400", "abc", '"', "30000000", "_rlnCoordinateX",
+              "data_", "loop_", "#", "_rlnOpticsGroup", "_rlnTomoSubtomogramRot"]
+    rnd = random.Random(11)
+    out = tmp_path / "fuzz.star"
+    failures = 0
+    for _ in range(600):
+        lines = rnd.choice(sources).splitlines()
+        for _ in range(rnd.randint(1, 4)):
+            if not lines:
+                break
+            k = rnd.randrange(len(lines))
+            op = rnd.random()
+            if op < 0.3 and lines[k].split():
+                toks = lines[k].split()
+                toks[rnd.randrange(len(toks))] = rnd.choice(tokens)
+                lines[k] = " ".join(toks)
+            elif op < 0.5:
+                del lines[k]
+            elif op < 0.7:
+                lines.insert(k, lines[rnd.randrange(len(lines))])
+            else:
+                lines[k] = lines[k][: rnd.randrange(len(lines[k]) + 1)]
+        out.write_text("\n".join(lines))
+        try:
+            read_star_picks(out, tomograms=TOMOS if rnd.random() < 0.7 else None)
+        except CryoGuardError:
+            failures += 1
+    assert failures > 0
+
+
+def test_block_mixing_values_and_loop_is_refused(tmp_path):
+    p = _star(
+        tmp_path,
+        "data_optics\n_rlnImagePixelSize 2.0\nloop_\n_rlnOpticsGroup #1\n1\n2\n\n"
+        "data_particles\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n1 2 3\n",
+    )
+    with pytest.raises(CryoGuardError, match="one block must be one table"):
+        read_picks(p)

@@ -634,6 +634,13 @@ def read_star_blocks(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]
     finish_loop()
     if not blocks:
         raise CryoGuardError(f"{path.name} is not a STAR file: it has no 'data_' block")
+    for name, cols in blocks.items():
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) > 1:
+            raise CryoGuardError(
+                f"{path.name}: data_{name} mixes single values and loop columns (columns of "
+                f"{sorted(lengths)} rows); one block must be one table"
+            )
     return {
         name: {c: np.array(v, dtype=object) for c, v in cols.items()}
         for name, cols in blocks.items()
