@@ -139,7 +139,7 @@ def files_of_each_kind(tmp_path, monkeypatch):
 
 
 WANT_DATASET = "takes a dataset (.npz) from `cryoguard extract`"
-WANT_TOMOGRAM = "takes a tomogram (.mrc .map .rec .st)"
+WANT_TOMOGRAM = "takes a tomogram (.mrc .map .rec .st, OME-Zarr .zarr, .tif, .em)"
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -156,7 +156,7 @@ WANT_TOMOGRAM = "takes a tomogram (.mrc .map .rec .st)"
     (["extract", "data.npz", "--picks", "picks.star", "--out", "d.npz"],
      f"data.npz is a dataset (.npz); extract {WANT_TOMOGRAM}"),
     (["extract", "tomo.mrc", "--picks", "data.npz", "--out", "d.npz"],
-     "data.npz is a dataset (.npz); extract --picks takes a pick file (.star or .csv) from `cryoguard pick`"),
+     "data.npz is a dataset (.npz); extract --picks takes a pick file (.star .csv .tsv .txt .json .tbl .mod .cbox .coords)"),
 ])
 def test_a_file_of_the_wrong_kind_says_what_it_is(files_of_each_kind, capsys, argv, expected):
     from napari_cryoguard.cli import main
@@ -201,3 +201,63 @@ def test_help_shows_the_guard_options(capsys):
                               "--keep-origins", "--units", "angstrom"])
     assert _picks_options(args) == {"tomograms": "tomograms.star", "voxel_size": 7.5,
                                     "apply_origins": False, "units": "angstrom"}
+
+
+# --- output faults: one line, exit 2, checked before the work ------------------------
+
+
+def test_output_that_is_a_folder_is_refused_before_work(tmp_path, capsys):
+    from napari_cryoguard.cli import main
+
+    out = tmp_path / "adir"
+    out.mkdir()
+    code = main(["simulate-dataset", "--out", str(out), "--per-class", "1", "--cube", "28"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "is a folder" in err[0] and str(out) in err[0]
+
+
+def test_output_below_a_file_is_refused(tmp_path, capsys):
+    from napari_cryoguard.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["simulate-dataset", "--out", str(blocker / "sub" / "d.npz"),
+                 "--per-class", "1", "--cube", "28"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is a file" in err[0]
+
+
+def test_disk_full_during_writing_is_one_error_and_leaves_no_temporary(tmp_path, capsys,
+                                                                       monkeypatch):
+    import errno
+
+    import numpy as np
+
+    from napari_cryoguard.cli import main
+
+    out = tmp_path / "d.npz"
+    out.write_bytes(b"older output")
+    real_save = np.savez
+
+    def full(file, *a, **k):
+        real_save(file, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(np, "savez", full)
+    code = main(["simulate-dataset", "--out", str(out), "--per-class", "1", "--cube", "28"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "No space left on device" in err[0]
+    assert out.read_bytes() == b"older output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(capsys):
+    from napari_cryoguard.cli import _Progress
+
+    bar = _Progress("work", interval=0.0)
+    for i in range(1, 5):
+        bar(i, 4)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == "work: 4/4 (100%)"
+    assert all(line.startswith("work: ") for line in lines) and len(lines) == 4

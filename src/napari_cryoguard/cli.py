@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,23 +40,41 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 
 
 class _Progress:
-    """A small stderr progress bar (a tqdm-like callable ``(done, total)``)."""
+    """Progress on stderr (a tqdm-like callable ``(done, total)``).
 
-    def __init__(self, label: str, enabled: bool = True) -> None:
+    On a terminal: a bar redrawn in place. Otherwise (a cluster job's log, a pipe): one
+    plain line every ``interval`` seconds and one at the end, so logs show that work goes
+    on without filling up with bars.
+    """
+
+    def __init__(self, label: str, enabled: bool = True, interval: float = 5.0) -> None:
         self.label = label
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.interval = float(interval)
         self._last = -1.0
+        self._t_last = time.monotonic()
 
     def __call__(self, done: int, total: int, *stage) -> None:
         if not self.enabled or total <= 0:
             return
         frac = min(1.0, done / total)
-        if frac - self._last < 0.02 and done < total:
+        if self.tty:
+            if frac - self._last < 0.02 and done < total:
+                return
+            self._last = frac
+            bar = "#" * int(30 * frac)
+            end = "\n" if done >= total else ""
+            print(f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}%", end=end, file=sys.stderr,
+                  flush=True)
             return
-        self._last = frac
-        bar = "#" * int(30 * frac)
-        end = "\n" if done >= total else ""
-        print(f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}%", end=end, file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if done < total and now - self._t_last < self.interval:
+            return
+        if done >= total and self._last >= 1.0:
+            return
+        self._t_last, self._last = now, frac
+        print(f"{self.label}: {done}/{total} ({100 * frac:.0f}%)", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -174,12 +193,12 @@ def _want_dataset(path, command: str) -> None:
 
 
 def _want_tomogram(path, command: str) -> None:
-    _wrong_kind(path, command, "a tomogram (.mrc .map .rec .st)",
-                lambda kind: "MRC" in kind)
+    _wrong_kind(path, command, "a tomogram (.mrc .map .rec .st, OME-Zarr .zarr, .tif, .em)",
+                lambda kind: "tomogram" in kind or "MRC" in kind)
 
 
 def _want_picks(path, command: str) -> None:
-    _wrong_kind(path, command, "a pick file (.star or .csv) from `cryoguard pick`",
+    _wrong_kind(path, command, "a pick file (.star .csv .tsv .txt .json .tbl .mod .cbox .coords)",
                 lambda kind: kind.startswith(("a pick file", "a CSV table")))
 
 
@@ -664,7 +683,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(exc: OSError) -> CryoGuardError:
+    """An ``OSError`` (disk full, read-only, a folder where a file goes, permissions) as
+    the package's one-line error, naming the path."""
+    where = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or exc.__class__.__name__
+    return CryoGuardError(f"{where}: {what} (errno {exc.errno}); earlier outputs were left as "
+                          "they were")
+
+
+def _check_output(path) -> None:
+    """Refuse an output path that cannot be written before any long work starts."""
+    p = Path(path)
+    if p.is_dir():
+        raise CryoGuardError(f"{p} is a folder; --out needs a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise CryoGuardError(f"{probe} is a file, so {p} cannot be created below it")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise CryoGuardError(f"{probe} is not writable, so {p} cannot be written")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except OSError as exc:
+        err = _os_error(exc)
+        args = list(sys.argv[1:] if argv is None else argv)
+        command = args[0] if args else ""
+        print(f"cryoguard {command}: error: {err}", file=sys.stderr)
+        if "--json" in args:
+            print(json.dumps({"command": command, "ok": False, "error": str(err)}))
+        return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("train", "evaluate") and _data_option(argv) is not None:
         try:
@@ -688,7 +744,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        if getattr(args, "out", None) and args.command != "demo":
+            _check_output(args.out)
         summary = _COMMANDS[args.command](args)
+    except OSError as exc:
+        exc = _os_error(exc)
+        print(f"cryoguard {args.command}: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"command": args.command, "ok": False, "error": str(exc)}))
+        return 2
     except CryoGuardError as exc:
         print(f"cryoguard {args.command}: error: {exc}", file=sys.stderr)
         if getattr(args, "json", False):
