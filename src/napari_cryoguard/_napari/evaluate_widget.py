@@ -413,6 +413,8 @@ def result_text(metrics: dict, labels, out: Path) -> str:
             norm = "L2" if "L2" in worst[3] else "L-inf"
             line += f", lowest {worst[0]:.2f} under {worst[1]} (eps {worst[2]:g} {norm})"
         parts.append(line + ".")
+        for warning in (metrics.get("warnings") or {}).get(name, []):
+            parts.append(f"warning ({name}): {warning}.")
     if labels.predictions:
         parts.append("The labels came from a model, so these scores say how often the models "
                      "agree with it, not whether they are right: no sanity verdict (the "

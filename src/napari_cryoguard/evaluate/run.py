@@ -187,6 +187,15 @@ def _load_models(
     return out
 
 
+def _domain_warnings(models: Sequence[_Model], ds) -> dict[str, list[str]]:
+    """Per model: how the dataset lies outside what it was trained on (voxel size, cube,
+    normalisation), so robustness numbers on foreign data are read as such."""
+    from napari_cryoguard.classify import domain_warnings
+
+    return {m.name: domain_warnings(m.loaded, voxel_size=ds.voxel_size, cube=ds.cube,
+                                    normalized=ds.normalized) for m in models}
+
+
 def _select(labels: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
     """Rows with known labels; with ``max_samples`` a seeded, class-balanced subset (sorted)."""
     known = np.flatnonzero(labels >= 0)
@@ -725,6 +734,7 @@ def evaluate(
             "margin_params": mparams,
         },
         "models": results,
+        "warnings": _domain_warnings(models, ds),
     }
     files = _write_outputs(out, metrics, title)
     metrics["files"] = files
