@@ -1,6 +1,6 @@
 """Subtomogram extraction: cubes cut around picks, normalised per sample.
 
-The RAT paper (``papers/rat-regularized-adversarial-training-cb3d.txt``, section IV.A)
+The RAT paper (Wu et al., RAT (IEEE BIBM 2019), section IV.A)
 extracts 28^3 subvolumes around DoG peaks and applies zero-mean normalisation; the
 project normalises each cube to zero mean and unit variance (``docs``: DESIGN.md,
 "Conventions").
@@ -111,7 +111,7 @@ def extract_subtomograms(
 ) -> Subtomograms:
     """Cut cubes of ``size``^3 voxels centred on the picks.
 
-    RAT paper (``papers/rat-regularized-adversarial-training-cb3d.txt``, section IV.A):
+    RAT paper (Wu et al., RAT (IEEE BIBM 2019), section IV.A):
     28^3 subvolumes around DoG picks, zero-mean normalisation. The cube convention (round
     the centre, cube from ``r - size // 2``) is in the module docstring.
 
