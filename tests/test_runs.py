@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,73 @@ def test_set_data_rewrites_the_command(tmp_path):
     assert str(tmp_path / "x.npz") in json.loads((run.folder / "command.json").read_text())
     with pytest.raises(CryoGuardError):
         _run(tmp_path).set_data("x.npz")
+
+
+def test_relative_runs_dir_gives_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CRYOGUARD_RUNS_DIR", "rel/runs")
+    run = TrainRun.create(label="r", data="d.npz", epochs=1)
+    assert run.folder.is_absolute() and run.folder.parent == tmp_path / "rel" / "runs"
+    argv = json.loads((run.folder / "command.json").read_text())
+    for opt in ("--out", "--events", "--data"):
+        assert Path(argv[argv.index(opt) + 1]).is_absolute()
+    assert argv[argv.index("--data") + 1] == str(tmp_path / "d.npz")
+
+
+def test_command_json_is_what_ran_and_pending_data_is_refused(tmp_path, monkeypatch):
+    run = TrainRun.create(tmp_path, label="p", data="pending", epochs=1)
+    with pytest.raises(CryoGuardError, match="no dataset file yet"):
+        run.start()
+    assert run.process is None
+    seen = {}
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            seen["cmd"], seen["kw"] = cmd, kw
+            self.pid = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    run.set_data(tmp_path / "data.npz")
+    run.start()
+    written = json.loads((run.folder / "command.json").read_text())
+    assert "pending" not in written and written == run.argv
+    assert seen["cmd"][-len(written):] == written
+    assert seen["cmd"][1] in ("-P", "-I") and seen["kw"]["cwd"] == run.folder
+
+
+def test_poll_skips_unknown_lines_and_paths_outside_the_folder(tmp_path):
+    run = _run(tmp_path)
+    run.status = "running"
+    with open(run.events_path, "w", encoding="utf-8") as fh:
+        fh.write("[1, 2]\n42\n\"text\"\nnot json\n")
+        fh.write(json.dumps({"event": "start", "config": "oops"}) + "\n")
+        fh.write(json.dumps({"event": "step", "epoch": {"x": 1}, "step": []}) + "\n")
+        fh.write(json.dumps({"event": "checkpoint", "path": "../../../etc/passwd"}) + "\n")
+        fh.write(json.dumps({"event": "checkpoint", "path": "/etc/passwd"}) + "\n")
+        fh.write(json.dumps({"event": "checkpoint", "path": 7}) + "\n")
+        fh.write(json.dumps({"event": "whatever", "path": "x"}) + "\n")
+    run.poll()
+    assert run.checkpoint is None and run.config == {}
+    _write(run, {"event": "checkpoint", "path": str(run.out_path), "epoch": 1},
+           {"event": "done", "path": "../../../etc/passwd"})
+    run.poll()
+    assert run.status == "done" and run.checkpoint == run.out_path
+    assert "done" in run.state_line()
+
+
+def test_a_module_in_the_run_folder_is_not_imported(tmp_path):
+    run = TrainRun.create(tmp_path, label="s", data=str(tmp_path / "missing.npz"), epochs=1,
+                          device="cpu")
+    marker = tmp_path / "shadowed"
+    (run.folder / "numpy.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nraise SystemExit(7)\n")
+    (run.folder / "napari_cryoguard.py").write_text("raise SystemExit(8)\n")
+    run.start()
+    status = run.wait(timeout=120)
+    assert not marker.exists()
+    # the real package ran: the missing dataset is its clear error, exit 2
+    assert run.process.returncode == 2 and status == "error"
+    assert "missing.npz" in run.message

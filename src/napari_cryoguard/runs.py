@@ -5,11 +5,17 @@ starts ``python -m napari_cryoguard.cli train ... --events <run>/events.jsonl`` 
 own run folder, and :meth:`TrainRun.poll` reads the JSON-lines events the process
 appends (see :mod:`napari_cryoguard.defenses.events`) into a small state: progress per
 step, the loss of every step reported, per-epoch metrics, an ETA from the step timing,
-checkpoint path, status. :meth:`TrainRun.cancel` sends SIGTERM, which the trainer turns
+checkpoint path, status. Lines it does not understand are skipped, and a path an event
+names is taken only when it lies inside the run folder. :meth:`TrainRun.cancel` sends SIGTERM, which the trainer turns
 into a clean stop (the current step finishes, one checkpoint marked ``cancelled`` is
 written). :attr:`TrainRun.version` grows whenever new events arrived, so a viewer
 redraws only then. Qt-free: the Train widget polls it from a timer, and the same object
 works from a script.
+
+The run folder is always absolute (also for a relative ``$CRYOGUARD_RUNS_DIR``), its
+``command.json`` is written when the process starts and holds exactly the ``cryoguard``
+arguments it runs with, and the child runs as ``python -P`` (or ``-I``), so a file in the
+run folder (its working directory), say ``numpy.py``, cannot shadow a module.
 """
 
 from __future__ import annotations
@@ -34,7 +40,20 @@ RUNS_ENV = "CRYOGUARD_RUNS_DIR"
 def default_runs_dir() -> Path:
     """``$CRYOGUARD_RUNS_DIR`` or ``~/.napari-cryoguard/runs``."""
     env = os.environ.get(RUNS_ENV)
-    return Path(env) if env else Path.home() / ".napari-cryoguard" / "runs"
+    folder = Path(env).expanduser() if env else Path.home() / ".napari-cryoguard" / "runs"
+    return folder.absolute()
+
+
+#: The placeholder a run created before its dataset file exists may carry.
+PENDING_DATA = "pending"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
 
 
 def train_command(*, data: str | None = None, simulate: dict | None = None, model: str = "cb3d",
@@ -119,7 +138,8 @@ class TrainRun:
     @classmethod
     def create(cls, runs_dir: str | Path | None = None, label: str = "run", **settings) -> TrainRun:
         """A new run folder and the command for ``settings`` (see :func:`train_command`)."""
-        runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+        runs_dir = (Path(runs_dir).expanduser().absolute() if runs_dir is not None
+                    else default_runs_dir())
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = runs_dir / f"{stamp}-{label}"
         n = 1
@@ -129,15 +149,19 @@ class TrainRun:
         folder.mkdir(parents=True)
         run = cls(name=folder.name, folder=folder, argv=[])
         run.argv = train_command(out=run.out_path, events=run.events_path, **settings)
-        (folder / "command.json").write_text(json.dumps(run.argv))
+        if run.data_path is not None and str(run.data_path) != PENDING_DATA:
+            run.set_data(run.data_path)  # absolute, like every path of the command
         return run
+
+    def _write_command(self) -> None:
+        (self.folder / "command.json").write_text(json.dumps(self.argv))
 
     def set_data(self, path: str | Path) -> None:
         """Point the command at the dataset file ``path`` (a run created with ``data=``)."""
         if "--data" not in self.argv:
             raise CryoGuardError("this run simulates its data; it takes no dataset file")
-        self.argv[self.argv.index("--data") + 1] = str(path)
-        (self.folder / "command.json").write_text(json.dumps(self.argv))
+        self.argv[self.argv.index("--data") + 1] = str(Path(path).expanduser().absolute())
+        self._write_command()
 
     @property
     def data_path(self) -> Path | None:
@@ -156,7 +180,14 @@ class TrainRun:
         ``nice`` lowers its priority (POSIX), so that a viewer running beside it on the
         same CPU stays responsive.
         """
-        cmd = [sys.executable, "-m", "napari_cryoguard.cli", *self.argv]
+        data = self.data_path
+        if data is not None and str(data) == PENDING_DATA:
+            raise CryoGuardError(f"run {self.name} has no dataset file yet; call set_data first")
+        # -P (Python >= 3.11) keeps the working directory (the run folder) off sys.path;
+        # -I also does, and drops PYTHON* variables, for older interpreters
+        safe = "-P" if sys.version_info >= (3, 11) else "-I"
+        cmd = [sys.executable, safe, "-m", "napari_cryoguard.cli", *self.argv]
+        self._write_command()  # exactly what runs
         env = None
         if threads:
             env = dict(os.environ)
@@ -191,7 +222,10 @@ class TrainRun:
         exited = self.process is not None and self.process.poll() is not None
         new = self._read_events()  # after the exit check: nothing written before it is missed
         for ev in new:
-            self._apply(ev)
+            try:
+                self._apply(ev)
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+                continue  # a line of a shape this reader does not know: skip it
         if new:
             self.version += 1
         if exited and self.status == "running" and self.cancel_requested:
@@ -221,16 +255,37 @@ class TrainRun:
                 if not line:
                     continue
                 try:
-                    new.append(json.loads(line))
-                except json.JSONDecodeError:
+                    ev = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
                     continue
+                if isinstance(ev, dict):
+                    new.append(ev)
         return new
+
+    def _path(self, value: Any) -> Path | None:
+        """A path an event names, if it is a file path inside the run folder."""
+        if not isinstance(value, str) or not value or "\0" in value:
+            return None
+        p = Path(value)
+        if not p.is_absolute():
+            p = self.folder / p
+        return p if _inside(p, self.folder) else None
+
+    def _set_checkpoint(self, value: Any, default: Path | None = None) -> None:
+        p = self._path(value) if value is not None else default
+        if p is not None:
+            self.checkpoint = p
 
     def _apply(self, ev: dict) -> None:
         kind = ev.get("event")
         if kind == "start":
-            self.config = ev.get("config", {})
+            config = ev.get("config", {})
+            if not isinstance(config, dict):
+                return
+            self.config = config
             recipe = self.config.get("recipe", {}) or {}
+            if not isinstance(recipe, dict):
+                recipe = {}
             self.epochs = int(recipe.get("epochs", self.epochs) or self.epochs)
             n_train = int(self.config.get("n_train", 0) or 0)
             world = max(1, int(self.config.get("world_size", 1) or 1))
@@ -261,15 +316,15 @@ class TrainRun:
             self._t_step = _time_of(ev)  # the epoch's evaluation counts in the step rate
             self._update_eta()
         elif kind == "checkpoint":
-            self.checkpoint = Path(ev["path"])
+            self._set_checkpoint(ev.get("path"))
         elif kind == "done":
             self.status = "done"
-            self.checkpoint = Path(ev.get("path", self.out_path))
+            self._set_checkpoint(ev.get("path"), self.out_path)
             self.eta_seconds = 0
             self.message = ""
         elif kind == "cancelled":
             self.status = "cancelled"
-            self.checkpoint = Path(ev.get("path", self.out_path))
+            self._set_checkpoint(ev.get("path"), self.out_path)
             self.epoch = int(ev.get("epoch", self.epoch))
             self.step = int(ev.get("step", self.step))
             self.eta_seconds = None
