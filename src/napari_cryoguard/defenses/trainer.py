@@ -4,8 +4,8 @@
 a seeded, resumable, cancellable loop:
 
 * a deterministic, class-stratified train/validation split (``val_fraction``, 0.2 as
-  the 80/20 split of ``papers/rat-regularized-adversarial-training-cb3d.txt``
-  section IV.B and ``papers/dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt``
+  the 80/20 split of Wu et al., RAT (IEEE BIBM 2019)
+  section IV.B and Che et al. 2018 (CB3D)
   section 3);
 * per epoch a shuffle seeded by (seed, epoch) through a ``DistributedSampler`` (one
   process or many under ``torchrun``), batches of ``Batch(x, y, index, epoch,
