@@ -21,6 +21,7 @@ from napari_cryoguard.data import SubtomogramDataset, load_dataset, save_dataset
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io import Picks, read_picks, read_tomogram, write_picks, write_tomogram
 
+
 def FUZZ(n: int):
     return settings(max_examples=n, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

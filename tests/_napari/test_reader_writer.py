@@ -3,12 +3,12 @@ and the sample data."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from napari_cryoguard import CryoGuardError
-from pathlib import Path
-
 from napari_cryoguard._napari._reader import get_picks_reader, get_reader
 from napari_cryoguard._napari._sample_data import simulated_layers
 from napari_cryoguard._napari._writer import points_to_picks, write_picks

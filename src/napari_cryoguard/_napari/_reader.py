@@ -208,9 +208,8 @@ def picks_layer_data(picks, name: str, *, source, tomo_name: str, voxel_size: fl
 def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
     """Layer tuples for one pick file and the messages to show (see module docstring)."""
     from napari_cryoguard._napari._common import voxel_size_of
-    from napari_cryoguard.io import read_picks, tomo_key
-
     from napari_cryoguard.errors import CryoGuardError
+    from napari_cryoguard.io import read_picks, tomo_key
 
     images = _open_tomograms(viewer)
     active = viewer.layers.selection.active if viewer is not None else None

@@ -28,21 +28,20 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from napari_cryoguard._napari.classify_widget import domain_line
 from napari_cryoguard._napari._common import (
     PICKS_LAYER,
     ModelPicker,
+    apply_stepwise,
     connect_pick_selection,
+    iter_particle_layers,
     particle_source,
     show_error,
-    apply_stepwise,
-    iter_particle_layers,
     start_worker,
 )
 from napari_cryoguard._napari._forms import DataclassForm
 from napari_cryoguard._napari._labels import LabelsChoice
 from napari_cryoguard._napari._layout import DockWidget, Group, status_label
-
+from napari_cryoguard._napari.classify_widget import domain_line
 from napari_cryoguard.errors import CryoGuardError
 
 if TYPE_CHECKING:

@@ -28,13 +28,13 @@ from napari_cryoguard._napari._common import (
     SUBTOMOGRAMS_LAYER,
     ModelPicker,
     apply_predictions,
+    apply_stepwise,
     class_colors,
     connect_pick_selection,
+    iter_particle_layers,
     particle_cube,
     particle_source,
     show_error,
-    apply_stepwise,
-    iter_particle_layers,
     start_worker,
 )
 from napari_cryoguard._napari._labels import NONE, LabelsChoice

@@ -10,7 +10,11 @@ import numpy as np
 def populate_viewer(viewer, result) -> dict:
     """Add the demo's layers and dock the plugin widgets from the manifest (as the
     *Plugins* menu does); set them to what the demo did. Returns the widgets by name."""
-    from napari_cryoguard._napari._common import SUBTOMOGRAMS_LAYER, apply_predictions, set_picks_layer
+    from napari_cryoguard._napari._common import (
+        SUBTOMOGRAMS_LAYER,
+        apply_predictions,
+        set_picks_layer,
+    )
     from napari_cryoguard._napari._probe import dock
     from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
 

@@ -48,8 +48,8 @@ import math
 import os
 import random
 import signal
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -409,7 +409,7 @@ def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str,
     tensors = {"rng.torch": torch.get_rng_state().clone()}
     if device.type == "cuda" and torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device).clone()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
     version, pstate, gauss = random.getstate()
     meta = {
@@ -430,8 +430,8 @@ def _set_rng_state(
     if "rng.numpy" in tensors and "numpy" in meta:
         n = meta["numpy"]
         keys = tensors["rng.numpy"].numpy().astype(np.uint32)
-        np.random.set_state((n["kind"], keys, int(n["pos"]), int(n["has_gauss"]),
-                             float(n["cached"])))
+        state = (n["kind"], keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached"]))
+        np.random.set_state(state)  # noqa: NPY002
     if "python" in meta:
         py = meta["python"]
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))

@@ -65,11 +65,9 @@ newlines in STAR files (the STAR parser cannot read them back); CSV has no such 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -467,34 +465,10 @@ def _write_csv(
 
 
 def read_picks(path: str | os.PathLike, *, voxel_size: float | None = None) -> Picks:
-    """Read picks from a RELION STAR or a CSV file (by suffix).
+    """Read a pick file of any supported format: :func:`napari_cryoguard.io.read_picks`."""
+    from napari_cryoguard.io.readers import read_picks as _read
 
-    Parameters
-    ----------
-    path : str or PathLike
-        ``.star`` or ``.csv`` file; see the module docstring for the columns understood.
-    voxel_size : float, optional
-        Voxel size in Angstrom; overrides what the file says.
-
-    Returns
-    -------
-    Picks
-        ZYX voxel coordinates, with scores, labels, class names, tomogram names and
-        features when the file has them.
-
-    Raises
-    ------
-    CryoGuardError
-        Missing file, unknown suffix, unparsable file, missing coordinate columns (the
-        message lists the columns found), non-finite coordinates.
-    """
-    path = Path(path)
-    suffix = _check_path(path, reading=True)
-    if voxel_size is not None:
-        voxel_size = _valid_voxel_size(voxel_size, path)
-    if suffix == ".star":
-        return _read_star(path, voxel_size)
-    return _read_csv(path, voxel_size)
+    return _read(path, voxel_size=voxel_size)
 
 
 # --------------------------------------------------------------------------- STAR reading
@@ -774,98 +748,3 @@ def _classes_from_rows(
 
 
 # --------------------------------------------------------------------------- CSV reading
-
-
-def _read_csv(path: Path, voxel_size: float | None) -> Picks:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CryoGuardError(f"could not read {path}: {err}") from err
-    meta: dict[str, str] = {}
-    lines = text.splitlines(keepends=True)
-    start = 0
-    while start < len(lines) and (lines[start].startswith("#") or not lines[start].strip()):
-        body = lines[start].lstrip("#").strip()
-        key, sep, value = body.partition(":")
-        if sep:
-            meta[key.strip()] = value.strip()
-        start += 1
-    rows = [r for r in csv.reader(io.StringIO("".join(lines[start:]))) if r]
-    if not rows:
-        raise CryoGuardError(f"{path.name}: no header row; expected columns z,y,x")
-    header = [h.strip() for h in rows[0]]
-    body_rows = rows[1:]
-    for i, r in enumerate(body_rows):
-        if len(r) != len(header):
-            raise CryoGuardError(
-                f"{path.name}: data row {i + 1} has {len(r)} fields, the header has {len(header)}"
-            )
-    columns = list(zip(*body_rows, strict=True)) if body_rows else [() for _ in header]
-    table = {h: np.array(col, dtype=object) for h, col in zip(header, columns, strict=True)}
-
-    lower = {h.lower(): h for h in header}
-    missing = [a for a in CSV_ZYX if a not in lower]
-    if missing:
-        raise CryoGuardError(
-            f"{path.name}: missing coordinate column(s) {', '.join(missing)}; "
-            f"found columns: {', '.join(header) or '(none)'}"
-        )
-    z, y, x = (_numeric(table[lower[a]], np.float64, a, path) for a in CSV_ZYX)
-    coords = np.stack([z, y, x], axis=1) if len(body_rows) else np.zeros((0, 3))
-    _check_coords(coords, path, "have")
-    used = {lower[a] for a in CSV_ZYX}
-
-    def take(name: str) -> np.ndarray | None:
-        col = lower.get(name)
-        if col is None:
-            return None
-        used.add(col)
-        return table[col]
-
-    s = take(CSV_SCORE)
-    scores = None if s is None else _numeric(s, np.float64, CSV_SCORE, path)
-    lab = take(CSV_LABEL)
-    labels = None if lab is None else _numeric(lab, np.int64, CSV_LABEL, path)
-    t = take(CSV_TOMO)
-    tomo_names = None if t is None else np.asarray(t, dtype=str)
-    rn = take(CSV_CLASS_NAME)
-    row_names = None if rn is None else np.asarray(rn, dtype=str)
-
-    class_names = None
-    if "class_names" in meta:
-        try:
-            class_names = [str(c) for c in json.loads(meta["class_names"])]
-        except (json.JSONDecodeError, TypeError) as err:
-            raise CryoGuardError(f"{path.name}: bad class_names header line: {err}") from err
-    elif row_names is not None:
-        class_names, labels = _classes_from_rows(row_names, labels)
-
-    feature_meta: dict[str, tuple[str, int]] = {}
-    if "features" in meta:
-        try:
-            feature_meta = {
-                str(k): (str(v[0]), int(v[1])) for k, v in json.loads(meta["features"]).items()
-            }
-        except (json.JSONDecodeError, TypeError, ValueError, IndexError, AttributeError) as err:
-            raise CryoGuardError(f"{path.name}: bad features header line: {err}") from err
-    features = _collect_features(table, used, feature_meta)
-
-    if voxel_size is None:
-        if "voxel_size" in meta:
-            voxel_size = _valid_voxel_size(meta["voxel_size"], path)
-        else:
-            warnings.warn(
-                f"{path.name} does not say its voxel size; using 1.0 Angstrom (pass voxel_size=)",
-                UserWarning,
-                stacklevel=3,
-            )
-            voxel_size = 1.0
-    return Picks(
-        coords=coords,
-        scores=scores,
-        labels=labels,
-        class_names=class_names,
-        tomo_names=tomo_names,
-        features=features,
-        voxel_size=voxel_size,
-    )

@@ -232,7 +232,7 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
         notes.append(f"{name}: axis units {units} converted to Angstrom")
     factors_arr = np.asarray(factors)
     sizes = [np.asarray(lv[2]) * factors_arr for lv in levels]
-    for (lpath, _, _, _), vs in zip(levels, sizes):
+    for (lpath, _, _, _), vs in zip(levels, sizes, strict=True):
         if np.any(vs <= 0):
             raise CryoGuardError(f"{name} level {lpath!r}: scale {tuple(vs)} must be positive")
     if voxel_size is None:
