@@ -103,7 +103,7 @@ class Picks:
             return []
         return list(dict.fromkeys(self.tomo_names.tolist()))
 
-    def for_tomogram(self, name: str, *, source: str = "the picks") -> Picks:
+    def for_tomogram(self, name: str, *, source: str = "the pick file") -> Picks:
         """The rows of the tomogram called ``name``, matched by :func:`tomo_key`.
 
         Files that name no tomogram are returned whole. A file naming exactly one
@@ -127,13 +127,13 @@ class Picks:
         if len(names) == 1:
             out = self.subset(np.ones(len(self), dtype=bool))
             out.notes.append(
-                f"{source} name tomogram {names[0]!r}, not {name!r}; assumed they are the same "
+                f"{source} names tomogram {names[0]!r}, not {name!r}; assumed they are the same "
                 "tomogram"
             )
             return out
         shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
         raise CryoGuardError(
-            f"{source} hold picks of {len(names)} tomograms ({shown}) but none named "
+            f"{source} holds picks of {len(names)} tomograms ({shown}) but none named "
             f"{name!r}; open one of those tomograms or pick its name"
         )
 
