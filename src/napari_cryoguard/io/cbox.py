@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io.picks import Picks, voxel_size_or_assumed
 from napari_cryoguard.io.table import read_table_picks
 
 MAX_FILE_BYTES = 1024**3
@@ -43,21 +43,6 @@ _FEATURE_NAMES = {
     "filamentid": "filament_id",
 }
 _NA = {"<na>", "na", "nan", "none", ""}
-
-
-def _voxel_size(value: Any, path: Path, notes: list[str]) -> float:
-    if value is None:
-        notes.append(
-            f"{path.name} does not say its voxel size; assumed 1.0 Angstrom (pass voxel_size=)"
-        )
-        return 1.0
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise CryoGuardError(f"voxel size must be a number, got {value!r}") from err
-    if not np.isfinite(v) or v <= 0:
-        raise CryoGuardError(f"voxel size must be positive and finite, got {value!r}")
-    return v
 
 
 def _cbox_loop(path: Path, text: str) -> tuple[list[str], list[list[str]]]:
@@ -215,7 +200,7 @@ def read_cbox_picks(
         scores=scores,
         tomo_names=np.full(len(coords), name, dtype=object).astype(str),
         features=features,
-        voxel_size=_voxel_size(voxel_size, path, notes),
+        voxel_size=voxel_size_or_assumed(voxel_size, path.name, notes),
         notes=notes,
     )
 
@@ -252,7 +237,7 @@ def read_coords_picks(
     del tomograms
     path = Path(path)
     notes: list[str] = []
-    vs = _voxel_size(voxel_size, path, notes)
+    vs = voxel_size_or_assumed(voxel_size, path.name, notes)
     picks = read_table_picks(path, voxel_size=vs, delimiter="whitespace", header=False)
     name = tomo_name if tomo_name is not None else path.stem
     if tomo_name is None:

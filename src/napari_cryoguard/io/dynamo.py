@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io.picks import Picks, positive_voxel_size, voxel_size_or_assumed
 
 MAX_FILE_BYTES = 2 * 1024**3
 MAX_CLASSES = 100_000
@@ -41,16 +41,6 @@ def _install_hint(lib: str) -> CryoGuardError:
     return CryoGuardError(
         f"reading this format needs the {lib!r} library: install napari-cryoguard[formats]"
     )
-
-
-def _positive(value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise CryoGuardError(f"voxel size must be a number, got {value!r}") from err
-    if not np.isfinite(v) or v <= 0:
-        raise CryoGuardError(f"voxel size must be positive and finite, got {value!r}")
-    return v
 
 
 def _table_map(path: Path) -> dict[int, str]:
@@ -155,7 +145,7 @@ def read_dynamo_picks(
         return out
 
     if df is None:
-        vs = 1.0 if voxel_size is None else _positive(voxel_size)
+        vs = 1.0 if voxel_size is None else positive_voxel_size(voxel_size)
         return Picks(
             coords=np.zeros((0, 3)), voxel_size=vs, notes=[f"{path.name} holds no particles"]
         )
@@ -204,7 +194,7 @@ def read_dynamo_picks(
     labels = np.searchsorted(distinct, classes).astype(np.int64)
     class_names = [f"{int(c)}" if float(c).is_integer() else f"{c:g}" for c in distinct.tolist()]
     if voxel_size is not None:
-        voxel_size = _positive(voxel_size)
+        voxel_size = positive_voxel_size(voxel_size)
     else:
         apix = col("apix", "36 (apix)") if "apix" in df.columns else np.zeros(0)
         positive = np.unique(apix[apix > 0]) if len(apix) else apix
@@ -212,11 +202,7 @@ def read_dynamo_picks(
             voxel_size = float(positive[0])
             notes.append(f"{path.name}: voxel size {voxel_size:g} A from column 36 (apix)")
         else:
-            voxel_size = 1.0
-            notes.append(
-                f"{path.name} does not say its voxel size; assumed 1.0 Angstrom (pass "
-                f"voxel_size=)"
-            )
+            voxel_size = voxel_size_or_assumed(None, path.name, notes)
     return Picks(
         coords=coords,
         scores=scores,

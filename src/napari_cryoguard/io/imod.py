@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io.picks import Picks, positive_voxel_size
 
 MAX_FILE_BYTES = 256 * 1024**2
 MAX_CLASSES = 100_000
@@ -140,16 +140,6 @@ def _check_structure(path: Path, raw: bytes) -> None:
             pos += n
 
 
-def _positive(value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise CryoGuardError(f"voxel size must be a number, got {value!r}") from err
-    if not np.isfinite(v) or v <= 0:
-        raise CryoGuardError(f"voxel size must be positive and finite, got {value!r}")
-    return v
-
-
 def read_imod_picks(
     path: str | os.PathLike,
     *,
@@ -241,7 +231,7 @@ def read_imod_picks(
             f"{path.name}: the model header has zscale {zscale:g}; z kept as section indices"
         )
     if voxel_size is not None:
-        voxel_size = _positive(voxel_size)
+        voxel_size = positive_voxel_size(voxel_size)
     else:
         units = int(getattr(header, "units", 0) or 0)
         pixsize = float(getattr(header, "pixelsize", 0.0) or 0.0)

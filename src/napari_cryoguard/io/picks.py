@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -158,6 +159,27 @@ class Picks:
             f"(coordinates x {self.voxel_size / voxel_size:g})"
         )
         return out
+
+
+def positive_voxel_size(value: Any, what: str = "voxel size", source: str = "") -> float:
+    """``value`` as a positive, finite number of Angstrom, else one CryoGuardError."""
+    prefix = f"{source}: " if source else ""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise CryoGuardError(f"{prefix}{what} must be a number, got {value!r}") from err
+    if not np.isfinite(v) or v <= 0:
+        raise CryoGuardError(f"{prefix}{what} must be positive and finite, got {value!r}")
+    return v
+
+
+def voxel_size_or_assumed(value: Any, source: str, notes: list[str]) -> float:
+    """The given voxel size (checked), or 1.0 Angstrom with a note saying it was assumed."""
+    if value is None:
+        notes.append(f"{source} does not say its voxel size; assumed 1.0 Angstrom "
+                     "(pass voxel_size=)")
+        return 1.0
+    return positive_voxel_size(value)
 
 
 _TOMO_SUFFIXES = (

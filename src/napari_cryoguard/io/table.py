@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io import coords as _coords
+from napari_cryoguard.io.picks import Picks, positive_voxel_size
 
 MAX_CLASSES = 100_000
 """Most classes a pick table may define (label values, class-name lists)."""
@@ -182,35 +183,12 @@ def _rows(path: Path, lines: list[str], delimiter: str | None) -> tuple[list[lis
 
 
 def _parse(strings: list[str] | np.ndarray, dtype: str | None, what: str, path: Path) -> np.ndarray:
-    """A column of strings as an array; ``dtype`` None infers int, then float, then str."""
-    strings = np.asarray(strings, dtype=str)
-    if dtype == "str":
-        return strings
-    if dtype is not None:
-        try:
-            target = np.dtype(dtype)
-        except TypeError as err:
-            raise CryoGuardError(
-                f"{path.name}: feature {what!r} has unknown dtype {dtype!r}"
-            ) from err
-        try:
-            if target.kind == "f":
-                return strings.astype(np.float64).astype(target)
-            if target.kind in "iu":
-                return strings.astype(np.int64).astype(target)
-            if target.kind == "b":
-                return strings.astype(np.int64) != 0
-        except (ValueError, OverflowError) as err:
-            raise CryoGuardError(
-                f"{path.name}: column {what!r} should hold {target}: {err}"
-            ) from err
-        raise CryoGuardError(f"{path.name}: feature {what!r} has unsupported dtype {dtype!r}")
-    for target in (np.int64, np.float64):
-        try:
-            return strings.astype(target)
-        except (ValueError, OverflowError):
-            continue
-    return strings
+    """A column of strings as an array; ``dtype`` None infers int, then float, then str
+    (the STAR reader's parser, with the file named in its errors)."""
+    try:
+        return _coords._parse_column(np.asarray(strings, dtype=str), dtype, what)
+    except CryoGuardError as err:
+        raise CryoGuardError(f"{path.name}: {err}") from None
 
 
 def _numbers(strings, target, what: str, path: Path) -> np.ndarray:
@@ -219,16 +197,6 @@ def _numbers(strings, target, what: str, path: Path) -> np.ndarray:
     except (ValueError, OverflowError) as err:
         kind = "numbers" if target is np.float64 else "integers"
         raise CryoGuardError(f"{path.name}: column {what!r} must hold {kind}: {err}") from err
-
-
-def _positive(value: Any, what: str, path: Path) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise CryoGuardError(f"{path.name}: {what} {value!r} is not a number") from err
-    if not np.isfinite(v) or v <= 0:
-        raise CryoGuardError(f"{path.name}: {what} must be positive and finite, got {value!r}")
-    return v
 
 
 def _class_names_meta(value: str, path: Path) -> list[str]:
@@ -366,7 +334,7 @@ def read_table_picks(
     if units not in ("voxel", "angstrom"):
         raise CryoGuardError(f"units must be 'voxel' or 'angstrom', got {units!r}")
     if voxel_size is not None:
-        voxel_size = _positive(voxel_size, "voxel size", path)
+        voxel_size = positive_voxel_size(voxel_size, source=path.name)
     text = _read_text(path)
     meta, lines = _split_comments(text)
     own = text.lstrip().startswith("# napari-cryoguard picks")
@@ -513,7 +481,7 @@ def read_table_picks(
 
     # ---- voxel size and units
     if voxel_size is None and "voxel_size" in meta:
-        voxel_size = _positive(meta["voxel_size"], "voxel size", path)
+        voxel_size = positive_voxel_size(meta["voxel_size"], source=path.name)
     if in_angstrom:
         if voxel_size is None:
             raise CryoGuardError(
