@@ -35,6 +35,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install $(TORCH_PIN) -e ".[testing]"
+	# torchattacks (independent APGD/Square for cross-checks) declares torchvision, which would
+	# pull a CUDA torch: installed without its dependencies, in the test environment only
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 # napari with the demo tomogram and the widgets; with no display (or HEADLESS=1) the same
