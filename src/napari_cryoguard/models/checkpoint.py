@@ -299,6 +299,9 @@ def load_checkpoint(
     arch_params = meta["arch_params"]
     if not isinstance(arch_params, dict):
         raise CryoGuardError(f"{path}: 'arch_params' must be a dict")
+    if _norm(arch) == "rb3d" and "variant" not in arch_params:
+        # saved before RB3D had block variants: the block of that time (models.rb3d)
+        arch_params = {**arch_params, "variant": "residual-bn"}
     model = build_model(arch, int(meta["num_classes"]), int(meta["cube"]), **arch_params)
 
     extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
