@@ -193,6 +193,28 @@ def test_cbox_corner_to_centre():
     assert centres.tomo_names[0] == "T" and centres.voxel_size == 1.0
 
 
+def test_cbox_real_napari_boxmanager_3d_file():
+    # napari-boxmanager test_data/3d_particle.cbox, byte copy: three boxes of 25 voxels,
+    # confidences <NA>; row 1 X Y Z = 12.257084 27.721405 50
+    path = DATA / "cryolo" / "boxmanager_3d_particle.cbox"
+    picks = read_picks(path, voxel_size=7.0)
+    assert len(picks) == 3
+    np.testing.assert_allclose(
+        picks.coords,
+        [
+            [50.0, 27.721405 + 12.5, 12.257084 + 12.5],
+            [50.0, 39.498080 + 12.5, 65.906382 + 12.5],
+            [60.0, 48.062935 + 12.5, 62.456649 + 12.5],
+        ],
+        atol=1e-9,
+    )
+    assert picks.features["depth"].tolist() == [25.0] * 3
+    assert np.isnan(picks.features["angle"]).all()
+    assert picks.scores is None and _has_note(picks, "no scores")
+    assert picks.tomo_names.tolist() == ["boxmanager_3d_particle"] * 3
+    assert picks.voxel_size == 7.0
+
+
 def test_cbox_without_z_is_refused(tmp_path):
     p = tmp_path / "two_d.cbox"
     p.write_text(

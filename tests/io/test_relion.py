@@ -96,15 +96,83 @@ def test_relion_euler_matrix_known_values():
         assert np.linalg.det(r) == pytest.approx(1.0)
 
 
-def test_relion5_without_tomograms_names_what_is_missing():
-    path = CYL / "Picks" / "job_picks" / "particles.star"
+def test_relion5_without_tomograms_names_what_is_missing(tmp_path):
+    path = tmp_path / "particles.star"  # alone: no optimisation set next to it
+    path.write_bytes((CYL / "Picks" / "job_picks" / "particles.star").read_bytes())
     with pytest.raises(CryoGuardError) as info:
         read_picks(path)
     msg = str(info.value)
     assert "'TS_01'" in msg and "'TS_02'" in msg and "tomograms.star" in msg
-    assert "rlnCenteredCoordinateXAngst" in msg
+    assert "rlnCenteredCoordinateXAngst" in msg and "next to the file" in msg
     with pytest.raises(CryoGuardError, match=r"'TS_02'.*not in tomograms"):
         read_picks(path, tomograms={"TS_01": ((40, 80, 100), 5.0)})
+
+
+def test_relion5_follows_the_optimisation_set_next_to_it():
+    # cylindra's Picks/job_picks holds particles.star and optimisation_set.star side by side
+    picks = read_picks(CYL / "Picks" / "job_picks" / "particles.star")
+    given = read_picks(
+        CYL / "Picks" / "job_picks" / "particles.star",
+        tomograms=CYL / "Picks" / "job_picks" / "optimisation_set.star",
+    )
+    np.testing.assert_array_equal(picks.coords, given.coords)
+    np.testing.assert_allclose(picks.coords[0], [22.8959, 233.4220, 68.6839], atol=1e-3)
+    assert any("optimisation_set.star found next to it" in n for n in picks.notes)
+    assert not any("found next to it" in n for n in given.notes)
+    # a Class3D data file follows its own run_it025_optimisation_set.star
+    data = read_picks(CYL / "Class3D" / "job_class3d" / "run_it025_data.star")
+    assert len(data) == 10
+    assert any("run_it025_optimisation_set.star found next to it" in n for n in data.notes)
+
+
+def test_relion5_next_to_rules(tmp_path):
+    src = (CYL / "Picks" / "job_picks" / "particles.star").read_bytes()
+    (tmp_path / "picks.star").write_bytes(src)
+    # an optimisation set naming another particle file is not taken ...
+    (tmp_path / "optimisation_set.star").write_text(
+        "data_\n\nloop_\n_rlnTomoParticlesFile #1\n_rlnTomoTomogramsFile #2\n"
+        "other.star tomograms.star\n"
+    )
+    with pytest.raises(CryoGuardError, match="next to the file"):
+        read_picks(tmp_path / "picks.star")
+    # ... but a tomograms.star beside it is, and a broken one is named
+    (tmp_path / "tomograms.star").write_bytes(TOMOS.read_bytes())
+    picks = read_picks(tmp_path / "picks.star")
+    np.testing.assert_allclose(picks.coords[3], [22.4867, 158.8804, 92.0815], atol=1e-3)
+    assert any("tomograms.star found next to it" in n for n in picks.notes)
+    (tmp_path / "tomograms.star").write_text("data_global\n\nloop_\n_rlnTomoName #1\nTS_01\n")
+    with pytest.raises(CryoGuardError, match="tomograms.star found next to it could not be used"):
+        read_picks(tmp_path / "picks.star")
+
+
+def test_pytom_relion5_project_tomograms_star():
+    # pytom-match-pick's tests/Data/relion5_project_example/.../tomograms.star: 10 tomograms,
+    # rlnTomoTiltSeriesPixelSize 1.724, rlnTomoTomogramBinning 8.120650, sizes 4000 4000 2000
+    geometry = load_tomograms(DATA / "pytom" / "tomograms.star")
+    assert len(geometry) == 10
+    assert list(geometry)[:2] == ["tomo200528_100", "tomo200528_101"]
+    g = geometry["tomo200528_107"]
+    assert g.voxel_size == pytest.approx(1.724 * 8.12065)  # 14.0000006 A
+    np.testing.assert_allclose(g.centre_xyz, [4000 / 16.2413, 4000 / 16.2413, 2000 / 16.2413])
+
+
+def test_pytom_relion5_particles_with_its_tomograms_star(tmp_path):
+    # header of pytom-match-pick's --relion5-compat output (its docs/Developers.md); one row
+    # written here. pytom names the tomogram rec_tomo200528_107 without the compat switch
+    # and tomo200528_107 with it.
+    path = tmp_path / "tomo200528_107_particles.star"
+    path.write_text(
+        "data_\n\nloop_\n_rlnCenteredCoordinateXAngst #1\n_rlnCenteredCoordinateYAngst #2\n"
+        "_rlnCenteredCoordinateZAngst #3\n_rlnAngleRot #4\n_rlnAngleTilt #5\n"
+        "_rlnAnglePsi #6\n_rlnLCCmax #7\n_rlnCutOff #8\n_rlnSearchStd #9\n"
+        "_rlnTomoTiltSeriesPixelSize #10\n_rlnTomoName #11\n"
+        "140.0 -280.0 0.0 10.0 20.0 30.0 0.31 0.2 0.05 1.724 tomo200528_107\n"
+    )
+    picks = read_picks(path, tomograms=DATA / "pytom" / "tomograms.star")
+    # x = 140 / 14.0000006 + 246.2857 = 256.2857; y = -20 + 246.2857; z = 123.1429
+    np.testing.assert_allclose(picks.coords[0], [123.1429, 226.2857, 256.2857], atol=1e-3)
+    assert picks.voxel_size == pytest.approx(14.0000006)
+    assert picks.tomo_names.tolist() == ["tomo200528_107"]
 
 
 def test_tomograms_star_without_sizes_is_named(tmp_path):

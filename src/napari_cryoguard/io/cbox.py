@@ -8,10 +8,21 @@ versions), ``<NA>`` for missing values. Conventions implemented here:
 * ``_CoordinateX`` / ``_CoordinateY`` are the **lower-left corner** of the box (crYOLO
   and the converters of Scipion and pyp write centre - size / 2), so the particle centre
   is ``X + Width / 2``, ``Y + Height / 2``. ``_CoordinateZ`` is the centre's slice. A note
-  says so; ``box_corner=False`` reads X, Y as centres.
-* Coordinates are voxels of the tomogram crYOLO picked on, taken as 0-based.
-* ``_Confidence`` becomes the score; the other columns become features (``width``,
-  ``height``, ``depth``, ``est_width``, ... as floats, NaN for ``<NA>``).
+  says so; ``box_corner=False`` reads X, Y as centres. Checked against the reader and
+  writer of crYOLO's own authors, napari-boxmanager (github.com/MPI-Dortmund/
+  napari-boxmanager, ``src/box_manager/io/cbox.py``, commit f8b254ec): its reader puts
+  the centre at ``_CoordinateX + _Width / 2``, ``_CoordinateY + _Height / 2`` and takes
+  ``_CoordinateZ`` as is, its writer stores ``x - boxsize / 2``, ``y - boxsize / 2``
+  and ``z``; the box size is ``_Width`` / ``_Height`` (``_Depth`` in 3-D), in voxels.
+  (Only its filament vertices, in a separate ``data_filament_vertices`` block that
+  this reader does not read, are stored as centres.)
+* Coordinates are voxels of the tomogram crYOLO picked on, taken as 0-based (neither
+  crYOLO's cbox nor napari-boxmanager adds or removes 1: the values index the numpy
+  array of the tomogram directly).
+* ``_Confidence`` becomes the score (a file whose confidences are all ``<NA>``, as
+  napari-boxmanager writes manual picks, gets no scores, with a note); the other
+  columns become features (``width``, ``height``, ``depth``, ``est_width``, ... as
+  floats, NaN for ``<NA>``).
 * crYOLO writes one file per tomogram, named after it, so ``tomo_names`` is the file
   name without suffix (said in a note; ``tomo_name=`` overrides).
 * A cbox without z (2-D picking) is refused.
@@ -192,6 +203,9 @@ def read_cbox_picks(
         )
     coords = np.stack([z, y, x], axis=1) if rows else np.zeros((0, 3))
     scores = column("confidence", True) if "confidence" in norm else None
+    if scores is not None and len(scores) and np.isnan(scores).all():
+        scores = None
+        notes.append(f"{path.name}: every _Confidence is <NA>; the picks carry no scores")
     name = tomo_name if tomo_name is not None else path.stem
     if tomo_name is None:
         notes.append(f"{path.name}: tomogram name {name!r} taken from the file name")

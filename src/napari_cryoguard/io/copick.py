@@ -8,8 +8,13 @@ A copick picks file (the ``CopickPicksFile`` model of copick) is a JSON object w
 Conventions implemented here:
 
 * ``location`` is the particle centre in Angstrom from the centre of the tomogram's first
-  voxel, so voxel index = location / voxel size (copick's own tools and the CZII
-  challenge divide by the voxel spacing the same way).
+  voxel, so voxel index = location / voxel size, with no half-voxel shift. Checked in
+  copick's own tools: copick-utils (github.com/copick/copick-utils,
+  ``src/copick_utils/converters/segmentation_from_picks.py``, commit 35823f9f,
+  ``from_picks``) paints each pick as a sphere centred at ``location / voxel_spacing``
+  on the grid ``np.indices(shape)`` of the (z, y, x) volume, i.e. voxel ``i`` of that
+  array is at ``i * voxel_spacing`` Angstrom; the CZII challenge scripts divide by the
+  voxel spacing the same way.
 * ``voxel_size=`` is the voxel size of the tomogram the coordinates should index; when
   it is not given the file's ``voxel_spacing`` is used, with a note; when neither is
   there the reader refuses (a guess would misplace every pick).

@@ -14,6 +14,14 @@ Conventions implemented here:
 * Dynamo is MATLAB: voxel indices start at 1 (the first voxel's centre is 1). The
   position is converted to 0-based indices by subtracting 1 on every axis; a note says
   so. ``one_based=False`` skips that for tables made by tools that write 0-based ones.
+  Sources: Dynamo's wiki page "Volume center" (wiki.dynamo.biozentrum.unibas.ch,
+  ``Volume_center``): "Dynamo uses the convention of counting pixels with the index 1,
+  (not 0) ... the first pixel is V[1,1,1]", and a template is placed at pixel ``r`` of
+  a volume by putting its centre pixel there; the "Table convention" page (``dthelp``):
+  column 4-6 "x/y/z shift from center (in pixels)", 24-26 "x/y/z coordinate in original
+  volume", so the particle sits at pixel ``x + dx`` (1-based). Beware that public
+  Dynamo-to-RELION converters often copy ``x + dx`` into ``rlnCoordinateX`` without
+  the -1, which puts such STAR files one voxel off this reader's result.
 * The tomogram index (column 20) becomes ``tomo_names`` as text (``"1"``, ``"2"``, ...);
   when a Dynamo table map (``<table>.doc``, lines ``index path``) lies next to the table
   the tomogram file names are used instead.

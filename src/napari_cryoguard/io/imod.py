@@ -6,9 +6,16 @@ Conventions implemented here:
 
 * Model points are x, y, z in pixels of the image the model was made on. 3dmod puts
   x = y = 0 at the *edge* of the first pixel and z = 0 at the *centre* of the first
-  section (imodmodel's note on 3dmod's coordinate system), so the 0-based voxel index is
-  ``(z, y - 0.5, x - 0.5)``. A note says so; ``pixel_centres=False`` keeps the raw
-  values.
+  section, so the 0-based voxel index is ``(z, y - 0.5, x - 0.5)``. A note says so;
+  ``pixel_centres=False`` keeps the raw values. Sources: imodmodel's
+  ``docs/z_coordinate_system_note.md`` (github.com/teamtomo/imodmodel, commit
+  577c952b): "3dmod places (0,0,0) at the bottom left corner in XY planes, but in the
+  center of the first Z-plane"; and PEET's MATLAB helper ``index2ImodPoints.m`` by
+  IMOD/PEET's Rick Gaudette (github.com/rgaudette/src,
+  ``Matlab/VolumeAveraging/index2ImodPoints.m``, commit 7b262fa2): IMOD point = MATLAB
+  index - (0.5, 0.5, 1), "the center of an IMOD voxel is on 1/2 index values for X and
+  Y and unit index values for Z"; with 0-based index = MATLAB index - 1 that is
+  x = i + 0.5, y = j + 0.5, z = k.
 * Labels are the object names: each distinct name, in file order, is one class (objects
   sharing a name share a label); an unnamed object is ``object <n>`` (1-based, as 3dmod
   numbers them). The 1-based object number is kept as the feature ``object`` and the

@@ -30,7 +30,20 @@ RELION 5 centred coordinates
     ``rlnCenteredCoordinateXAngst -176.94`` lies at voxel ``-176.94 / 5.0821 + 103.5 =
     68.6838``. Given a mapping ``name -> (shape_zyx, voxel_size)`` instead of a
     ``tomograms.star``, the centre is ``shape / 2`` voxels of that tomogram (the same
-    rule; pytom-match-pick ``--relion5-compat`` writes its files with it too).
+    rule).
+
+    pytom-match-pick ``--relion5-compat`` (github.com/SBC-Utrecht/pytom-match-pick,
+    ``src/pytom_tm/extract.py``, commit 27f5d682) writes ``(voxel - shape / 2) *
+    voxel size`` when it has no RELION metadata (the rule above), but
+    ``(voxel * binning - (unbinned size / 2 - 1)) * tilt-series pixel`` when given
+    ``--relion5-tomograms-star``: one unbinned pixel from RELION's centre, so such
+    files read back ``1 / binning`` voxel (e.g. 0.12 voxel at binning 8.12) higher on
+    each axis here. That is left as is (RELION's own code is the reference) and is far
+    below the 1-voxel tolerance of extraction.
+
+    When ``tomograms=`` is not given, :func:`tomograms_next_to` looks beside the particle
+    file for the optimisation set or ``tomograms.star`` RELION writes there, and a note
+    names the file used.
 
 Origin shifts
     RELION's true particle position is the coordinate minus the origin shift
@@ -395,6 +408,47 @@ def load_tomograms(tomograms: Any, *, source: str = "tomograms=") -> dict[str, T
     return out
 
 
+def tomograms_next_to(path: str | os.PathLike) -> Path | None:
+    """The RELION 5 optimisation set or ``tomograms.star`` lying next to a particle file.
+
+    Looked for in the particle file's folder, in this order: the optimisation set RELION
+    writes beside a refinement's data file (``run_it025_data.star`` ->
+    ``run_it025_optimisation_set.star``), ``<stem>_optimisation_set.star``,
+    ``optimisation_set.star``, ``tomograms.star``. An optimisation set is taken only when
+    it names a tomograms file (``rlnTomoTomogramsFile``) and, if it names a particle
+    file (``rlnTomoParticlesFile``), that file has this file's name.
+
+    Returns
+    -------
+    Path or None
+        The file found, or None.
+    """
+    path = Path(path)
+    stem = path.stem
+    names = []
+    if stem.endswith("_data"):
+        names.append(f"{stem[:-5]}_optimisation_set.star")
+    names += [f"{stem}_optimisation_set.star", "optimisation_set.star", "tomograms.star"]
+    for name in dict.fromkeys(names):
+        cand = path.parent / name
+        if not cand.is_file() or cand.resolve() == path.resolve():
+            continue
+        if name == "tomograms.star":
+            return cand
+        try:
+            blocks = _coords.read_star_blocks(cand)
+        except CryoGuardError:
+            continue
+        cols = next((c for c in blocks.values() if "rlnTomoTomogramsFile" in c), None)
+        if cols is None:
+            continue
+        particles = cols.get("rlnTomoParticlesFile")
+        if particles is not None and len(particles) and Path(str(particles[0])).name != path.name:
+            continue
+        return cand
+    return None
+
+
 def _lookup(name: str, geometry: dict[str, TomogramGeometry], notes: list[str]) -> str | None:
     if name in geometry:
         return name
@@ -434,7 +488,9 @@ def read_star_picks(
         overrides what the file says; RELION 5 centred coordinates are converted to it
         (default: the tomograms' own voxel size, which must then be one value).
     tomograms : str, PathLike or mapping, optional
-        Needed for RELION 5 centred coordinates: see :func:`load_tomograms`.
+        Needed for RELION 5 centred coordinates: see :func:`load_tomograms`. When it is
+        not given, the optimisation set or ``tomograms.star`` lying next to the file is
+        used (:func:`tomograms_next_to`), with a note naming it.
     apply_origins : bool
         Subtract ``rlnOrigin*`` shifts from the coordinates (default, RELION's
         convention); ``False`` keeps them as features.
@@ -511,15 +567,32 @@ def _centred_to_voxels(path, table, tomo_names, tomograms, voxel_size, notes):
             "particle's tomogram; the file has no rlnTomoName column"
         )
     names = list(dict.fromkeys(tomo_names.tolist()))
+    found = None
     if tomograms is None:
+        found = tomograms_next_to(path)
+    if tomograms is None and found is None:
         shown = ", ".join(repr(s) for s in names[:8]) + (", ..." if len(names) > 8 else "")
         raise CryoGuardError(
             f"{path.name}: RELION 5 centred coordinates ({', '.join(CENTRED)}) of tomogram(s) "
-            f"{shown} need each tomogram's size and pixel size: pass tomograms= a "
+            f"{shown} need each tomogram's size and pixel size, and no optimisation set or "
+            "tomograms.star lies next to the file: pass tomograms= a "
             "tomograms.star, an optimisation_set.star, or a mapping name -> "
             "(shape_zyx, voxel_size)"
         )
-    geometry = load_tomograms(tomograms)
+    if found is not None:
+        try:
+            geometry = load_tomograms(found, source=found.name)
+        except CryoGuardError as err:
+            raise CryoGuardError(
+                f"{path.name}: tomograms= not given, and {found.name} found next to it could "
+                f"not be used: {err}"
+            ) from err
+        notes.append(
+            f"{path.name}: tomograms= not given; tomogram sizes and pixel sizes taken from "
+            f"{found.name} found next to it ({found})"
+        )
+    else:
+        geometry = load_tomograms(tomograms)
     resolved = {nm: _lookup(nm, geometry, notes) for nm in names}
     missing = [nm for nm, g in resolved.items() if g is None]
     if missing:
