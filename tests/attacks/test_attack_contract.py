@@ -34,6 +34,9 @@ FAST: dict[str, dict] = {
     "uniform_noise": {"eps_max": 1.0, "steps": 10, "seed": 0},
     "salt_pepper": {"steps": 10, "seed": 0},
     "bpgd": {"eps": 0.3, "n_pgd": 5, "n_binary": 4},
+    "apgd_ce": {"eps": 0.1, "steps": 5, "seed": 0},
+    "apgd_t": {"eps": 0.1, "steps": 5, "n_target_classes": 2, "seed": 0},
+    "square": {"eps": 0.1, "n_queries": 30, "seed": 0},
 }
 LINF = [
     ("fgsm", {"eps": 0.07}),

@@ -3,7 +3,8 @@
 Every attack is a class with a typed parameter dataclass, registered by name:
 ``fgsm``, ``pgd``, ``bim`` (gradient.py), ``deepfool`` (deepfool.py), ``cw`` and
 ``cw_linf`` (cw.py), ``uniform_noise`` and ``salt_pepper`` (noise.py), ``bpgd``
-(bpgd.py). The contract (inputs, bounds, units, the result object) is documented in
+(bpgd.py), ``apgd-ce`` and ``apgd-t`` (apgd.py, Croce & Hein, ICML 2020), ``square``
+(square.py, Andriushchenko et al., ECCV 2020). The contract (inputs, bounds, units, the result object) is documented in
 :mod:`napari_cryoguard.attacks.base`.
 
 Example
@@ -15,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+from napari_cryoguard.attacks.apgd import APGDCE, APGDT, APGDCEParams, APGDTParams
 from napari_cryoguard.attacks.base import (
     Attack,
     AttackParams,
@@ -45,8 +47,11 @@ from napari_cryoguard.attacks.noise import (
     UniformNoise,
     UniformNoiseParams,
 )
+from napari_cryoguard.attacks.square import Square, SquareParams
 
 __all__ = [
+    "APGDCE",
+    "APGDT",
     "BIM",
     "BPGD",
     "CW",
@@ -55,6 +60,8 @@ __all__ = [
     "Attack",
     "AttackParams",
     "AttackProgress",
+    "APGDCEParams",
+    "APGDTParams",
     "AttackResult",
     "BIMParams",
     "BPGDParams",
@@ -67,6 +74,8 @@ __all__ = [
     "PGDParams",
     "SaltPepper",
     "SaltPepperParams",
+    "Square",
+    "SquareParams",
     "UniformNoise",
     "UniformNoiseParams",
     "attack_dataset",

@@ -680,7 +680,15 @@ def register_attack(name: str, params_cls: type[AttackParams]) -> Callable[[_A],
 
 def _ensure_builtin() -> None:
     # importing the modules runs their @register_attack decorators
-    from napari_cryoguard.attacks import bpgd, cw, deepfool, gradient, noise  # noqa: F401
+    from napari_cryoguard.attacks import (  # noqa: F401
+        apgd,
+        bpgd,
+        cw,
+        deepfool,
+        gradient,
+        noise,
+        square,
+    )
 
 
 def available_attacks() -> list[str]:
