@@ -118,7 +118,7 @@ def test_omezarr_multiscale_level_transform_multiplies(tmp_path):
 
 
 @pytest.mark.parametrize(("edit", "match"), [
-    (lambda ms: ms["axes"].reverse(), "z, y, x"),
+    (lambda ms: ms["axes"][0].__setitem__("name", "q"), "z, y, x"),
     (lambda ms: ms["axes"][0].__setitem__("unit", "parsec"), "unknown length unit 'parsec'"),
     (lambda ms: ms["datasets"][0].__setitem__("path", "9"), "level '9' is listed but cannot"),
     (lambda ms: ms["datasets"][0]["coordinateTransformations"][0].__setitem__("scale", [1, 2]),
@@ -129,6 +129,65 @@ def test_omezarr_multiscale_level_transform_multiplies(tmp_path):
 def test_omezarr_bad_metadata_is_one_clear_error(tmp_path, edit, match):
     with pytest.raises(CryoGuardError, match=match):
         read_tomogram(_copy_with(tmp_path, edit))
+
+
+def test_omezarr_axes_in_x_y_z_order_are_transposed_lazily(tmp_path):
+    # the same (16, 24, 32) array labelled x, y, z: dimension 0 is x, so z, y, x is the
+    # array transposed, of shape (32, 24, 16); stored (4, 6, 8) is read at (8, 6, 4)
+    def xyz(ms):
+        ms["axes"].reverse()
+        for ds in ms["datasets"]:
+            ds["coordinateTransformations"][0]["scale"][0] *= 2  # x voxel twice as big
+
+    tomo = read_tomogram(_copy_with(tmp_path, xyz))
+    full = np.asarray(read_tomogram(ZARR).data)
+    assert tomo.shape == (32, 24, 16)
+    assert tomo.voxel_size_zyx == (7.5, 7.5, 15.0)
+    for z, y, x in BRIGHT:
+        assert float(tomo.data[x, y, z]) == 10.0
+    np.testing.assert_array_equal(np.asarray(tomo.data), full.transpose(2, 1, 0))
+    np.testing.assert_array_equal(tomo.data[3:9, 5, ::2], full[::2, 5, 3:9].T)
+    np.testing.assert_array_equal(tomo.data[..., 7], full[7].T)
+    assert any("order x, y, z" in n and "transposed" in n for n in tomo.notes)
+
+
+def test_real_data_portal_fixture_tomogram(tmp_path):
+    """cryoet-data-portal-backend's test tomogram RUN1.zarr (metadata files bundled byte
+    for byte): axes x, y, z without units, scale 14.08, shape (4, 4, 4). Its one chunk
+    (271 KB) is written here from the Portal's own recipe (test_infra/util/
+    write_test_mrc.py: value j + 1 along the second dimension)."""
+    import zarr
+
+    dst = tmp_path / "RUN1.zarr"
+    shutil.copytree(DATA / "omezarr" / "portal_test_RUN1.zarr", dst)
+    empty = read_tomogram(dst)  # no chunk yet: zarr's fill value
+    assert empty.shape == (4, 4, 4) and float(np.asarray(empty.data).max()) == 0.0
+    data = np.zeros((4, 4, 4), np.float32)
+    for j in range(4):
+        data[:, j] = j + 1.0
+    zarr.open_array(str(dst / "0"), mode="r+")[:] = data
+    tomo = read_tomogram(dst)
+    assert tomo.name == "RUN1" and tomo.shape == (4, 4, 4)
+    assert tomo.voxel_size_zyx == (14.08, 14.08, 14.08)
+    assert tomo.origin_zyx == (0.0, 0.0, 0.0)
+    for j in range(4):  # the y axis is the second in both orders
+        assert np.all(np.asarray(tomo.data)[:, j, :] == j + 1.0)
+    assert any("Angstrom assumed" in n for n in tomo.notes)
+    assert any("order x, y, z" in n for n in tomo.notes)
+
+
+def test_omezarr_translation_is_kept_and_noted_not_applied(tmp_path):
+    def shifted(ms):
+        for ds in ms["datasets"]:
+            ds["coordinateTransformations"].append(
+                {"type": "translation", "translation": [15.0, 0.0, -7.5]})
+
+    tomo = read_tomogram(_copy_with(tmp_path, shifted))
+    assert tomo.origin_zyx == (15.0, 0.0, -7.5)
+    _check_bright(tomo.data)  # voxel indices unchanged
+    assert any("translation of 15, 0, -7.5" in n and "not applied" in n for n in tomo.notes)
+    plain = read_tomogram(ZARR)
+    assert not any("translation" in n for n in plain.notes)
 
 
 def test_omezarr_not_a_multiscale_image(tmp_path):

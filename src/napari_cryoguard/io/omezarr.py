@@ -9,12 +9,23 @@ multiply. The CryoET Data Portal stores its tomograms this way, in Angstrom, wit
 levels 0, 1, 2 at 1x, 2x, 4x the voxel size.
 
 What we read
-    The last three axes must be spatial z, y, x (``axes`` names); leading axes of
-    length 1 (t, c) are dropped. The voxel size of a level is its total ``scale`` on
-    those axes, converted to Angstrom from the axes' ``unit`` (angstrom, nanometer,
-    micrometer, ... as NGFF's UDUNITS-2 names). An axis without a unit is taken as
-    Angstrom (the Portal's unit) and a note says so. The ``translation`` is kept as
-    :attr:`Tomogram.origin_zyx` (Angstrom) but, as for MRC origins, not applied.
+    The last three axes must be the spatial axes named z, y, x, in any order: NGFF
+    lists the axes in the order of the array's dimensions, so ``axes`` x, y, z (as the
+    CryoET Data Portal's own test fixture ``RUN1.zarr`` in cryoet-data-portal-backend's
+    ``test_infra`` has them) means the first dimension is x; such an array is
+    transposed lazily to (z, y, x), and a note says so. Leading axes of length 1 (t, c)
+    are dropped. The voxel size of a level is its total ``scale`` on those axes,
+    converted to Angstrom from the axes' ``unit`` (angstrom, nanometer, micrometer, ...
+    as NGFF's UDUNITS-2 names). An axis without a unit is taken as Angstrom (the
+    Portal's unit) and a note says so.
+
+Translations
+    A ``translation`` (the position of the first voxel's centre in world units) is kept
+    as :attr:`Tomogram.origin_zyx` (Angstrom) and **not applied**: picks index the
+    array from its first voxel (voxel 0 at 0 Angstrom), as the Portal's and copick's
+    tools do, so shifting the image alone would move it off its picks. When a
+    translation is not zero, a note gives its value and says it was not applied; the
+    napari layer is likewise drawn from 0.
 
 Which level
     ``voxel_size=None`` opens level 0 (full resolution). A requested voxel size opens
@@ -145,11 +156,17 @@ def _axes(ms: dict, ndim: int, name: str) -> list[dict]:
     if len(out) != ndim:
         raise CryoGuardError(f"{name}: multiscales lists {len(out)} axes, the arrays have {ndim}")
     names = [str(a.get("name", "")).lower() for a in out[-3:]]
-    if names != ["z", "y", "x"]:
+    if sorted(names) != ["x", "y", "z"]:
         raise CryoGuardError(
-            f"{name}: the last three axes are {names}; a tomogram needs z, y, x"
+            f"{name}: the last three axes are {names}; a tomogram needs z, y, x (in any order)"
         )
     return out
+
+
+def _zyx_order(axes: list[dict]) -> tuple[int, int, int]:
+    """For z, y, x: the index (among the last three axes) where each is stored."""
+    names = [str(a.get("name", "")).lower() for a in axes[-3:]]
+    return names.index("z"), names.index("y"), names.index("x")
 
 
 def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | None = None):
@@ -215,20 +232,29 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
         scale, shift = _scale_of(ds.get("coordinateTransformations"), ndim, where)
         top_scale, top_shift = _scale_of(ms.get("coordinateTransformations"), ndim, name)
         scale, shift = scale * top_scale, shift * top_scale + top_shift
-        levels.append((str(ds["path"]), arr, scale[-3:], shift[-3:]))
+        order = list(_zyx_order(axes))
+        levels.append((str(ds["path"]), arr, scale[-3:][order], shift[-3:][order]))
     assert axes is not None
+    perm = _zyx_order(axes)
+    spatial = [axes[-3:][i] for i in perm]  # the z, y, x axes
+    if perm != (0, 1, 2):
+        stored = [str(a.get("name")) for a in axes[-3:]]
+        notes.append(
+            f"{name}: axes stored in the order {', '.join(stored)}; the array is read "
+            "transposed to z, y, x"
+        )
     factors = []
-    for a in axes[-3:]:
+    for a in spatial:
         unit = a.get("unit")
         if unit is None:
             factors.append(1.0)
         else:
             factors.append(unit_to_angstrom(unit, f"{name} axis {a.get('name')!r} unit"))
-    if any(a.get("unit") is None for a in axes[-3:]):
+    if any(a.get("unit") is None for a in spatial):
         notes.append(f"{name}: no unit on the z, y, x axes; Angstrom assumed (the CryoET Data "
                      "Portal's unit)")
     elif factors != [1.0, 1.0, 1.0]:
-        units = [a.get("unit") for a in axes[-3:]]
+        units = [a.get("unit") for a in spatial]
         notes.append(f"{name}: axis units {units} converted to Angstrom")
     factors_arr = np.asarray(factors)
     sizes = [np.asarray(lv[2]) * factors_arr for lv in levels]
@@ -246,15 +272,15 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
             f"Angstrom) to the {want:g} Angstrom asked for"
         )
     lpath, arr, _, shift = levels[pick]
-    if len(arr.shape) > 3:
-        lead = tuple(arr.shape[:-3])
-        if any(s != 1 for s in lead):
-            raise CryoGuardError(
-                f"{name} level {lpath!r} has shape {tuple(arr.shape)} (axes "
-                f"{[a.get('name') for a in axes]}); only one time point and channel can be a "
-                "tomogram"
-            )
-        arr = _Squeezed(arr, len(lead))
+    lead = tuple(arr.shape[:-3])
+    if any(s != 1 for s in lead):
+        raise CryoGuardError(
+            f"{name} level {lpath!r} has shape {tuple(arr.shape)} (axes "
+            f"{[a.get('name') for a in axes]}); only one time point and channel can be a "
+            "tomogram"
+        )
+    if lead or perm != (0, 1, 2):
+        arr = _Squeezed(arr, len(lead), perm)
     if int(arr.shape[-3]) == 1:
         raise CryoGuardError(
             f"{name} level {lpath!r} is a 2D image ({arr.shape[-1]} x {arr.shape[-2]}, z = 1); "
@@ -262,6 +288,13 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
         )
     vs = tuple(float(v) for v in sizes[pick])
     data: Any = arr if np.dtype(arr.dtype) == np.dtype(np.float32) else LazyVolume(arr)
+    origin = tuple(float(v) for v in np.asarray(shift) * factors_arr)
+    if any(v != 0.0 for v in origin):
+        notes.append(
+            f"{name}: level {lpath!r} has a translation of {', '.join(f'{v:g}' for v in origin)} "
+            "Angstrom (z, y, x); not applied: voxel indices, picks and the napari layer count "
+            "from the array's first voxel"
+        )
     stem = name
     for suf in (".zarr", ".ome"):
         if stem.lower().endswith(suf):
@@ -273,21 +306,28 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
         path=path,
         name=stem,
         shape=tuple(int(s) for s in arr.shape[-3:]),  # type: ignore[arg-type]
-        origin_zyx=tuple(float(v) for v in np.asarray(shift) * factors_arr),  # type: ignore[arg-type]
+        origin_zyx=origin,  # type: ignore[arg-type]
         notes=notes,
     )
 
 
 class _Squeezed:
-    """A lazy (Z, Y, X) view of an array with leading length-1 axes (t, c)."""
+    """A lazy (Z, Y, X) view of an array with leading length-1 axes (t, c) and the
+    spatial axes stored in any order.
 
-    def __init__(self, arr: Any, lead: int) -> None:
+    ``perm[i]`` is where output axis ``i`` (z, y, x) is stored among the last three
+    axes. Integer and slice keys are passed to the array; the result is transposed.
+    """
+
+    def __init__(self, arr: Any, lead: int, perm: tuple[int, int, int] = (0, 1, 2)) -> None:
         self._arr = arr
         self._lead = (0,) * lead
+        self._perm = tuple(perm)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self._arr.shape[len(self._lead):])
+        stored = tuple(int(s) for s in self._arr.shape[len(self._lead):])
+        return tuple(stored[p] for p in self._perm)
 
     @property
     def dtype(self) -> np.dtype:
@@ -304,10 +344,32 @@ class _Squeezed:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, key: Any) -> Any:
+    def _key(self, key: Any) -> tuple:
         key = key if isinstance(key, tuple) else (key,)
-        return self._arr[self._lead + key]
+        if any(k is Ellipsis for k in key):
+            i = next(j for j, k in enumerate(key) if k is Ellipsis)
+            fill = (slice(None),) * (3 - (len(key) - 1))
+            key = key[:i] + fill + key[i + 1:]
+        if len(key) > 3:
+            raise IndexError(f"too many indices for a 3-D volume: {len(key)}")
+        return key + (slice(None),) * (3 - len(key))
+
+    def __getitem__(self, key: Any) -> Any:
+        if self._perm == (0, 1, 2):
+            return self._arr[self._lead + (key if isinstance(key, tuple) else (key,))]
+        key = self._key(key)
+        if not all(isinstance(k, (slice, int, np.integer)) for k in key):
+            return np.asarray(self)[key]
+        stored: list[Any] = [slice(None)] * 3
+        for i, k in enumerate(key):
+            stored[self._perm[i]] = k
+        out = np.asarray(self._arr[self._lead + tuple(stored)])
+        kept = [self._perm[i] for i, k in enumerate(key) if isinstance(k, slice)]
+        order = sorted(kept)
+        return np.transpose(out, [order.index(p) for p in kept]) if len(kept) > 1 else out
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = np.asarray(self._arr[self._lead + (Ellipsis,)])
+        if self._perm != (0, 1, 2):
+            out = np.transpose(out, self._perm)
         return out if dtype is None else out.astype(dtype, copy=False)
