@@ -29,7 +29,7 @@ from napari_cryoguard.attacks.base import (
     random_start,
     register_attack,
 )
-from napari_cryoguard.attacks.gradient import pgd_perturb
+from napari_cryoguard.attacks.gradient import first_step, pgd_perturb
 
 __all__ = ["CW", "CWLinf", "CWLinfParams", "CWParams"]
 
@@ -111,6 +111,15 @@ class CW(Attack):
     >>> run_attack("cw", model, x, y, steps=200, binary_search_steps=5)  # doctest: +SKIP
     """
 
+    _grad0: torch.Tensor | None = None
+
+    def _clean_logits(self, model, x, y):  # type: ignore[override]
+        p: CWParams = self.params  # type: ignore[assignment]
+        self._grad0 = None
+        if p.norm != "linf" or p.steps == 0:
+            return super()._clean_logits(model, x, y)
+        return first_step(self, model, x, y, _clipped_margin(y, p.targeted, p.confidence))
+
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: CWParams = self.params  # type: ignore[assignment]
         if p.norm == "linf":
@@ -185,6 +194,14 @@ class CWLinf(Attack):
     """
 
     default_norm = "linf"
+    _grad0: torch.Tensor | None = None
+
+    def _clean_logits(self, model, x, y):  # type: ignore[override]
+        p: CWLinfParams = self.params  # type: ignore[assignment]
+        self._grad0 = None
+        if p.random_start or p.steps == 0:
+            return super()._clean_logits(model, x, y)
+        return first_step(self, model, x, y, _clipped_margin(y, p.targeted, p.confidence))
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: CWLinfParams = self.params  # type: ignore[assignment]
@@ -205,8 +222,22 @@ class CWLinf(Attack):
         )
 
 
+def _clipped_margin(y: torch.Tensor, targeted: bool, kappa: float):
+    """The CW-L-inf objective ``min(margin, kappa)`` per sample, as a function of logits."""
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return margin(z, y, targeted).clamp(max=kappa)
+
+    return fn
+
+
 def _cw_linf(attack, logits0, model, x, y, box, eps, step, steps, kappa, targeted, rand, seed):
-    """PGD with sign steps on the clipped CW margin (MIRST-DM 2.1)."""
+    """PGD with sign steps on the clipped CW margin (MIRST-DM 2.1).
+
+    Without a random start the clean forward pass is also the first step's
+    (:func:`~napari_cryoguard.attacks.gradient.first_step`): ``steps + 1`` forward
+    passes in all, ``steps`` backward passes.
+    """
     # the clipped loss has a zero gradient where the margin already reaches kappa:
     # only the other samples are checked for a vanishing input gradient
     unsaturated = torch.nonzero(margin(logits0, y, targeted) < kappa).flatten()
@@ -215,10 +246,7 @@ def _cw_linf(attack, logits0, model, x, y, box, eps, step, steps, kappa, targete
         attack._note_gradient(grad[unsaturated], unsaturated)
 
     start = random_start(x, "linf", eps, make_generator(seed, x.device)) if rand else None
-
-    def fn(z: torch.Tensor) -> torch.Tensor:
-        return margin(z, y, targeted).clamp(max=kappa)
-
+    grad0, attack._grad0 = getattr(attack, "_grad0", None), None
     x_adv = pgd_perturb(
         model,
         x,
@@ -231,7 +259,8 @@ def _cw_linf(attack, logits0, model, x, y, box, eps, step, steps, kappa, targete
         start=start,
         box=box,
         on_first_grad=check,
-        objective_fn=fn,
+        objective_fn=_clipped_margin(y, targeted, kappa),
+        first_grad=grad0 if start is None else None,
     )
     return x_adv, steps, {}
 

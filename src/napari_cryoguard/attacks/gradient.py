@@ -37,7 +37,16 @@ from napari_cryoguard.attacks.base import (
     register_attack,
 )
 
-__all__ = ["BIM", "FGSM", "PGD", "BIMParams", "FGSMParams", "PGDParams", "pgd_perturb"]
+__all__ = [
+    "BIM",
+    "FGSM",
+    "PGD",
+    "BIMParams",
+    "FGSMParams",
+    "PGDParams",
+    "first_step",
+    "pgd_perturb",
+]
 
 Box = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -167,6 +176,7 @@ def pgd_perturb(
     box: Box = None,
     on_first_grad: Callable[[torch.Tensor], None] | None = None,
     objective_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    first_grad: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The PGD loop on a prepared batch (no mode handling): returns ``x_adv`` (detached).
 
@@ -176,6 +186,13 @@ def pgd_perturb(
     ``objective_fn(logits) -> (N,)`` replaces the ``loss``/``targeted`` objective.
     Used by :class:`PGD`, :class:`BIM` and CW-L-inf; callers are responsible for the
     model's mode (``Attack.__call__`` does that).
+
+    Cost: exactly ``steps`` forward + backward passes (the backward to the input only),
+    or ``steps - 1`` when ``first_grad`` -- the gradient of the objective at the
+    starting point, computed by the caller together with the clean logits -- is given.
+    For L-inf the ball and the value box are intersected once (``[max(x - eps, lo),
+    min(x + eps, hi)]``) and each step is one in-place sign, add and clamp on the
+    iterate; no other tensor is allocated per step.
     """
 
     def default_fn(z: torch.Tensor) -> torch.Tensor:
@@ -184,14 +201,51 @@ def pgd_perturb(
     fn = objective_fn if objective_fn is not None else default_fn
 
     delta = torch.zeros_like(x) if start is None else project(start, norm, eps)
-    x_adv = clamp(x + delta, box)
+    x_adv = clamp(x + delta, box)  # a fresh tensor: updated in place below
+    del delta
+    if steps <= 0:
+        return x_adv.detach()
+    if norm == "linf":
+        lo, hi = x - eps, x + eps
+        if box is not None:
+            lo = torch.maximum(lo, box[0])
+            hi = torch.minimum(hi, box[1])
     for t in range(steps):
-        grad, _ = input_gradient(model, x_adv, fn)
+        if t == 0 and first_grad is not None:
+            grad = first_grad.clone()
+        else:
+            grad, _ = input_gradient(model, x_adv, fn)
         if t == 0 and on_first_grad is not None:
             on_first_grad(grad)
-        delta = project(x_adv + step_size * normalized_step(grad, norm) - x, norm, eps)
-        x_adv = clamp(x + delta, box)
+        with torch.no_grad():
+            if norm == "linf":
+                x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
+            else:
+                x_adv.add_(normalized_step(grad, norm), alpha=step_size)
+                x_adv = clamp(x + project(x_adv.sub_(x), norm, eps), box)
     return x_adv.detach()
+
+
+def first_step(
+    attack: Attack,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Clean logits (N, C) float32 and the gradient of ``fn`` at ``x`` from one pass.
+
+    For attacks whose first iterate is ``x`` itself (BIM, PGD without random start,
+    CW-L-inf): the gradient is kept in ``attack._grad0`` and handed to
+    :func:`pgd_perturb` as ``first_grad``, so the clean forward pass is also the first
+    step's.
+    """
+    xg = x.detach().requires_grad_(True)
+    logits = model(xg)
+    check_logits(logits, x.shape[0], y)
+    (grad,) = torch.autograd.grad(fn(logits).sum(), xg)
+    attack._grad0 = grad
+    return logits.detach().float()
 
 
 @register_attack("pgd", PGDParams)
@@ -204,16 +258,39 @@ class PGD(Attack):
     (N, 1, D, H, W) float32, eps and step in normalised units. ``steps`` in the result
     is ``steps * restarts``.
 
+    Cost (forward passes of the model; counted in ``tests/test_speed_paths.py``): with a
+    random start, ``steps`` forward + backward passes plus two forward passes without
+    gradient, one for the clean logits and one for the logits of ``x_adv`` (the result's
+    predictions before and after): ``steps + 2``. Without a random start the first
+    step's forward pass *is* the clean one: ``steps + 1``. With ``restarts = R``:
+    ``R * (steps + 1) + 1`` (each restart's final forward pass also gives the result's
+    logits), ``R * (steps + 1)`` without random start.
+
     Example
     -------
     >>> run_attack("pgd", model, x, y, norm="l2", eps=0.5, steps=20, loss="margin")  # doctest: +SKIP
     """
 
+    _grad0: torch.Tensor | None = None
+    _logits_after: torch.Tensor | None = None
+
+    def _clean_logits(self, model, x, y):  # type: ignore[override]
+        p: PGDParams = self.params  # type: ignore[assignment]
+        self._grad0 = self._logits_after = None
+        if self._random_start() or p.steps == 0:
+            return super()._clean_logits(model, x, y)
+        return first_step(self, model, x, y, lambda z: objective(z, y, p.loss, p.targeted))
+
+    def _adv_logits(self, model, x_adv):  # type: ignore[override]
+        logits, self._logits_after = self._logits_after, None
+        return logits if logits is not None else super()._adv_logits(model, x_adv)
+
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: PGDParams = self.params  # type: ignore[assignment]
         gen = make_generator(p.seed, x.device)
         best_x: torch.Tensor | None = None
-        best_loss = best_ok = None
+        best_loss = best_ok = best_logits = None
+        grad0, self._grad0 = self._grad0, None
         for r in range(p.restarts):
             start = random_start(x, p.norm, p.eps, gen) if self._random_start() else None
             x_adv = pgd_perturb(
@@ -229,8 +306,9 @@ class PGD(Attack):
                 start=start,
                 box=box,
                 on_first_grad=self._note_gradient if r == 0 else None,
+                first_grad=grad0 if start is None else None,
             )
-            if p.restarts == 1:  # nothing to compare: skip the extra forward pass
+            if p.restarts == 1:  # nothing to compare: the result's forward pass follows
                 return x_adv, p.steps, {}
             with torch.no_grad():
                 logits = model(x_adv).float()
@@ -238,13 +316,15 @@ class PGD(Attack):
             pred = logits.argmax(1)
             ok = pred == y if p.targeted else pred != y
             if best_x is None:
-                best_x, best_loss, best_ok = x_adv, final, ok
+                best_x, best_loss, best_ok, best_logits = x_adv, final, ok, logits
                 continue
             better = (ok & ~best_ok) | ((ok == best_ok) & (final > best_loss))
             best_x = torch.where(better.view(-1, 1, 1, 1, 1), x_adv, best_x)
+            best_logits = torch.where(better.view(-1, 1), logits, best_logits)
             best_loss = torch.where(better, final, best_loss)
             best_ok = best_ok | ok
         assert best_x is not None
+        self._logits_after = best_logits  # the result's logits: no further forward pass
         return best_x, p.steps * p.restarts, {}
 
     def _random_start(self) -> bool:
@@ -288,13 +368,26 @@ class BIM(Attack):
     start). Distance: ``norm`` (default L-inf), ``||x_adv - x||_p <= eps``.
     Deterministic. Input (N, 1, D, H, W) float32.
 
+    Cost: ``steps + 1`` forward passes (the first step's is the clean one, the last
+    gives the logits of ``x_adv``), ``steps`` backward passes.
+
     Example
     -------
     >>> run_attack("bim", model, x, y, eps=0.01, step_size=0.001, steps=10)  # doctest: +SKIP
     """
 
+    _grad0: torch.Tensor | None = None
+
+    def _clean_logits(self, model, x, y):  # type: ignore[override]
+        p: BIMParams = self.params  # type: ignore[assignment]
+        self._grad0 = None
+        if p.steps == 0:
+            return super()._clean_logits(model, x, y)
+        return first_step(self, model, x, y, lambda z: objective(z, y, p.loss, p.targeted))
+
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: BIMParams = self.params  # type: ignore[assignment]
+        grad0, self._grad0 = self._grad0, None
         x_adv = pgd_perturb(
             model,
             x,
@@ -308,5 +401,6 @@ class BIM(Attack):
             start=None,
             box=box,
             on_first_grad=self._note_gradient,
+            first_grad=grad0,
         )
         return x_adv, p.steps, {}

@@ -1,4 +1,10 @@
-"""Shared base of the classifiers: the attributes checkpoints need, and input checks."""
+"""Shared base of the classifiers: the attributes checkpoints need, and input checks.
+
+The weights of a model may be stored in the ``channels_last_3d`` memory format (the
+faster one on this project's CPUs, see :mod:`napari_cryoguard.device`); that is an
+internal detail: :meth:`CryoGuardModel.state_dict` always hands out contiguous tensors
+(what safetensors files, fingerprints and copies expect).
+"""
 
 from __future__ import annotations
 
@@ -64,6 +70,15 @@ def kaiming_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _contiguous_state(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    """``state_dict`` post-hook: channels-last weights are handed out contiguous."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
+
+
 class CryoGuardModel(nn.Module):
     """Base class of every classifier: validates the input size and records its recipe.
 
@@ -101,6 +116,7 @@ class CryoGuardModel(nn.Module):
         self.num_classes = num_classes
         self.cube = cube
         self.params = params
+        self.register_state_dict_post_hook(_contiguous_state)
 
     @property
     def arch_params(self) -> dict[str, Any]:
