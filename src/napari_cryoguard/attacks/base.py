@@ -108,11 +108,20 @@ class AttackParams:
     bounds
         Value bounds of the adversarial volume: ``None`` (no clamp, default),
         ``"sample"`` (per-sample min/max of the clean input) or ``(lo, hi)``.
+    eps_unit
+        Unit of every budget-like parameter (``eps``, ``step_size``, ...):
+        ``"normalized"`` (default: the data's units) or ``"range"`` (a fraction of each
+        sample's intensity range max - min, as the papers' budgets for [0, 1] images);
+        see :mod:`napari_cryoguard.attacks.units`.
     """
 
     bounds: tuple[float, float] | str | None = None
+    eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
+        from napari_cryoguard.attacks.units import check_eps_unit
+
+        check_eps_unit(self.eps_unit)
         b = self.bounds
         if b is None or b == "sample":
             return
@@ -547,6 +556,10 @@ class Attack:
 
     # -- the contract
     def __call__(self, model: nn.Module, x: Any, y: Any) -> AttackResult:
+        if getattr(self.params, "eps_unit", "normalized") == "range":
+            from napari_cryoguard.attacks.units import call_in_range_units
+
+            return call_in_range_units(self, model, x, y)  # per-sample rescaled coordinates
         # normal autograd even when called under torch.no_grad() / inference_mode()
         with torch.inference_mode(False), torch.enable_grad():
             device = _model_device(model)

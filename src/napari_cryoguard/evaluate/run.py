@@ -60,7 +60,15 @@ from napari_cryoguard.evaluate.report import (
     plot_histograms,
     write_json,
 )
-from napari_cryoguard.evaluate.suite import budget_unit, cell_params, normalize_suite
+from napari_cryoguard.evaluate.suite import (
+    SUITES,
+    WORST_CASE,
+    budget_unit,
+    cell_params,
+    member_params,
+    named_suite,
+    normalize_suite,
+)
 
 __all__ = ["attack_dataset", "build_parser", "evaluate", "evaluate_main"]
 
@@ -296,6 +304,78 @@ def _point(
     }
 
 
+def _worst_case_cell(
+    model: nn.Module,
+    vols: np.ndarray,
+    y: np.ndarray,
+    clean_pred: np.ndarray,
+    spec: dict[str, Any],
+    budget: float,
+    class_names: list[str],
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, Any]:
+    """One budget of a worst-case spec: its members in order, combined per sample.
+
+    Only correctly classified samples are attacked; with ``keep="first"`` each member
+    only those still robust (AutoAttack's protocol), with ``keep="smallest"`` all of
+    them, the smallest successful perturbation kept (see :mod:`.suite`).
+    """
+    n = len(y)
+    correct = clean_pred == y
+    adv_pred = clean_pred.copy()
+    fooled = np.zeros(n, dtype=bool)
+    linf = np.full(n, np.nan)
+    l2 = np.full(n, np.nan)
+    dist = np.full(n, np.inf)
+    chosen = np.full(n, -1, dtype=np.int64)
+    members: list[dict[str, Any]] = []
+    zero = 0
+    for j, member in enumerate(spec["members"]):
+        todo = correct & ~fooled if spec["keep"] == "first" else correct
+        rows = np.flatnonzero(todo)
+        hit = 0
+        if rows.size:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # zero gradients: counted
+                res = attack_dataset(
+                    model,
+                    vols,
+                    y,
+                    member["name"],
+                    batch_size=batch_size,
+                    device=device,
+                    indices=rows,
+                    **member_params(member, budget),
+                )
+            pa = res.pred_after.cpu().numpy().astype(np.int64)
+            f = pa != y[rows]
+            d = res.norm.double().cpu().numpy()
+            take = f & (d < dist[rows]) if spec["keep"] == "smallest" else f
+            r = rows[take]
+            adv_pred[r] = pa[take]
+            linf[r] = res.norm_linf.double().cpu().numpy()[take]
+            l2[r] = res.norm_l2.double().cpu().numpy()[take]
+            dist[r] = d[take]
+            chosen[r] = j
+            fooled[rows[f]] = True
+            hit = int(f.sum())
+            zero = max(zero, int(res.zero_grad.sum()))
+        members.append(
+            {
+                "attack": member["label"],
+                "name": member["name"],
+                "attacked": int(rows.size),
+                "fooled": hit,
+                "robust_accuracy_after": float((correct & ~fooled).mean()) if n else float("nan"),
+            }
+        )
+    point = _point(budget, y, clean_pred, [adv_pred], [fooled], [linf], [l2], class_names, zero)
+    point["members"] = members
+    point["attack_by_sample"] = chosen.tolist()
+    return {"points": [point]}
+
+
 def _attack_cell(
     model: nn.Module,
     vols: np.ndarray,
@@ -307,6 +387,11 @@ def _attack_cell(
     device: torch.device,
     batch_size: int,
 ) -> dict[str, Any]:
+    if spec["name"] == WORST_CASE:
+        assert budget is not None  # a worst case is bounded: one cell per budget
+        return _worst_case_cell(
+            model, vols, y, clean_pred, spec, budget, class_names, device, batch_size
+        )
     runs = []
     top = budget if budget is not None else spec["budgets"][-1]
     for variant in spec["variants"]:
@@ -413,7 +498,7 @@ def evaluate(
     checkpoints: Sequence[Any],
     dataset: Any,
     *,
-    attacks: list[dict[str, Any]] | None = None,
+    attacks: list[dict[str, Any]] | str | None = None,
     out: str | os.PathLike,
     device: str | torch.device = "auto",
     max_samples: int | None = None,
@@ -441,7 +526,9 @@ def evaluate(
         A labelled dataset: ``.npz`` path, :class:`~napari_cryoguard.data.SubtomogramDataset`
         or a simulated dataset. Labels are matched to each model's classes by name.
     attacks
-        Attack specs (:mod:`napari_cryoguard.evaluate.suite`); None: the default suite
+        Attack specs (:mod:`napari_cryoguard.evaluate.suite`) or a suite name
+        (``"default"``, ``"autoattack"``: the worst case over APGD-CE, APGD-T and Square;
+        ``quick=True`` gives their quick versions); None: the default suite
         (FGSM at eps 0.01-0.12 as in RAT Table II, PGD-100 L-inf with CE and margin loss
         as in IMA, DeepFool L2/L-inf, CW L2, uniform noise, salt & pepper as in RAT
         Table I), or the quick suite with ``quick=True``.
@@ -600,6 +687,7 @@ def evaluate(
             curves: dict[str, Any] = {}
             for spec in suite:
                 ident = {k: spec[k] for k in ("name", "params", "variants", "mode")}
+                ident.update({k: spec[k] for k in ("members", "keep") if k in spec})
                 pts: list[dict] = []
                 extra: dict[str, Any] = {}
                 if spec["mode"] == "bounded":
@@ -645,6 +733,8 @@ def evaluate(
                     )
                     pts = r["points"]
                     extra["distance"] = r.get("distance")
+                if spec["name"] == WORST_CASE:
+                    extra.update(members=spec["members"], keep=spec["keep"])
                 curves[spec["label"]] = {
                     "attack": spec["name"],
                     "mode": spec["mode"],
@@ -869,17 +959,23 @@ def _write_outputs(out: Path, metrics: dict[str, Any], title: str) -> dict[str, 
             rep.image(p, f"Robust accuracy vs budget under {lb}")
         rep.heading("Attack settings", 3)
         any_model = next(iter(models.values()))
-        rep.bullets(
-            [
-                f"{lb}: {c['attack']} ({c['mode']}), params {json.dumps(c['params'])}"
-                + (
-                    f", worst case over variants {json.dumps(c['variants'])}"
-                    if len(c["variants"]) > 1
-                    else ""
-                )
-                for lb, c in any_model["attacks"].items()
-            ]
-        )
+        rep.bullets([_settings_line(lb, c) for lb, c in any_model["attacks"].items()])
+        wc_rows = [
+            [n, lb, p["budget"], m["attack"], m["attacked"], m["fooled"],
+             m["robust_accuracy_after"]]
+            for n, r in models.items()
+            for lb, c in r["attacks"].items()
+            if c["attack"] == WORST_CASE
+            for p in c["points"]
+            for m in p.get("members", [])
+        ]
+        if wc_rows:
+            rep.table(
+                ["model", "suite", "budget", "attack", "attacked", "fooled", "robust acc after"],
+                wc_rows,
+                caption="worst-case suites: each attack in order, on the samples still "
+                "robust (keep='first') or on all correct ones (keep='smallest')",
+            )
     # margins
     mrows, hist = [], {}
     for n, r in models.items():
@@ -931,6 +1027,27 @@ def _write_outputs(out: Path, metrics: dict[str, Any], title: str) -> dict[str, 
     md, ht = rep.write(out)
     files.update(report_md=md.name, report_html=ht.name, metrics="metrics.json", state="state.json")
     return files
+
+
+def _settings_line(label: str, c: dict[str, Any]) -> str:
+    if c["attack"] == WORST_CASE:
+        parts = [f"{m['label']} = {m['name']} {json.dumps(m['params'])}" for m in c["members"]]
+        return (
+            f"{label}: worst case per sample over {'; '.join(parts)} (keep {c['keep']}: "
+            + (
+                "the first successful attack, each run on the samples still robust)"
+                if c["keep"] == "first"
+                else "the smallest successful perturbation)"
+            )
+        )
+    return (
+        f"{label}: {c['attack']} ({c['mode']}), params {json.dumps(c['params'])}"
+        + (
+            f", worst case over variants {json.dumps(c['variants'])}"
+            if len(c["variants"]) > 1
+            else ""
+        )
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -987,6 +1104,14 @@ def build_parser() -> argparse.ArgumentParser:
         "variants}, inline or in a file",
     )
     p.add_argument(
+        "--suite",
+        choices=SUITES,
+        default=None,
+        help="a named attack suite: default (the papers' attacks) or autoattack (per "
+        "sample the worst case over APGD-CE, APGD-T and Square, Croce & Hein 2020); "
+        "--attack/--attacks-json specs are added to it",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="quick preset: few budgets and steps, 32 samples, cheap margin estimate",
@@ -1029,6 +1154,8 @@ def _suite_from_args(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     from napari_cryoguard.evaluate.suite import parse_attack_option
 
     specs: list[dict[str, Any]] = []
+    if getattr(args, "suite", None):
+        specs += named_suite(args.suite, quick=args.quick)
     if args.attacks_json:
         raw = args.attacks_json
         text = Path(raw).read_text() if Path(raw).is_file() else raw

@@ -21,6 +21,28 @@ An attack spec is a plain dict::
   as robust only if it survives all of them, e.g. IMA's 100-PGD "run twice, with the
   margin loss and the cross-entropy loss"
   (Ma & Liang, IMA (arXiv:2005.09147), Experiments).
+* ``worst_case``: a combination of different bounded attacks (all in one norm), run at
+  each budget as one curve::
+
+      {"name": "worst_case", "label": "AutoAttack", "budgets": [0.01, 0.03],
+       "members": [{"name": "apgd-ce", "label": "APGD-CE", "params": {...}}, ...],
+       "keep": "first"}
+
+  Per sample, misclassified under any member means not robust. ``keep="first"`` (the
+  default, AutoAttack's protocol) runs the members in order, each only on the samples
+  still robust, and keeps the first successful attack; ``keep="smallest"`` runs every
+  member on every correctly classified sample and keeps, among the successful ones,
+  the smallest perturbation in the members' norm (ties: the earlier member). Samples
+  misclassified on the clean volume are not attacked (they are not robust anyway).
+  Each point lists, per member, the samples it fooled and the robust accuracy left
+  after it (``"members"``), and per sample the index of the member kept
+  (``"attack_by_sample"``, -1: none).
+
+Named suites (:func:`named_suite`): ``"default"`` (the papers' attacks),
+``"autoattack"`` (:func:`autoattack_suite`: the worst case over APGD-CE, APGD-T and
+Square, as in Croce & Hein, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks", ICML 2020, arXiv:2003.01690); each with a
+quick version.
 
 Budgets are in normalised units (z-scored subtomograms, DESIGN.md conventions).
 """
@@ -35,9 +57,14 @@ from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
     "MINIMAL_ATTACKS",
+    "SUITES",
+    "WORST_CASE",
     "attack_mode",
+    "autoattack_suite",
     "budget_unit",
     "default_suite",
+    "member_params",
+    "named_suite",
     "normalize_suite",
     "parse_attack_option",
     "quick_suite",
@@ -48,6 +75,12 @@ MINIMAL_ATTACKS = ("deepfool", "cw", "uniform_noise", "salt_pepper", "bpgd")
 
 #: FGSM budgets of Wu et al., RAT (IEEE BIBM 2019) Table II.
 RAT_FGSM_EPS = (0.01, 0.03, 0.06, 0.12)
+
+#: The name of the combination spec (see the module docstring).
+WORST_CASE = "worst_case"
+
+#: The named suites of :func:`named_suite` (``cryoguard evaluate --suite``).
+SUITES = ("default", "autoattack")
 
 
 def default_suite() -> list[dict[str, Any]]:
@@ -162,11 +195,142 @@ def quick_suite() -> list[dict[str, Any]]:
     ]
 
 
+def autoattack_suite(
+    budgets: list[float] | None = None, *, quick: bool = False, norm: str = "linf"
+) -> list[dict[str, Any]]:
+    """AutoAttack: the per-sample worst case over APGD-CE, APGD-T and Square.
+
+    Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+    diverse parameter-free attacks", ICML 2020, arXiv:2003.01690 (section 5, the
+    standard version): APGD-CE (100 iterations, 1 run), APGD-T (targeted DLR, 100
+    iterations, 9 target classes), Square (5000 queries, ``p_init = 0.8``), each on the
+    samples the earlier ones left robust (``keep="first"``). Departure: AutoAttack's
+    standard version also runs FAB-T, which is not implemented here; Square is L-inf
+    only, so the L2 suite is APGD-CE + APGD-T.
+
+    Parameters
+    ----------
+    budgets
+        eps values; default the L-inf budgets of the default suite (0.01, 0.03, 0.06,
+        0.12; quick: 0.01, 0.03, 0.12), in normalised units.
+    quick
+        10 APGD iterations, 3 target classes, 100 Square queries (smoke tests).
+    norm
+        ``"linf"`` or ``"l2"`` (L2 budgets must then be given).
+    """
+    if norm not in ("linf", "l2"):
+        raise CryoGuardError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if budgets is None:
+        if norm == "l2":
+            raise CryoGuardError("an L2 autoattack suite needs its budgets (L2 norms)")
+        budgets = [0.01, 0.03, 0.12] if quick else list(RAT_FGSM_EPS)
+    steps, targets, queries = (10, 3, 100) if quick else (100, 9, 5000)
+    members: list[dict[str, Any]] = [
+        {
+            "name": "apgd-ce",
+            "label": "APGD-CE",
+            "params": {"norm": norm, "steps": steps, "restarts": 1, "seed": 0},
+        },
+        {
+            "name": "apgd-t",
+            "label": "APGD-T",
+            "params": {"norm": norm, "steps": steps, "n_target_classes": targets, "seed": 0},
+        },
+    ]
+    if norm == "linf":
+        members.append(
+            {
+                "name": "square",
+                "label": "Square",
+                "params": {"n_queries": queries, "p_init": 0.8, "seed": 0},
+            }
+        )
+    label = "AutoAttack" + (" (quick)" if quick else "") + (" L2" if norm == "l2" else "")
+    return [
+        {
+            "name": WORST_CASE,
+            "label": label,
+            "budgets": [float(b) for b in budgets],
+            "members": members,
+            "keep": "first",
+        }
+    ]
+
+
+def named_suite(name: str, *, quick: bool = False) -> list[dict[str, Any]]:
+    """A suite by name: ``"default"`` (the papers' attacks) or ``"autoattack"``."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key == "default":
+        return quick_suite() if quick else default_suite()
+    if key in ("autoattack", "auto-attack"):
+        return autoattack_suite(quick=quick)
+    raise CryoGuardError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+
+
+def member_params(member: dict[str, Any], budget: float) -> dict[str, Any]:
+    """The parameters of one member of a worst-case spec at ``budget`` (its ``eps``)."""
+    return {**member["params"], "eps": float(budget)}
+
+
+def _member_norm(member: dict[str, Any]) -> str:
+    from napari_cryoguard.attacks import get_attack_params
+
+    default = getattr(get_attack_params(member["name"]), "norm", "linf")
+    return str(member["params"].get("norm", default))
+
+
+def _normalize_worst_case(spec: dict[str, Any]) -> None:
+    """Validate and fill the members of a worst-case spec in place."""
+    from napari_cryoguard.attacks import get_attack_class
+
+    label = spec["label"]
+    keep = spec.setdefault("keep", "first")
+    if keep not in ("first", "smallest"):
+        raise CryoGuardError(f"keep of {label!r} must be 'first' or 'smallest', got {keep!r}")
+    members = spec.get("members")
+    if not isinstance(members, list) or not members:
+        raise CryoGuardError(f"the worst-case spec {label!r} needs a non-empty list of members")
+    if spec.get("params") or spec["variants"] != [{}]:
+        raise CryoGuardError(
+            f"the worst-case spec {label!r} takes its parameters per member, not params/variants"
+        )
+    out, seen = [], set()
+    for m in members:
+        if not isinstance(m, dict) or "name" not in m:
+            raise CryoGuardError(f"a member of {label!r} must be a dict with a 'name', got {m!r}")
+        unknown = set(m) - {"name", "label", "params"}
+        if unknown:
+            raise CryoGuardError(f"unknown member key(s) {sorted(unknown)} in {m!r}")
+        cls = get_attack_class(m["name"])
+        mm = {
+            "name": cls.name,
+            "label": str(m.get("label") or cls.name),
+            "params": dict(m.get("params") or {}),
+        }
+        if attack_mode({"name": cls.name, "params": mm["params"]}) != "bounded":
+            raise CryoGuardError(
+                f"member {mm['label']!r} of {label!r} is a minimal attack; a worst case "
+                "combines bounded attacks (they take the budget as eps)"
+            )
+        if mm["label"] in seen:
+            raise CryoGuardError(f"two members of {label!r} are labelled {mm['label']!r}")
+        seen.add(mm["label"])
+        out.append(mm)
+    norms = {_member_norm(m) for m in out}
+    if len(norms) > 1:
+        raise CryoGuardError(
+            f"the members of {label!r} mix norms {sorted(norms)}; a worst case needs one norm"
+        )
+    spec["members"] = out
+
+
 def attack_mode(spec: dict[str, Any]) -> str:
     """``"bounded"`` or ``"minimal"`` for a normalised spec (see the module docstring)."""
     if spec.get("mode"):
         return str(spec["mode"])
     name = spec["name"]
+    if name == WORST_CASE:
+        return "bounded"
     if name == "cw" and spec.get("params", {}).get("norm", "l2") == "linf":
         return "bounded"
     return "minimal" if name in MINIMAL_ATTACKS else "bounded"
@@ -175,6 +339,9 @@ def attack_mode(spec: dict[str, Any]) -> str:
 def budget_unit(spec: dict[str, Any]) -> str:
     """A human-readable name of the budget axis of ``spec``."""
     name = spec["name"]
+    if name == WORST_CASE:
+        norm = _member_norm(spec["members"][0])
+        return f"eps ({'L2' if norm == 'l2' else 'L-inf'}, normalised units)"
     if name == "uniform_noise":
         return "noise amplitude (L-inf, normalised units)"
     if name == "salt_pepper":
@@ -189,9 +356,11 @@ def budget_unit(spec: dict[str, Any]) -> str:
 
 
 def normalize_suite(
-    attacks: list[dict[str, Any]] | None, *, quick: bool = False
+    attacks: list[dict[str, Any]] | str | None, *, quick: bool = False
 ) -> list[dict[str, Any]]:
     """Validate specs, fill defaults (label, params, mode, budget sorting), unique labels.
+
+    ``attacks`` may also be a suite name (:func:`named_suite`, with ``quick``).
 
     Raises
     ------
@@ -200,6 +369,8 @@ def normalize_suite(
     """
     from napari_cryoguard.attacks import get_attack_class, make_attack
 
+    if isinstance(attacks, str):
+        attacks = named_suite(attacks, quick=quick)
     raw = (
         quick_suite()
         if (attacks is None and quick)
@@ -212,15 +383,23 @@ def normalize_suite(
     for item in raw:
         if not isinstance(item, dict) or "name" not in item:
             raise CryoGuardError(f"an attack spec must be a dict with a 'name', got {item!r}")
-        unknown = set(item) - {"name", "label", "budgets", "params", "variants", "mode"}
+        keys = {"name", "label", "budgets", "params", "variants", "mode"}
+        wc = str(item["name"]).strip().lower().replace("-", "_") == WORST_CASE
+        unknown = set(item) - (keys | {"members", "keep"} if wc else keys)
         if unknown:
             raise CryoGuardError(f"unknown attack spec key(s) {sorted(unknown)} in {item!r}")
         spec = copy.deepcopy(item)
-        cls = get_attack_class(spec["name"])
-        spec["name"] = cls.name
-        spec["label"] = str(spec.get("label") or cls.name)
+        if wc:
+            spec["name"] = WORST_CASE
+            spec["label"] = str(spec.get("label") or "worst case")
+        else:
+            cls = get_attack_class(spec["name"])
+            spec["name"] = cls.name
+            spec["label"] = str(spec.get("label") or cls.name)
         spec["params"] = dict(spec.get("params") or {})
         spec["variants"] = [dict(v) for v in (spec.get("variants") or [{}])]
+        if wc:
+            _normalize_worst_case(spec)
         budgets = spec.get("budgets")
         if not budgets:
             raise CryoGuardError(f"attack {spec['label']!r} needs a non-empty list of budgets")
@@ -233,15 +412,21 @@ def normalize_suite(
         if spec["budgets"][0] < 0:
             raise CryoGuardError(f"budgets of {spec['label']!r} must be >= 0")
         mode = attack_mode(spec)
+        if wc and mode != "bounded":
+            raise CryoGuardError(f"a worst-case spec is bounded; {spec['label']!r} says {mode!r}")
         if mode not in ("bounded", "minimal"):
             raise CryoGuardError(f"mode of {spec['label']!r} must be 'bounded' or 'minimal'")
         spec["mode"] = mode
         if spec["label"] in seen:
             raise CryoGuardError(f"two attacks are labelled {spec['label']!r}; give them labels")
         seen.add(spec["label"])
-        # validate every variant's parameters now, before any work
-        for v in spec["variants"]:
-            make_attack(cls.name, **cell_params(spec, v, spec["budgets"][-1]))
+        # validate every variant's (member's) parameters now, before any work
+        if wc:
+            for m in spec["members"]:
+                make_attack(m["name"], **member_params(m, spec["budgets"][-1]))
+        else:
+            for v in spec["variants"]:
+                make_attack(spec["name"], **cell_params(spec, v, spec["budgets"][-1]))
         out.append(spec)
     return out
 
