@@ -272,8 +272,26 @@ def test_viewer_relion5_picks_use_the_open_tomograms_geometry(viewer, tmp_path):
         assert float(image.data[tuple(c)]) == 10.0
 
 
+@pytest.mark.gui
+def test_viewer_warp_template_matching_picks_take_the_open_tomograms_size(viewer):
+    """WarpTools template-matching picks are fractions of the tomogram: with Warp's
+    tutorial tomogram TS_1 open (348 x 474 x 78 voxels at 10 A) they become its voxels."""
+    viewer.add_image(np.zeros((78, 474, 348), np.uint8), name="TS_1", scale=(10.0,) * 3,
+                     metadata={"voxel_size": 10.0})
+    path = DATA / "warp" / "TS_1_10.00Apx_emd_15854_clean.star"
+    [points] = viewer.open(str(path), plugin="napari-cryoguard")
+    assert len(points.data) == 12
+    np.testing.assert_allclose(points.data[0], [15.0, 447.0, 58.0], atol=1e-4)
+    np.testing.assert_allclose(points.data_to_world(points.data[0]), [150.0, 4470.0, 580.0],
+                               atol=1e-3)
+    assert points.metadata["tomo_name"] == "TS_1"
+    assert any("normalised" in n for n in points.metadata["notes"])
+
+
 @pytest.mark.parametrize("rel", [
     "copick/TS_6_4_ribosome.json", "cryolo/TS_01.cbox", "cryolo/tomotwin_test_coords.coords",
+    "cryolo/boxmanager_3d_particle.cbox", "relion/warp_tomogram_particle_files.star",
+    "relion/data_portal_relion_4.star", "relion/cylindra/Picks/job_picks/particles.star",
     "dynamo/t_double.tbl", "imod/points.mod", "imod/multiple_objects_example.mod",
     "csv/napari_points.csv",
 ])

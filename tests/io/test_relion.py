@@ -265,6 +265,51 @@ def test_rec_prefix_matches_tilt_series_name(tmp_path):
 
 # --------------------------------------------------------------------------- RELION 3/4, Warp
 
+WARP_TM = DATA.parent / "warp" / "TS_1_10.00Apx_emd_15854_clean.star"
+# Warp's tutorial tomogram TS_1 at 10 A: 4400 x 6000 x 1000 px of 0.7894 A -> 348 x 474 x 78
+TS_1 = {"TS_1": ((78, 474, 348), 10.0)}
+
+
+def test_warp_template_matching_fractions_are_refused_without_sizes():
+    with pytest.raises(CryoGuardError) as info:
+        read_picks(WARP_TM)
+    msg = str(info.value)
+    assert "between 0 and 1" in msg and "tomograms=" in msg and "normalized_coords=False" in msg
+
+
+def test_warp_template_matching_fractions_to_voxels():
+    picks = read_picks(WARP_TM, tomograms=TS_1)
+    assert len(picks) == 12 and picks.tomo_names.tolist() == ["TS_1"] * 12
+    assert picks.voxel_size == 10.0
+    # row 1: 0.16666667 0.943038 0.1923077 -> x 58, y 447, z 15 (fraction x size)
+    np.testing.assert_allclose(picks.coords[0], [15.0, 447.0, 58.0], atol=1e-4)
+    # row 9: 0.06896552 0.12658228 0.26923078 -> x 24, y 60, z 21
+    np.testing.assert_allclose(picks.coords[8], [21.0, 60.0, 24.0], atol=1e-4)
+    # every pick lands on a whole voxel: the sizes are right
+    np.testing.assert_allclose(picks.coords, np.round(picks.coords), atol=1e-4)
+    np.testing.assert_allclose(picks.scores[:2], [6.2712617, 6.58936])
+    assert any("normalised" in n and "fraction" in n for n in picks.notes)
+    # the same at 20 A per voxel, and forced off
+    half = read_picks(WARP_TM, tomograms=TS_1, voxel_size=20.0)
+    np.testing.assert_allclose(half.coords[0], [7.5, 223.5, 29.0], atol=1e-4)
+    raw = read_picks(WARP_TM, normalized_coords=False, voxel_size=10.0)
+    np.testing.assert_allclose(raw.coords[0], [0.1923077, 0.943038, 0.16666667])
+
+
+def test_normalised_coordinates_need_the_named_tomogram(tmp_path):
+    with pytest.raises(CryoGuardError, match=r"'TS_1'.*not in tomograms"):
+        read_picks(WARP_TM, tomograms={"TS_2": ((78, 474, 348), 10.0)})
+    # without a name column, a single tomogram is used
+    lone = tmp_path / "lone.star"
+    lone.write_text("data_\n\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n"
+                    "0.5 0.25 1.0\n")
+    picks = read_picks(lone, tomograms={"any": ((10, 20, 40), 5.0)})
+    np.testing.assert_allclose(picks.coords[0], [10.0, 5.0, 20.0])
+    # a file with one coordinate above 1 is read as voxels, as before
+    lone.write_text("data_\n\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n"
+                    "0.5 0.25 1.0\n2.0 0.5 0.5\n")
+    np.testing.assert_allclose(read_picks(lone, voxel_size=3.0).coords[1], [0.5, 0.5, 2.0])
+
 
 def test_warp_tomostar_names_and_coordinates():
     path = DATA / "warp_tomogram_particle_files.star"

@@ -13,8 +13,10 @@ Conventions implemented here:
   ``src/copick_utils/converters/segmentation_from_picks.py``, commit 35823f9f,
   ``from_picks``) paints each pick as a sphere centred at ``location / voxel_spacing``
   on the grid ``np.indices(shape)`` of the (z, y, x) volume, i.e. voxel ``i`` of that
-  array is at ``i * voxel_spacing`` Angstrom; the CZII challenge scripts divide by the
-  voxel spacing the same way.
+  array is at ``i * voxel_spacing`` Angstrom; and copick itself, reading CryoET Data
+  Portal point annotations (voxel indices) as picks (github.com/copick/copick,
+  ``src/copick/impl/cryoet_data_portal.py``, commit 369fb631), sets ``location.x =
+  portal x * voxel_spacing`` (likewise y, z) with no offset.
 * ``voxel_size=`` is the voxel size of the tomogram the coordinates should index; when
   it is not given the file's ``voxel_spacing`` is used, with a note; when neither is
   there the reader refuses (a guess would misplace every pick).

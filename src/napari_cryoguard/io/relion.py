@@ -71,6 +71,22 @@ RELION 3/4 and Warp
     Warp's documentation: "coordinates are interpreted as pixel coordinates in a
     tomogram, starting from zero at the center of the first voxel", the convention of
     :class:`Picks`.
+
+Warp normalised coordinates
+    WarpTools ``threshold_picks`` (template matching) writes ``rlnCoordinateX/Y/Z`` as
+    fractions of the tomogram, between 0 and 1 (e.g. ``TS_1_10.00Apx_emd_15854_clean.star``
+    of Warp's tilt-series tutorial, exported with ``ts_export_particles
+    --normalized_coords``). Read as voxels, every pick would sit in the first voxel.
+    A file whose coordinates all lie in [0, 1] is taken as normalised
+    (``normalized_coords=`` forces either way) and needs ``tomograms=`` for the sizes;
+    without it the reader refuses. Warp's writer (github.com/warpem/warp,
+    ``WarpLib/TiltSeries/TiltSeries.MatchFull.cs``, commit 2d09703c) stores the peak's
+    voxel index times the voxel size divided by the volume's physical size, so here
+    ``voxel = fraction x size`` in voxels of the tomogram given: on the tutorial's
+    10 A tomogram of 348 x 474 x 78 voxels every fraction of the file above comes back
+    as a whole voxel index. (Warp's exporter, ``ExportParticlesTiltseries.cs`` commit
+    7ad2dcca, multiplies by the unbinned size minus one pixel instead: under one voxel
+    from this.)
 """
 
 from __future__ import annotations
@@ -476,6 +492,7 @@ def read_star_picks(
     voxel_size: float | None = None,
     tomograms: Any = None,
     apply_origins: bool = True,
+    normalized_coords: bool | None = None,
 ) -> Picks:
     """Read a RELION 3/4/5, Warp, pytom-match-pick or cryoguard particle STAR file.
 
@@ -494,6 +511,10 @@ def read_star_picks(
     apply_origins : bool
         Subtract ``rlnOrigin*`` shifts from the coordinates (default, RELION's
         convention); ``False`` keeps them as features.
+    normalized_coords : bool, optional
+        Voxel coordinates are fractions of the tomogram size (WarpTools
+        ``threshold_picks`` output). Default: detected, when every ``rlnCoordinate``
+        lies in [0, 1] (files of this package excepted). They need ``tomograms=``.
 
     Returns
     -------
@@ -538,7 +559,16 @@ def read_star_picks(
             np.zeros((0, 3))
         )
         used.update(XYZ)
-        if voxel_size is None:
+        if normalized_coords is None:
+            normalized_coords = (
+                n > 0 and _coords.STAR_META_BLOCK not in blocks
+                and bool(np.all((coords_xyz >= 0.0) & (coords_xyz <= 1.0)))
+            )
+        if normalized_coords:
+            coords_xyz, vs = _normalized_to_voxels(
+                path, coords_xyz, tomo_names, tomograms, voxel_size, notes
+            )
+        elif voxel_size is None:
             vs = _voxel_size_of_voxel_star(path, blocks, table, notes)
         else:
             vs = voxel_size
@@ -557,6 +587,60 @@ def read_star_picks(
         path, blocks, table, coords_zyx, used,
         voxel_size=vs, tomo_names=tomo_names, notes=notes,
     )
+
+
+def _normalized_to_voxels(path, frac_xyz, tomo_names, tomograms, voxel_size, notes):
+    """Warp's normalised coordinates (fractions of the tomogram) to voxels (XYZ)."""
+    n = len(frac_xyz)
+    if tomograms is None:
+        raise CryoGuardError(
+            f"{path.name}: every rlnCoordinateX/Y/Z lies between 0 and 1: these are coordinates "
+            "normalised to the tomogram size (as WarpTools threshold_picks writes them), not "
+            "voxels. Pass tomograms= a mapping name -> (shape_zyx, voxel_size) (or a "
+            "tomograms.star) to convert them, or normalized_coords=False if they really are "
+            "voxels"
+        )
+    geometry = load_tomograms(tomograms)
+    if tomo_names is None:
+        if len(geometry) != 1:
+            raise CryoGuardError(
+                f"{path.name}: normalised coordinates without a tomogram name column need "
+                f"exactly one tomogram in tomograms= (it has {len(geometry)})"
+            )
+        tomo_names = np.full(n, next(iter(geometry)), dtype=object).astype(str)
+    names = list(dict.fromkeys(tomo_names.tolist()))
+    resolved = {nm: _lookup(nm, geometry, notes) for nm in names}
+    missing = [nm for nm, g in resolved.items() if g is None]
+    if missing:
+        raise CryoGuardError(
+            f"{path.name}: tomogram(s) {', '.join(repr(m) for m in missing[:8])} are not in "
+            f"tomograms= (it has {', '.join(repr(k) for k in list(geometry)[:8]) or 'none'}); "
+            "their sizes are needed to convert normalised coordinates"
+        )
+    span = np.zeros((n, 3))
+    tvs = np.zeros(n)
+    for i, nm in enumerate(tomo_names.tolist()):
+        g = geometry[resolved[nm]]
+        span[i] = 2.0 * g.centre_xyz  # the tomogram's size in its voxels
+        tvs[i] = g.voxel_size
+    voxels = frac_xyz * span
+    if voxel_size is None:
+        distinct = sorted(set(np.round(tvs, 9).tolist()))
+        if len(distinct) > 1:
+            raise CryoGuardError(
+                f"{path.name}: the tomograms have different voxel sizes "
+                f"({', '.join(f'{v:g}' for v in distinct[:5])} A); pass voxel_size= to choose "
+                "the voxel size the coordinates are converted to"
+            )
+        vs = float(tvs[0])
+    else:
+        vs = voxel_size
+        voxels = voxels * (tvs[:, None] / vs)
+    notes.append(
+        f"{path.name}: coordinates normalised to [0, 1] (WarpTools template matching) "
+        f"converted to voxels of {vs:g} A: voxel = fraction x tomogram size in voxels"
+    )
+    return voxels, vs
 
 
 def _centred_to_voxels(path, table, tomo_names, tomograms, voxel_size, notes):
