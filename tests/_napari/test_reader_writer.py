@@ -289,7 +289,8 @@ def test_viewer_warp_template_matching_picks_take_the_open_tomograms_size(viewer
 
 
 @pytest.mark.parametrize("rel", [
-    "copick/TS_6_4_ribosome.json", "cryolo/TS_01.cbox", "cryolo/tomotwin_test_coords.coords",
+    "copick/TS_6_4_ribosome.json", "copick/data_portal_copick_instance.json",
+    "cryolo/TS_01.cbox", "cryolo/tomotwin_test_coords.coords",
     "cryolo/boxmanager_3d_particle.cbox", "relion/warp_tomogram_particle_files.star",
     "relion/data_portal_relion_4.star", "relion/cylindra/Picks/job_picks/particles.star",
     "dynamo/t_double.tbl", "imod/points.mod", "imod/multiple_objects_example.mod",

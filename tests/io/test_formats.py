@@ -140,6 +140,30 @@ def test_copick_angstrom_to_voxels():
     np.testing.assert_allclose(at_40.coords * 40.0, picks.coords * 10.0)
 
 
+def test_copick_real_data_portal_files_match_the_portals_own_conversion():
+    """The CryoET Data Portal ingests these copick files (its test_annotations.py, case
+    "copick, binning 10") as points at x/10, y/10, z/10: (4, 2, 3), (0, 5, 1), (3, 1.5, 9.2),
+    (3, 1, 5) voxels. The same numbers here, in ZYX."""
+    picks = read_picks(DATA / "copick" / "data_portal_copick.json", voxel_size=10.0)
+    np.testing.assert_allclose(
+        picks.coords, [[3.0, 2.0, 4.0], [1.0, 5.0, 0.0], [9.2, 1.5, 3.0], [5.0, 1.0, 3.0]]
+    )
+    assert picks.class_names == ["ribosome"] and picks.tomo_names is None  # run_name null
+    mats = picks.features["copick_transformation"].reshape(-1, 4, 4)
+    np.testing.assert_allclose(mats[0, :3, :3], [[-0.0, -0.7071067811865475, 0.7071067811865475],
+                                                 [1.0, -0.0, 0.0],
+                                                 [0.0, 0.7071067811865475, 0.7071067811865475]])
+    np.testing.assert_allclose(mats[3, :3, :3], [[0, 0, -1], [0, 1, 0], [1, 0, 0]])
+    assert _has_note(picks, "orientation") and not _has_note(picks, "translation part")
+    inst = read_picks(DATA / "copick" / "data_portal_copick_instance.json", voxel_size=2.5)
+    assert len(inst) == 6 and inst.tomo_names.tolist() == ["Position_94_Vol"] * 6
+    assert inst.class_names == ["testobject"]
+    # x y z = 10 20 30 and 7.5 5 2.5 Angstrom at 2.5 A per voxel
+    np.testing.assert_allclose(inst.coords[0], [12.0, 8.0, 4.0])
+    np.testing.assert_allclose(inst.coords[5], [1.0, 2.0, 3.0])
+    assert "copick_transformation" not in inst.features  # all identity
+
+
 def test_copick_needs_a_voxel_size(tmp_path):
     with pytest.raises(CryoGuardError, match="voxel_size"):
         read_picks(DATA / "copick" / "TS_6_4_ribosome.json")

@@ -16,7 +16,10 @@ Conventions implemented here:
   array is at ``i * voxel_spacing`` Angstrom; and copick itself, reading CryoET Data
   Portal point annotations (voxel indices) as picks (github.com/copick/copick,
   ``src/copick/impl/cryoet_data_portal.py``, commit 369fb631), sets ``location.x =
-  portal x * voxel_spacing`` (likewise y, z) with no offset.
+  portal x * voxel_spacing`` (likewise y, z) with no offset; the Portal's ingestion
+  does the inverse (github.com/chanzuckerberg/cryoet-data-portal-backend,
+  ``ingestion_tools/scripts/common/point_converter.py``, ``_from_copick``, commit
+  f8782213: voxel = location / spacing, rotation = ``transformation_[:3, :3]``).
 * ``voxel_size=`` is the voxel size of the tomogram the coordinates should index; when
   it is not given the file's ``voxel_spacing`` is used, with a note; when neither is
   there the reader refuses (a guess would misplace every pick).
