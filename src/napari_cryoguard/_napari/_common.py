@@ -9,7 +9,9 @@ import numpy as np
 if TYPE_CHECKING:
     import napari
 
+import threading
 import weakref
+from contextlib import contextmanager
 
 PICKS_LAYER = "picks"
 SUBTOMOGRAMS_LAYER = "subtomograms"
@@ -30,8 +32,24 @@ def voxel_size_of(layer) -> float:
     return float(layer.scale[-1])
 
 
+def run_steps(steps):
+    """Run a generator of Qt-thread steps all at once; return its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
 def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str = PICKS_LAYER,
                     diameter: float | None = None, **kwargs):
+    """:func:`iter_picks_layer` all at once (scripts, tests, the demo); returns the layer."""
+    return run_steps(iter_picks_layer(viewer, picks, image_layer, name=name, diameter=diameter,
+                                      **kwargs))
+
+
+def iter_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str = PICKS_LAYER,
+                     diameter: float | None = None, **kwargs):
     """Show ``picks`` over ``image_layer`` as the Points layer ``name`` (updated in place).
 
     Coordinates are the picks' ZYX voxel indices; the layer takes the image's scale and
@@ -49,7 +67,9 @@ def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str 
     the thickness (their projection mode is ``none``), so the tomogram looks the same.
 
     A layer ``name`` that is already there is updated in place, so what listens to it
-    (its selection, for click-to-select) keeps working.
+    (its selection, for click-to-select) keeps working. A new layer is added in steps
+    (:func:`iter_add_layer`). A generator of Qt-thread steps, for :func:`apply_stepwise`
+    (one step per event-loop turn); returns the layer.
     """
     import pandas as pd
 
@@ -101,10 +121,49 @@ def set_picks_layer(viewer: napari.viewer.Viewer, picks, image_layer, name: str 
     else:
         if layer is not None:
             viewer.layers.remove(name)
-        layer = viewer.add_points(coords, name=name, features=features, scale=scale,
-                                  translate=translate, metadata=metadata, **style, **kwargs)
+            yield "removed"
+        layer = Points(coords, name=name, features=features, scale=scale, translate=translate,
+                       metadata=metadata, **style, **kwargs)
+        yield from iter_add_layer(viewer, layer)
     fit_slice_to_points(viewer, layer)
     return layer
+
+
+def iter_add_layer(viewer, layer, *, activate: bool = True):
+    """Add a layer object to the viewer in event-loop-sized steps (a generator).
+
+    ``viewer.add_*`` does everything in one call on the Qt thread: the layer's Qt
+    controls, its vispy visuals, the layer list row, making it the active layer (which
+    restyles the viewer's buttons) and, at the next repaint, compiling its shaders and
+    uploading its data: 150-450 ms under software OpenGL, one freeze. Here the layer is
+    appended hidden and not made active (one step), shown (the next: slicing, shaders,
+    upload), then made active when ``activate`` (napari's own behaviour for a new layer).
+    """
+    visible = bool(layer.visible)
+    layer.visible = False
+    layers = _raw_layers(viewer)
+    flag = getattr(layers, "_activate_on_insert", None)
+    if flag is not None:
+        layers._activate_on_insert = False
+    try:
+        layers.append(layer)
+    finally:
+        if flag is not None:
+            layers._activate_on_insert = flag
+    yield "added"
+    if visible:
+        layer.visible = True
+        yield "shown"
+    if activate and layer in layers:
+        layers.selection.active = layer
+        yield "active"
+
+
+def _raw_layers(viewer):
+    """The viewer's LayerList behind napari's plugin proxy (private attributes allowed)."""
+    from napari_cryoguard._napari._state import _unwrap
+
+    return _unwrap(_unwrap(viewer).layers)
 
 
 def fit_slice_to_points(viewer, layer) -> None:
@@ -132,12 +191,7 @@ def class_colors(n: int) -> np.ndarray:
 
 def show_particle_layers(viewer, layers: dict, **kwargs) -> list:
     """:func:`iter_particle_layers` all at once (scripts, the demo)."""
-    steps = iter_particle_layers(viewer, layers, **kwargs)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return run_steps(iter_particle_layers(viewer, layers, **kwargs))
 
 
 def apply_stepwise(widget, steps, on_done=None) -> None:
@@ -233,16 +287,20 @@ def iter_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
         else:
             if name in viewer.layers:
                 viewer.layers.remove(name)
-            layer = viewer.add_image(vol, name=name, scale=tuple(scale), translate=translate,
-                                     metadata={INSPECTION: _role(name)}, **style)
+                yield f"removed {name}"
+            from napari.layers import Image
+
+            layer = Image(vol, name=name, scale=tuple(scale), translate=translate,
+                          metadata={INSPECTION: _role(name)}, **style)
+            # not made active: the user's active layer (picks, for click-to-select) stays
+            yield from iter_add_layer(viewer, layer, activate=False)
         out.append(layer)
         yield name
     if frames and rects:
-        _show_frames(viewer, frames, [r / scale for r in rects], captions, scale)
-        yield frames
+        yield from _show_frames(viewer, frames, [r / scale for r in rects], captions, scale)
     if go_to and out:
-        go_to_region(viewer, cz, ((lo_y + hi_y) / 2, (lo_x + hi_x) / 2),
-                     width=(hi_x - lo_x) * 1.15, height=(hi_y - lo_y) * 1.15)
+        yield from iter_go_to_region(viewer, cz, ((lo_y + hi_y) / 2, (lo_x + hi_x) / 2),
+                                     width=(hi_x - lo_x) * 1.15, height=(hi_y - lo_y) * 1.15)
     return out
 
 
@@ -273,8 +331,8 @@ def _recycle(viewer, name: str) -> None:
 def _show_frames(viewer, name: str, rects: list, captions: list, scale) -> None:
     """Rectangles (voxels at ``scale``) with a caption above each, as the Shapes layer ``name``.
 
-    The active layer stays what it was (clicking picks keeps working)."""
-    active = viewer.layers.selection.active
+    The active layer stays what it was (clicking picks keeps working). A generator of
+    Qt-thread steps."""
     text = {"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": 8,
             "translation": [0, -1.5, 0]}
     _recycle(viewer, name)
@@ -284,29 +342,47 @@ def _show_frames(viewer, name: str, rects: list, captions: list, scale) -> None:
         layer.features = {"caption": captions}
         layer.text = text
         layer.visible = True
+        yield name
     else:
-        viewer.add_shapes(rects, shape_type="polygon", name=name, edge_color="yellow",
-                          face_color="transparent", edge_width=0.6, scale=tuple(scale),
-                          features={"caption": captions}, text=text, opacity=0.9,
-                          metadata={INSPECTION: _role(name)})
-    if active is not None and active.name in viewer.layers:
-        viewer.layers.selection.active = viewer.layers[active.name]
+        from napari.layers import Shapes
+
+        layer = Shapes(rects, shape_type="polygon", name=name, edge_color="yellow",
+                       face_color="transparent", edge_width=0.6, scale=tuple(scale),
+                       features={"caption": captions}, text=text, opacity=0.9,
+                       metadata={INSPECTION: _role(name)})
+        yield from iter_add_layer(viewer, layer, activate=False)
 
 
 def go_to_region(viewer, z_world: float, center_yx, width: float, height: float) -> None:
     """Move the Z slider to ``z_world`` and the 2D camera over ``center_yx``, fitting
     ``width`` x ``height`` (world units) in the canvas."""
+    run_steps(iter_go_to_region(viewer, z_world, center_yx, width, height))
+
+
+def iter_go_to_region(viewer, z_world: float, center_yx, width: float, height: float):
+    """:func:`go_to_region` in two Qt-thread steps (a generator): the Z slider (every
+    layer is sliced again), then the camera (one repaint); what is already there is not
+    set again."""
     if viewer.dims.ndim >= 3:
-        viewer.dims.set_point(viewer.dims.ndim - 3, float(z_world))
+        axis = viewer.dims.ndim - 3
+        step = float(viewer.dims.range[axis].step or 1.0)
+        if abs(float(viewer.dims.point[axis]) - float(z_world)) > step / 2:
+            viewer.dims.set_point(axis, float(z_world))
+            yield "slice"
     scene = getattr(viewer, "scene", None)
     camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
-    camera.center = (float(center_yx[0]), float(center_yx[1]))
+    center = (float(center_yx[0]), float(center_yx[1]))
     try:
         ch, cw = viewer.canvas.size
     except Exception:  # noqa: BLE001 - no canvas model (older napari)
         ch, cw = 600, 800
-    if width > 0 and height > 0 and ch > 0 and cw > 0:
-        camera.zoom = float(min(cw / width, ch / height))
+    zoom = float(min(cw / width, ch / height)) if width > 0 and height > 0 and ch > 0 and cw > 0 \
+        else None
+    if not np.allclose(np.asarray(camera.center)[-2:], center):
+        camera.center = center
+    if zoom is not None and not np.isclose(float(camera.zoom), zoom):
+        camera.zoom = zoom
+    yield "camera"
 
 
 class Failure:
@@ -502,8 +578,49 @@ class ModelPicker:
         spec = self.spec() if spec is None else spec
         cache = self._cache
         if cache is None or cache.source != spec:
-            cache = self._cache = load_model(spec, device="cpu")
+            with quiet_gc():  # the first load imports torch: ~10^5 long-lived objects
+                cache = self._cache = load_model(spec, device="cpu")
         return cache
+
+
+_GC_LOCK = threading.Lock()
+_GC_USERS = 0
+_GC_WAS_ENABLED = True
+
+
+@contextmanager
+def quiet_gc():
+    """Keep a big import or model load (in a worker) from causing a long full collection.
+
+    Python's cyclic garbage collector makes a full pass over every tracked object (all
+    of napari, Qt wrappers, vispy, torch: ~0.4-1 s with the GIL held, so the event loop
+    freezes too) once the objects that survived the young generations since the last
+    full pass exceed a quarter of the old generation. Importing torch alone adds that
+    many, and the freeze then hit a later, unrelated step (the second "Attack
+    particle"). Inside this block the collector is paused; at its end the objects it
+    created are moved straight into the old generation (``gc.freeze()`` then
+    ``gc.unfreeze()``) without counting towards the next full pass. Nothing is kept
+    from being collected: the next full pass, whenever it comes, sees them.
+    """
+    import gc
+
+    global _GC_USERS, _GC_WAS_ENABLED
+    with _GC_LOCK:
+        if _GC_USERS == 0:
+            _GC_WAS_ENABLED = gc.isenabled()
+            gc.disable()
+        _GC_USERS += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_USERS -= 1
+            if _GC_USERS == 0:
+                if gc.get_freeze_count() == 0:  # nobody else froze objects: ours to move
+                    gc.freeze()
+                    gc.unfreeze()
+                if _GC_WAS_ENABLED:
+                    gc.enable()
 
 
 def particle_source(viewer, i: int, image_layer=None) -> dict:

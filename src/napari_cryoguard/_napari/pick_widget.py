@@ -32,8 +32,10 @@ from magicgui.widgets import (
 from napari_cryoguard._napari._common import (
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
+    apply_stepwise,
     connect_pick_selection,
-    set_picks_layer,
+    iter_add_layer,
+    iter_picks_layer,
     show_error,
     start_worker,
     voxel_size_of,
@@ -64,6 +66,20 @@ def _pick_job(data, polarity: str, params: dict):
         polarity = choice.polarity
     picks = yield from iter_pick_particles(data, polarity=polarity, **params)
     return picks, polarity, choice
+
+
+def _extract_job(data, coords, **kwargs):
+    """Worker body: the cubes and the display range of the first one (napari would
+    otherwise compute contrast limits on the Qt thread)."""
+    from napari_cryoguard.picking import extract_subtomograms
+
+    sub = extract_subtomograms(data, coords, **kwargs)
+    return sub, _limits(sub.volumes[0]) if len(sub.volumes) else (0.0, 1.0)
+
+
+def _limits(vol) -> tuple[float, float]:
+    lo, hi = float(np.min(vol)), float(np.max(vol))
+    return lo, hi if hi > lo else lo + 1.0
 
 
 def _preview_job(data, polarity: str, sigma1: float, k: float):
@@ -234,11 +250,17 @@ class PickWidget(DockWidget):
 
         picks, polarity, choice = result
         picks.tomo_names = np.array([layer.name] * len(picks))
-        set_picks_layer(self._viewer, picks, layer, diameter=float(self.diameter.value))
-        self._state.set_tomogram(layer.name)
-        self.progress.value = 100
         how = f"auto chose {choice.describe()}" if choice is not None else POLARITY_WORDS[polarity]
-        self.status.value = f"{len(picks)} picks in {layer.name}; {how}"
+
+        def done(_layer) -> None:
+            self._state.set_tomogram(layer.name)
+            self.progress.value = 100
+            self.status.value = f"{len(picks)} picks in {layer.name}; {how}"
+
+        # a new Points layer is added over a few event-loop turns (never one long freeze)
+        apply_stepwise(self, iter_picks_layer(self._viewer, picks, layer,
+                                              diameter=float(self.diameter.value)),
+                       on_done=done)
 
     def _on_select(self, index: int) -> None:
         """A pick was clicked: say which, with its score and position."""
@@ -292,7 +314,6 @@ class PickWidget(DockWidget):
     # ------------------------------------------------------------------ extraction
     def run_extract(self) -> None:
         """Extract cubes around the ``picks`` layer's points into ``subtomograms``."""
-        from napari_cryoguard.picking import extract_subtomograms
 
         layer = self._layer_or_error()
         if layer is None:
@@ -302,11 +323,11 @@ class PickWidget(DockWidget):
             return
         coords = np.array(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
         self.status.value = "extracting..."
-        self._start(extract_subtomograms, layer.data, coords, size=int(self.cube.value),
+        self._start(_extract_job, layer.data, coords, size=int(self.cube.value),
                     normalize=bool(self.normalize.value), border=self.border_mode.value,
-                    on_return=lambda sub, layer=layer: self._on_extracted(sub, layer))
+                    on_return=lambda out, layer=layer: self._on_extracted(*out, layer=layer))
 
-    def _on_extracted(self, sub, layer) -> None:
+    def _on_extracted(self, sub, limits=None, *, layer) -> None:
         if len(sub.volumes) == 0:
             if SUBTOMOGRAMS_LAYER in self._viewer.layers:
                 self._viewer.layers.remove(SUBTOMOGRAMS_LAYER)
@@ -316,19 +337,27 @@ class PickWidget(DockWidget):
         metadata = {"index": np.asarray(sub.index), "n_skipped": int(sub.n_skipped),
                     "normalized": bool(sub.normalized), "tomogram": layer.name,
                     "voxel_size": voxel_size_of(layer)}
-        lo, hi = float(np.min(sub.volumes[0])), float(np.max(sub.volumes[0]))
+        lo, hi = limits if limits is not None else _limits(sub.volumes[0])
         existing = (self._viewer.layers[SUBTOMOGRAMS_LAYER]
                     if SUBTOMOGRAMS_LAYER in self._viewer.layers else None)
+        status = (f"{len(sub.volumes)} subtomograms of {sub.size}^3 "
+                  f"({sub.n_skipped} skipped at the border)")
         if existing is not None and existing.ndim == 4 and existing.rgb is False:
             existing.data = sub.volumes
-            existing.scale = scale
+            if not np.allclose(existing.scale, scale):
+                existing.scale = scale
             existing.metadata = metadata
-            existing.contrast_limits = (lo, hi if hi > lo else lo + 1.0)
-        else:
+            existing.contrast_limits = (lo, hi)
+            self.status.value = status
+            return
+        from napari.layers import Image
+
+        def steps():
             if existing is not None:
                 self._viewer.layers.remove(SUBTOMOGRAMS_LAYER)
-            self._viewer.add_image(sub.volumes, name=SUBTOMOGRAMS_LAYER, scale=scale,
-                                   colormap="gray", metadata=metadata,
-                                   contrast_limits=(lo, hi if hi > lo else lo + 1.0))
-        self.status.value = (f"{len(sub.volumes)} subtomograms of {sub.size}^3 "
-                             f"({sub.n_skipped} skipped at the border)")
+                yield "removed"
+            new = Image(sub.volumes, name=SUBTOMOGRAMS_LAYER, scale=scale, colormap="gray",
+                        metadata=metadata, contrast_limits=(lo, hi))
+            yield from iter_add_layer(self._viewer, new)
+
+        apply_stepwise(self, steps(), on_done=lambda _: setattr(self.status, "value", status))
