@@ -164,3 +164,91 @@ def test_range_coordinates_round_trip(trained_model, spread):
     with torch.no_grad():
         torch.testing.assert_close(rc.model(rc.u), trained_model(x), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rc.to_data(rc.u + 0.01), x + 0.01 * rc.scale.reshape(-1, 1, 1, 1, 1))
+
+
+# --------------------------------------------------------------------------- defenses
+@pytest.fixture()
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _defense_batch(spread):
+    from napari_cryoguard.defenses import Batch
+
+    x, y = spread
+    return Batch(x=x[:6].clone(), y=y[:6].clone(), index=torch.arange(6))
+
+
+def test_training_examples_respect_the_range_budget(trained_model, spread, one_thread):
+    from napari_cryoguard.defenses.at import pgd_examples
+
+    x, y = spread
+    r = sample_range(x)
+    x_adv = pgd_examples(
+        trained_model, x, y, norm="linf", eps=0.02, step_size=0.01, steps=3, random_start=True,
+        eps_unit="range",
+    )
+    d = (x_adv - x).flatten(1).abs().amax(1)
+    assert bool((d <= 0.02 * r * (1 + 1e-5)).all())
+    # three sign steps of half the budget reach its edge for every sample
+    np.testing.assert_allclose(d.double(), 0.02 * r.double(), rtol=1e-4)
+    x_n = pgd_examples(
+        trained_model, x, y, norm="linf", eps=0.02, step_size=0.01, steps=3, random_start=False,
+    )
+    np.testing.assert_allclose((x_n - x).flatten(1).abs().amax(1).double(), 0.02, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["at", "trades", "rat", "rst", "mirst", "llr", "ima"])
+def test_every_eps_defense_takes_the_unit(spread, name, one_thread):
+    from napari_cryoguard.defenses import defense_params_class, get_defense
+    from napari_cryoguard.models import build_model, tiny_params
+
+    cls = defense_params_class(name)
+    assert {f.name: f.default for f in dataclasses.fields(cls)}["eps_unit"] == "normalized"
+    torch.manual_seed(0)
+    net = build_model("cb3d", 3, 16, **tiny_params("cb3d"))
+    batch = _defense_batch(spread)
+    small = {"steps": 2} if name != "ima" else {"n_pgd": 2, "n_binary": 2}
+    if name == "rat":
+        small["steps_prime"] = 2
+    if name == "mirst":
+        small["instance_steps"] = (1, 1, 2, 2)
+    params = cls(eps_unit="range", **small)
+    kw = {"eps_unit": "range", **small}
+    if name == "ima":
+        from napari_cryoguard.defenses.ima import ima_loss, ima_update_margins
+
+        margins = torch.full((6,), 0.01)
+        loss, logs = ima_loss(net, batch, params, margins)
+        new = ima_update_margins(net, batch.x, batch.y, margins, params, 0.01)
+        assert bool(((new >= 0.01 - 1e-7) & (new <= params.eps_max + 1e-7)).all())
+    else:
+        loss, logs = get_defense(name, **kw).loss(net, batch)
+    assert torch.isfinite(loss) and loss.requires_grad
+    with pytest.raises((ValueError, CryoGuardError)):
+        cls(eps_unit="percent")
+
+
+def test_ima_margins_in_range_units_are_boundary_distances_over_the_range(
+    trained_model, spread, one_thread
+):
+    """BPGD in data units, margins divided by each sample's range (IMA paper's unit)."""
+    from napari_cryoguard.defenses.ima import IMAParams, bpgd_per_sample, ima_update_margins
+
+    x, y = spread
+    with torch.no_grad():
+        ok = trained_model(x).argmax(1) == y
+    x, y = x[ok], y[ok]
+    r = sample_range(x)
+    params = IMAParams(eps_max=0.5, n_pgd=5, n_binary=6, eps_unit="range")
+    margins = torch.full((len(x),), 0.2)
+    new = ima_update_margins(trained_model, x, y, margins, params, 0.01)
+    _, found, dist = bpgd_per_sample(
+        trained_model.eval(), x, y, margins * r, norm="linf", n_pgd=5, alpha=4.0, n_binary=6,
+        loss="ce",
+    )
+    want = torch.where(found, dist / r, margins + 0.01).clamp(0.01, 0.5)
+    torch.testing.assert_close(new, want, rtol=1e-4, atol=1e-6)

@@ -25,8 +25,11 @@ Conventions shared by every adversarial defense of this package
   is masked to zero, so they stay at their random start) and no cross-entropy term;
   label-free terms (TRADES' and RAT's KL, SimCLR) use them.
 * **Units.** ``eps`` and ``step_size`` are in the dataset's normalised units
-  (zero-mean, unit-variance subtomograms), ``norm`` is ``"linf"`` (the papers') or
-  ``"l2"``. No value clamp (cryo-ET data has no natural range, DESIGN.md).
+  (zero-mean, unit-variance subtomograms) by default, or, with ``eps_unit="range"``, a
+  fraction of each sample's intensity range max - min (the papers' unit for images in
+  [0, 1]; :mod:`napari_cryoguard.attacks.units`): the inner maximisation then runs in
+  per-sample rescaled coordinates (:func:`pgd_trajectory`). ``norm`` is ``"linf"`` (the
+  papers') or ``"l2"``. No value clamp (cryo-ET data has no natural range, DESIGN.md).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "at_loss",
     "attack_mode",
     "check_attack_params",
+    "check_unit",
     "kl_ascent",
     "kl_per_sample",
     "masked_accuracy",
@@ -78,6 +82,14 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def check_unit(eps_unit: str) -> None:
+    """Raise ``ValueError`` unless ``eps_unit`` is ``"normalized"`` or ``"range"``."""
+    from napari_cryoguard.attacks.units import EPS_UNITS
+
+    if eps_unit not in EPS_UNITS:
+        raise ValueError(f"eps_unit must be one of {', '.join(EPS_UNITS)}, got {eps_unit!r}")
 
 
 def check_attack_params(norm: str, eps: float, step_size: float, steps: int) -> None:
@@ -131,6 +143,7 @@ def kl_ascent(
     step_size: float,
     steps: int,
     start: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eps_unit: str = "normalized",
 ) -> torch.Tensor:
     """Label-free ascent of ``KL(p(x) || p(x'))`` over ``x'`` in the ``eps`` ball around ``x``.
 
@@ -155,6 +168,7 @@ def kl_ascent(
             step_size=step_size,
             checkpoints=(steps,),
             start=None if start is None else start(x),
+            eps_unit=eps_unit,
         )
     return out
 
@@ -169,6 +183,7 @@ def pgd_trajectory(
     step_size: float,
     checkpoints: tuple[int, ...],
     start: torch.Tensor | None = None,
+    eps_unit: str = "normalized",
 ) -> list[torch.Tensor]:
     """Iterates of one PGD run at the given step counts (MIRST-DM Eq. (3)).
 
@@ -182,13 +197,33 @@ def pgd_trajectory(
     ----------
     checkpoints
         Non-decreasing step counts (>= 0); the iterate after each is returned.
+    eps_unit
+        ``"normalized"`` (default) or ``"range"``: ``eps``, ``step_size`` and ``start``
+        are then fractions of each sample's intensity range, and the run happens in
+        per-sample rescaled coordinates (:func:`napari_cryoguard.attacks.units.range_coordinates`;
+        ``model`` is then called on the whole batch only, as here).
 
     Returns
     -------
     list of Tensor
-        One detached (N, 1, D, H, W) iterate per checkpoint.
+        One detached (N, 1, D, H, W) iterate per checkpoint, in data units.
     """
     from napari_cryoguard.attacks.gradient import pgd_perturb
+    from napari_cryoguard.attacks.units import check_eps_unit, range_coordinates
+
+    if check_eps_unit(eps_unit) == "range":
+        rc = range_coordinates(model, x)
+        outs = pgd_trajectory(
+            rc.model,
+            rc.u,
+            objective_fn,
+            norm=norm,
+            eps=eps,
+            step_size=step_size,
+            checkpoints=checkpoints,
+            start=start,
+        )
+        return [rc.to_data(o) for o in outs]
 
     out: list[torch.Tensor] = []
     done = 0
@@ -227,6 +262,7 @@ def pgd_examples(
     step_size: float,
     steps: int,
     random_start: bool,
+    eps_unit: str = "normalized",
 ) -> torch.Tensor:
     """Adversarial examples of RAT Eq. (3)-(4): PGD on the cross-entropy, eval mode.
 
@@ -244,6 +280,7 @@ def pgd_examples(
             step_size=step_size,
             checkpoints=(steps,),
             start=start,
+            eps_unit=eps_unit,
         )
     return x_adv
 
@@ -268,6 +305,14 @@ class ATParams:
         random perturbation ... as a seed"): True.
     norm
         ``"linf"`` (the paper's) or ``"l2"``.
+    eps_unit
+        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
+        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
+    clean_weight
+        Weight ``w`` of the clean cross-entropy: the loss is ``(1 - w) CE(x_adv) + w
+        CE(x)``. 0 (default): adversarial examples only (RAT Eq. (2), Madry et al.);
+        0.5: the IMA paper's vanilla adversarial training "adv eps", Eq. (2)
+        ``(CE(x) + CE(x_adv)) / 2``.
     """
 
     eps: float = 0.01
@@ -275,9 +320,14 @@ class ATParams:
     steps: int = 10
     random_start: bool = True
     norm: str = "linf"
+    eps_unit: str = "normalized"
+    clean_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check_attack_params(self.norm, self.eps, self.step_size, self.steps)
+        check_unit(self.eps_unit)
+        if not 0.0 <= float(self.clean_weight) <= 1.0:
+            raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight!r}")
 
 
 def at_loss(
@@ -303,12 +353,26 @@ def at_loss(
         step_size=params.step_size,
         steps=params.steps,
         random_start=params.random_start,
+        eps_unit=params.eps_unit,
     )
-    logits = model(x_adv)
-    loss, _ = masked_cross_entropy(logits, batch.y)
+    w = float(params.clean_weight)
+    if w == 0.0:
+        logits = model(x_adv)
+        loss, _ = masked_cross_entropy(logits, batch.y)
+        return loss, {
+            "adv_ce": float(loss.detach().item()),
+            "adv_acc": masked_accuracy(logits.detach(), batch.y),
+        }
+    n = batch.x.shape[0]
+    both = model(torch.cat([batch.x, x_adv]))
+    ce, _ = masked_cross_entropy(both[:n], batch.y)
+    adv_ce, _ = masked_cross_entropy(both[n:], batch.y)
+    loss = (1.0 - w) * adv_ce + w * ce
     return loss, {
-        "adv_ce": float(loss.detach().item()),
-        "adv_acc": masked_accuracy(logits.detach(), batch.y),
+        "ce": float(ce.detach().item()),
+        "adv_ce": float(adv_ce.detach().item()),
+        "acc": masked_accuracy(both[:n].detach(), batch.y),
+        "adv_acc": masked_accuracy(both[n:].detach(), batch.y),
     }
 
 

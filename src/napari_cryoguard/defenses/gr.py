@@ -42,6 +42,7 @@ from torch import nn
 from napari_cryoguard.defenses.at import (
     attack_mode,
     check_attack_params,
+    check_unit,
     masked_accuracy,
     pgd_trajectory,
 )
@@ -160,6 +161,9 @@ class LLRParams:
         Ball and PGD iteration that find ``delta*``: 0.01, 0.001, 10 (RAT IV.B budget).
     norm
         ``"linf"`` or ``"l2"``.
+    eps_unit
+        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
+        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
     """
 
     lambda_lin: float = 3.0
@@ -168,9 +172,11 @@ class LLRParams:
     step_size: float = 0.001
     steps: int = 10
     norm: str = "linf"
+    eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
         check_attack_params(self.norm, self.eps, self.step_size, self.steps)
+        check_unit(self.eps_unit)
         if not float(self.lambda_lin) >= 0 or not float(self.mu_grad) >= 0:
             raise ValueError("lambda_lin and mu_grad must be >= 0")
 
@@ -237,6 +243,7 @@ def llr_perturbation(
             step_size=params.step_size,
             checkpoints=(params.steps,),
             start=start,
+            eps_unit=params.eps_unit,
         )
     return (x_adv - x).detach()
 

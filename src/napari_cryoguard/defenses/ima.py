@@ -95,6 +95,12 @@ class IMAParams:
     use_max_noise
         Train on the last PGD iterate of samples without a boundary point ("case-0")
         instead of ignoring them: True (see the module docstring).
+    eps_unit
+        Unit of ``eps_max``, ``delta`` and the margins: ``"normalized"`` (default) or
+        ``"range"`` (a fraction of each sample's intensity range max - min, the IMA
+        paper's unit for images in [0, 1]; :mod:`napari_cryoguard.attacks.units`). With
+        ``"range"`` the margins are stored in range units and BPGD runs with radius
+        ``margin_i * range_i`` in data units.
     """
 
     beta: float = 0.5
@@ -106,8 +112,12 @@ class IMAParams:
     n_binary: int = 10
     loss: str = "ce"
     use_max_noise: bool = True
+    eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
+        from napari_cryoguard.defenses.at import check_unit
+
+        check_unit(self.eps_unit)
         if not 0.0 <= float(self.beta) <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {self.beta!r}")
         if not float(self.eps_max) > 0:
@@ -124,6 +134,15 @@ class IMAParams:
                 raise ValueError(f"{name} must be an integer >= {int(name == 'n_pgd')}, got {v!r}")
         if not float(self.alpha) > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
+
+
+def _unit_scale(x: torch.Tensor, params: IMAParams) -> torch.Tensor:
+    """Data units per margin unit (N,): 1, or each sample's intensity range (``"range"``)."""
+    if params.eps_unit == "range":
+        from napari_cryoguard.attacks.units import sample_range
+
+        return sample_range(x).to(torch.float32)
+    return torch.ones(x.shape[0], dtype=torch.float32, device=x.device)
 
 
 def initial_delta(params: IMAParams, epochs: int) -> float:
@@ -265,6 +284,7 @@ def ima_loss(
         logits = model(batch.x)
         return logits.sum() * 0.0, {"ce": 0.0, "noisy_ce": 0.0, "margin": 0.0}
     eps = margins.to(batch.device, torch.float32)[lab]
+    scale = _unit_scale(x, params)
     with attack_mode(model) as plain:
         correct = _predict(plain, x) == y
         rows = torch.nonzero(correct).flatten()
@@ -272,7 +292,7 @@ def ima_loss(
             plain,
             x[rows],
             y[rows],
-            eps[rows],
+            eps[rows] * scale[rows],
             norm=params.norm,
             n_pgd=params.n_pgd,
             alpha=params.alpha,
@@ -326,18 +346,19 @@ def ima_update_margins(
         new = torch.full_like(el, float(delta))
         c = torch.nonzero(correct).flatten()
         if c.numel():
+            scale = _unit_scale(xl[c], params)
             _, found, dist = bpgd_per_sample(
                 plain,
                 xl[c],
                 yl[c],
-                el[c],
+                el[c] * scale,
                 norm=params.norm,
                 n_pgd=params.n_pgd,
                 alpha=params.alpha,
                 n_binary=params.n_binary,
                 loss=params.loss,
             )
-            new[c] = torch.where(found, dist, el[c] + float(delta))
+            new[c] = torch.where(found, dist / scale, el[c] + float(delta))
     out[idx] = new.clamp(min=float(delta), max=float(params.eps_max))
     return out
 

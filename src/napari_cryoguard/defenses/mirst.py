@@ -48,6 +48,7 @@ from napari_cryoguard.defenses.at import (
     adversarial_ce_objective,
     attack_mode,
     check_attack_params,
+    check_unit,
     masked_accuracy,
     pgd_trajectory,
 )
@@ -84,6 +85,9 @@ class RSTParams:
         Eq. (3) starts at the clean image: False.
     norm
         ``"linf"`` or ``"l2"``.
+    eps_unit
+        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
+        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
     """
 
     alpha: float = 1.0
@@ -92,9 +96,11 @@ class RSTParams:
     steps: int = 10
     random_start: bool = False
     norm: str = "linf"
+    eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
         check_attack_params(self.norm, self.eps, self.step_size, self.steps)
+        check_unit(self.eps_unit)
         if not float(self.alpha) >= 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
 
@@ -156,6 +162,7 @@ def multi_instance_loss(
     step_size: float,
     random_start: bool,
     norm: str,
+    eps_unit: str = "normalized",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``CE(f(x), y) + alpha * sum_j w_j CE(f(x_bar_j), y)`` (MIRST-DM Eq. (2)).
 
@@ -186,6 +193,7 @@ def multi_instance_loss(
             step_size=step_size,
             checkpoints=tuple(instance_steps),
             start=start,
+            eps_unit=eps_unit,
         )
     logits = model(torch.cat([x, *instances])).float()
     ce, _ = masked_cross_entropy(logits[:n], batch.y)
@@ -216,6 +224,7 @@ def rst_loss(
         step_size=params.step_size,
         random_start=params.random_start,
         norm=params.norm,
+        eps_unit=params.eps_unit,
     )
 
 
@@ -233,6 +242,7 @@ def mirst_loss(
         step_size=params.step_size,
         random_start=params.random_start,
         norm=params.norm,
+        eps_unit=params.eps_unit,
     )
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from napari_cryoguard.defenses.at import (
     check_attack_params,
+    check_unit,
     kl_ascent,
     kl_per_sample,
     masked_accuracy,
@@ -64,6 +65,10 @@ class RATParams:
         ``mu_2`` = 0.001, 10 steps; always a random start in ``[a', b']``.
     norm
         ``"linf"`` (the paper's) or ``"l2"``, for both balls.
+    eps_unit
+        Unit of both balls and steps: ``"normalized"`` (default) or ``"range"`` (a
+        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`;
+        ``x'_adv``'s ball uses the range of ``x_adv``).
     """
 
     gamma: float = 1.0
@@ -75,9 +80,11 @@ class RATParams:
     step_size_prime: float = 0.001
     steps_prime: int = 10
     norm: str = "linf"
+    eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
         check_attack_params(self.norm, self.eps, self.step_size, self.steps)
+        check_unit(self.eps_unit)
         check_attack_params(self.norm, self.eps_prime, self.step_size_prime, self.steps_prime)
         if not float(self.gamma) >= 0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma!r}")
@@ -97,6 +104,7 @@ def rat_regulariser_examples(
         step_size=params.step_size_prime,
         steps=params.steps_prime,
         start=lambda x: random_start(x, params.norm, float(params.eps_prime), None),
+        eps_unit=params.eps_unit,
     )
 
 
@@ -119,6 +127,7 @@ def rat_loss(
         step_size=params.step_size,
         steps=params.steps,
         random_start=params.random_start,
+        eps_unit=params.eps_unit,
     )
     if float(params.gamma) == 0.0:
         logits = model(x_adv)

@@ -32,6 +32,7 @@ from torch import nn
 
 from napari_cryoguard.defenses.at import (
     check_attack_params,
+    check_unit,
     kl_ascent,
     kl_per_sample,
     masked_accuracy,
@@ -56,6 +57,9 @@ class TradesParams:
         Standard deviation of the Gaussian start around ``x``: 0.001 (reference code).
     norm
         ``"linf"`` or ``"l2"``.
+    eps_unit
+        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
+        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
     """
 
     beta: float = 1.0
@@ -64,9 +68,11 @@ class TradesParams:
     steps: int = 10
     init_std: float = 0.001
     norm: str = "linf"
+    eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
         check_attack_params(self.norm, self.eps, self.step_size, self.steps)
+        check_unit(self.eps_unit)
         if not float(self.beta) >= 0:
             raise ValueError(f"beta must be >= 0, got {self.beta!r}")
         if not float(self.init_std) >= 0:
@@ -77,7 +83,7 @@ def trades_examples(model: nn.Module, x: torch.Tensor, params: TradesParams) -> 
     """``argmax_{x' in B(x, eps)} KL(p(x) || p(x'))`` by sign-gradient ascent (eval mode)."""
     start = (lambda x0: params.init_std * torch.randn_like(x0)) if params.init_std > 0 else None
     return kl_ascent(model, x, norm=params.norm, eps=params.eps, step_size=params.step_size,
-                     steps=params.steps, start=start)
+                     steps=params.steps, start=start, eps_unit=params.eps_unit)
 
 
 def trades_loss(
