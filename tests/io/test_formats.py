@@ -520,3 +520,62 @@ def test_imod_counts_larger_than_the_file_are_refused(tmp_path):
     cut.write_bytes((DATA / "imod" / "points.mod").read_bytes()[:-4])  # no IEOF: imodmodel loops
     with pytest.raises(CryoGuardError, match="cut or corrupt"):
         read_picks(cut)
+
+
+# --------------------------------------------------------------------------- CryoET Data Portal
+# Input files of the Portal's own ingestion tests (cryoet-data-portal-backend,
+# ingestion_tools/scripts/tests/s3_import/test_annotations.py), whose expected outputs are
+# voxel positions divided by a "binning": the reader must give the same positions.
+
+
+def test_portal_relion3_origins_match_the_portals_expected_points():
+    # Portal case "relion3_star, ... filter value 1, binning 4": tomo_1 points at
+    # (1.3, 2.6, 3.8) and (0.2, 0.4, 0.7), i.e. coordinate - origin = (5.2, 10.4, 15.2), ...
+    picks = read_picks(DATA / "relion" / "data_portal_relion_3.star")
+    tomo_1 = picks.for_tomogram("tomo_1")
+    np.testing.assert_allclose(tomo_1.coords[:, ::-1] / 4, [[1.3, 2.6, 3.8], [0.2, 0.4, 0.7]])
+    assert picks.voxel_size == pytest.approx(1.7005)  # 1.7005 um * 1e4 / 10000
+    assert picks.tomogram_names() == ["tomo_1", "tomo_2", "tomo_3"]
+    tomoman = read_picks(DATA / "relion" / "data_portal_tomoman.star")
+    part = tomoman.for_tomogram("grid_1_lamella1_pos1")
+    np.testing.assert_allclose(part.coords[:, ::-1] / 4, [[1.3, 2.6, 3.8], [0.2, 0.4, 0.7]])
+    assert tomoman.voxel_size == pytest.approx(1.96)  # rlnPixelSize
+
+
+def test_tardis_csv_in_angstrom_matches_the_portals_expected_points():
+    # TARDIS writes "IDs,X [A],Y [A],Z [A]"; Portal case "tardis, binning 2": first points
+    # (2, 4, 6), (2, 2, 2), (3, 2, 1)
+    path = DATA / "csv" / "data_portal_tardis.csv"
+    with pytest.raises(CryoGuardError, match="Angstrom"):
+        read_picks(path)
+    picks = read_picks(path, voxel_size=2.0)
+    np.testing.assert_allclose(picks.coords[:3, ::-1], [[2, 4, 6], [2, 2, 2], [3, 2, 1]])
+    assert picks.features["IDs"].tolist() == [0, 0, 1, 1, 1, 2]
+    assert _has_note(picks, "Angstrom divided")
+
+
+def test_unit_in_brackets_nanometres_and_pixels(tmp_path):
+    nm = tmp_path / "nm.csv"
+    nm.write_text("x (nm),y (nm),z (nm)\n1,2,3\n")
+    np.testing.assert_allclose(read_picks(nm, voxel_size=5.0).coords[0], [6.0, 4.0, 2.0])
+    px = tmp_path / "px.csv"
+    px.write_text("X [px],Y [px],Z [px]\n1,2,3\n")
+    np.testing.assert_allclose(_quiet(px).coords[0], [3.0, 2.0, 1.0])
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("X [A],Y [px],Z [A]\n1,2,3\n")
+    with pytest.raises(CryoGuardError, match="same unit"):
+        read_picks(mixed, voxel_size=1.0)
+
+
+def test_portal_pipe_csv_and_imod_model():
+    # Portal case "csv_with_header, pipe delimiter, binning 2": (0.5, 1, 1.5), (1, 1, 1),
+    # (0, 1.5, 0) -> raw x y z = 1 2 3, 2 2 2, 0 3 0
+    picks = _quiet(DATA / "csv" / "data_portal_points_pipe.csv")
+    np.testing.assert_allclose(picks.coords[:, ::-1], [[1, 2, 3], [2, 2, 2], [0, 3, 0]])
+    # the Portal takes IMOD points as they are ("mod, binning 2": the same raw 1 2 3, ...);
+    # this reader follows 3dmod (x, y from the pixel edge), half a voxel lower in x and y
+    mod = read_picks(DATA / "imod" / "data_portal_points.mod")
+    raw = np.array([[1, 2, 3], [2, 2, 2], [0, 3, 0]], float)
+    np.testing.assert_allclose(mod.coords[:, ::-1], raw - [0.5, 0.5, 0.0], atol=1e-6)
+    raw_mod = read_picks(DATA / "imod" / "data_portal_points.mod", pixel_centres=False)
+    np.testing.assert_allclose(raw_mod.coords[:, ::-1], raw, atol=1e-6)

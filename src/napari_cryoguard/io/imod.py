@@ -15,7 +15,9 @@ Conventions implemented here:
   ``Matlab/VolumeAveraging/index2ImodPoints.m``, commit 7b262fa2): IMOD point = MATLAB
   index - (0.5, 0.5, 1), "the center of an IMOD voxel is on 1/2 index values for X and
   Y and unit index values for Z"; with 0-based index = MATLAB index - 1 that is
-  x = i + 0.5, y = j + 0.5, z = k.
+  x = i + 0.5, y = j + 0.5, z = k. (The CryoET Data Portal's ingestion takes model points
+  as voxel indices unchanged, so Portal annotations made from IMOD models sit half a
+  voxel higher in x and y than this reader puts the same model.)
 * Labels are the object names: each distinct name, in file order, is one class (objects
   sharing a name share a label); an unnamed object is ``object <n>`` (1-based, as 3dmod
   numbers them). The 1-based object number is kept as the feature ``object`` and the

@@ -13,8 +13,11 @@ What is read
 * **Coordinates** by column name, case-insensitive, punctuation ignored: ``x`` / ``y`` /
   ``z``, ``coordinate_x``, ``coord_x``, ``pos_x``, ``position_x``, ``center_x``,
   ``rlnCoordinateX`` and the same names with ``Angst`` / ``_angstrom`` appended (which
-  mark the column as Angstrom). napari's own points CSV (``axis-0``, ``axis-1``,
-  ``axis-2``) is ZYX. Whatever the column order, :class:`Picks` coordinates are ZYX.
+  mark the column as Angstrom), or followed by a unit in brackets as TARDIS (tardis-em)
+  writes its CSV (``IDs,X [A],Y [A],Z [A]``): ``[A]`` / ``[Å]`` Angstrom, ``[nm]``
+  nanometres (times 10), ``[px]`` / ``[voxel]`` voxels. napari's own points CSV
+  (``axis-0``, ``axis-1``, ``axis-2``) is ZYX. Whatever the column order, :class:`Picks`
+  coordinates are ZYX.
 * **Units**: ``units="voxel"`` (default) or ``units="angstrom"``; Angstrom are divided by
   ``voxel_size``, which is then required. Voxel coordinates are taken as 0-based voxel
   indices (a centre at an integer), as this package writes them.
@@ -79,20 +82,37 @@ def _norm(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
-def _axis_of(name: str) -> tuple[str, bool] | None:
-    """(axis, in_angstrom) a column name stands for, or None."""
+_UNIT_IN_BRACKETS = re.compile(r"^(?P<name>.*?)[\s_]*[\[(]\s*(?P<unit>[^\])]+?)\s*[\])]\s*$")
+_BRACKET_UNITS = {
+    "a": 1.0, "\u00e5": 1.0, "\u212b": 1.0, "ang": 1.0, "angst": 1.0, "angstrom": 1.0,
+    "angstroms": 1.0, "nm": 10.0, "nanometer": 10.0, "nanometers": 10.0, "nanometre": 10.0,
+    "px": None, "pix": None, "pixel": None, "pixels": None, "voxel": None, "voxels": None,
+    "vx": None,
+}
+
+
+def _axis_of(name: str) -> tuple[str, float | None] | None:
+    """(axis, Angstrom per unit or None for voxels) a column name stands for, or None.
+
+    A unit may follow the name in brackets, as TARDIS writes ``X [A]``: ``[A]`` / ``[Å]``
+    (Angstrom), ``[nm]``, ``[px]`` / ``[voxel]``; or be appended (``xAngst``).
+    """
+    factor: float | None = None
+    m = _UNIT_IN_BRACKETS.match(name.strip())
+    if m and m.group("unit").strip().lower() in _BRACKET_UNITS:
+        factor = _BRACKET_UNITS[m.group("unit").strip().lower()]
+        name = m.group("name")
     n = _norm(name)
     if n in _NAPARI_AXES:
-        return _NAPARI_AXES[n], False
-    angstrom = False
+        return _NAPARI_AXES[n], factor
     for end in _ANGSTROM_ENDINGS:
         if len(n) > len(end) and n.endswith(end):
-            n, angstrom = n[: -len(end)], True
+            n, factor = n[: -len(end)], 1.0
             break
     for axis in "xyz":
         for stem in _AXIS_STEMS:
             if n in (stem + axis, axis + stem) and n:
-                return axis, angstrom
+                return axis, factor
     return None
 
 
@@ -380,7 +400,7 @@ def read_table_picks(
     table = {h: np.array(col, dtype=object) for h, col in zip(names, columns, strict=True)}
 
     # ---- coordinates
-    axes: dict[str, tuple[str, bool]] = {}
+    axes: dict[str, tuple[str, float | None]] = {}
     for h in names:
         hit = _axis_of(h)
         if hit is None:
@@ -401,13 +421,14 @@ def read_table_picks(
     zyx = [axes[a][0] for a in ("z", "y", "x")]
     if any(_norm(c) in _NAPARI_AXES for c in zyx):
         notes.append(f"{path.name}: napari axis-0/1/2 columns read as z, y, x")
-    angstrom_names = {axes[a][1] for a in "zyx"}
-    if len(angstrom_names) > 1:
+    factors = {axes[a][1] for a in "zyx"}
+    if len(factors) > 1:
         raise CryoGuardError(
-            f"{path.name}: some coordinate columns are named in Angstrom and some not "
+            f"{path.name}: the coordinate columns are not all in the same unit "
             f"({', '.join(zyx)})"
         )
-    in_angstrom = units == "angstrom" or angstrom_names == {True}
+    factor = factors.pop()
+    in_angstrom = units == "angstrom" or factor is not None
     used = set(zyx)
     coords = (
         np.stack([_numbers(table[c], np.float64, c, path) for c in zyx], axis=1)
@@ -487,6 +508,12 @@ def read_table_picks(
             raise CryoGuardError(
                 f"{path.name}: coordinates are in Angstrom ({', '.join(zyx)}); give voxel_size= "
                 "(Angstrom per voxel of the tomogram) to convert them to voxels"
+            )
+        if factor not in (None, 1.0):
+            coords = coords * factor
+            notes.append(
+                f"{path.name}: coordinate columns in nanometres ({', '.join(zyx)}) multiplied "
+                f"by {factor:g} to Angstrom"
             )
         coords = coords / voxel_size
         notes.append(
