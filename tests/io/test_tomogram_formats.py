@@ -303,6 +303,25 @@ def test_tiff_2d_and_garbage_are_refused(tmp_path):
 # -------------------------------------------------------------------------------- EM
 
 
+def test_real_pytom_em_volume():
+    """PyTom's test map tests/testData/human_ribo_21A.em: machine 6 (PC), float32,
+    32 x 32 x 32, no voxel size in the header (all 40 parameters 0)."""
+    path = DATA / "em" / "pytom_human_ribo_21A.em"
+    with pytest.warns(UserWarning, match="assumed 1.0 Angstrom"):
+        tomo = read_tomogram(path)
+    assert isinstance(tomo.data, np.memmap)
+    assert tomo.shape == (32, 32, 32) and tomo.voxel_size == 1.0
+    # X fastest after the 512-byte header: (z, y, x) in C order
+    raw = np.fromfile(path, dtype="<f4", offset=512).reshape(32, 32, 32)
+    np.testing.assert_array_equal(np.asarray(tomo.data), raw)
+    assert float(tomo.data[16, 16, 16]) == pytest.approx(-0.07640868)
+    assert float(np.asarray(tomo.data).max()) == pytest.approx(0.08722705)
+    assert read_tomogram(path, voxel_size=21.0).voxel_size == 21.0
+    # PyTom's int2.em is a 64 x 64 x 1 int16 image
+    with pytest.raises(CryoGuardError, match="2D image"):
+        read_tomogram(DATA / "em" / "pytom_int2.em")
+
+
 def test_em_header_and_voxels():
     head = EM.read_bytes()[:16]
     assert head[0] == 6 and head[3] == 5  # PC little-endian, float32
