@@ -96,3 +96,49 @@ def test_margin_summary_and_strict_json():
     assert empty["n"] == 0
     text = json.dumps(json_clean(empty), allow_nan=False)  # NaN became null
     assert json.loads(text)["mean"] is None
+
+
+# --------------------------------------------------------------------------- intervals
+def test_wilson_interval_by_hand():
+    from napari_cryoguard.evaluate.metrics import wilson_interval
+
+    # 8 of 10, z = 1.96: centre (0.8 + 0.19208) / 1.38416, half 1.96 sqrt(0.016 + 0.009604) / 1.38416
+    z = 1.959963984540054
+    n, p = 10, 0.8
+    centre = (p + z * z / 20) / (1 + z * z / 10)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / 400) / (1 + z * z / 10)
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(centre - half) and hi == pytest.approx(centre + half)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    # not degenerate at 0 and n; symmetric
+    lo0, hi0 = wilson_interval(0, 20)
+    assert lo0 == 0.0 and hi0 == pytest.approx(z * z / 20 / (1 + z * z / 20))
+    lo1, hi1 = wilson_interval(20, 20)
+    assert hi1 == 1.0 and lo1 == pytest.approx(1 - hi0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    # about +-0.055 at n = 200, p = 0.5 (the "standard error ~0.035")
+    lo, hi = wilson_interval(100, 200)
+    assert hi - lo == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 200), rel=0.02)
+    with pytest.raises(CryoGuardError):
+        wilson_interval(11, 10)
+
+
+def test_interval_verdicts():
+    from napari_cryoguard.evaluate.metrics import (
+        accuracy_interval,
+        interval_verdict,
+        mean_interval,
+    )
+
+    a, b = accuracy_interval(0.9, 200), accuracy_interval(0.6, 200)
+    assert a["lo"] > b["hi"]
+    assert interval_verdict(a, b) == "agrees"
+    assert interval_verdict(b, a) == "disagrees"
+    assert interval_verdict(accuracy_interval(0.62, 200), b) == "within noise"
+    assert interval_verdict(a, accuracy_interval(None, 200)) == "not compared"
+    # lower is better (an MSE)
+    m1, m2 = mean_interval([1.0, 1.1, 0.9, 1.0]), mean_interval([2.0, 2.1, 1.9, 2.0])
+    assert m1["value"] == pytest.approx(1.0)
+    assert m1["hi"] - m1["value"] == pytest.approx(1.96 * np.std([1, 1.1, 0.9, 1], ddof=1) / 2, rel=1e-3)
+    assert interval_verdict(m1, m2, higher_is_better=False) == "agrees"
+    assert interval_verdict(m1, m2) == "disagrees"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +88,65 @@ def test_attack_whose_accuracy_rises_with_eps_is_flagged():
 
 def test_eval_mode_check_on_eval_model_passes():
     assert check_eval_mode(SmallNet().eval()).status == "pass"
+
+
+# --------------------------------------------------------------------------- collapse
+class _Dead(nn.Module):
+    """Conv -> ReLU -> FC -> ReLU (bias -5: every final feature dead) -> FC."""
+
+    def __init__(self, dead: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4**3, 8)
+        self.fc2 = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.fc1.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+            self.fc1.bias.fill_(-50.0 if dead else 0.0)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class _Oracle(nn.Module):
+    """Predicts the label stored in voxel 0 (a model that has 'learned')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(3) * 10)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0].long().clamp(0, 2)
+        return self.fc(torch.nn.functional.one_hot(v, 3).float())
+
+
+def test_collapsed_model_is_flagged_with_its_numbers():
+    from napari_cryoguard.evaluate.sanity import check_collapse, final_features
+
+    x = torch.randn(30, 1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = np.arange(30) % 3
+    dead = _Dead(dead=True).train()
+    c = check_collapse(dead, x, y, 3)
+    assert c.status == "fail" and "collapsed" in c.message
+    assert c.details["live_share"] == 0.0 and c.details["positive_share"] == 0.0
+    assert c.details["top_class_share"] == 1.0  # constant logits -> one class
+    assert c.details["accuracy"] == pytest.approx(1 / 3)
+    assert dead.training  # mode restored
+    assert final_features(dead.eval(), x).shape == (30, 8)
+
+
+def test_learned_model_passes_and_chance_accuracy_fails():
+    from napari_cryoguard.evaluate.metrics import wilson_interval
+    from napari_cryoguard.evaluate.sanity import check_collapse
+
+    y = np.arange(60) % 3
+    x = torch.zeros(60, 1, 4, 4, 4)
+    x.view(60, -1)[:, 0] = torch.from_numpy(y).float()
+    c = check_collapse(_Oracle(), x, y, 3)
+    assert c.status == "pass", c.message
+    assert c.details["accuracy"] == 1.0
+    assert c.details["accuracy_lo"] == pytest.approx(wilson_interval(60, 60)[0])
+    # labels shuffled against the stored value: accuracy 1/3, interval reaches chance
+    c = check_collapse(_Oracle(), x, np.roll(y, 1), 3)
+    assert c.status == "fail" and "reaches chance" in c.message

@@ -11,6 +11,13 @@ Sources
   reconstruction error is the voxel-mean squared error, averaged over the test set.
 * Ma & Liang, IMA (arXiv:2005.09147) Fig. 9 (middle): the
   distribution of per-sample margins, summarised by :func:`margin_summary`.
+* Uncertainty (none of the papers gives any): every accuracy with its 95 % Wilson score
+  interval (:func:`wilson_interval`, Wilson 1927), a mean of per-sample values with a
+  normal interval (:func:`mean_interval`), and the verdict of a claimed direction
+  "A > B" from the two intervals (:func:`interval_verdict`): ``"agrees"`` when A's
+  interval lies wholly above B's, ``"disagrees"`` when wholly below, ``"within noise"``
+  when they overlap. Non-overlap of two 95 % intervals is a conservative test (it
+  corresponds to p < ~0.006 for equal widths), chosen so that no verdict is noise.
 
 Conventions: labels and predictions are 0-based class indices; labels < 0 (unknown)
 are ignored everywhere. The confusion matrix has the true class on the rows and the
@@ -28,7 +35,12 @@ import numpy as np
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
+    "VERDICTS",
+    "accuracy_interval",
     "classification_metrics",
+    "interval_verdict",
+    "mean_interval",
+    "wilson_interval",
     "confusion_matrix",
     "margin_summary",
     "per_class_scores",
@@ -217,7 +229,8 @@ def reconstruction_mse(
     """Voxel-mean squared reconstruction error of an autoencoding classifier.
 
     ``MSE_i = mean_voxels (recon(x_i) - x_i)^2`` (semi-supervised paper Eq. 1); returns
-    the mean and the median over the samples. ``model`` must have ``reconstruct(x)``
+    the mean (with its 95 % normal interval ``mse_lo``, ``mse_hi``) and the median over
+    the samples. ``model`` must have ``reconstruct(x)``
     returning (N, 1, D, H, W); it is run as it is (call ``model.eval()`` first).
     """
     import torch
@@ -241,11 +254,81 @@ def reconstruction_mse(
                 )
             per.append(((r - x) ** 2).flatten(1).mean(1).cpu().numpy().astype(np.float64))
     e = np.concatenate(per) if per else np.zeros(0)
+    ci = mean_interval(e)
     return {
         "mse": float(e.mean()) if e.size else float("nan"),
         "median_mse": float(np.median(e)) if e.size else float("nan"),
         "n": int(e.size),
+        "mse_lo": ci["lo"],
+        "mse_hi": ci["hi"],
     }
+
+
+#: The verdicts of :func:`interval_verdict` (plus ``"not compared"`` for a missing number).
+VERDICTS = ("agrees", "disagrees", "within noise", "not compared")
+_Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (95 % for the default z).
+
+    ``(p + z^2 / 2n -+ z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)``; it stays in
+    [0, 1] and is not degenerate at 0 or n successes (unlike the normal interval).
+    ``successes`` may be fractional (a proportion times ``n``). ``n = 0`` gives (0, 1).
+    """
+    n = int(n)
+    if n < 0:
+        raise CryoGuardError(f"n must be >= 0, got {n}")
+    if n == 0:
+        return 0.0, 1.0
+    k = float(successes)
+    if not 0.0 <= k <= n + 1e-9:
+        raise CryoGuardError(f"successes must be in [0, n = {n}], got {successes!r}")
+    p = min(k / n, 1.0)
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_interval(accuracy: float | None, n: int) -> dict[str, Any]:
+    """``{"value", "n", "lo", "hi"}``: an accuracy on ``n`` samples with its Wilson interval."""
+    if accuracy is None or not math.isfinite(float(accuracy)) or n <= 0:
+        return {"value": None, "n": int(n), "lo": None, "hi": None}
+    lo, hi = wilson_interval(float(accuracy) * n, n)
+    return {"value": float(accuracy), "n": int(n), "lo": lo, "hi": hi}
+
+
+def mean_interval(values: Any, z: float = _Z95) -> dict[str, Any]:
+    """Mean of per-sample values with the normal interval ``mean -+ z * sd / sqrt(n)``."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"value": None, "n": 0, "lo": None, "hi": None}
+    m = float(v.mean())
+    half = z * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else float("inf")
+    return {"value": m, "n": int(v.size), "lo": m - half, "hi": m + half}
+
+
+def interval_verdict(
+    a: dict[str, Any] | None, b: dict[str, Any] | None, *, higher_is_better: bool = True
+) -> str:
+    """Verdict of the claim "a beats b" from two intervals ``{"lo", "hi"}``.
+
+    ``"agrees"``: a's interval wholly above b's (below, with ``higher_is_better=False``);
+    ``"disagrees"``: wholly on the other side; ``"within noise"``: they overlap;
+    ``"not compared"``: a number or an interval is missing.
+    """
+    if not a or not b or any(d.get(k) is None for d in (a, b) for k in ("lo", "hi")):
+        return "not compared"
+    lo_a, hi_a, lo_b, hi_b = (float(a["lo"]), float(a["hi"]), float(b["lo"]), float(b["hi"]))
+    if not higher_is_better:
+        lo_a, hi_a, lo_b, hi_b = -hi_a, -lo_a, -hi_b, -lo_b
+    if lo_a > hi_b:
+        return "agrees"
+    if hi_a < lo_b:
+        return "disagrees"
+    return "within noise"
 
 
 def json_clean(obj: Any) -> Any:

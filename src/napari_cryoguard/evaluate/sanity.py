@@ -5,6 +5,11 @@ the project's own list: the model is in eval mode and deterministic, its clean a
 is known (and better than chance), its input gradients are non-zero, an attack with
 budget 0 changes nothing, and accuracy under attack does not rise with the budget.
 
+:func:`check_collapse` flags a model that did not learn (dead final features, one
+predicted class, accuracy whose 95 % interval reaches chance): comparisons between such
+models say nothing about the methods, so the reproduction reports them as "not
+compared" instead of giving them a verdict.
+
 Each check returns a :class:`Check` with a status ``"pass"``, ``"warn"`` or ``"fail"``;
 :func:`verdict` combines them (the worst status wins). None of the checks changes the
 model's mode or weights.
@@ -25,11 +30,13 @@ from torch import nn
 __all__ = [
     "Check",
     "check_clean_accuracy",
+    "check_collapse",
     "check_deterministic",
     "check_eps_zero",
     "check_eval_mode",
     "check_input_gradients",
     "check_monotonic",
+    "final_features",
     "run_sanity_checks",
     "verdict",
 ]
@@ -262,6 +269,115 @@ def check_monotonic(
         )
     return Check(
         "monotonic", "pass", f"accuracy non-increasing with the budget ({len(curves)} curve(s))"
+    )
+
+
+def final_features(model: nn.Module, x: Any, *, batch_size: int = 64) -> torch.Tensor:
+    """The input of the model's last ``nn.Linear`` layer (N, F): its final features.
+
+    Run as the model is (call ``model.eval()`` first); raises ``ValueError`` if the model
+    has no linear layer.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no nn.Linear layer: no final features to inspect")
+    seen: list[torch.Tensor] = []
+    hook = linears[-1].register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach().flatten(1).float().cpu())
+    )
+    xb = _batch(x, model)
+    try:
+        with torch.no_grad():
+            for s in range(0, xb.shape[0], batch_size):
+                model(xb[s : s + batch_size])
+    finally:
+        hook.remove()
+    return torch.cat(seen) if seen else torch.zeros(0, 0)
+
+
+def check_collapse(
+    model: nn.Module,
+    x: Any,
+    y: Any,
+    num_classes: int,
+    *,
+    min_live: float = 0.05,
+    max_one_class: float = 0.9,
+) -> Check:
+    """Fail when the model did not learn (a collapsed model), so it is not compared.
+
+    Computed in eval mode on a labelled batch (the model's modes are restored):
+
+    * ``live_share``: the fraction of final features (:func:`final_features`) that are
+      positive for at least one sample; ``positive_share``: the fraction of positive
+      entries. Dead ReLUs (a too-large learning rate) drive both towards 0.
+    * ``accuracy`` with its 95 % Wilson interval; "at chance" when the interval's lower
+      end is at or below chance (1 / ``num_classes``).
+    * ``top_class_share``: the largest fraction of samples predicted as one class.
+
+    Fails ("collapsed") when the accuracy is at chance, when ``top_class_share >=
+    max_one_class`` (0.9) or when ``live_share < min_live`` (0.05); warns when fewer
+    than a quarter of the final-feature entries are positive; passes otherwise.
+    """
+    from napari_cryoguard.evaluate.metrics import wilson_interval
+
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        xb = _batch(x, model)
+        with torch.no_grad():
+            logits = torch.cat([model(xb[s : s + 64]).float() for s in range(0, len(xb), 64)])
+        feats = final_features(model, xb)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    yb = np.asarray(y).reshape(-1)
+    pred = logits.argmax(1).cpu().numpy()
+    n = int(yb.size)
+    acc = float((pred == yb).mean()) if n else float("nan")
+    lo, hi = wilson_interval(acc * n, n) if n else (0.0, 1.0)
+    chance = 1.0 / max(int(num_classes), 1)
+    live = float((feats > 0).any(0).float().mean()) if feats.numel() else 0.0
+    positive = float((feats > 0).float().mean()) if feats.numel() else 0.0
+    counts = np.bincount(pred, minlength=int(num_classes)) if pred.size else np.zeros(1)
+    top = float(counts.max() / max(pred.size, 1))
+    details = {
+        "accuracy": acc,
+        "accuracy_lo": lo,
+        "accuracy_hi": hi,
+        "n": n,
+        "chance": chance,
+        "live_share": live,
+        "positive_share": positive,
+        "top_class_share": top,
+        "features": int(feats.shape[1]) if feats.dim() == 2 else 0,
+    }
+    reasons = []
+    if not n or lo <= chance:
+        reasons.append(
+            f"accuracy {acc:.3f} (95 % interval {lo:.3f}-{hi:.3f}, n = {n}) reaches chance "
+            f"({chance:.3f})"
+        )
+    if top >= max_one_class:
+        reasons.append(f"{top:.0%} of the samples are predicted as one class")
+    if live < min_live:
+        reasons.append(f"only {live:.1%} of the final features are ever positive (dead ReLUs)")
+    if reasons:
+        return Check("collapse", "fail", "collapsed model: " + "; ".join(reasons), details)
+    if positive < 0.25:
+        return Check(
+            "collapse",
+            "warn",
+            f"only {positive:.1%} of the final-feature entries are positive (accuracy "
+            f"{acc:.3f})",
+            details,
+        )
+    return Check(
+        "collapse",
+        "pass",
+        f"learned: accuracy {acc:.3f} ({lo:.3f}-{hi:.3f}) above chance {chance:.3f}, "
+        f"{live:.0%} of the final features live",
+        details,
     )
 
 
