@@ -70,6 +70,23 @@ def test_dynamo_table_map_names_tomograms(tmp_path):
     assert len(picks.for_tomogram("tomo_17")) == 150
 
 
+def test_dynamo_real_table_map_and_complex_values():
+    """12 rows of dynamotable's t_complex.tbl (tomograms 1-3; column 28 holds Dynamo's
+    complex '0+1.2074e-06i' in three rows) with its real table map tmap_complex.doc."""
+    picks = _quiet(DATA / "dynamo" / "t_complex_cut.tbl")
+    assert len(picks) == 12
+    assert picks.tomogram_names() == [
+        "tomo_ts01.mrc_15.00Apx.mrc", "tomo_ts02.mrc_15.00Apx.mrc", "tomo_ts03.mrc_15.00Apx.mrc"
+    ]
+    # row 1: x y z = 1018.9 759.36 641.59, dx dy dz = -1.4197 0.57826 1.5785, minus 1
+    np.testing.assert_allclose(picks.coords[0], [642.1685, 758.93826, 1016.4803], atol=1e-6)
+    # row 9 (tag 840, tomogram 3): 368.21 388.22 311.19 + (-0.42035 0.58492 -1.4216) - 1
+    np.testing.assert_allclose(picks.coords[8], [308.7684, 387.80492, 366.78965], atol=1e-6)
+    assert picks.features["tag"][8] == 840
+    assert len(picks.for_tomogram("tomo_ts02.mrc_15.00Apx")) == 4
+    assert _has_note(picks, "t_complex_cut.doc")
+
+
 def test_dynamo_short_table_and_missing_library(tmp_path, monkeypatch):
     bad = tmp_path / "short.tbl"
     bad.write_text("1 1 1 0 0 0\n")
