@@ -182,3 +182,31 @@ def test_fits_the_screen(docked):
     size = docked.viewer.window._qt_window.size()
     assert size.width() <= 1280 and size.height() <= 800
     assert ev.native.sizeHint().width() <= 420
+
+
+def test_autoattack_suite_from_the_widget(sample, tiny_ckpt):
+    docked = sample
+    ev = docked.dock("Evaluate")
+    _add_checkpoint(ev, tiny_ckpt)
+    ev.labels.combo.reset_choices()
+    assert list(ev.suite.choices) == ["default", "autoattack"]
+    assert ev.suite.value == "default"  # the papers' attacks unless chosen
+    ev.settings.set_expanded(True)
+    ev.suite.value = "autoattack"
+    _evaluate(docked, ev)
+    assert ev.metrics is not None, ev.status.value
+    (m,) = ev.metrics["models"].values()
+    assert list(m["attacks"]) == ["AutoAttack (quick)"]
+    curve = m["attacks"]["AutoAttack (quick)"]
+    assert curve["attack"] == "worst_case"
+    assert [mm["name"] for mm in curve["members"]] == ["apgd_ce", "apgd_t", "square"]
+    assert [p["budget"] for p in curve["points"]] == [0.01, 0.03, 0.12]
+    # an L-inf suite: one curve in the L-inf panel, the L2 panel says it has none
+    axes = ev.figure.axes
+    assert len(axes[0].lines) == 1 and not axes[1].lines
+    assert any("no attack of this norm" in t.get_text() for t in axes[1].texts)
+    assert {r[1] for r in ev.table.value["data"]} == {"AutoAttack (quick)"}
+    assert {r[3] for r in ev.table.value["data"]} == {"eps (L-inf, normalised units)"}
+    assert "under AutoAttack (quick)" in ev.status.value
+    feats = docked.viewer.layers["picks"].features
+    assert "robust_AutoAttack (quick)" in feats.columns

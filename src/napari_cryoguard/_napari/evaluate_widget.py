@@ -5,7 +5,9 @@ The user builds the list of models to compare (choose one in the model picker, p
 labels explicitly (a picks feature, the sample data's ``truth`` layer, ...; see
 :mod:`._labels`). *Evaluate* runs :func:`napari_cryoguard.evaluate.evaluate` in a worker
 thread -- building the labelled dataset from the ``subtomograms`` layer, loading the
-models and attacking them -- with the quick or the full attack suite. Progress arrives
+models and attacking them -- with the papers' attacks or AutoAttack (per sample the worst
+case over APGD-CE, APGD-T and Square; :func:`~napari_cryoguard.evaluate.suite.autoattack_suite`),
+each quick or full. Progress arrives
 through the evaluation's callback and is shown by a timer, only when it changed; Cancel
 stops after the current cell (finished cells stay in the output folder and are reused
 by the next run with the same data).
@@ -43,6 +45,9 @@ PANELS = (
     ("L2 attacks", "eps (L2, normalised units)"),
 )
 PLOT_HEIGHT = 300  # px: two stacked panels, within a 1280 x 800 window with the controls
+#: the attack suites offered: (shown, name for ``evaluate(attacks=...)``)
+SUITE_CHOICES = [("papers' attacks", "default"),
+                 ("AutoAttack (APGD-CE, APGD-T, Square)", "autoattack")]
 
 
 class _Cancelled(Exception):
@@ -87,11 +92,17 @@ class EvaluateWidget(DockWidget):
         self.model_list = status_label()
         self.model_list.label = "to evaluate"
         self.labels = LabelsChoice(viewer)
+        self.suite = ComboBox(choices=SUITE_CHOICES, value="default", label="attacks",
+                              tooltip="the papers' attacks (FGSM, PGD with CE and margin loss, "
+                                      "DeepFool, CW, noise), or AutoAttack: per sample the "
+                                      "worst case over APGD-CE, APGD-T and Square (L-inf)")
         self.quick = CheckBox(value=True, text="quick suite (32 samples, few steps)",
-                              tooltip="off: the papers' suite (FGSM, PGD-100 with CE and margin "
-                                      "loss, DeepFool, CW, noise); takes much longer")
+                              tooltip="off: the full suite (papers': FGSM, PGD-100 with CE and "
+                                      "margin loss, DeepFool, CW, noise; AutoAttack: 100 APGD "
+                                      "iterations, 9 targets, 5000 Square queries); takes "
+                                      "much longer")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
-        self.settings = Group("settings", [self.quick, self.device])
+        self.settings = Group("settings", [self.suite, self.quick, self.device])
         self.run_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel")
         self.cancel_button.enabled = False
@@ -225,6 +236,7 @@ class EvaluateWidget(DockWidget):
         self.cancel_button.enabled = True
         self.status.value = f"evaluating {', '.join(names)} ({labels.source})..."
         quick, device = bool(self.quick.value), str(self.device.value)
+        suite = str(self.suite.value)
         viewer = self._viewer
         width = self.canvas.width() if self.canvas.width() >= 200 else 340
         ratio = self.native.devicePixelRatioF()
@@ -235,7 +247,7 @@ class EvaluateWidget(DockWidget):
             ds, index = labelled_subtomograms(viewer, labels, min_classes=2, purpose="evaluation")
             try:
                 metrics = evaluate(models, ds, out=out, device=device, quick=quick,
-                                   progress=self._progress, names=names)
+                                   attacks=suite, progress=self._progress, names=names)
             except _Cancelled:
                 return None
             image = self._render(_plot_series(metrics), labels.score_word, width, ratio)
