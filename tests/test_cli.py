@@ -232,22 +232,24 @@ def test_disk_full_during_writing_is_one_error_and_leaves_no_temporary(tmp_path,
                                                                        monkeypatch):
     import errno
 
-    import numpy as np
-
     from napari_cryoguard.cli import main
 
     out = tmp_path / "d.npz"
     out.write_bytes(b"older output")
-    real_save = np.savez
+    import napari_cryoguard.data as data_mod
 
-    def full(file, *a, **k):
-        real_save(file, *a, **k)
-        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+    real_copy = data_mod.shutil.copyfileobj
 
-    monkeypatch.setattr(np, "savez", full)
+    def full(src, dst, *a, **k):  # the streamed writer copies its spooled rows, then fails
+        real_copy(src, dst, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(data_mod.shutil, "copyfileobj", full)
     code = main(["simulate-dataset", "--out", str(out), "--per-class", "1", "--cube", "28"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "No space left on device" in err[0]
+    errors = [line for line in err if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0]
+    assert all(line.startswith("simulate-dataset: ") for line in err if line not in errors)
     assert out.read_bytes() == b"older output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -284,35 +284,196 @@ def classify(loaded: LoadedModel, volumes: np.ndarray, **kwargs) -> Predictions:
     return drain(iter_classify(loaded, volumes, **kwargs))
 
 
+class PredictionWriter:
+    """Write predictions as CSV block by block (what :func:`write_predictions` writes).
+
+    Columns: ``index, predicted, predicted_name, p_<class>...``, then ``label,
+    label_name`` when ``with_labels`` and ``z, y, x`` when ``with_coords``. Rows go to
+    a temporary file beside ``path`` that replaces it atomically on :meth:`close`; an
+    exception inside ``with`` leaves any earlier file as it was. Memory is one block.
+    """
+
+    def __init__(self, path: str | os.PathLike, class_names: list[str], *,
+                 with_labels: bool = False, with_coords: bool = False) -> None:
+        from napari_cryoguard._atomic import atomic_output
+
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".csv":
+            raise CryoGuardError(f"predictions are written as .csv, got {self.path.name}")
+        self.class_names = list(class_names)
+        self.with_labels, self.with_coords = bool(with_labels), bool(with_coords)
+        header = ["index", "predicted", "predicted_name"]
+        header += [f"p_{c}" for c in self.class_names]
+        if self.with_labels:
+            header += ["label", "label_name"]
+        if self.with_coords:
+            header += ["z", "y", "x"]
+        self._ctx = atomic_output(self.path)
+        tmp = self._ctx.__enter__()
+        try:
+            self._fh = open(tmp, "w", newline="")  # noqa: SIM115 - closed in close()
+        except BaseException as exc:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._w = csv.writer(self._fh)
+        self._w.writerow(header)
+        self.n = 0
+
+    def write(self, probabilities, labels=None, coords=None, start: int | None = None) -> None:
+        """Write the rows of one block; ``index`` counts on from the rows written."""
+        i0 = self.n if start is None else int(start)
+        names = self.class_names
+        for j, p in enumerate(np.asarray(probabilities)):
+            k = int(p.argmax())
+            row = [i0 + j, k, names[k], *(repr(float(q)) for q in p)]
+            if self.with_labels:
+                lab = int(labels[j])
+                row += [lab, names[lab] if 0 <= lab < len(names) else ""]
+            if self.with_coords:
+                row += [repr(float(c)) for c in coords[j]]
+            self._w.writerow(row)
+        self.n = i0 + len(probabilities)
+
+    def close(self) -> Path:
+        self._fh.close()
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        import sys
+
+        self._fh.close()
+        exc = sys.exc_info()[1] or CryoGuardError("prediction writing aborted")
+        try:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException:  # the context re-raises what it was given
+            pass
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_predictions(path: str | os.PathLike, preds: Predictions, labels=None, coords=None) -> Path:
     """Write predictions as CSV: ``index, predicted, predicted_name, p_<class>...``.
 
     Columns ``label``/``label_name`` are added when true labels are known and ``z, y, x``
-    when coordinates are; the file is written to a temporary name and renamed.
+    when coordinates are; the file is written to a temporary name and renamed
+    (:class:`PredictionWriter` writes the same file block by block).
     """
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        raise CryoGuardError(f"predictions are written as .csv, got {path.name}")
-    header = ["index", "predicted", "predicted_name"]
-    header += [f"p_{c}" for c in preds.class_names]
-    if labels is not None:
-        header += ["label", "label_name"]
-    if coords is not None:
-        header += ["z", "y", "x"]
-    from napari_cryoguard._atomic import atomic_output
+    with PredictionWriter(path, preds.class_names, with_labels=labels is not None,
+                          with_coords=coords is not None) as w:
+        w.write(preds.probabilities, labels, coords)
+    return w.path
 
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for i, p in enumerate(preds.probabilities):
-            row = [i, int(p.argmax()), preds.class_names[int(p.argmax())], *(repr(float(q)) for q in p)]
-            if labels is not None:
-                lab = int(labels[i])
-                row += [lab, preds.class_names[lab] if 0 <= lab < len(preds.class_names) else ""]
-            if coords is not None:
-                row += [repr(float(c)) for c in coords[i]]
-            w.writerow(row)
-    return path
+
+class PreparedVolumes:
+    """Rows of a (memory-mapped) stack, prepared for a model when they are read.
+
+    ``prepared[rows]`` is :func:`prepare_volumes` of ``volumes[rows]`` (checked,
+    resampled to the model's voxel size, normalised), so attacks and classification can
+    stream through a data set in batches without a prepared copy of all of it; the
+    pages of a memory map are released after each read. ``notes`` collects each
+    distinct conversion sentence.
+    """
+
+    def __init__(self, loaded: LoadedModel, volumes, normalized: bool, *,
+                 voxel_size: float | None = None, resample: bool = True) -> None:
+        self.loaded, self.volumes = loaded, volumes
+        self.normalized, self.voxel_size, self.resample = bool(normalized), voxel_size, resample
+        self.notes: list[str] = []
+        n = len(volumes)
+        if n:  # check the first cube now, so a misfit is refused before long work
+            self[np.arange(1)]
+        self.shape = (n, loaded.cube, loaded.cube, loaded.cube)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        from napari_cryoguard.data import release_pages
+
+        if isinstance(rows, slice):
+            raw = np.array(self.volumes[rows], dtype=np.float32)
+        else:
+            raw = np.array(self.volumes[np.asarray(rows)], dtype=np.float32)
+        release_pages(self.volumes)
+        notes: list[str] = []
+        out = prepare_volumes(self.loaded, raw, self.normalized, voxel_size=self.voxel_size,
+                              resample=self.resample, notes=notes)
+        for note in notes:
+            if note not in self.notes:
+                self.notes.append(note)
+        return out
+
+
+class ClassifyBatch(NamedTuple):
+    """One step of :func:`iter_classify_batches`: progress and the block's result."""
+
+    done: int
+    total: int
+    start: int
+    probabilities: np.ndarray
+
+
+def iter_classify_batches(loaded: LoadedModel, batches, total: int, *,
+                          normalized: bool = True, device: str = "auto", batch_size: int = 32,
+                          amp: bool = False, voxel_size: float | None = None,
+                          resample: bool = True,
+                          notes: list[str] | None = None) -> Generator[ClassifyBatch, None, int]:
+    """Classify blocks of subtomograms as they arrive, yielding each block's result.
+
+    Parameters
+    ----------
+    batches
+        An iterable of (n_i, D, D, D) arrays (e.g. :func:`napari_cryoguard.data.iter_rows`
+        blocks of a memory-mapped dataset, or cubes extracted on the fly); each is
+        prepared (:func:`prepare_volumes`) and run in forward passes of ``batch_size``.
+    total
+        The number of subtomograms expected (for progress).
+    notes
+        Receives each distinct conversion sentence.
+
+    Yields
+    ------
+    ClassifyBatch
+        ``(done, total, start, probabilities)`` per block; memory is bounded by a block.
+        With blocks of ``batch_size`` rows the probabilities equal those of
+        :func:`iter_classify` on the whole stack.
+
+    Returns
+    -------
+    int
+        The number of subtomograms classified.
+    """
+    from napari_cryoguard.device import iter_predict
+
+    done = 0
+    for block in batches:
+        if isinstance(block, tuple):  # (start, rows) from iter_rows
+            block = block[1]
+        block_notes: list[str] = []
+        v = prepare_volumes(loaded, block, normalized, voxel_size=voxel_size,
+                            resample=resample, notes=block_notes)
+        if notes is not None:
+            notes.extend(n for n in block_notes if n not in notes)
+        if len(v) == 0:
+            continue
+        gen = iter_predict(loaded.model, v, device=device, batch_size=batch_size, amp=amp)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                probs = np.asarray(stop.value, dtype=np.float32)
+                break
+        start, done = done, done + len(v)
+        yield ClassifyBatch(done, max(int(total), done), start, probs)
+    return done
 
 
 def align_labels(labels, data_class_names, model_class_names) -> np.ndarray | None:

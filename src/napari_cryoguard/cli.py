@@ -133,35 +133,53 @@ def cmd_simulate(args: argparse.Namespace) -> dict:
 
 @_command("simulate-dataset")
 def cmd_simulate_dataset(args: argparse.Namespace) -> dict:
-    from napari_cryoguard.data import SubtomogramDataset, save_dataset
-    from napari_cryoguard.simulate import simulate_subtomograms
+    from napari_cryoguard.data import DatasetWriter
+    from napari_cryoguard.simulate.subtomograms import iter_simulated_blocks
 
     t0 = time.perf_counter()
     kwargs = _physics_kwargs(args)
     snrs = list(args.snr)
-    parts, params = [], []
-    for i, snr in enumerate(snrs):
-        # one block per SNR, each with its own seed (seed + i), so blocks are independent
-        kw = {**kwargs, "snr": snr, "seed": args.seed + i}
-        parts.append(simulate_subtomograms(n_per_class=args.per_class, cube=args.cube,
-                                           normalize=not args.no_normalize, **kw))
-        params.append(parts[-1].params)
-    t_sim = time.perf_counter() - t0
-    class_names = list(parts[0].class_names)
-    labels = np.concatenate([p.labels for p in parts])
-    ds = SubtomogramDataset(
-        volumes=np.concatenate([p.volumes for p in parts]), labels=labels,
-        class_names=class_names, voxel_size=parts[0].voxel_size,
-        normalized=not args.no_normalize,
-        meta={"source": "simulate_subtomograms", "params": params if len(params) > 1 else params[0],
-              "snr_per_sample": np.repeat(snrs, [len(p.labels) for p in parts]).tolist()
-              if len(snrs) > 1 else None})
-    out = save_dataset(args.out, ds)
-    counts = np.bincount(labels, minlength=len(class_names)).tolist()
-    _log(args, f"wrote {out}: {len(ds)} subtomograms of {args.cube}^3, {len(class_names)} classes"
+    params, sizes = [], []
+    class_names: list[str] | None = None
+    counts = None
+    bar = _Progress("simulate-dataset")
+    writer: DatasetWriter | None = None
+    try:
+        for i, snr in enumerate(snrs):
+            # one block per SNR, each with its own seed (seed + i), so blocks are independent;
+            # each is simulated and written in blocks of 256 cubes (memory bounded by a block)
+            kw = {**kwargs, "snr": snr, "seed": args.seed + i}
+            n_block = 0
+            for block in iter_simulated_blocks(n_per_class=args.per_class, cube=args.cube,
+                                               normalize=not args.no_normalize, **kw):
+                if writer is None:
+                    class_names = list(block.class_names)
+                    counts = np.zeros(len(class_names), dtype=np.int64)
+                    writer = DatasetWriter(args.out, class_names=class_names,
+                                           voxel_size=block.voxel_size,
+                                           normalized=not args.no_normalize)
+                writer.append(block.volumes, block.labels)
+                counts += np.bincount(block.labels, minlength=len(class_names))
+                n_block += len(block)
+                bar(writer.n, args.per_class * len(class_names) * len(snrs))
+            params.append(block.params)
+            sizes.append(n_block)
+        assert writer is not None and class_names is not None and counts is not None
+        writer.meta = {"source": "simulate_subtomograms",
+                       "params": params if len(params) > 1 else params[0],
+                       "snr_per_sample": np.repeat(snrs, sizes).tolist()
+                       if len(snrs) > 1 else None}
+        t_sim = time.perf_counter() - t0
+        out = writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    n = int(counts.sum())
+    _log(args, f"wrote {out}: {n} subtomograms of {args.cube}^3, {len(class_names)} classes"
                + (f", SNR {', '.join(map(str, snrs))}" if len(snrs) > 1 else ""))
-    return {"dataset": str(out), "n": int(len(ds)), "cube": int(args.cube), "snr": snrs,
-            "class_names": class_names, "per_class": counts,
+    return {"dataset": str(out), "n": n, "cube": int(args.cube), "snr": snrs,
+            "class_names": class_names, "per_class": counts.tolist(),
             "seconds": {"simulate": round(t_sim, 3)}}
 
 
@@ -378,34 +396,56 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
 @_command("classify")
 def cmd_classify(args: argparse.Namespace) -> dict:
     from napari_cryoguard.classify import (
+        PredictionWriter,
         align_labels,
         domain_warnings,
-        iter_classify,
+        iter_classify_batches,
         load_model,
-        write_predictions,
     )
-    from napari_cryoguard.data import load_dataset
+    from napari_cryoguard.data import iter_rows, load_dataset
 
     _want_dataset(args.dataset, "classify")
-    ds = load_dataset(args.dataset)
+    ds = load_dataset(args.dataset, mmap=True)
+    if len(ds) == 0:
+        raise CryoGuardError(f"{args.dataset} holds no subtomograms to classify")
     loaded = load_model(args.model, device="cpu")
     warnings_ = domain_warnings(loaded, voxel_size=ds.voxel_size, cube=ds.volumes.shape[1],
                                 normalized=ds.normalized)
+    labels = align_labels(ds.labels, ds.class_names, loaded.class_names)
+    class_names = loaded.class_names
+    counts = np.zeros(len(class_names), dtype=np.int64)
+    correct = known = 0
+    notes: list[str] = []
     t0 = time.perf_counter()
     bar = _Progress("classify")
-    preds = drain(iter_classify(loaded, ds.volumes, normalized=ds.normalized, device=args.device,
-                                batch_size=args.batch_size, amp=args.amp,
-                                voxel_size=ds.voxel_size, resample=not args.no_resample), bar)
-    _log_domain(args, preds.notes, warnings_)
+    # streamed: one batch of cubes (memory-mapped input) and of probabilities at a time
+    with PredictionWriter(args.out, class_names, with_labels=labels is not None,
+                          with_coords=ds.coords is not None) as writer:
+        for step in iter_classify_batches(
+                loaded, iter_rows(ds.volumes, args.batch_size), len(ds),
+                normalized=ds.normalized, device=args.device, batch_size=args.batch_size,
+                amp=args.amp, voxel_size=ds.voxel_size, resample=not args.no_resample,
+                notes=notes):
+            rows = slice(step.start, step.done)
+            lab = None if labels is None else labels[rows]
+            writer.write(step.probabilities, lab,
+                         None if ds.coords is None else ds.coords[rows], start=step.start)
+            pred = step.probabilities.argmax(axis=1)
+            counts += np.bincount(pred, minlength=len(class_names))[:len(class_names)]
+            if lab is not None:
+                k = lab >= 0
+                known += int(k.sum())
+                correct += int((pred[k] == lab[k]).sum())
+            bar(step.done, step.total)
+    out = writer.path
+    _log_domain(args, notes, warnings_)
     t_cls = time.perf_counter() - t0
-    labels = align_labels(ds.labels, ds.class_names, preds.class_names)
-    out = write_predictions(args.out, preds, labels=labels, coords=ds.coords)
-    counts = np.bincount(preds.predicted, minlength=len(preds.class_names)).tolist()
     result = {"predictions": str(out), "dataset": str(args.dataset), "model": str(args.model),
-              "n": int(len(ds)), "class_names": preds.class_names, "predicted_counts": counts,
-              "notes": preds.notes, "warnings": warnings_, "resampled": bool(preds.notes),
+              "n": int(len(ds)), "class_names": class_names,
+              "predicted_counts": counts.tolist(),
+              "notes": notes, "warnings": warnings_, "resampled": bool(notes),
               "seconds": {"classify": round(t_cls, 3)}}
-    acc = preds.accuracy(labels)
+    acc = correct / known if known else None
     if acc is not None:
         result["accuracy"] = round(acc, 4)
     _log(args, f"classified {len(ds)} subtomograms with {args.model} in {t_cls:.2f} s"
@@ -430,12 +470,20 @@ def _parse_value(text: str):
 @_command("attack")
 def cmd_attack(args: argparse.Namespace) -> dict:
     from napari_cryoguard.attacks import get_attack_params, iter_attack_dataset
-    from napari_cryoguard.classify import align_labels, load_model, prepare_volumes
+    from napari_cryoguard.attacks.dataset import AttackResultWriter
+    from napari_cryoguard.classify import (
+        PreparedVolumes,
+        align_labels,
+        domain_warnings,
+        load_model,
+    )
     from napari_cryoguard.data import load_dataset
     from napari_cryoguard.device import predict
 
     _want_dataset(args.dataset, "attack")
-    ds = load_dataset(args.dataset)
+    if Path(args.out).suffix.lower() != ".npz":
+        raise CryoGuardError(f"attack results are written as .npz, got {Path(args.out).name}")
+    ds = load_dataset(args.dataset, mmap=True)
     loaded = load_model(args.model, device="cpu")
     fields = {f.name for f in dataclasses.fields(get_attack_params(args.attack))}
     params = {}
@@ -451,13 +499,13 @@ def cmd_attack(args: argparse.Namespace) -> dict:
         if not sep:
             raise CryoGuardError(f"--set takes KEY=VALUE, got {item!r}")
         params[key.strip()] = _parse_value(value)
-    from napari_cryoguard.classify import domain_warnings
 
     warnings_ = domain_warnings(loaded, voxel_size=ds.voxel_size, cube=ds.volumes.shape[1],
                                 normalized=ds.normalized)
-    notes: list[str] = []
-    volumes = prepare_volumes(loaded, ds.volumes, ds.normalized, voxel_size=ds.voxel_size,
-                              resample=not args.no_resample, notes=notes)
+    # prepared (resampled, normalised) batch by batch as the attack reads them
+    volumes = PreparedVolumes(loaded, ds.volumes, ds.normalized, voxel_size=ds.voxel_size,
+                              resample=not args.no_resample)
+    notes = volumes.notes
     _log_domain(args, notes, warnings_)
     labels = align_labels(ds.labels, ds.class_names, loaded.class_names)
     indices = np.arange(len(ds)) if not args.indices else np.asarray(args.indices, dtype=np.int64)
@@ -466,18 +514,31 @@ def cmd_attack(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if labels is None or (labels[indices] < 0).any():
         # unlabelled samples are attacked against the model's own prediction
-        pred = predict(loaded.model, volumes[indices], device=args.device).argmax(1)
+        pred = np.concatenate([
+            predict(loaded.model, volumes[indices[lo:lo + args.batch_size]],
+                    device=args.device).argmax(1)
+            for lo in range(0, len(indices), args.batch_size)]) if len(indices) else indices
         full = np.full(len(ds), -1, dtype=np.int64) if labels is None else labels.copy()
         sel = full[indices]
         full[indices] = np.where(sel >= 0, sel, pred)
         labels = full
     bar = _Progress(f"attack {args.attack}")
-    res = drain(iter_attack_dataset(loaded.model, volumes, labels, args.attack,
-                                    batch_size=args.batch_size, device=args.device,
-                                    indices=indices, **params), bar)
+    writer = AttackResultWriter(args.out)
+    try:
+        res = drain(iter_attack_dataset(loaded.model, volumes, labels, args.attack,
+                                        batch_size=args.batch_size, device=args.device,
+                                        indices=indices, on_batch=writer.add,
+                                        keep_inputs=False, **params), bar)
+        summary = res.summary()
+        meta = {"attack": res.name, "params": res.params, "norm_name": res.norm_name,
+                "steps": res.steps, "targeted": res.targeted, "model": str(args.model),
+                "class_names": loaded.class_names, "dataset": str(args.dataset),
+                "summary": summary}
+        out = writer.close(meta)
+    except BaseException:
+        writer.abort()
+        raise
     t_att = time.perf_counter() - t0
-    out = _save_attack_result(args.out, res, loaded, args)
-    summary = res.summary()
     _log(args, f"{args.attack} on {summary['n']} subtomograms: success rate "
                f"{summary['success_rate']:.3f}, accuracy {summary['accuracy_before']:.3f} -> "
                f"{summary['accuracy_after']:.3f}, mean {summary['norm']} norm "
@@ -486,26 +547,6 @@ def cmd_attack(args: argparse.Namespace) -> dict:
             **{k: v for k, v in summary.items() if k != "n"}, "n": summary["n"],
             "params": res.params, "notes": notes, "warnings": warnings_,
             "resampled": bool(notes), "seconds": {"attack": round(t_att, 3)}}
-
-
-def _save_attack_result(path, res, loaded, args) -> Path:
-    """Write an attack result as ``.npz`` (arrays + a JSON ``metadata`` string), atomically."""
-    from napari_cryoguard._atomic import atomic_output
-
-    path = Path(path)
-    if path.suffix.lower() != ".npz":
-        raise CryoGuardError(f"attack results are written as .npz, got {path.name}")
-    arrays = {k: v for k, v in res.numpy().items() if isinstance(v, np.ndarray)}
-    if res.indices is not None:
-        arrays["indices"] = np.asarray(res.indices)
-    meta = {"attack": res.name, "params": res.params, "norm_name": res.norm_name,
-            "steps": res.steps, "targeted": res.targeted, "model": str(args.model),
-            "class_names": loaded.class_names, "dataset": str(args.dataset),
-            "summary": res.summary()}
-    arrays["metadata"] = np.array(json.dumps(meta, default=str))
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    return path
 
 
 @_command("models")

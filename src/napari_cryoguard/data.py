@@ -31,8 +31,12 @@ that labels index into ``class_names``; any problem raises
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import secrets
+import shutil
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,16 @@ import numpy as np
 from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.errors import CryoGuardError
 
-__all__ = ["FORMAT_VERSION", "SubtomogramDataset", "load_dataset", "save_dataset"]
+__all__ = [
+    "FORMAT_VERSION",
+    "DatasetWriter",
+    "NpzWriter",
+    "SubtomogramDataset",
+    "iter_rows",
+    "load_dataset",
+    "release_pages",
+    "save_dataset",
+]
 
 #: Version of the ``.npz`` dataset format written by :func:`save_dataset`.
 FORMAT_VERSION = 1
@@ -264,6 +277,246 @@ def save_dataset(
     return path
 
 
+class NpzWriter:
+    """Write an uncompressed ``.npz`` whose large members arrive in row blocks.
+
+    Rows given to :meth:`append` go to a spool file beside the output (named like the
+    temporary files of :func:`~napari_cryoguard._atomic.atomic_output`, so a killed
+    writer's spool is removed as an orphan by the next write to the same target); on
+    :meth:`close` the archive is assembled member by member (each ``.npy`` header with
+    the final row count, then the rows copied in 1 MiB pieces) and renamed into place
+    atomically. Memory is bounded by one block, never by the number of rows. The file is
+    what ``numpy.savez`` would write for the concatenated arrays (``numpy.load`` and
+    :func:`load_dataset` read it).
+
+    String members (``U`` dtype, e.g. tomogram names) are small and kept in memory.
+    Used as a context manager, an exception discards everything and leaves any earlier
+    file at ``path`` as it was.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._whole: dict[str, np.ndarray] = {}
+        self._spools: dict[str, tuple[Any, np.dtype, tuple[int, ...], list[int]]] = {}
+        self._strings: dict[str, list[np.ndarray]] = {}
+        self._order: list[str] = []
+        self.closed = False
+
+    def set(self, name: str, array: Any) -> None:
+        """Store a whole (small) member, e.g. metadata or a version number."""
+        if name not in self._order:
+            self._order.append(name)
+        self._whole[name] = np.asarray(array)
+
+    def append(self, name: str, rows: Any) -> None:
+        """Append rows (first axis) to member ``name``; dtype and row shape are fixed by
+        the first block (later blocks are cast to that dtype)."""
+        rows = np.asarray(rows)
+        if rows.ndim == 0:
+            raise CryoGuardError(f"{self.path.name}: member {name!r} needs rows, got a scalar")
+        if rows.dtype.hasobject:
+            raise CryoGuardError(f"{self.path.name}: member {name!r} holds Python objects")
+        if name not in self._order:
+            self._order.append(name)
+        if rows.dtype.kind == "U" or name in self._strings:
+            self._strings.setdefault(name, []).append(rows.astype(str))
+            return
+        spool = self._spools.get(name)
+        if spool is None:
+            tmp = self.path.with_name(
+                f".{self.path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+            fh = open(tmp, "w+b")  # noqa: SIM115 - closed in close()/abort()
+            spool = (fh, rows.dtype, rows.shape[1:], [0])
+            self._spools[name] = spool
+        fh, dtype, trail, count = spool
+        if rows.shape[1:] != trail:
+            raise CryoGuardError(
+                f"{self.path.name}: member {name!r} has rows of shape {trail}, got a block of "
+                f"{rows.shape[1:]}")
+        fh.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
+        count[0] += len(rows)
+
+    def rows(self, name: str) -> int:
+        """Rows appended to ``name`` so far."""
+        if name in self._spools:
+            return self._spools[name][3][0]
+        return sum(len(b) for b in self._strings.get(name, []))
+
+    def close(self) -> Path:
+        """Assemble the archive and rename it into place; returns the path."""
+        if self.closed:
+            return self.path
+        try:
+            with atomic_output(self.path) as tmp, zipfile.ZipFile(
+                tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+            ) as zf:
+                for name in self._order:
+                    with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+                        if name in self._whole:
+                            np.lib.format.write_array(out, self._whole[name], allow_pickle=False)
+                        elif name in self._strings:
+                            arr = np.concatenate(self._strings[name])
+                            np.lib.format.write_array(out, arr, allow_pickle=False)
+                        else:
+                            fh, dtype, trail, count = self._spools[name]
+                            header = {"descr": np.lib.format.dtype_to_descr(dtype),
+                                      "fortran_order": False, "shape": (count[0], *trail)}
+                            try:
+                                np.lib.format.write_array_header_1_0(out, header)
+                            except ValueError:  # pragma: no cover - very long headers only
+                                np.lib.format.write_array_header_2_0(out, header)
+                            fh.flush()
+                            fh.seek(0)
+                            shutil.copyfileobj(fh, out, 2**20)
+        finally:
+            self._discard()
+        self.closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written so far (the target is left untouched)."""
+        self._discard()
+        self.closed = True
+
+    def _discard(self) -> None:
+        for fh, *_ in self._spools.values():
+            name = fh.name
+            fh.close()
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+        self._spools.clear()
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class DatasetWriter:
+    """Write a version-1 dataset file block by block (:func:`save_dataset` streamed).
+
+    Parameters
+    ----------
+    path
+        Output ``.npz``; written atomically when the writer closes.
+    class_names, voxel_size, normalized, meta
+        As in :class:`SubtomogramDataset`; ``meta`` may still be changed (the ``meta``
+        attribute) until the writer closes.
+
+    Blocks are checked like a :class:`SubtomogramDataset` (cubes, label range, shapes);
+    either every block has labels (coords, tomogram names) or none has. The result is
+    the same file as ``save_dataset`` of the concatenated blocks.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, class_names: list[str] | None = None,
+                 voxel_size: float = 1.0, normalized: bool = True,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.voxel_size = float(voxel_size)
+        self.normalized = bool(normalized)
+        self.meta = {} if meta is None else dict(meta)
+        self._npz = NpzWriter(path)
+        self._npz.set("format_version", np.asarray(FORMAT_VERSION, dtype=np.int64))
+        self._npz.set("metadata", np.asarray(""))  # filled in on close; keeps member order
+        self._fields: tuple[bool, bool, bool] | None = None
+        self.n = 0
+
+    @property
+    def path(self) -> Path:
+        return self._npz.path
+
+    def append(self, volumes: Any, labels: Any = None, coords: Any = None,
+               tomo_names: Any = None) -> None:
+        """Append a block of cubes with their (optional) labels, coords and names."""
+        block = SubtomogramDataset(volumes=volumes, labels=labels, class_names=self.class_names,
+                                   coords=coords, tomo_names=tomo_names,
+                                   voxel_size=self.voxel_size, normalized=self.normalized)
+        have = (block.labels is not None, block.coords is not None, block.tomo_names is not None)
+        if self._fields is None:
+            self._fields = have
+        elif have != self._fields:
+            raise CryoGuardError(
+                f"{self.path.name}: every block needs the same fields (labels, coords, "
+                "tomo_names) as the first")
+        self._npz.append("volumes", block.volumes)
+        if block.labels is not None:
+            self._npz.append("labels", block.labels)
+        if block.coords is not None:
+            self._npz.append("coords", block.coords)
+        if block.tomo_names is not None:
+            self._npz.append("tomo_names", block.tomo_names)
+        self.n += len(block)
+
+    def close(self) -> Path:
+        """Write the metadata, assemble the archive, rename it into place."""
+        try:
+            metadata = json.dumps({"class_names": self.class_names, "voxel_size": self.voxel_size,
+                                   "normalized": self.normalized, "meta": self.meta},
+                                  allow_nan=False)
+        except (TypeError, ValueError) as err:
+            self._npz.abort()
+            raise CryoGuardError(f"dataset meta must be JSON-serialisable: {err}") from None
+        if self.n == 0:
+            self._npz.abort()
+            raise CryoGuardError(f"{self.path.name}: no subtomograms were written")
+        self._npz.set("metadata", np.asarray(metadata))
+        return self._npz.close()
+
+    def abort(self) -> None:
+        self._npz.abort()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def release_pages(array: Any) -> None:
+    """Drop the resident pages of a read-only memory map behind ``array`` (no-op for
+    anything else), so streaming through a mapped file keeps the process's memory at
+    one block: the pages stay in the page cache and are read again if touched."""
+    base = array
+    while base is not None:
+        if isinstance(base, np.memmap) and base.mode == "r":
+            mm = base.base
+            if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
+                try:
+                    mm.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError, AttributeError):
+                    pass
+            return
+        base = getattr(base, "base", None)
+
+
+def iter_rows(array: Any, size: int, indices: Any = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, rows)`` blocks of at most ``size`` rows of ``array`` as float32.
+
+    ``indices`` selects (and orders) the rows; ``start`` counts blocks in that order.
+    Pages of a memory-mapped ``array`` are released after each block
+    (:func:`release_pages`).
+    """
+    n = len(array) if indices is None else len(indices)
+    size = max(1, int(size))
+    for lo in range(0, n, size):
+        if indices is None:
+            rows = np.array(array[lo:lo + size], dtype=np.float32)
+        else:
+            rows = np.array(array[np.asarray(indices[lo:lo + size])], dtype=np.float32)
+        release_pages(array)
+        yield lo, rows
+
+
 DATASET_KIND = "a dataset (.npz)"
 
 
@@ -322,9 +575,10 @@ def require_finite(volumes: np.ndarray, what: str) -> None:
         return
     flat = vol.reshape(len(vol), -1) if vol.ndim > 1 else vol.reshape(-1, 1)
     bad_per = np.zeros(len(flat), dtype=np.int64)
-    step = max(1, 2**24 // max(flat.shape[1], 1))
+    step = max(1, 2**20 // max(flat.shape[1], 1))  # 4 MiB of float32 per block
     for i in range(0, len(flat), step):
         bad_per[i:i + step] = (~np.isfinite(flat[i:i + step])).sum(axis=1)
+        release_pages(vol)
     if not bad_per.any():
         return
     idx = np.flatnonzero(bad_per)
@@ -394,10 +648,37 @@ def _check_members(path: Path) -> None:
         raise CryoGuardError(f"{path} is not a readable .npz dataset: {err}") from None
 
 
-def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
+def _map_member(path: Path, name: str) -> np.ndarray:
+    """A read-only memory map of the ``.npy`` member ``name`` of an uncompressed zip."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise CryoGuardError(f"{path}: member {name!r} has a damaged zip header")
+        n_name = int.from_bytes(local[26:28], "little")
+        n_extra = int.from_bytes(local[28:30], "little")
+        fh.seek(info.header_offset + 30 + n_name + n_extra)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=10000)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=10000)
+        offset = fh.tell()
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
+                     order="F" if fortran else "C")
+
+
+def load_dataset(path: str | os.PathLike, *, mmap: bool = False) -> SubtomogramDataset:
     """Read a dataset written by :func:`save_dataset`, validating it strictly.
 
-    Never unpickles (``allow_pickle=False``).
+    Never unpickles (``allow_pickle=False``). With ``mmap=True`` the volumes are a
+    read-only memory map of the file (the format is uncompressed, so the cubes are read
+    from disk only when used; the NaN check walks them in blocks and releases the pages
+    again, see :func:`release_pages`): memory then stays bounded by what is in use.
 
     Raises
     ------
@@ -453,7 +734,7 @@ def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
                 raise CryoGuardError(f"{path}: metadata is not valid JSON: {err}") from None
             if not isinstance(metadata, dict):
                 raise CryoGuardError(f"{path}: metadata must be a JSON object")
-            volumes = npz["volumes"]
+            volumes = _map_member(path, "volumes.npy") if mmap else npz["volumes"]
             if volumes.dtype != np.float32:
                 raise CryoGuardError(f"{path}: volumes must be float32, got {volumes.dtype}")
             labels = npz["labels"] if "labels" in keys else None
@@ -470,6 +751,7 @@ def load_dataset(path: str | os.PathLike) -> SubtomogramDataset:
         except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
             raise CryoGuardError(f"{path}: corrupt dataset member: {err}") from None
     require_finite(volumes, f"{path.name}: the subtomograms")
+    release_pages(volumes)
     class_names = metadata.get("class_names")
     if class_names is not None and (
         not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +46,7 @@ from napari_cryoguard.simulate.physics import (
 )
 from napari_cryoguard.simulate.templates import DEFAULT_CLASSES, load_template, template_radius
 
-__all__ = ["EMPTY_CLASS", "SimulatedDataset", "simulate_subtomograms"]
+__all__ = ["EMPTY_CLASS", "SimulatedDataset", "iter_simulated_blocks", "simulate_subtomograms"]
 
 #: Name of the no-macromolecule class (``include_empty=True``).
 EMPTY_CLASS = "empty"
@@ -119,8 +119,9 @@ def simulate_subtomograms(
     Per sample (``dsrf3d-rb3d-cb3d-subtomogram-classifiers.txt`` section 2.2): a
     uniformly random rotation, a random translation of up to ``shift`` voxels per axis,
     CTF (Eq. 2), missing wedge, then wedge-limited Gaussian noise scaled so that
-    var(signal) / var(noise) over the cube equals ``snr``. The whole stack is filtered
-    with one ``rfftn`` over the last three axes.
+    var(signal) / var(noise) over the cube equals ``snr``. The stack is filtered
+    with ``rfftn`` over the last three axes (see :func:`iter_simulated_blocks` for the
+    same data in blocks of bounded memory).
 
     Parameters
     ----------
@@ -159,6 +160,45 @@ def simulate_subtomograms(
     ------
     CryoGuardError
         Unknown class, SNR <= 0, tilt range outside (0, 90], bad counts or sizes.
+    """
+    blocks = list(iter_simulated_blocks(
+        n_per_class, classes, cube, voxel_size, snr, tilt_range, defocus_um, cs_mm,
+        voltage_kv, shift, seed, normalize, include_empty, progress,
+        amplitude_contrast=amplitude_contrast, bfactor=bfactor, tilt_axis=tilt_axis,
+        block_size=None))
+    return blocks[0]
+
+
+def iter_simulated_blocks(
+    n_per_class: int = 100,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    cube: int = 28,
+    voxel_size: float = 10.0,
+    snr: float | None = 0.1,
+    tilt_range: float = 60.0,
+    defocus_um: float = -5.0,
+    cs_mm: float = 2.0,
+    voltage_kv: float = 300.0,
+    shift: float = 2.0,
+    seed: int | None = 0,
+    normalize: bool = True,
+    include_empty: bool = False,
+    progress=None,
+    *,
+    amplitude_contrast: float = 0.07,
+    bfactor: float = 0.0,
+    tilt_axis: str = "y",
+    block_size: int | None = 256,
+) -> Iterator[SimulatedDataset]:
+    """:func:`simulate_subtomograms` in blocks of ``block_size`` samples, so memory is
+    bounded by the block (a padded float32 box per sample), not the data set.
+
+    The blocks, concatenated in order, are exactly the arrays of
+    :func:`simulate_subtomograms` with the same arguments (the random streams are
+    consumed in the same order; every step after placing is per sample). Each block is a
+    :class:`SimulatedDataset` with the full ``params`` and ``class_names``.
+    ``block_size=None`` makes one block. With ``include_empty`` the empty samples' noise
+    level is the mean over *all* particle samples, so the whole set is one block then.
     """
     n_per_class = check_positive_int("n_per_class", n_per_class, 1)
     cube = check_positive_int("cube", cube, 4)
@@ -209,55 +249,64 @@ def simulate_subtomograms(
     labels = rng.permutation(np.repeat(np.arange(n_classes, dtype=np.int64), n_per_class))
     n = len(labels)
     empty = labels == len(classes)
-    prog = Progress(progress, n + 2)
 
-    rotations = np.tile(np.eye(3), (n, 1, 1))
-    shifts = np.zeros((n, 3))
-    signal = np.zeros((n, *shape), dtype=np.float32)
-    centre = pad + cube // 2
-    for i, lab in enumerate(labels):
-        if not empty[i]:
-            rotations[i] = random_rotation(rng)
-            shifts[i] = rng.uniform(-shift, shift, size=3)
-            splat(signal[i], templates[lab], rotations[i], centre + shifts[i])
-        prog.step("placing particles")
-
-    signal = apply_fourier_filter(signal, filt)
-    prog.step("CTF and missing wedge")
-
-    crop = (slice(pad, pad + cube),) * 3
-    if snr is not None:
-        var_s = signal[(slice(None), *crop)].reshape(n, -1).var(axis=1, dtype=np.float64)
-        if empty.any():
-            var_s[empty] = var_s[~empty].mean() if (~empty).any() else 1.0
-        signal = add_noise(
-            signal,
-            snr,
-            noise_rng,
-            fourier_filter=wedge,
-            region=crop,
-            batch=True,
-            signal_variance=var_s,
-        )
-    prog.step("noise")
-
-    volumes = np.ascontiguousarray(signal[(slice(None), *crop)])
-    del signal
-    if normalize:
-        flat = volumes.reshape(n, -1)
-        mean = flat.mean(axis=1, dtype=np.float64)
-        std = flat.std(axis=1, dtype=np.float64)
-        std[std == 0] = 1.0
-        volumes -= mean.astype(np.float32)[:, None, None, None]
-        volumes /= std.astype(np.float32)[:, None, None, None]
-
+    if block_size is None or include_empty:
+        block = max(n, 1)
+    else:
+        block = check_positive_int("block_size", block_size, 1)
+    n_blocks = max(1, -(-n // block))
+    prog = Progress(progress, n + 2 * n_blocks)
     names = class_display_names(classes) + ([EMPTY_CLASS] if include_empty else [])
-    return SimulatedDataset(
-        volumes=volumes,
-        labels=labels,
-        class_names=names,
-        voxel_size=voxel_size,
-        params=params,
-        rotations=rotations,
-        shifts=shifts,
-    )
+    centre = pad + cube // 2
+    crop = (slice(pad, pad + cube),) * 3
+    for lo in range(0, max(n, 1), block):
+        hi = min(lo + block, n)
+        m = hi - lo
+        lab_b, empty_b = labels[lo:hi], empty[lo:hi]
+        rotations = np.tile(np.eye(3), (m, 1, 1))
+        shifts = np.zeros((m, 3))
+        signal = np.zeros((m, *shape), dtype=np.float32)
+        for i, lab in enumerate(lab_b):
+            if not empty_b[i]:
+                rotations[i] = random_rotation(rng)
+                shifts[i] = rng.uniform(-shift, shift, size=3)
+                splat(signal[i], templates[lab], rotations[i], centre + shifts[i])
+            prog.step("placing particles")
+
+        signal = apply_fourier_filter(signal, filt)
+        prog.step("CTF and missing wedge")
+
+        if snr is not None and m:
+            var_s = signal[(slice(None), *crop)].reshape(m, -1).var(axis=1, dtype=np.float64)
+            if empty_b.any():
+                var_s[empty_b] = var_s[~empty_b].mean() if (~empty_b).any() else 1.0
+            signal = add_noise(
+                signal,
+                snr,
+                noise_rng,
+                fourier_filter=wedge,
+                region=crop,
+                batch=True,
+                signal_variance=var_s,
+            )
+        prog.step("noise")
+
+        volumes = np.ascontiguousarray(signal[(slice(None), *crop)])
+        del signal
+        if normalize and m:
+            flat = volumes.reshape(m, -1)
+            mean = flat.mean(axis=1, dtype=np.float64)
+            std = flat.std(axis=1, dtype=np.float64)
+            std[std == 0] = 1.0
+            volumes -= mean.astype(np.float32)[:, None, None, None]
+            volumes /= std.astype(np.float32)[:, None, None, None]
+
+        yield SimulatedDataset(
+            volumes=volumes,
+            labels=lab_b,
+            class_names=list(names),
+            voxel_size=voxel_size,
+            params=params,
+            rotations=rotations,
+            shifts=shifts,
+        )
