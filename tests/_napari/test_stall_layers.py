@@ -1,0 +1,157 @@
+"""What keeps the event loop responsive, checked by behaviour (never by timing).
+
+- A second "Attack particle" updates the inspection layers in place: the same layer
+  objects, renamed and moved, no layer added or removed (adding a napari layer is the
+  costly part on the Qt thread).
+- A new layer is added in steps: appended hidden and not active, then shown, then made
+  active (napari's behaviour for a new layer is kept).
+- :func:`quiet_gc` leaves the collector as it was and keeps nothing from being collected.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryoguard._napari._common import iter_add_layer, quiet_gc, set_picks_layer
+from napari_cryoguard.models import build_model, save_checkpoint, tiny_params
+
+pytestmark = pytest.mark.gui
+
+ROLES = ("particle", "adversarial", "perturbation", "reconstruction",
+         "adversarial reconstruction", "frames")
+
+
+@pytest.fixture(scope="module")
+def ae_ckpt(tmp_path_factory):
+    torch.manual_seed(1)
+    model = build_model("autoencoder", 5, cube=24, **tiny_params("autoencoder"))
+    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
+    save_checkpoint(path, model, {"class_names": ["1bxn", "3j9i", "6pxm", "1u6g", "1qvr"]})
+    return path
+
+
+@pytest.fixture
+def attack(docked, small_sim, ae_ckpt):
+    viewer = docked.viewer
+    image = viewer.add_image(small_sim.volume, name="tomo", scale=(small_sim.voxel_size,) * 3)
+    set_picks_layer(viewer, small_sim.to_picks(), image)
+    widget = docked.dock("Attack")
+    widget.image.value = image
+    widget.picker.set_checkpoint(ae_ckpt)
+    widget.device.value = "cpu"
+    return docked, widget
+
+
+def _inspection(viewer, i: int) -> dict:
+    names = {"particle": f"particle {i}", "adversarial": f"adversarial {i}",
+             "perturbation": f"perturbation {i} x50", "reconstruction": f"reconstruction {i}",
+             "adversarial reconstruction": f"adversarial reconstruction {i}",
+             "frames": f"particle {i} frames"}
+    return {role: viewer.layers[name] for role, name in names.items()}
+
+
+def test_second_attack_updates_the_layers_in_place(attack, small_sim):
+    docked, widget = attack
+    viewer = docked.viewer
+    widget.index.value = 2
+    docked.click(widget, "Attack particle")
+    docked.wait_idle(widget)
+    first = _inspection(viewer, 2)
+    frames_data = [np.array(d) for d in first["frames"].data]
+    frames_at = np.array(first["frames"].translate)
+    added, removed = [], []
+    viewer.layers.events.inserted.connect(lambda e: added.append(e.value.name))
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
+
+    widget.index.value = 3
+    docked.click(widget, "Attack particle")
+    docked.wait_idle(widget)
+    assert added == [] and removed == [], (added, removed)
+    second = _inspection(viewer, 3)
+    for role in ROLES:
+        assert second[role] is first[role], role  # the same object, renamed
+        assert second[role].visible
+    assert "particle 2" not in viewer.layers
+    # the new particle's cube, moved next to pick 3 (same grid, shifted by the picks' offset)
+    vs = small_sim.voxel_size
+    picks = viewer.layers["picks"].data
+    shift = (picks[3] - picks[2]) * vs
+    np.testing.assert_allclose(np.array(second["frames"].translate) - frames_at, shift, atol=1e-6)
+    # the frames were only moved: their rectangles (relative to the particle) are the same
+    assert len(second["frames"].data) == len(frames_data) == 5
+    for before, after in zip(frames_data, second["frames"].data, strict=True):
+        np.testing.assert_allclose(after, before)
+    z_mid = second["particle"].translate[0] + (second["particle"].data.shape[0] - 1) / 2 * vs
+    assert z_mid == pytest.approx(picks[3][0] * vs, abs=vs)
+    assert viewer.dims.point[0] == pytest.approx(picks[3][0] * vs, abs=vs)
+
+
+def test_a_new_layer_is_added_hidden_then_shown_then_made_active(docked):
+    from napari.layers import Image
+
+    viewer = docked.viewer
+    first = viewer.add_image(np.zeros((8, 16, 16), np.float32), name="first")
+    assert viewer.layers.selection.active is first
+    layer = Image(np.ones((8, 16, 16), np.float32), name="new", contrast_limits=(0, 2))
+    steps = iter_add_layer(viewer, layer)
+    assert next(steps) == "added"
+    assert "new" in viewer.layers and not layer.visible
+    assert viewer.layers.selection.active is first  # not yet: that restyles the viewer
+    assert next(steps) == "shown" and layer.visible
+    assert next(steps) == "active" and viewer.layers.selection.active is layer
+    with pytest.raises(StopIteration):
+        next(steps)
+    # a layer made hidden stays hidden; activate=False leaves the active layer alone
+    hidden = Image(np.ones((8, 16, 16), np.float32), name="hidden", visible=False)
+    assert list(iter_add_layer(viewer, hidden, activate=False)) == ["added"]
+    assert not hidden.visible and viewer.layers.selection.active is layer
+
+
+def test_pick_adds_a_visible_active_picks_layer(docked):
+    tomo = docked.sample()
+    widget = docked.dock("Pick particles")
+    widget.image.value = tomo
+    docked.click(widget, "Pick")
+    docked.wait_idle(widget)
+    picks = docked.viewer.layers["picks"]
+    assert picks.visible and docked.viewer.layers.selection.active is picks
+    assert len(picks.data) > 0 and "picks in simulated tomogram" in widget.status.value
+    assert widget.progress.value == 100
+    # a second Pick updates the same layer
+    docked.click(widget, "Pick")
+    docked.wait_idle(widget)
+    assert docked.viewer.layers["picks"] is picks
+
+
+def test_quiet_gc_restores_the_collector_and_frees_what_it_made():
+    class Node:
+        pass
+
+    was = gc.isenabled()
+    with quiet_gc():
+        assert not gc.isenabled()
+        with quiet_gc():  # nested (two workers at once): still paused
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a reference cycle: only the collector frees it
+        ref = weakref.ref(a)
+        del a, b
+    assert gc.isenabled() == was
+    assert gc.get_freeze_count() == 0  # nothing left frozen
+    assert ref() is not None  # not collected inside the block...
+    gc.collect()
+    assert ref() is None  # ...but by the next full collection
+    gc.disable()
+    try:
+        with quiet_gc():
+            pass
+        assert not gc.isenabled()  # a collector the user disabled stays disabled
+    finally:
+        if was:
+            gc.enable()
