@@ -497,3 +497,24 @@ def test_block_mixing_values_and_loop_is_refused(tmp_path):
     )
     with pytest.raises(CryoGuardError, match="one block must be one table"):
         read_picks(p)
+
+
+def test_tomograms_may_be_tomogram_files_or_open_tomograms(tmp_path):
+    from napari_cryoguard.io import read_tomogram, write_tomogram
+
+    path = tmp_path / "TS_1.mrc"
+    write_tomogram(path, np.zeros((78, 474, 348), np.float32), voxel_size=10.0)
+    by_path = read_picks(WARP_TM, tomograms=path)
+    np.testing.assert_allclose(by_path.coords[0], [15.0, 447.0, 58.0], atol=1e-4)
+    with read_tomogram(path) as tomo:
+        by_object = read_picks(WARP_TM, tomograms=tomo)
+        np.testing.assert_array_equal(by_object.coords, by_path.coords)
+        assert load_tomograms([tomo])["TS_1"].voxel_size == 10.0
+        np.testing.assert_allclose(load_tomograms(tomo)["TS_1"].centre_xyz, [174.0, 237.0, 39.0])
+    # a RELION 5 file placed on an open tomogram: centre = shape / 2
+    star = tmp_path / "r5.star"
+    star.write_text(
+        "data_particles\n\nloop_\n_rlnTomoName #1\n_rlnCenteredCoordinateXAngst #2\n"
+        "_rlnCenteredCoordinateYAngst #3\n_rlnCenteredCoordinateZAngst #4\nTS_1 100.0 -50.0 0.0\n"
+    )
+    np.testing.assert_allclose(read_picks(star, tomograms=path).coords[0], [39.0, 232.0, 184.0])

@@ -349,16 +349,37 @@ def load_tomograms(tomograms: Any, *, source: str = "tomograms=") -> dict[str, T
 
     Parameters
     ----------
-    tomograms : str, PathLike or mapping
+    tomograms : str, PathLike, mapping, Tomogram or list of Tomogram
         A RELION 5 ``tomograms.star`` (``rlnTomoName``, ``rlnTomoSizeX/Y/Z`` in unbinned
         pixels, ``rlnTomoTiltSeriesPixelSize``, ``rlnTomoTomogramBinning``); an
-        ``optimisation_set.star`` whose ``rlnTomoTomogramsFile`` names one; or a mapping
-        ``name -> (shape_zyx, voxel_size)`` of tomograms in voxels.
+        ``optimisation_set.star`` whose ``rlnTomoTomogramsFile`` names one; a mapping
+        ``name -> (shape_zyx, voxel_size)`` of tomograms in voxels; an open
+        :class:`~napari_cryoguard.io.Tomogram` (or several), or the path of a tomogram
+        file (``.mrc``, ``.zarr``, ...), whose name, shape and voxel size are used (only
+        the header is read).
 
     Returns
     -------
     dict of str -> TomogramGeometry
     """
+    if _is_tomogram(tomograms):
+        tomograms = [tomograms]
+    if isinstance(tomograms, (list, tuple)) and tomograms and all(
+        _is_tomogram(t) for t in tomograms
+    ):
+        return load_tomograms(
+            {str(t.name): (tuple(int(v) for v in t.shape), float(t.voxel_size))
+             for t in tomograms},
+            source=source,
+        )
+    if isinstance(tomograms, (str, os.PathLike)) and _is_tomogram_file(Path(tomograms)):
+        from napari_cryoguard.io.mrc import read_tomogram
+
+        with read_tomogram(tomograms) as tomo:
+            return load_tomograms(
+                {str(tomo.name): (tuple(int(v) for v in tomo.shape), float(tomo.voxel_size))},
+                source=source,
+            )
     if isinstance(tomograms, Mapping):
         out: dict[str, TomogramGeometry] = {}
         for name, value in tomograms.items():
@@ -422,6 +443,17 @@ def load_tomograms(tomograms: Any, *, source: str = "tomograms=") -> dict[str, T
             raise CryoGuardError(f"{path.name}: tomogram {name} has sizes {size.tolist()}")
         out[str(name)] = TomogramGeometry(size / (2.0 * b), px * b, float(px))
     return out
+
+
+def _is_tomogram(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("name", "shape", "voxel_size", "data"))
+
+
+def _is_tomogram_file(path: Path) -> bool:
+    from napari_cryoguard.io.mrc import STACK_SUFFIXES, TOMOGRAM_SUFFIXES
+
+    suffix = path.suffix.lower()
+    return suffix in TOMOGRAM_SUFFIXES and suffix not in STACK_SUFFIXES
 
 
 def tomograms_next_to(path: str | os.PathLike) -> Path | None:
