@@ -86,10 +86,13 @@ def read_picks(
         Angstrom per voxel of the tomogram the coordinates should index into. For formats
         in voxels it overrides what the file says; for formats in Angstrom (RELION 5,
         copick) it is the voxel size the coordinates are converted to.
-    tomograms : str, PathLike or mapping, optional
-        What RELION 5 centred coordinates need: a ``tomograms.star``, an
-        ``optimisation_set.star`` naming one, or a mapping ``name -> (shape_zyx,
-        voxel_size)`` of the tomograms the picks were made in.
+    tomograms : str, PathLike, mapping or Tomogram, optional
+        The sizes that RELION 5 centred coordinates and WarpTools normalised (0..1)
+        coordinates need: a ``tomograms.star``, an ``optimisation_set.star`` naming one,
+        a mapping ``name -> (shape_zyx, voxel_size)``, an open
+        :class:`~napari_cryoguard.io.Tomogram` (or a list of them) or a tomogram file's
+        path. Without it, a RELION 5 file uses the optimisation set or
+        ``tomograms.star`` lying next to it (with a note).
     **options
         Format-specific switches, passed to the reader (e.g. ``apply_origins=False`` for
         RELION, ``units="angstrom"`` for CSV); an option a reader does not know raises.
