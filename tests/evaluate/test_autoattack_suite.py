@@ -58,6 +58,15 @@ def test_autoattack_suite_is_apgd_ce_apgd_t_square_at_the_papers_settings():
     (l2,) = normalize_suite(autoattack_suite([0.5, 1.0], norm="l2"))
     assert [m["name"] for m in l2["members"]] == ["apgd_ce", "apgd_t"]
     assert budget_unit(l2) == "eps (L2, normalised units)"
+    # budgets as fractions of each sample's range: every member gets the unit, the axis says it
+    (rng,) = normalize_suite(autoattack_suite([4 / 255], eps_unit="range"))
+    assert {m["params"]["eps_unit"] for m in rng["members"]} == {"range"}
+    assert budget_unit(rng) == "eps (L-inf, fraction of each sample's intensity range)"
+    assert budget_unit({"name": "pgd", "params": {"eps_unit": "range"}}).endswith("range)")
+    mixed = autoattack_suite([0.1])
+    mixed[0]["members"][0]["params"]["eps_unit"] = "range"
+    with pytest.raises(CryoGuardError, match="mix budget units"):
+        normalize_suite(mixed)
 
 
 @pytest.mark.parametrize(
@@ -220,3 +229,24 @@ def test_suite_option_combines_with_attack_options(capsys):
     assert listed[0]["label"] == "AutoAttack" and len(listed[0]["members"]) == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["m", "--data", "d", "--out", "o", "--suite", "nope"])
+
+
+def test_autoattack_in_range_units(tiny_checkpoint, test_npz, tmp_path):
+    from napari_cryoguard.data import load_dataset
+
+    eps = 0.01
+    m = evaluate(
+        [tiny_checkpoint], test_npz, attacks=autoattack_suite([eps], quick=True, eps_unit="range"),
+        out=tmp_path / "range", device="cpu", margins=False, max_samples=6,
+    )
+    (r,) = m["models"].values()
+    (curve,) = r["attacks"].values()
+    assert curve["budget_unit"] == "eps (L-inf, fraction of each sample's intensity range)"
+    (pt,) = curve["points"]
+    assert pt["robust_accuracy"] <= r["clean"]["accuracy"] + 1e-12
+    ds = load_dataset(test_npz)
+    rows = np.asarray(r["sample_index"])
+    span = ds.volumes[rows].reshape(len(rows), -1)
+    widest = float((span.max(1) - span.min(1)).max())
+    if pt["success_rate"] > 0:  # perturbations within eps times the (largest) range
+        assert pt["mean_linf"] <= eps * widest * (1 + 1e-5)

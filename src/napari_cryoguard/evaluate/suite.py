@@ -196,7 +196,11 @@ def quick_suite() -> list[dict[str, Any]]:
 
 
 def autoattack_suite(
-    budgets: list[float] | None = None, *, quick: bool = False, norm: str = "linf"
+    budgets: list[float] | None = None,
+    *,
+    quick: bool = False,
+    norm: str = "linf",
+    eps_unit: str = "normalized",
 ) -> list[dict[str, Any]]:
     """AutoAttack: the per-sample worst case over APGD-CE, APGD-T and Square.
 
@@ -217,9 +221,15 @@ def autoattack_suite(
         10 APGD iterations, 3 target classes, 100 Square queries (smoke tests).
     norm
         ``"linf"`` or ``"l2"`` (L2 budgets must then be given).
+    eps_unit
+        ``"normalized"`` (default) or ``"range"``: the budgets as fractions of each
+        sample's intensity range (:mod:`napari_cryoguard.attacks.units`), given to every
+        member.
     """
     if norm not in ("linf", "l2"):
         raise CryoGuardError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if eps_unit not in ("normalized", "range"):
+        raise CryoGuardError(f"eps_unit must be 'normalized' or 'range', got {eps_unit!r}")
     if budgets is None:
         if norm == "l2":
             raise CryoGuardError("an L2 autoattack suite needs its budgets (L2 norms)")
@@ -245,6 +255,9 @@ def autoattack_suite(
                 "params": {"n_queries": queries, "p_init": 0.8, "seed": 0},
             }
         )
+    if eps_unit == "range":
+        for m in members:
+            m["params"]["eps_unit"] = "range"
     label = "AutoAttack" + (" (quick)" if quick else "") + (" L2" if norm == "l2" else "")
     return [
         {
@@ -321,6 +334,11 @@ def _normalize_worst_case(spec: dict[str, Any]) -> None:
         raise CryoGuardError(
             f"the members of {label!r} mix norms {sorted(norms)}; a worst case needs one norm"
         )
+    units = {str(m["params"].get("eps_unit", "normalized")) for m in out}
+    if len(units) > 1:
+        raise CryoGuardError(
+            f"the members of {label!r} mix budget units {sorted(units)}; give them one eps_unit"
+        )
     spec["members"] = out
 
 
@@ -340,19 +358,29 @@ def budget_unit(spec: dict[str, Any]) -> str:
     """A human-readable name of the budget axis of ``spec``."""
     name = spec["name"]
     if name == WORST_CASE:
-        norm = _member_norm(spec["members"][0])
-        return f"eps ({'L2' if norm == 'l2' else 'L-inf'}, normalised units)"
+        first = spec["members"][0]
+        norm = _member_norm(first)
+        return f"eps ({'L2' if norm == 'l2' else 'L-inf'}, {_unit_words(first['params'])})"
     if name == "uniform_noise":
-        return "noise amplitude (L-inf, normalised units)"
+        return f"noise amplitude (L-inf, {_unit_words(spec.get('params', {}))})"
     if name == "salt_pepper":
         return "fraction of voxels replaced"
     from napari_cryoguard.attacks import get_attack_params
 
     default = getattr(get_attack_params(name), "norm", "linf")
-    norm = spec.get("params", {}).get("norm", default)
+    params = spec.get("params", {})
+    norm = params.get("norm", default)
+    unit = _unit_words(params)
     if name == "bpgd":
-        return f"margin ({'L2' if norm == 'l2' else 'L-inf'}, normalised units)"
-    return f"eps ({'L2' if norm == 'l2' else 'L-inf'}, normalised units)"
+        return f"margin ({'L2' if norm == 'l2' else 'L-inf'}, {unit})"
+    return f"eps ({'L2' if norm == 'l2' else 'L-inf'}, {unit})"
+
+
+def _unit_words(params: dict[str, Any]) -> str:
+    """How a budget is measured: normalised units, or a fraction of the intensity range."""
+    if params.get("eps_unit") == "range":
+        return "fraction of each sample's intensity range"
+    return "normalised units"
 
 
 def normalize_suite(
