@@ -181,6 +181,19 @@ def test_copick_real_data_portal_files_match_the_portals_own_conversion():
     assert "copick_transformation" not in inst.features  # all identity
 
 
+def test_copick_null_run_name_takes_the_project_run_folder(tmp_path):
+    picks_dir = tmp_path / "overlay" / "ExperimentRuns" / "TS_5_4" / "Picks"
+    picks_dir.mkdir(parents=True)
+    dst = picks_dir / "curation_0_ribosome.json"
+    dst.write_bytes((DATA / "copick" / "data_portal_copick.json").read_bytes())  # run_name null
+    picks = read_picks(dst, voxel_size=10.0)
+    assert picks.tomo_names.tolist() == ["TS_5_4"] * 4
+    assert _has_note(picks, "run_name is null", "TS_5_4")
+    # a run_name in the file wins over the folder
+    dst.write_bytes((DATA / "copick" / "data_portal_copick_instance.json").read_bytes())
+    assert read_picks(dst, voxel_size=10.0).tomo_names[0] == "Position_94_Vol"
+
+
 def test_copick_needs_a_voxel_size(tmp_path):
     with pytest.raises(CryoGuardError, match="voxel_size"):
         read_picks(DATA / "copick" / "TS_6_4_ribosome.json")

@@ -28,7 +28,10 @@ Conventions implemented here:
   as the feature ``copick_transformation`` (N, 16), and a non-zero translation part is
   named in a note.
 * The object name is the class (``class_names = [pickable_object_name]``, labels 0);
-  ``run_name`` fills ``tomo_names``; ``score`` and ``instance_id`` are kept.
+  ``run_name`` fills ``tomo_names`` (when it is null, as in files the CryoET Data
+  Portal ingests, and the file lies in a copick project at
+  ``ExperimentRuns/<run>/Picks/``, the run folder's name is used, with a note);
+  ``score`` and ``instance_id`` are kept.
 
 A JSON list of such objects (several objects or runs in one file) is read as their
 concatenation.
@@ -114,6 +117,14 @@ def _one_object(path: Path, obj: Any, index: int) -> dict[str, Any]:
     }
 
 
+def _run_from_folder(path: Path) -> str | None:
+    """The run of a file at ``.../ExperimentRuns/<run>/Picks/<file>.json`` (copick's layout)."""
+    parts = path.resolve().parts
+    if len(parts) >= 4 and parts[-2] == "Picks" and parts[-4] == "ExperimentRuns":
+        return parts[-3]
+    return None
+
+
 def read_copick_picks(
     path: str | os.PathLike,
     *,
@@ -190,6 +201,15 @@ def read_copick_picks(
     scores = np.concatenate([o["scores"] for o in objs])
     inst = np.concatenate([o["instance"] for o in objs])
     tomo_names = None
+    folder_run = _run_from_folder(path)
+    if folder_run is not None and any(o["run"] is None for o in objs):
+        for o in objs:
+            if o["run"] is None:
+                o["run"] = folder_run
+        notes.append(
+            f"{path.name}: run_name is null; tomogram {folder_run!r} taken from the copick "
+            "project folder (ExperimentRuns/<run>/Picks)"
+        )
     if any(o["run"] is not None for o in objs):
         tomo_names = np.concatenate(
             [np.full(len(o["xyz"]), o["run"] or "", dtype=object) for o in objs]
