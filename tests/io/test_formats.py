@@ -570,6 +570,10 @@ def test_portal_relion3_origins_match_the_portals_expected_points():
     part = tomoman.for_tomogram("grid_1_lamella1_pos1")
     np.testing.assert_allclose(part.coords[:, ::-1] / 4, [[1.3, 2.6, 3.8], [0.2, 0.4, 0.7]])
     assert tomoman.voxel_size == pytest.approx(1.96)  # rlnPixelSize
+    # Portal case "relion4_star, ... filter value 1 (TS_001), binning 4": the same points,
+    # here from rlnOriginXAngst at rlnImagePixelSize 1 A
+    relion4 = read_picks(DATA / "relion" / "data_portal_relion_4.star").for_tomogram("TS_001")
+    np.testing.assert_allclose(relion4.coords[:, ::-1] / 4, [[1.3, 2.6, 3.8], [0.2, 0.4, 0.7]])
 
 
 def test_tardis_csv_in_angstrom_matches_the_portals_expected_points():
