@@ -15,7 +15,7 @@ Conventions implemented here:
   on the grid ``np.indices(shape)`` of the (z, y, x) volume, i.e. voxel ``i`` of that
   array is at ``i * voxel_spacing`` Angstrom; and copick itself, reading CryoET Data
   Portal point annotations (voxel indices) as picks (github.com/copick/copick,
-  ``src/copick/impl/cryoet_data_portal.py``, commit 369fb631), sets ``location.x =
+  ``src/copick/impl/cryoet_data_portal.py``, commit e3537cbe), sets ``location.x =
   portal x * voxel_spacing`` (likewise y, z) with no offset; the Portal's ingestion
   does the inverse (github.com/chanzuckerberg/cryoet-data-portal-backend,
   ``ingestion_tools/scripts/common/point_converter.py``, ``_from_copick``, commit

@@ -33,7 +33,7 @@ RELION 5 centred coordinates
     rule).
 
     pytom-match-pick ``--relion5-compat`` (github.com/SBC-Utrecht/pytom-match-pick,
-    ``src/pytom_tm/extract.py``, commit 27f5d682) writes ``(voxel - shape / 2) *
+    ``src/pytom_tm/extract.py``, commit 9fd5388f) writes ``(voxel - shape / 2) *
     voxel size`` when it has no RELION metadata (the rule above), but
     ``(voxel * binning - (unbinned size / 2 - 1)) * tilt-series pixel`` when given
     ``--relion5-tomograms-star``: one unbinned pixel from RELION's centre, so such
@@ -80,7 +80,7 @@ Warp normalised coordinates
     A file whose coordinates all lie in [0, 1] is taken as normalised
     (``normalized_coords=`` forces either way) and needs ``tomograms=`` for the sizes;
     without it the reader refuses. Warp's writer (github.com/warpem/warp,
-    ``WarpLib/TiltSeries/TiltSeries.MatchFull.cs``, commit 2d09703c) stores the peak's
+    ``WarpLib/TiltSeries/TiltSeries.MatchFull.cs``, commit 66475df8) stores the peak's
     voxel index times the voxel size divided by the volume's physical size, so here
     ``voxel = fraction x size`` in voxels of the tomogram given: on the tutorial's
     10 A tomogram of 348 x 474 x 78 voxels every fraction of the file above comes back
