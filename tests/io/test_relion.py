@@ -143,6 +143,10 @@ def test_relion5_next_to_rules(tmp_path):
     (tmp_path / "tomograms.star").write_text("data_global\n\nloop_\n_rlnTomoName #1\nTS_01\n")
     with pytest.raises(CryoGuardError, match="tomograms.star found next to it could not be used"):
         read_picks(tmp_path / "picks.star")
+    # WarpTools names them <name>_tomograms.star / <name>_optimisation_set.star
+    (tmp_path / "picks_tomograms.star").write_bytes(TOMOS.read_bytes())
+    warp = read_picks(tmp_path / "picks.star")
+    assert any("picks_tomograms.star found next to it" in n for n in warp.notes)
 
 
 def test_pytom_relion5_project_tomograms_star():

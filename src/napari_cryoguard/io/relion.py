@@ -462,7 +462,9 @@ def tomograms_next_to(path: str | os.PathLike) -> Path | None:
     Looked for in the particle file's folder, in this order: the optimisation set RELION
     writes beside a refinement's data file (``run_it025_data.star`` ->
     ``run_it025_optimisation_set.star``), ``<stem>_optimisation_set.star``,
-    ``optimisation_set.star``, ``tomograms.star``. An optimisation set is taken only when
+    ``optimisation_set.star``, ``<stem>_tomograms.star``, ``tomograms.star`` (WarpTools
+    ``ts_export_particles`` writes ``<name>_optimisation_set.star`` and
+    ``<name>_tomograms.star`` beside ``<name>.star``). An optimisation set is taken only when
     it names a tomograms file (``rlnTomoTomogramsFile``) and, if it names a particle
     file (``rlnTomoParticlesFile``), that file has this file's name.
 
@@ -476,12 +478,13 @@ def tomograms_next_to(path: str | os.PathLike) -> Path | None:
     names = []
     if stem.endswith("_data"):
         names.append(f"{stem[:-5]}_optimisation_set.star")
-    names += [f"{stem}_optimisation_set.star", "optimisation_set.star", "tomograms.star"]
+    names += [f"{stem}_optimisation_set.star", "optimisation_set.star",
+              f"{stem}_tomograms.star", "tomograms.star"]
     for name in dict.fromkeys(names):
         cand = path.parent / name
         if not cand.is_file() or cand.resolve() == path.resolve():
             continue
-        if name == "tomograms.star":
+        if name.endswith("tomograms.star"):
             return cand
         try:
             blocks = _coords.read_star_blocks(cand)
