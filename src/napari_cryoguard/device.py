@@ -370,15 +370,19 @@ def to_device_batch(
 def prepare_model(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Move ``model`` to ``device`` in the device's preferred memory format.
 
-    Also turns on ``torch.backends.cudnn.benchmark`` for CUDA devices (unless
-    ``CRYOGUARD_CUDNN_BENCHMARK=0``). Call it before an optimizer or DDP wrapper is
+    Only :class:`~napari_cryoguard.models.CryoGuardModel` instances change format (a
+    foreign module keeps its own). Also turns on ``torch.backends.cudnn.benchmark`` for
+    CUDA devices (unless ``CRYOGUARD_CUDNN_BENCHMARK=0``). Call it before an optimizer or DDP wrapper is
     built around the model (changing the layout later is correct but slower for DDP).
     """
+    from napari_cryoguard.models.base import CryoGuardModel
+
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     model.to(dev)
     if dev.type == "cuda" and os.environ.get("CRYOGUARD_CUDNN_BENCHMARK", "1") != "0":
         torch.backends.cudnn.benchmark = True
-    if any(p.dim() == 5 for p in model.parameters()):
+    # only our models: their state_dict() hands channels-last weights out contiguous
+    if isinstance(model, CryoGuardModel) and any(p.dim() == 5 for p in model.parameters()):
         apply_memory_format(model, preferred_memory_format(dev, model))
     return model
 

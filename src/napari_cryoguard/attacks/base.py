@@ -310,8 +310,17 @@ class AttackResult:
 
 
 # --------------------------------------------------------------------------- helpers
-def as_batch(x: Any, device: torch.device | None = None) -> torch.Tensor:
-    """(N, 1, D, H, W) float32 copy of ``x`` ((N, D, H, W) or 5D, tensor or numpy)."""
+def as_batch(
+    x: Any,
+    device: torch.device | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> torch.Tensor:
+    """(N, 1, D, H, W) float32 copy of ``x`` ((N, D, H, W) or 5D, tensor or numpy).
+
+    ``memory_format``: that of the model's weights
+    (:func:`napari_cryoguard.device.model_memory_format`), so the batch is converted
+    once here rather than by every layer.
+    """
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     if t.dim() == 4:
         t = t.unsqueeze(1)
@@ -324,6 +333,10 @@ def as_batch(x: Any, device: torch.device | None = None) -> torch.Tensor:
     if t.is_complex() or t.dtype == torch.bool:
         raise CryoGuardError(f"subtomograms must be real numbers, got dtype {t.dtype}")
     out = t.to(device=device, dtype=torch.float32, copy=True)
+    if memory_format is not None:  # once per batch (no copy for one channel)
+        from napari_cryoguard.device import to_model_layout
+
+        out = to_model_layout(out, memory_format)
     if not torch.isfinite(out).all():
         raise CryoGuardError("subtomograms contain NaN or infinite values")
     return out
@@ -536,6 +549,14 @@ class Attack:
         check_logits(logits, x.shape[0], y)
         return logits
 
+    def _adv_logits(self, model: nn.Module, x_adv: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) float32 of the adversarial batch (one forward pass, no gradient).
+
+        Subclasses that already hold them (PGD with restarts) return those instead.
+        """
+        with torch.no_grad():
+            return model(x_adv).float()
+
     def _note_gradient(self, grad: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Record samples whose first input gradient is exactly zero."""
         if self._zero_grad is None:
@@ -563,7 +584,7 @@ class Attack:
         # normal autograd even when called under torch.no_grad() / inference_mode()
         with torch.inference_mode(False), torch.enable_grad():
             device = _model_device(model)
-            xb = as_batch(x, device)
+            xb = as_batch(x, device, _model_layout(model))
             yb = as_labels(y, xb.shape[0], device)
             box = resolve_bounds(self.params.bounds, xb)
             modes = [(m, m.training) for m in model.modules()]
@@ -576,8 +597,7 @@ class Attack:
                 logits0 = self._clean_logits(model, xb, yb)
                 x_adv, steps, extras = self._run(model, xb, yb, box, logits0)
                 x_adv = x_adv.detach()
-                with torch.no_grad():
-                    logits1 = model(x_adv).float()
+                logits1 = self._adv_logits(model, x_adv)
             finally:
                 for p, flag in flags:
                     p.requires_grad_(flag)
@@ -639,6 +659,12 @@ class Attack:
             margins=margins,
             extras=extras,
         )
+
+
+def _model_layout(model: nn.Module) -> torch.memory_format:
+    from napari_cryoguard.device import model_memory_format
+
+    return model_memory_format(model)
 
 
 def _model_device(model: nn.Module) -> torch.device:
