@@ -309,6 +309,10 @@ def test_normalised_coordinates_need_the_named_tomogram(tmp_path):
                     "0.5 0.25 1.0\n")
     picks = read_picks(lone, tomograms={"any": ((10, 20, 40), 5.0)})
     np.testing.assert_allclose(picks.coords[0], [10.0, 5.0, 20.0])
+    # whole numbers in [0, 1] are voxels (a pick at voxel 0 or 1), not fractions
+    lone.write_text("data_\n\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n"
+                    "0 1 1\n")
+    np.testing.assert_allclose(read_picks(lone, voxel_size=3.0).coords[0], [1.0, 1.0, 0.0])
     # a file with one coordinate above 1 is read as voxels, as before
     lone.write_text("data_\n\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n"
                     "0.5 0.25 1.0\n2.0 0.5 0.5\n")

@@ -77,8 +77,8 @@ Warp normalised coordinates
     fractions of the tomogram, between 0 and 1 (e.g. ``TS_1_10.00Apx_emd_15854_clean.star``
     of Warp's tilt-series tutorial, exported with ``ts_export_particles
     --normalized_coords``). Read as voxels, every pick would sit in the first voxel.
-    A file whose coordinates all lie in [0, 1] is taken as normalised
-    (``normalized_coords=`` forces either way) and needs ``tomograms=`` for the sizes;
+    A file whose coordinates all lie in [0, 1], not all whole numbers, is taken as
+    normalised (``normalized_coords=`` forces either way) and needs ``tomograms=`` for the sizes;
     without it the reader refuses. Warp's writer (github.com/warpem/warp,
     ``WarpLib/TiltSeries/TiltSeries.MatchFull.cs``, commit 66475df8) stores the peak's
     voxel index times the voxel size divided by the volume's physical size, so here
@@ -549,7 +549,8 @@ def read_star_picks(
     normalized_coords : bool, optional
         Voxel coordinates are fractions of the tomogram size (WarpTools
         ``threshold_picks`` output). Default: detected, when every ``rlnCoordinate``
-        lies in [0, 1] (files of this package excepted). They need ``tomograms=``.
+        lies in [0, 1] and not all are whole numbers (files of this package excepted).
+        They need ``tomograms=``.
 
     Returns
     -------
@@ -598,6 +599,7 @@ def read_star_picks(
             normalized_coords = (
                 n > 0 and _coords.STAR_META_BLOCK not in blocks
                 and bool(np.all((coords_xyz >= 0.0) & (coords_xyz <= 1.0)))
+                and not bool(np.all(coords_xyz == np.round(coords_xyz)))
             )
         if normalized_coords:
             coords_xyz, vs = _normalized_to_voxels(
