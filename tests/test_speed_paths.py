@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -134,6 +135,14 @@ def test_env_override_and_bad_value(monkeypatch):
     monkeypatch.setenv("CRYOGUARD_MEMORY_FORMAT", "fastest")
     with pytest.raises(CryoGuardError, match="CRYOGUARD_MEMORY_FORMAT"):
         preferred_memory_format("cpu", model)
+
+
+def test_the_choice_is_logged_once_per_device_and_model_kind(caplog):
+    caplog.set_level(logging.INFO, logger="napari_cryoguard.device")
+    build_model("cb3d", 3, 17, **tiny_params("cb3d"))  # a kind no other test builds
+    build_model("cb3d", 3, 17, **tiny_params("cb3d"))
+    lines = [r.getMessage() for r in caplog.records if "memory format" in r.getMessage()]
+    assert lines == ["cb3d on cpu runs in channels_last_3d memory format (decision table)"]
 
 
 def test_measure_is_cached_and_leaves_the_model_alone(monkeypatch):
