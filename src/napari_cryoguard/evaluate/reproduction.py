@@ -109,11 +109,14 @@ _TINY_WIDTHS = {
 }
 
 #: Full reproduction at the papers' cube (28^3) near their voxel size (10 Å; the CB3D
-#: paper: 9.2 Å): about 2 h on 2 CPU cores, estimated from timed pieces (CB3D training
-#: ~5 ms per sample and epoch on one core; not run as a whole here). Natural models use
-#: Adam at lr 5e-4 (the collapse at 16^3 with lr 2e-3 is what the sanity check flags);
-#: defended models start from the natural model and train ``robust_epochs``; part (a)
-#: uses ``n_train_per_class_a`` training samples per class (36 models).
+#: paper: 9.2 Å). Natural models use Adam at lr 5e-4 (the collapse at 16^3 with lr 2e-3
+#: is what the sanity check flags); defended models start from the natural model and
+#: train ``robust_epochs``; part (a) uses ``n_train_per_class_a`` training samples per
+#: class and ``epochs_a`` (36 models). Timed pieces on one core of a shared machine: the
+#: natural CB3D of parts c-e (2000 samples, 20 epochs) 204 s, test accuracy 0.93
+#: (95 % interval 0.90-0.95, n = 300); one condition of part (a) (SNR 0.1, ±60°) 253 s,
+#: CB3D 0.70, DSRF3D-v2 0.71, RB3D 0.58 (n = 300, chance 0.2). Estimated whole run:
+#: about 2.5 h on one thread, less with ``--threads 2`` (not run as a whole yet).
 FULL: dict[str, Any] = {
     "cube": 28,
     "voxel_size": 10.0,
