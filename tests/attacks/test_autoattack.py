@@ -23,7 +23,7 @@ from torch import nn
 from napari_cryoguard import CryoGuardError
 from napari_cryoguard.attacks import run_attack
 from napari_cryoguard.attacks.apgd import apgd_checkpoints, dlr_loss, dlr_loss_targeted
-from napari_cryoguard.attacks.square import square_fraction, square_side
+from napari_cryoguard.attacks.square import l2_pattern, square_fraction, square_side
 
 BOUNDS = (-3.0, 6.0)  # conftest.BOUNDS
 
@@ -68,12 +68,27 @@ def test_square_schedule_and_side_by_hand():
     assert square_side(1.0, (28, 28, 28)) == 27
 
 
+def test_square_l2_pattern_by_hand():
+    assert l2_pattern(1).tolist() == [[[1.0]]]
+    # s = 2, split along z: halves (1, 2, 2) with centre voxel (0, 1, 1); Chebyshev
+    # distance 0 there (1 + 1/4) and 1 elsewhere (1/4); the second half negated
+    half = torch.tensor([[0.25, 0.25], [0.25, 1.25]])
+    expect = torch.stack([half, -half]) / np.sqrt(2 * (3 * 0.25**2 + 1.25**2))
+    torch.testing.assert_close(l2_pattern(2, axis=0), expect)
+    torch.testing.assert_close(l2_pattern(2, axis=1), expect.transpose(0, 1))
+    p = l2_pattern(5, axis=2)
+    assert float(torch.linalg.vector_norm(p)) == pytest.approx(1.0, abs=1e-6)
+    assert float(p[..., :2].min()) > 0 and float(p[..., 2:].max()) < 0  # halves 2 and 3
+    assert float(p.sum()) < 0  # the larger half dominates
+
+
 # --------------------------------------------------------------------------- contract
 NORM_CASES = [
     ("apgd_ce", {"norm": "linf", "eps": 0.07, "steps": 8, "seed": 0}),
     ("apgd_ce", {"norm": "linf", "eps": 0.07, "steps": 8, "seed": 0, "loss": "dlr"}),
     ("apgd_t", {"norm": "linf", "eps": 0.07, "steps": 8, "seed": 0}),
     ("square", {"eps": 0.3, "n_queries": 40, "seed": 0}),
+    ("square", {"norm": "l2", "eps": 20.0, "n_queries": 200, "seed": 0}),
     ("apgd_ce", {"norm": "l2", "eps": 4.0, "steps": 8, "seed": 0}),
     ("apgd_t", {"norm": "l2", "eps": 4.0, "steps": 8, "seed": 0}),
 ]
@@ -126,9 +141,11 @@ def test_square_uses_no_gradients_and_counts_queries(trained_model, batch, toy):
         run_attack("apgd_ce", guarded, x, y, steps=2)
 
 
-def test_square_refuses_l2_clearly():
-    with pytest.raises(CryoGuardError, match="only norm='linf'"):
-        run_attack("square", nn.Linear(2, 2), torch.zeros(1, 1, 2, 2, 2), [0], norm="l2")
+def test_square_parameters_are_checked():
+    with pytest.raises(CryoGuardError, match="norm"):
+        run_attack("square", nn.Linear(2, 2), torch.zeros(1, 1, 2, 2, 2), [0], norm="l1")
+    with pytest.raises(CryoGuardError, match="p_init"):
+        run_attack("square", nn.Linear(2, 2), torch.zeros(1, 1, 2, 2, 2), [0], p_init=1.5)
 
 
 def test_apgd_ce_reaches_the_linear_optimum(toy):
@@ -233,6 +250,7 @@ CROSS = [
     ("apgd_ce", "APGD", "l2", 1.0, 10),
     ("apgd_t", "APGDT", "linf", 0.02, 10),
     ("square", "Square", "linf", 0.05, 100),
+    ("square", "Square", "l2", 4.0, 100),
 ]
 
 
@@ -248,8 +266,8 @@ def test_at_least_as_strong_as_torchattacks(cb3d_unit, ours_name, ta_name, norm,
     if ta_name == "Square":
         attack = ta.Square(theirs_m, norm=ta_norm, eps=eps, n_queries=iters, n_restarts=1,
                            p_init=0.8, loss="margin", seed=0)
-        ours = run_attack("square", ours_m, u, y, eps=eps, n_queries=iters, p_init=0.8,
-                          bounds=(0.0, 1.0), seed=0)
+        ours = run_attack("square", ours_m, u, y, norm=norm, eps=eps, n_queries=iters,
+                          p_init=0.8, bounds=(0.0, 1.0), seed=0)
     else:
         kw = {"n_classes": 5} if ta_name == "APGDT" else {"loss": "ce"}
         attack = getattr(ta, ta_name)(theirs_m, norm=ta_norm, eps=eps, steps=iters,

@@ -56,7 +56,8 @@ def test_autoattack_suite_is_apgd_ce_apgd_t_square_at_the_papers_settings():
     assert normalize_suite("default") == normalize_suite(None)
     assert normalize_suite("default", quick=True) == normalize_suite(None, quick=True)
     (l2,) = normalize_suite(autoattack_suite([0.5, 1.0], norm="l2"))
-    assert [m["name"] for m in l2["members"]] == ["apgd_ce", "apgd_t"]
+    assert [m["name"] for m in l2["members"]] == ["apgd_ce", "apgd_t", "square"]
+    assert {m["params"]["norm"] for m in l2["members"]} == {"l2"}
     assert budget_unit(l2) == "eps (L2, normalised units)"
     # budgets as fractions of each sample's range: every member gets the unit, the axis says it
     (rng,) = normalize_suite(autoattack_suite([4 / 255], eps_unit="range"))

@@ -209,8 +209,8 @@ def autoattack_suite(
     standard version): APGD-CE (100 iterations, 1 run), APGD-T (targeted DLR, 100
     iterations, 9 target classes), Square (5000 queries, ``p_init = 0.8``), each on the
     samples the earlier ones left robust (``keep="first"``). Departure: AutoAttack's
-    standard version also runs FAB-T, which is not implemented here; Square is L-inf
-    only, so the L2 suite is APGD-CE + APGD-T.
+    standard version also runs FAB-T, which is not implemented here (so this is the
+    worst case over three of its four attacks).
 
     Parameters
     ----------
@@ -247,14 +247,13 @@ def autoattack_suite(
             "params": {"norm": norm, "steps": steps, "n_target_classes": targets, "seed": 0},
         },
     ]
-    if norm == "linf":
-        members.append(
-            {
-                "name": "square",
-                "label": "Square",
-                "params": {"n_queries": queries, "p_init": 0.8, "seed": 0},
-            }
-        )
+    members.append(
+        {
+            "name": "square",
+            "label": "Square",
+            "params": {"norm": norm, "n_queries": queries, "p_init": 0.8, "seed": 0},
+        }
+    )
     if eps_unit == "range":
         for m in members:
             m["params"]["eps_unit"] = "range"
