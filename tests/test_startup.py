@@ -13,7 +13,7 @@ CRYOGUARD = str(Path(sys.executable).with_name("cryoguard"))
 
 # Commands whose parser lives in the CLI module (train/evaluate/reproduce have their own
 # parsers in their modules and are not covered here).
-COMMANDS = ["simulate", "simulate-dataset", "pick", "extract", "classify", "attack",
+COMMANDS = ["simulate", "simulate-dataset", "pick", "extract", "classify", "attack", "merge",
             "models", "templates", "demo"]
 
 _PROBE = """

@@ -250,39 +250,97 @@ def _data_option(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _many(args: argparse.Namespace, specs, suffix: str, work, *, session=None,
+          tomograms_star: bool = True) -> dict | None:
+    """Run ``work(input, output)`` per input into ``--out-dir`` (None without --out-dir).
+
+    Inputs are expanded (paths, globs, tomograms.star), split by ``--shard`` and finished
+    outputs skipped (:mod:`napari_cryoguard.batch`); under torchrun every rank follows
+    rank 0's view of which outputs are finished.
+    """
+    from napari_cryoguard import batch
+
+    if getattr(args, "out_dir", None) is None:
+        if getattr(args, "shard", None):
+            raise CryoGuardError("--shard splits the inputs of an --out-dir run; give --out-dir")
+        return None
+    items = batch.expand_inputs(specs, tomograms_star=tomograms_star)
+    done_fn = None
+    if session is not None and session.active:
+        def done_fn(outs):
+            return session.broadcast([o.is_file() for o in outs])
+    summary = batch.run_many(items, args.out_dir, suffix, work,
+                             which=batch.parse_shard(args.shard),
+                             log=lambda m: _log(args, m), done_fn=done_fn)
+    _log(args, f"{args.command}: {batch.describe(summary)} in {args.out_dir}")
+    return {"out_dir": str(args.out_dir), "n_inputs": len(items), **summary}
+
+
+def _single_input(args: argparse.Namespace, specs, what: str) -> Path:
+    from napari_cryoguard import batch
+
+    items = batch.expand_inputs(specs, tomograms_star=False)
+    if len(items) > 1:
+        raise CryoGuardError(f"{len(items)} {what} given but one --out file: give --out-dir "
+                             "DIR for one output per input (join them with `cryoguard merge`)")
+    return items[0]
+
+
+def _pick_one(args: argparse.Namespace, path, mask):
+    from napari_cryoguard.io import read_tomogram
+    from napari_cryoguard.picking import pick_particles
+
+    _want_tomogram(path, "pick")
+    with read_tomogram(path) as tomo:
+        t0 = time.perf_counter()
+        picks = pick_particles(
+            tomo.data, sigma1=args.sigma1, k=args.k, sigma_unit=args.sigma_unit,
+            voxel_size=tomo.voxel_size, threshold=args.threshold,
+            min_distance=args.min_distance, max_picks=args.max_picks, border=args.border,
+            mask=mask, polarity=args.polarity,
+            progress=_Progress(f"pick {tomo.name}", enabled=not args.quiet),
+        )
+        name, vs = tomo.name, tomo.voxel_size
+    seconds = round(time.perf_counter() - t0, 3)
+    picks.tomo_names = np.array([name] * len(picks))
+    picks.voxel_size = vs
+    _log(args, f"{name}: {len(picks)} picks in {seconds:.2f} s"
+               + (" (polarity chosen automatically)" if args.polarity == "auto" else ""))
+    return picks, name, vs, seconds
+
+
 @_command("pick")
 def cmd_pick(args: argparse.Namespace) -> dict:
     from napari_cryoguard.io import Picks, read_tomogram, write_picks
-    from napari_cryoguard.picking import pick_particles
 
-    for path in args.tomograms:
-        _want_tomogram(path, "pick")
     mask = None
     if args.mask:
         _want_tomogram(args.mask, "pick --mask")
         with read_tomogram(args.mask) as m:
             mask = np.asarray(m.data) > 0
+
+    def one(path, out):
+        picks, name, _vs, seconds = _pick_one(args, path, mask)
+        write_picks(out, picks)
+        return {"picks": str(out), "n_picks": int(len(picks)), "tomogram": name,
+                "seconds": {"pick": seconds}}
+
+    many = _many(args, args.tomograms, args.suffix, one)
+    if many is not None:
+        many["n_picks"] = sum(v["n_picks"] for v in many["per_input"].values())
+        return many
+    from napari_cryoguard import batch
+
     all_picks: list[Picks] = []
     per_tomo = {}
     timings = {}
     voxel_size = None
-    for path in args.tomograms:
-        with read_tomogram(path) as tomo:
-            t0 = time.perf_counter()
-            picks = pick_particles(
-                tomo.data, sigma1=args.sigma1, k=args.k, sigma_unit=args.sigma_unit,
-                voxel_size=tomo.voxel_size, threshold=args.threshold,
-                min_distance=args.min_distance, max_picks=args.max_picks, border=args.border,
-                mask=mask, polarity=args.polarity, progress=_Progress(f"pick {tomo.name}"),
-            )
-            name, vs = tomo.name, tomo.voxel_size
-        timings[name] = round(time.perf_counter() - t0, 3)
-        picks.tomo_names = np.array([name] * len(picks))
+    for path in batch.expand_inputs(args.tomograms):
+        picks, name, vs, seconds = _pick_one(args, path, mask)
+        timings[name] = seconds
         per_tomo[name] = int(len(picks))
         voxel_size = vs if voxel_size is None else voxel_size
         all_picks.append(picks)
-        _log(args, f"{name}: {len(picks)} picks in {timings[name]:.2f} s"
-                   + (" (polarity chosen automatically)" if args.polarity == "auto" else ""))
     merged = Picks(
         coords=np.concatenate([p.coords for p in all_picks]),
         scores=np.concatenate([p.scores for p in all_picks]),
@@ -346,23 +404,56 @@ def _notes_of(*objs) -> list[str]:
     return notes
 
 
+def _picks_for(args: argparse.Namespace, tomogram_path, cache: dict):
+    """The picks for one tomogram: ``--picks`` is one file for all tomograms (read once,
+    rows matched by name) or a folder holding ``<tomogram stem>.<star|csv|...>``."""
+    from napari_cryoguard import batch
+
+    src = Path(args.picks)
+    if src.is_dir():
+        stem = batch.output_path(tomogram_path, src, "").name
+        found = sorted(q for q in src.iterdir() if q.is_file() and q.stem == stem
+                       and not q.name.startswith("."))
+        if not found:
+            raise CryoGuardError(f"{src} holds no pick file named {stem}.* for {tomogram_path}")
+        path = found[0]
+    else:
+        path = src
+    if path not in cache:
+        _want_picks(path, "extract --picks")
+        cache.clear()  # keep one file's picks at a time
+        cache[path] = _read_picks_cli(args, path)
+    return path, cache[path]
+
+
 @_command("extract")
 def cmd_extract(args: argparse.Namespace) -> dict:
     from napari_cryoguard.io import read_tomogram
 
-    _want_tomogram(args.tomogram, "extract")
-    _want_picks(args.picks, "extract --picks")
-    picks = _read_picks_cli(args, args.picks)
-    with read_tomogram(args.tomogram) as tomo:
-        return _extract_from(args, tomo, picks)
+    cache: dict = {}
+
+    def one(path, out):
+        _want_tomogram(path, "extract")
+        picks_path, picks = _picks_for(args, path, cache)
+        with read_tomogram(path) as tomo:
+            return _extract_from(args, tomo, picks, tomogram=path, picks_path=picks_path,
+                                 out=out)
+
+    many = _many(args, args.tomograms, ".npz", one)
+    if many is not None:
+        many["n"] = sum(v["n"] for v in many["per_input"].values())
+        return many
+    path = _single_input(args, args.tomograms, "tomograms")
+    return one(path, args.out)
 
 
-def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
+def _extract_from(args: argparse.Namespace, tomo, picks, *, tomogram, picks_path,
+                  out) -> dict:
     from napari_cryoguard.data import SubtomogramDataset, save_dataset
     from napari_cryoguard.picking import extract_subtomograms
 
     n_in_file = len(picks)
-    picks = picks_for_tomogram(picks, tomo, source=Path(args.picks).name)
+    picks = picks_for_tomogram(picks, tomo, source=Path(picks_path).name)
     notes = _notes_of(tomo, picks)
     for note in notes:
         _log(args, f"note: {note}")
@@ -379,10 +470,10 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
         tomo_names=tomo.name,
         voxel_size=tomo.voxel_size,
         normalized=sub.normalized,
-        meta={"source": "extract", "tomogram": str(args.tomogram), "picks": str(args.picks),
+        meta={"source": "extract", "tomogram": str(tomogram), "picks": str(picks_path),
               "border": args.border, "n_skipped": int(sub.n_skipped), "notes": notes},
     )
-    out = save_dataset(args.out, ds)
+    out = save_dataset(out, ds)
     _log(args, f"wrote {out}: {len(ds)} subtomograms of {args.size}^3 from {tomo.name}"
                f" ({len(picks)} of {n_in_file} picks in the file belong to it,"
                f" {sub.n_skipped} skipped near the border)")
@@ -393,8 +484,29 @@ def _extract_from(args: argparse.Namespace, tomo, picks) -> dict:
             "normalized": bool(sub.normalized), "seconds": {"extract": round(t_ex, 4)}}
 
 
+def _rank_quiet(args: argparse.Namespace, sess) -> None:
+    """Under torchrun only rank 0 logs and prints the --json line."""
+    if not sess.is_main:
+        args.quiet = True
+        args.json = False
+
+
 @_command("classify")
 def cmd_classify(args: argparse.Namespace) -> dict:
+    from napari_cryoguard import distributed
+
+    with distributed.session(args.device) as sess:
+        _rank_quiet(args, sess)
+        many = _many(args, args.datasets, ".csv",
+                     lambda path, out: _classify_one(args, path, out, sess), session=sess,
+                     tomograms_star=False)
+        if many is not None:
+            return many
+        return _classify_one(args, _single_input(args, args.datasets, "datasets"),
+                             Path(args.out), sess)
+
+
+def _classify_one(args: argparse.Namespace, path, out: Path, sess) -> dict:
     from napari_cryoguard.classify import (
         PredictionWriter,
         align_labels,
@@ -403,11 +515,12 @@ def cmd_classify(args: argparse.Namespace) -> dict:
         load_model,
     )
     from napari_cryoguard.data import iter_rows, load_dataset
+    from napari_cryoguard.distributed import join_parts, part_path, rank_rows
 
-    _want_dataset(args.dataset, "classify")
-    ds = load_dataset(args.dataset, mmap=True)
+    _want_dataset(path, "classify")
+    ds = load_dataset(path, mmap=True)
     if len(ds) == 0:
-        raise CryoGuardError(f"{args.dataset} holds no subtomograms to classify")
+        raise CryoGuardError(f"{path} holds no subtomograms to classify")
     loaded = load_model(args.model, device="cpu")
     warnings_ = domain_warnings(loaded, voxel_size=ds.voxel_size, cube=ds.volumes.shape[1],
                                 normalized=ds.normalized)
@@ -416,20 +529,23 @@ def cmd_classify(args: argparse.Namespace) -> dict:
     counts = np.zeros(len(class_names), dtype=np.int64)
     correct = known = 0
     notes: list[str] = []
+    # under torchrun: this rank's whole batches, streamed to a part file joined by rank 0
+    lo, hi = rank_rows(len(ds), args.batch_size, sess.rank, sess.size)
+    target = part_path(out, sess.rank, sess.size) if sess.active else out
     t0 = time.perf_counter()
-    bar = _Progress("classify")
+    bar = _Progress(f"classify {Path(path).name}", enabled=not args.quiet)
     # streamed: one batch of cubes (memory-mapped input) and of probabilities at a time
-    with PredictionWriter(args.out, class_names, with_labels=labels is not None,
+    with PredictionWriter(target, class_names, with_labels=labels is not None,
                           with_coords=ds.coords is not None) as writer:
         for step in iter_classify_batches(
-                loaded, iter_rows(ds.volumes, args.batch_size), len(ds),
-                normalized=ds.normalized, device=args.device, batch_size=args.batch_size,
-                amp=args.amp, voxel_size=ds.voxel_size, resample=not args.no_resample,
-                notes=notes):
-            rows = slice(step.start, step.done)
+                loaded, iter_rows(ds.volumes[lo:hi], args.batch_size), hi - lo,
+                normalized=ds.normalized, device=sess.device if sess.active else args.device,
+                batch_size=args.batch_size, amp=args.amp, voxel_size=ds.voxel_size,
+                resample=not args.no_resample, notes=notes):
+            rows = slice(lo + step.start, lo + step.done)
             lab = None if labels is None else labels[rows]
             writer.write(step.probabilities, lab,
-                         None if ds.coords is None else ds.coords[rows], start=step.start)
+                         None if ds.coords is None else ds.coords[rows], start=rows.start)
             pred = step.probabilities.argmax(axis=1)
             counts += np.bincount(pred, minlength=len(class_names))[:len(class_names)]
             if lab is not None:
@@ -437,14 +553,24 @@ def cmd_classify(args: argparse.Namespace) -> dict:
                 known += int(k.sum())
                 correct += int((pred[k] == lab[k]).sum())
             bar(step.done, step.total)
-    out = writer.path
+    if sess.active:
+        gathered = sess.gather((counts, correct, known, notes))
+        if sess.is_main:
+            counts = sum(g[0] for g in gathered)
+            correct = sum(g[1] for g in gathered)
+            known = sum(g[2] for g in gathered)
+            notes = list(dict.fromkeys(n for g in gathered for n in g[3]))
+            join_parts([part_path(out, r, sess.size) for r in range(sess.size)], out)
+        sess.barrier()
     _log_domain(args, notes, warnings_)
     t_cls = time.perf_counter() - t0
-    result = {"predictions": str(out), "dataset": str(args.dataset), "model": str(args.model),
+    result = {"predictions": str(out), "dataset": str(path), "model": str(args.model),
               "n": int(len(ds)), "class_names": class_names,
               "predicted_counts": counts.tolist(),
               "notes": notes, "warnings": warnings_, "resampled": bool(notes),
               "seconds": {"classify": round(t_cls, 3)}}
+    if sess.active:
+        result["ranks"] = sess.size
     acc = correct / known if known else None
     if acc is not None:
         result["accuracy"] = round(acc, 4)
@@ -469,7 +595,24 @@ def _parse_value(text: str):
 
 @_command("attack")
 def cmd_attack(args: argparse.Namespace) -> dict:
+    from napari_cryoguard import distributed
+
+    if Path(args.out or "x.npz").suffix.lower() != ".npz":
+        raise CryoGuardError(f"attack results are written as .npz, got {Path(args.out).name}")
+    with distributed.session(args.device) as sess:
+        _rank_quiet(args, sess)
+        many = _many(args, args.datasets, ".npz",
+                     lambda path, out: _attack_one(args, path, out, sess), session=sess,
+                     tomograms_star=False)
+        if many is not None:
+            return many
+        return _attack_one(args, _single_input(args, args.datasets, "datasets"),
+                           Path(args.out), sess)
+
+
+def _attack_one(args: argparse.Namespace, path, out: Path, sess) -> dict:
     from napari_cryoguard.attacks import get_attack_params, iter_attack_dataset
+    from napari_cryoguard.attacks.base import AttackResult
     from napari_cryoguard.attacks.dataset import AttackResultWriter
     from napari_cryoguard.classify import (
         PreparedVolumes,
@@ -479,11 +622,10 @@ def cmd_attack(args: argparse.Namespace) -> dict:
     )
     from napari_cryoguard.data import load_dataset
     from napari_cryoguard.device import predict
+    from napari_cryoguard.distributed import join_parts, part_path, rank_rows
 
-    _want_dataset(args.dataset, "attack")
-    if Path(args.out).suffix.lower() != ".npz":
-        raise CryoGuardError(f"attack results are written as .npz, got {Path(args.out).name}")
-    ds = load_dataset(args.dataset, mmap=True)
+    _want_dataset(path, "attack")
+    ds = load_dataset(path, mmap=True)
     loaded = load_model(args.model, device="cpu")
     fields = {f.name for f in dataclasses.fields(get_attack_params(args.attack))}
     params = {}
@@ -511,42 +653,76 @@ def cmd_attack(args: argparse.Namespace) -> dict:
     indices = np.arange(len(ds)) if not args.indices else np.asarray(args.indices, dtype=np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= len(ds)):
         raise CryoGuardError(f"--indices must lie in 0..{len(ds) - 1}")
+    if len(indices) == 0:
+        raise CryoGuardError(f"{path}: no subtomograms to attack")
+    device = sess.device if sess.active else args.device
+    # under torchrun: this rank's whole batches of the indices
+    lo, hi = rank_rows(len(indices), args.batch_size, sess.rank, sess.size)
+    mine = indices[lo:hi]
     t0 = time.perf_counter()
-    if labels is None or (labels[indices] < 0).any():
+    if len(mine) and (labels is None or (labels[mine] < 0).any()):
         # unlabelled samples are attacked against the model's own prediction
         pred = np.concatenate([
-            predict(loaded.model, volumes[indices[lo:lo + args.batch_size]],
-                    device=args.device).argmax(1)
-            for lo in range(0, len(indices), args.batch_size)]) if len(indices) else indices
+            predict(loaded.model, volumes[mine[i:i + args.batch_size]], device=device).argmax(1)
+            for i in range(0, len(mine), args.batch_size)])
         full = np.full(len(ds), -1, dtype=np.int64) if labels is None else labels.copy()
-        sel = full[indices]
-        full[indices] = np.where(sel >= 0, sel, pred)
+        sel = full[mine]
+        full[mine] = np.where(sel >= 0, sel, pred)
         labels = full
-    bar = _Progress(f"attack {args.attack}")
-    writer = AttackResultWriter(args.out)
+    bar = _Progress(f"attack {args.attack}", enabled=not args.quiet)
+    target = part_path(out, sess.rank, sess.size) if sess.active else out
+    writer = AttackResultWriter(target)
     try:
-        res = drain(iter_attack_dataset(loaded.model, volumes, labels, args.attack,
-                                        batch_size=args.batch_size, device=args.device,
-                                        indices=indices, on_batch=writer.add,
-                                        keep_inputs=False, **params), bar)
-        summary = res.summary()
-        meta = {"attack": res.name, "params": res.params, "norm_name": res.norm_name,
-                "steps": res.steps, "targeted": res.targeted, "model": str(args.model),
-                "class_names": loaded.class_names, "dataset": str(args.dataset),
-                "summary": summary}
-        out = writer.close(meta)
+        res = None
+        if len(mine):
+            res = drain(iter_attack_dataset(loaded.model, volumes, labels, args.attack,
+                                            batch_size=args.batch_size, device=device,
+                                            indices=mine, on_batch=writer.add,
+                                            keep_inputs=False, **params), bar)
+        if sess.active:
+            writer.close({})
+            gathered = sess.gather(res)
+            if sess.is_main:
+                res = AttackResult.concatenate([r for r in gathered if r is not None])
+        if sess.is_main:
+            summary = res.summary()
+            meta = {"attack": res.name, "params": res.params, "norm_name": res.norm_name,
+                    "steps": res.steps, "targeted": res.targeted, "model": str(args.model),
+                    "class_names": loaded.class_names, "dataset": str(path),
+                    "summary": summary}
+            if sess.active:
+                join_parts([part_path(out, r, sess.size) for r in range(sess.size)], out,
+                           metadata=json.dumps(meta, default=str))
+            else:
+                writer.close(meta)
+        sess.barrier()
     except BaseException:
         writer.abort()
         raise
+    if not sess.is_main:
+        return {"result": str(out), "rank": sess.rank}
     t_att = time.perf_counter() - t0
     _log(args, f"{args.attack} on {summary['n']} subtomograms: success rate "
                f"{summary['success_rate']:.3f}, accuracy {summary['accuracy_before']:.3f} -> "
                f"{summary['accuracy_after']:.3f}, mean {summary['norm']} norm "
                f"{summary['mean_norm']:.4g} -> {out}")
-    return {"result": str(out), "dataset": str(args.dataset), "model": str(args.model),
-            **{k: v for k, v in summary.items() if k != "n"}, "n": summary["n"],
-            "params": res.params, "notes": notes, "warnings": warnings_,
-            "resampled": bool(notes), "seconds": {"attack": round(t_att, 3)}}
+    result = {"result": str(out), "dataset": str(path), "model": str(args.model),
+              **{k: v for k, v in summary.items() if k != "n"}, "n": summary["n"],
+              "params": res.params, "notes": notes, "warnings": warnings_,
+              "resampled": bool(notes), "seconds": {"attack": round(t_att, 3)}}
+    if sess.active:
+        result["ranks"] = sess.size
+    return result
+
+
+@_command("merge")
+def cmd_merge(args: argparse.Namespace) -> dict:
+    from napari_cryoguard.batch import merge_outputs
+
+    summary = merge_outputs(args.inputs, args.out)
+    _log(args, f"merged {len(summary['inputs'])} {summary['kind']} files ({summary['n']} rows) "
+               f"-> {summary['merged']}")
+    return summary
 
 
 @_command("models")
@@ -599,6 +775,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _add_outputs(p: argparse.ArgumentParser, out_help: str, suffix: str) -> None:
+    """``--out FILE`` or ``--out-dir DIR`` (one output per input, resumable) and ``--shard``."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--out", default=None, help=out_help)
+    g.add_argument("--out-dir", default=None, metavar="DIR",
+                   help=f"one output per input, DIR/<input stem>{suffix}; inputs whose output "
+                   "exists are skipped, so a killed run resumes (outputs are written "
+                   "atomically); join them with `cryoguard merge`")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="with --out-dir: take every N-th input from the I-th (0 <= I < N), a "
+                   "deterministic split for the N tasks of a job array "
+                   "(--shard $SLURM_ARRAY_TASK_ID/N)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryoguard",
@@ -632,9 +822,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip per-sample zero-mean unit-variance normalisation")
     _add_sim_physics(p, many_snr=True)
 
-    p = add("pick", "pick particles by Difference of Gaussian in one or many tomograms into one STAR/CSV file")
-    p.add_argument("tomograms", nargs="+", help="tomogram files (.mrc .map .rec .st)")
-    p.add_argument("--out", required=True, help="output picks (.star: RELION rlnCoordinateX/Y/Z in voxels; or .csv)")
+    p = add("pick", "pick particles by Difference of Gaussian in one or many tomograms into one STAR/CSV file, or one per tomogram (--out-dir)")
+    p.add_argument("tomograms", nargs="+",
+                   help="tomogram files (.mrc .map .rec .st .zarr .tif .em), glob patterns "
+                   "(quoted) or a RELION 5 tomograms.star (its rlnTomoReconstructedTomogram)")
+    _add_outputs(p, "output picks (.star: RELION rlnCoordinateX/Y/Z in voxels; or .csv), all "
+                 "tomograms in one file", ".star")
+    p.add_argument("--suffix", choices=[".star", ".csv"], default=".star",
+                   help="format of the per-tomogram outputs of --out-dir")
     p.add_argument("--sigma1", type=float, default=7.0, help="smaller Gaussian sigma (RAT paper: 7.0)")
     p.add_argument("--k", type=float, default=1.1, help="ratio of the two sigmas, sigma2 = k * sigma1 (RAT paper: 1.1)")
     p.add_argument("--sigma-unit", choices=["voxel", "angstrom"], default="voxel",
@@ -651,21 +846,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="particle contrast: bright (density convention, the simulator), dark "
                    "(raw tomograms) or auto (tries both, keeps the sign whose peaks stand out)")
 
-    p = add("extract", "extract subtomogram cubes around picks into a dataset file")
-    p.add_argument("tomogram", help="tomogram file")
+    p = add("extract", "extract subtomogram cubes around picks into a dataset file (one per tomogram with --out-dir)")
+    p.add_argument("tomograms", nargs="+", metavar="tomogram",
+                   help="tomogram file(s), glob patterns (quoted) or a RELION 5 tomograms.star")
     p.add_argument("--picks", required=True,
-                   help="picks (.star .csv .json .tbl .mod .cbox .coords); only the rows of this "
-                   "tomogram (matched by name) are used, converted to its voxel size")
+                   help="picks (.star .csv .json .tbl .mod .cbox .coords); only the rows of each "
+                   "tomogram (matched by name) are used, converted to its voxel size; or a "
+                   "folder of per-tomogram pick files <tomogram stem>.star (from pick --out-dir)")
     _add_picks_options(p)
-    p.add_argument("--out", required=True, help="output dataset file (.npz)")
+    _add_outputs(p, "output dataset file (.npz)", ".npz")
     p.add_argument("--size", type=int, default=28, help="cube edge in voxels (even or odd)")
     p.add_argument("--border", choices=["skip", "pad"], default="skip",
                    help="particles whose cube crosses the border: skip them (counted) or pad the cube")
     p.add_argument("--no-normalize", action="store_true",
                    help="skip per-sample zero-mean unit-variance normalisation (recorded in the file)")
 
-    p = add("classify", "classify the subtomograms of a dataset file with a trained 3D CNN")
-    p.add_argument("dataset", help="dataset file (.npz) from `cryoguard extract` or `simulate-dataset`")
+    p = add("classify", "classify the subtomograms of dataset files with a trained 3D CNN (runs under torchrun too)")
+    p.add_argument("datasets", nargs="+", metavar="dataset",
+                   help="dataset file(s) (.npz) from `cryoguard extract` or `simulate-dataset`, "
+                   "or glob patterns (quoted)")
     p.add_argument("--model", default="default",
                    help="bundled weights (default = cb3d-default, ae-default) or a .safetensors checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
@@ -673,11 +872,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subtomograms per forward pass (halved automatically on CUDA out-of-memory)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     _add_resample_option(p)
-    p.add_argument("--out", required=True, help="predictions CSV: index, predicted class, per-class probabilities")
+    _add_outputs(p, "predictions CSV: index, predicted class, per-class probabilities", ".csv")
 
-    p = add("attack", "attack a classifier on the subtomograms of a dataset file")
-    p.add_argument("dataset", help="dataset file (.npz); labelled samples are attacked against "
-                   "their label, unlabelled ones against the model's prediction")
+    p = add("attack", "attack a classifier on the subtomograms of dataset files (runs under torchrun too)")
+    p.add_argument("datasets", nargs="+", metavar="dataset",
+                   help="dataset file(s) (.npz) or glob patterns (quoted); labelled samples are "
+                   "attacked against their label, unlabelled ones against the model's prediction")
     p.add_argument("--model", default="default", help="bundled weights or a .safetensors checkpoint")
     p.add_argument("--attack", required=True,
                    help="attack name: fgsm, pgd, bim, deepfool, cw, cw_linf, uniform_noise, "
@@ -697,9 +897,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     _add_resample_option(p)
+    _add_outputs(p, "result file (.npz: x_adv, perturbation, predictions, success, norms, "
+                 "indices, and a JSON metadata string)", ".npz")
+
+    p = add("merge", "join per-tomogram outputs (datasets, attack results, predictions, picks) into one file")
+    p.add_argument("inputs", nargs="+",
+                   help="output folders (their files with --out's suffix), files or glob patterns; "
+                   "joined in file-name order")
     p.add_argument("--out", required=True,
-                   help="result file (.npz: x_adv, perturbation, predictions, success, norms, "
-                   "indices, and a JSON metadata string)")
+                   help="merged file: .npz (datasets or attack results), .csv (predictions, with a "
+                   "source column; or picks) or .star (picks)")
 
     add("models", "list the registered architectures (with their parameters) and the bundled weights")
 
