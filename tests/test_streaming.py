@@ -240,3 +240,39 @@ def test_attack_and_classify_memory_is_bounded_by_the_batch_not_the_dataset(tmp_
         grown_mib = (peaks[1] - peaks[0]) / 1024
         print(command, "peak MiB", [round(p / 1024, 1) for p in peaks], "grown", round(grown_mib, 1))
         assert grown_mib < 0.5 * data_mib, (command, peaks)
+
+
+# --------------------------------------------------------------------------- prefetch
+
+
+def test_prefetch_keeps_order_and_raises_worker_errors_in_the_caller():
+    from napari_cryoguard.data import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("bad block")
+
+    gen = prefetch(broken())
+    assert next(gen) == 1
+    with pytest.raises(ValueError, match="bad block"):
+        next(gen)
+    early = prefetch(iter(range(1000)), depth=2)
+    assert next(early) == 0
+    early.close()  # stops the worker without draining the rest
+
+
+def test_extracted_batches_from_a_mapped_tomogram_equal_one_extraction(tmp_path):
+    from napari_cryoguard.data import iter_extracted, prefetch
+    from napari_cryoguard.io import read_tomogram, write_tomogram
+    from napari_cryoguard.picking import extract_subtomograms
+
+    vol = np.random.default_rng(3).standard_normal((24, 40, 40)).astype(np.float32)
+    write_tomogram(tmp_path / "t.mrc", vol, 10.0)
+    coords = np.array([[12, 20, 20], [0, 0, 0], [23, 39, 39], [10, 5, 30], [12, 12, 12]], float)
+    ref = extract_subtomograms(vol, coords, size=8, border="pad").volumes
+    with read_tomogram(tmp_path / "t.mrc") as tomo:
+        blocks = list(prefetch(iter_extracted(tomo.data, coords, 8, 2)))
+    assert [len(b) for b in blocks] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate(blocks), ref)

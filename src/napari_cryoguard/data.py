@@ -51,7 +51,9 @@ __all__ = [
     "DatasetWriter",
     "NpzWriter",
     "SubtomogramDataset",
+    "iter_extracted",
     "iter_rows",
+    "prefetch",
     "load_dataset",
     "release_pages",
     "save_dataset",
@@ -515,6 +517,74 @@ def iter_rows(array: Any, size: int, indices: Any = None) -> Iterator[tuple[int,
             rows = np.array(array[np.asarray(indices[lo:lo + size])], dtype=np.float32)
         release_pages(array)
         yield lo, rows
+
+
+def prefetch(blocks: Any, depth: int = 2) -> Iterator[Any]:
+    """Run the iterable ``blocks`` in a worker thread, ``depth`` items ahead of the caller.
+
+    While the caller works on one block (a forward pass, which releases the GIL), the
+    worker reads and prepares the next ones, so reading and computing overlap. Items come
+    out in order; an exception in the worker is raised in the caller at that place.
+    Closing the generator early stops the worker after its current item.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, end))
+        except BaseException as exc:  # handed to the caller
+            q.put((False, exc))
+
+    thread = threading.Thread(target=work, name="cryoguard-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+def iter_extracted(volume: Any, coords: Any, size: int, batch_size: int, *,
+                   normalize: bool = True, border: str = "pad") -> Iterator[np.ndarray]:
+    """Cubes around ``coords`` (ZYX voxels) of a (memory-mapped) tomogram, a batch at a time.
+
+    Each block is :func:`~napari_cryoguard.picking.extract_subtomograms` of
+    ``batch_size`` picks (``border="pad"`` keeps one cube per pick, so rows stay aligned
+    with ``coords``; with ``"skip"`` cubes crossing a face are left out). Wrap it in
+    :func:`prefetch` to extract the next batch while the model runs on this one.
+    """
+    from napari_cryoguard.picking import extract_subtomograms
+
+    c = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    for lo in range(0, len(c), max(1, int(batch_size))):
+        sub = extract_subtomograms(volume, c[lo:lo + batch_size], size=size, normalize=normalize,
+                                   border=border)
+        release_pages(volume)
+        yield sub.volumes
 
 
 DATASET_KIND = "a dataset (.npz)"
