@@ -252,3 +252,16 @@ def test_ima_margins_in_range_units_are_boundary_distances_over_the_range(
     )
     want = torch.where(found, dist / r, margins + 0.01).clamp(0.01, 0.5)
     torch.testing.assert_close(new, want, rtol=1e-4, atol=1e-6)
+
+
+def test_attack_dataset_in_batches_keeps_each_samples_budget(trained_model, spread, one_thread):
+    from napari_cryoguard.attacks import attack_dataset
+
+    x, y = spread
+    res = attack_dataset(
+        trained_model, x[:, 0].numpy(), y.numpy(), "pgd", batch_size=3, device="cpu",
+        eps=0.02, step_size=0.01, steps=3, eps_unit="range", seed=0,
+    )
+    r = sample_range(x).double()
+    np.testing.assert_allclose(res.extras["intensity_range"].double(), r, rtol=1e-6)
+    np.testing.assert_allclose(res.norm_linf.double(), 0.02 * r, rtol=1e-4)
