@@ -114,7 +114,11 @@ def test_dsrf3d_v2_and_rb3d_default_structure():
         assert [c.kernel_size for c in path_convs] == [(1, 1, 1), (3, 3, 3), (1, 1, 1)]
         short = [m for m in b.shortcut if isinstance(m, nn.Conv3d)]
         assert [c.kernel_size for c in short] == [(3, 3, 3)]
-    assert {m.p for m in rb.modules() if isinstance(m, nn.Dropout)} == {0.5}
+    # the authors' block (variant "paper", the default) drops 0.7 inside every block; the
+    # classifier head keeps 0.5
+    assert {m.p for m in rb.modules() if isinstance(m, nn.Dropout)} == {0.5, 0.7}
+    rb_bn = build_model("rb3d", 4, 28, variant="residual-bn")
+    assert {m.p for m in rb_bn.modules() if isinstance(m, nn.Dropout)} == {0.5}
 
 
 @pytest.mark.parametrize("cube", [27, 28, 32])

@@ -219,7 +219,7 @@ def pgd_perturb(
             on_first_grad(grad)
         with torch.no_grad():
             if norm == "linf":
-                x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
+                x_adv.add_(grad.sign(), alpha=step_size).clamp_(lo, hi)
             else:
                 x_adv.add_(normalized_step(grad, norm), alpha=step_size)
                 x_adv = clamp(x + project(x_adv.sub_(x), norm, eps), box)
