@@ -10,8 +10,9 @@ Algorithm 1: initial step ``eta = 2 eps``, momentum ``alpha = 0.75``, checkpoint
 when fewer than ``rho = 0.75`` of the steps since the last one increased the loss, or
 when neither the step nor the best loss changed since the last one; after a halving the
 iteration restarts from the best point), section 4 (the Difference of Logits Ratio loss
-DLR and its targeted version) and section 5 (APGD-CE; APGD-T: targeted DLR towards
-each of the 9 classes ranked highest after the true one, one run each).
+DLR and its targeted version) and the ensemble built from them (AutoAttack: APGD-CE;
+APGD-T, targeted DLR towards each of the 9 classes ranked highest after the first one,
+one run each).
 
 Our own implementation (written from the paper, not from the authors' code or
 torchattacks). Departures, all stated here:
@@ -23,11 +24,14 @@ torchattacks). Departures, all stated here:
 * **Fooled samples leave the batch.** An iterate that fools the model is kept and the
   sample is not queried again (the iterations of the other samples are unchanged, as
   every sample has its own step size and checkpoints).
-* The random start is a uniform point of the L-inf cube scaled so that its largest
-  coordinate is ``eps`` (L-inf) or a Gaussian direction scaled to norm ``eps`` (L2),
-  as described for APGD's restarts.
+* **Start and reset.** The random start (our choice) is a uniform point of the L-inf
+  cube scaled so that its largest coordinate is ``eps`` (L-inf), or a Gaussian direction
+  scaled to norm ``eps`` (L2). After a halving the iteration restarts from the best
+  point with no momentum (``x^(k-1) = x^(k) = x_max``).
 
-Budgets are in the data's units (normalised units for z-scored subtomograms); the
+Budgets are in the data's units (normalised units for z-scored subtomograms), or with
+``eps_unit="range"`` fractions of each sample's intensity range, as for every attack
+(:mod:`napari_cryoguard.attacks.units`); the
 result's success follows the registry contract: untargeted (``pred != y``) for
 ``apgd-t`` too -- its targets only steer the search, as in the paper.
 """

@@ -95,7 +95,9 @@ class SquareParams(AttackParams):
         ``"linf"`` or ``"l2"``.
     eps
         Budget in the attack's norm, in the data's units (normalised units for z-scored
-        subtomograms; an L2 budget is the norm of the whole cube).
+        subtomograms; an L2 budget is the norm of the whole cube), or with
+        ``eps_unit="range"`` a fraction of each sample's intensity range
+        (:mod:`napari_cryoguard.attacks.units`).
     n_queries
         Model evaluations per sample and run, the start included (AutoAttack: 5000).
     p_init

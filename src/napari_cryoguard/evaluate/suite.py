@@ -205,8 +205,8 @@ def autoattack_suite(
     """AutoAttack: the per-sample worst case over APGD-CE, APGD-T and Square.
 
     Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
-    diverse parameter-free attacks", ICML 2020, arXiv:2003.01690 (section 5, the
-    standard version): APGD-CE (100 iterations, 1 run), APGD-T (targeted DLR, 100
+    diverse parameter-free attacks", ICML 2020, arXiv:2003.01690 (its standard
+    version): APGD-CE (100 iterations, 1 run), APGD-T (targeted DLR, 100
     iterations, 9 target classes), Square (5000 queries, ``p_init = 0.8``), each on the
     samples the earlier ones left robust (``keep="first"``). Departure: AutoAttack's
     standard version also runs FAB-T, which is not implemented here (so this is the
