@@ -272,3 +272,21 @@ def test_non_finite_voxels_are_refused_with_counts_and_indices(tmp_path):
     path = save_dataset(tmp_path / "nan.npz", ds)
     with pytest.raises(CryoGuardError, match=r"3 NaN or infinite voxels in 2 of 6 cubes \(first: 1, 4\)"):
         load_dataset(path)
+
+
+def test_zip_member_needing_an_unknown_zip_version_is_one_clear_error(tmp_path):
+    # found by the fuzz test: a central-directory "version needed to extract" of 6.4
+    # made zipfile raise NotImplementedError
+    import numpy as np
+
+    from napari_cryoguard.data import load_dataset, save_dataset
+    from napari_cryoguard.errors import CryoGuardError
+
+    path = save_dataset(tmp_path / "d.npz", volumes=np.zeros((2, 4, 4, 4), np.float32))
+    raw = bytearray(path.read_bytes())
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 6] = 64  # version needed to extract: 6.4
+    path.write_bytes(bytes(raw))
+    for mmap in (False, True):
+        with pytest.raises(CryoGuardError, match="d.npz"):
+            load_dataset(path, mmap=mmap)

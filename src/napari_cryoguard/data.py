@@ -607,7 +607,7 @@ def file_kind(path: str | os.PathLike) -> str | None:
         try:
             with zipfile.ZipFile(path) as z:
                 names = set(z.namelist())
-        except (zipfile.BadZipFile, OSError):
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
             return "a damaged zip/.npz archive"
         if "format_version.npy" in names and "volumes.npy" in names:
             return DATASET_KIND
@@ -714,7 +714,8 @@ def _check_members(path: Path) -> None:
                     )
     except CryoGuardError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError,
+            NotImplementedError) as err:
         raise CryoGuardError(f"{path} is not a readable .npz dataset: {err}") from None
 
 
@@ -772,7 +773,7 @@ def load_dataset(path: str | os.PathLike, *, mmap: bool = False) -> SubtomogramD
         npz = np.load(path, allow_pickle=False)
     except MemoryError:
         raise CryoGuardError(f"{path}: not enough memory to read this dataset") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as err:
         raise CryoGuardError(f"{path} is not a readable .npz dataset: {err}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise CryoGuardError(f"{path} is a single .npy array, not an .npz dataset")
@@ -818,7 +819,8 @@ def load_dataset(path: str | os.PathLike, *, mmap: bool = False) -> SubtomogramD
                 raise CryoGuardError(f"{path}: tomo_names must be strings")
         except MemoryError:
             raise CryoGuardError(f"{path}: not enough memory to read this dataset") from None
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError,
+                NotImplementedError) as err:
             raise CryoGuardError(f"{path}: corrupt dataset member: {err}") from None
     require_finite(volumes, f"{path.name}: the subtomograms")
     release_pages(volumes)
