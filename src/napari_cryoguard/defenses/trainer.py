@@ -66,6 +66,7 @@ from napari_cryoguard._atomic import atomic_output, remove_orphans
 from napari_cryoguard.defenses import distributed as ddp
 from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, get_defense
 from napari_cryoguard.defenses.events import EventWriter
+from napari_cryoguard.device import prepare_model
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -546,7 +547,9 @@ class Trainer:
         self.num_workers = int(num_workers)
         self.num_samples = len(dataset)
         self.rank, self.world_size = ctx.rank, ctx.world_size
-        self.raw_model = model.to(self.device)
+        # the device's memory format (channels_last_3d on the CPU) and cudnn.benchmark on CUDA,
+        # before the optimizer and any DDP wrapper are built around the model
+        self.raw_model = prepare_model(model, self.device)
         engine: nn.Module | None = None
         if ctx.distributed:
             from napari_cryoguard.defenses.base import _Dispatch
