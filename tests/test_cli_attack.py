@@ -59,3 +59,23 @@ def test_attack_cli_unknown_parameter_is_clear(data, tmp_path):
     assert res.returncode == 2
     assert "has no parameter 'steps'" in json.loads(res.stdout)["error"]
     assert not (tmp_path / "r.npz").exists()
+
+
+def test_attack_cli_eps_unit_range_scales_the_budget_per_subtomogram(data, tmp_path):
+    """--eps-unit range: each perturbation stays within eps x that subtomogram's max - min."""
+    ds, ckpt, _ = data
+    out = tmp_path / "r.npz"
+    res = run("attack", ds, "--model", ckpt, "--attack", "fgsm", "--eps", 0.01, "--eps-unit", "range",
+              "--indices", 0, 1, 2, "--out", out, "--json")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["params"]["eps_unit"] == "range"
+    with np.load(out, allow_pickle=False) as z:
+        x = z["x_adv"] - z["perturbation"]
+        pert = z["perturbation"]
+    for i in range(3):
+        span = float(x[i].max() - x[i].min())
+        assert span > 1.0  # z-scored cubes span several units, so the two units differ
+        linf = float(np.abs(pert[i]).max())
+        assert linf <= 0.01 * span * (1 + 1e-4) + 1e-6
+        assert linf > 0.01 * 1.01  # bigger than the same number in normalised units

@@ -629,7 +629,7 @@ def _attack_one(args: argparse.Namespace, path, out: Path, sess) -> dict:
     loaded = load_model(args.model, device="cpu")
     fields = {f.name for f in dataclasses.fields(get_attack_params(args.attack))}
     params = {}
-    for key in ("eps", "norm", "steps", "step_size"):
+    for key in ("eps", "eps_unit", "norm", "steps", "step_size"):
         value = getattr(args, key)
         if value is not None:
             if key not in fields:
@@ -880,10 +880,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "attacked against their label, unlabelled ones against the model's prediction")
     p.add_argument("--model", default="default", help="bundled weights or a .safetensors checkpoint")
     p.add_argument("--attack", required=True,
-                   help="attack name: fgsm, pgd, bim, deepfool, cw, cw_linf, uniform_noise, "
-                   "salt_pepper, bpgd (see napari_cryoguard.attacks.available_attacks)")
+                   help="attack name: fgsm, pgd, bim, apgd-ce, apgd-t, square, deepfool, cw, "
+                   "cw_linf, uniform_noise, salt_pepper, bpgd (see "
+                   "napari_cryoguard.attacks.available_attacks)")
     p.add_argument("--eps", type=float, default=None,
-                   help="budget in normalised units (default: the attack's, from its paper)")
+                   help="budget, in --eps-unit units (default: the attack's, from its paper)")
+    p.add_argument("--eps-unit", choices=["normalized", "range"], default=None, dest="eps_unit",
+                   help="normalized: the data's z-score units (the default); range: a fraction "
+                   "of each subtomogram's intensity range (max - min), the papers' unit for "
+                   "[0, 1] images")
     p.add_argument("--norm", choices=["linf", "l2"], default=None,
                    help="distance measure, for attacks that have both (default: the attack's)")
     p.add_argument("--steps", type=int, default=None, help="iterations (default: the attack's)")
