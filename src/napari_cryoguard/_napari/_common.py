@@ -517,6 +517,9 @@ class ModelPicker:
         self._sync_visibility()
         self.model.changed.connect(self._changed)
         self.checkpoint.changed.connect(self._changed)
+        if viewer is not None:
+            # quiet_gc froze the objects of the time; a removed layer must be collectable
+            viewer.layers.events.removed.connect(thaw_gc)
         if self.state is not None:
             self.state.models_changed.connect(self._models_changed)
             self.state.model_selected.connect(self.select)
@@ -604,21 +607,27 @@ class ModelPicker:
 _GC_LOCK = threading.Lock()
 _GC_USERS = 0
 _GC_WAS_ENABLED = True
+_GC_THAWED = False
 
 
 @contextmanager
 def quiet_gc():
-    """Keep a big import or model load (in a worker) from causing a long full collection.
+    """Keep big imports and model loads (in a worker) out of the garbage collector's full passes.
 
     Python's cyclic garbage collector makes a full pass over every tracked object (all
-    of napari, Qt wrappers, vispy, torch: ~0.4-1 s with the GIL held, so the event loop
+    of napari, Qt wrappers, vispy, torch: 0.4-0.8 s with the GIL held, so the event loop
     freezes too) once the objects that survived the young generations since the last
     full pass exceed a quarter of the old generation. Importing torch alone adds that
-    many, and the freeze then hit a later, unrelated step (the second "Attack
-    particle"). Inside this block the collector is paused; at its end the objects it
-    created are moved straight into the old generation (``gc.freeze()`` then
-    ``gc.unfreeze()``) without counting towards the next full pass. Nothing is kept
-    from being collected: the next full pass, whenever it comes, sees them.
+    many; the freeze then hit a later, unrelated step (the third "Attack particle", or
+    Evaluate). Inside this block the collector is paused; at its end every object that
+    exists is moved to the permanent generation (``gc.freeze()``), which full passes
+    skip: later passes only look at what was made since, and take milliseconds.
+
+    What is frozen is only freed by reference counting. napari layers hold reference
+    cycles, so :func:`thaw_gc` (connected to the viewer's layer removals by
+    :class:`ModelPicker`) gives the frozen objects back to the collector when a layer is
+    removed: its memory is then freed by the next full pass, as without this, and
+    nothing is frozen again.
     """
     import gc
 
@@ -634,11 +643,22 @@ def quiet_gc():
         with _GC_LOCK:
             _GC_USERS -= 1
             if _GC_USERS == 0:
-                if gc.get_freeze_count() == 0:  # nobody else froze objects: ours to move
+                if not _GC_THAWED:
                     gc.freeze()
-                    gc.unfreeze()
                 if _GC_WAS_ENABLED:
                     gc.enable()
+
+
+def thaw_gc(event=None) -> None:
+    """Give what :func:`quiet_gc` froze back to the garbage collector (a layer was removed:
+    its memory can only be freed by a full pass)."""
+    import gc
+
+    global _GC_THAWED
+    with _GC_LOCK:
+        _GC_THAWED = True  # from now on, the collector as Python runs it
+        if gc.get_freeze_count():
+            gc.unfreeze()
 
 
 def particle_source(viewer, i: int, image_layer=None) -> dict:
