@@ -114,3 +114,24 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+class StreamingWriter:
+    """Context protocol of the package's streaming writers: ``close()`` commits the output
+    when the block ends normally, ``abort()`` discards it (leaving any older file intact)
+    when it raises. Subclasses define both."""
+
+    def close(self):  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from napari_cryoguard._atomic import StreamingWriter
 from napari_cryoguard.errors import CryoGuardError
 
 
@@ -284,7 +285,7 @@ def classify(loaded: LoadedModel, volumes: np.ndarray, **kwargs) -> Predictions:
     return drain(iter_classify(loaded, volumes, **kwargs))
 
 
-class PredictionWriter:
+class PredictionWriter(StreamingWriter):
     """Write predictions as CSV block by block (what :func:`write_predictions` writes).
 
     Columns: ``index, predicted, predicted_name, p_<class>...``, then ``label,
@@ -348,15 +349,6 @@ class PredictionWriter:
             self._ctx.__exit__(type(exc), exc, exc.__traceback__)
         except BaseException:  # the context re-raises what it was given
             pass
-
-    def __enter__(self) -> PredictionWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_predictions(path: str | os.PathLike, preds: Predictions, labels=None, coords=None) -> Path:

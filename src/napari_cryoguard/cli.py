@@ -493,17 +493,22 @@ def _rank_quiet(args: argparse.Namespace, sess) -> None:
 
 @_command("classify")
 def cmd_classify(args: argparse.Namespace) -> dict:
+    return _per_dataset(args, ".csv", _classify_one)
+
+
+def _per_dataset(args: argparse.Namespace, suffix: str, one) -> dict:
+    """Run ``one(args, dataset, out, session)`` on each dataset of the command line (one
+    output per input with --out-dir, or the single --out), under torchrun when launched so."""
     from napari_cryoguard import distributed
 
     with distributed.session(args.device) as sess:
         _rank_quiet(args, sess)
-        many = _many(args, args.datasets, ".csv",
-                     lambda path, out: _classify_one(args, path, out, sess), session=sess,
+        many = _many(args, args.datasets, suffix,
+                     lambda path, out: one(args, path, out, sess), session=sess,
                      tomograms_star=False)
         if many is not None:
             return many
-        return _classify_one(args, _single_input(args, args.datasets, "datasets"),
-                             Path(args.out), sess)
+        return one(args, _single_input(args, args.datasets, "datasets"), Path(args.out), sess)
 
 
 def _classify_one(args: argparse.Namespace, path, out: Path, sess) -> dict:
@@ -595,19 +600,9 @@ def _parse_value(text: str):
 
 @_command("attack")
 def cmd_attack(args: argparse.Namespace) -> dict:
-    from napari_cryoguard import distributed
-
     if Path(args.out or "x.npz").suffix.lower() != ".npz":
         raise CryoGuardError(f"attack results are written as .npz, got {Path(args.out).name}")
-    with distributed.session(args.device) as sess:
-        _rank_quiet(args, sess)
-        many = _many(args, args.datasets, ".npz",
-                     lambda path, out: _attack_one(args, path, out, sess), session=sess,
-                     tomograms_star=False)
-        if many is not None:
-            return many
-        return _attack_one(args, _single_input(args, args.datasets, "datasets"),
-                           Path(args.out), sess)
+    return _per_dataset(args, ".npz", _attack_one)
 
 
 def _attack_one(args: argparse.Namespace, path, out: Path, sess) -> dict:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cryoguard._atomic import atomic_output
+from napari_cryoguard._atomic import StreamingWriter, atomic_output
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -279,7 +279,7 @@ def save_dataset(
     return path
 
 
-class NpzWriter:
+class NpzWriter(StreamingWriter):
     """Write an uncompressed ``.npz`` whose large members arrive in row blocks.
 
     Rows given to :meth:`append` go to a spool file beside the output (named like the
@@ -391,17 +391,8 @@ class NpzWriter:
                 pass
         self._spools.clear()
 
-    def __enter__(self) -> NpzWriter:
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-class DatasetWriter:
+class DatasetWriter(StreamingWriter):
     """Write a version-1 dataset file block by block (:func:`save_dataset` streamed).
 
     Parameters
@@ -473,15 +464,6 @@ class DatasetWriter:
 
     def abort(self) -> None:
         self._npz.abort()
-
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def release_pages(array: Any) -> None:
