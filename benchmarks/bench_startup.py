@@ -38,6 +38,8 @@ CASES: dict[str, list[str]] = {
     "cryoguard --help": [*CLI, "--help"],
     "cryoguard extract --help": [*CLI, "extract", "--help"],
     "cryoguard classify --help": [*CLI, "classify", "--help"],
+    "cryoguard train --help": [*CLI, "train", "--help"],
+    "cryoguard evaluate --help": [*CLI, "evaluate", "--help"],
     "import napari_cryoguard.io": [PY, "-c", "import napari_cryoguard.io"],
     "import napari reader": [PY, "-c", "import napari_cryoguard._napari._reader"],
     "import torch (reference)": [PY, "-c", "import torch"],
