@@ -263,3 +263,29 @@ def test_progress_lines_when_stderr_is_not_a_terminal(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1] == "work: 4/4 (100%)"
     assert all(line.startswith("work: ") for line in lines) and len(lines) == 4
+
+
+def test_extract_warp_fractions_take_the_geometry_of_the_tomogram_extracted(tmp_path):
+    """A real WarpTools template-matching STAR (coordinates as fractions of the tomogram,
+    tests/data/warp) extracts from TS_1.mrc with no --tomograms: the reader is refused
+    alone, so the tomogram being extracted gives the size, and a note says so."""
+    from napari_cryoguard.data import load_dataset
+    from napari_cryoguard.io import write_tomogram
+
+    star = Path(__file__).parent / "data" / "warp" / "TS_1_10.00Apx_emd_15854_clean.star"
+    shape = (39, 237, 174)  # ZYX, half the tutorial's 348 x 474 x 78 tomogram
+    write_tomogram(tmp_path / "TS_1.mrc", np.zeros(shape, np.float32), 20.0)
+    out = tmp_path / "sub.npz"
+    res = run("extract", tmp_path / "TS_1.mrc", "--picks", star, "--out", out, "--size", 8,
+              "--border", "skip", "--json")
+    s = summary(res)
+    assert s["ok"] and any("TS_1.mrc, the tomogram being extracted" in n for n in s["notes"])
+    ds = load_dataset(out)
+    # the first row: x 0.16666667, y 0.943038, z 0.1923077 (fractions) x (174, 237, 39)
+    first = np.array([0.1923077 * 39, 0.943038 * 237, 0.16666667 * 174])
+    d = np.abs(ds.coords - np.round(first)).sum(axis=1)
+    assert len(ds) >= 6 and d.min() <= 1.5
+    # with --tomograms naming another geometry the user's choice stands (and is refused here)
+    bad = run("extract", tmp_path / "TS_1.mrc", "--picks", star, "--out", tmp_path / "b.npz",
+              "--tomograms", tmp_path / "missing.star", "--json", ok=False)
+    assert bad.returncode == 2

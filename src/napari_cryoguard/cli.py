@@ -370,11 +370,11 @@ def _picks_options(args: argparse.Namespace) -> dict:
     return kw
 
 
-def _read_picks_cli(args: argparse.Namespace, path):
+def _read_picks_cli(args: argparse.Namespace, path, **extra):
     from napari_cryoguard.io import read_picks
 
     try:
-        return read_picks(path, **_picks_options(args))
+        return read_picks(path, **{**_picks_options(args), **extra})
     except TypeError as exc:
         if "unexpected keyword" not in str(exc):
             raise
@@ -422,7 +422,24 @@ def _picks_for(args: argparse.Namespace, tomogram_path, cache: dict):
     if path not in cache:
         _want_picks(path, "extract --picks")
         cache.clear()  # keep one file's picks at a time
-        cache[path] = _read_picks_cli(args, path)
+        try:
+            cache[path] = _read_picks_cli(args, path)
+        except CryoGuardError as first:
+            # files whose coordinates need the tomogram's geometry (RELION 5 centred Å,
+            # WarpTools fractions) and no --tomograms: the tomogram being extracted is it
+            if getattr(args, "tomograms_star", None):
+                raise
+            key = (path, str(tomogram_path))
+            if key not in cache:
+                try:
+                    picks = _read_picks_cli(args, path, tomograms=tomogram_path)
+                except CryoGuardError:
+                    raise first from None
+                picks.notes.append(f"{path.name}: its coordinates were converted with the "
+                                   f"size and voxel size of {Path(tomogram_path).name}, the "
+                                   "tomogram being extracted (no --tomograms given)")
+                cache[key] = picks
+            return path, cache[key]
     return path, cache[path]
 
 
