@@ -74,6 +74,16 @@ class Session:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order, on every rank (``[obj]`` in one process)."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` in rank order on rank 0, None elsewhere."""
         if not self.active:

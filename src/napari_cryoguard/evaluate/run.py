@@ -27,6 +27,7 @@ Also runnable as ``python -m napari_cryoguard.evaluate.run`` (= ``cryoguard eval
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -85,6 +86,76 @@ def attack_dataset(*args: Any, **kwargs: Any) -> Any:
     from napari_cryoguard.attacks import attack_dataset as _ad
 
     return _ad(*args, **kwargs)
+
+
+#: The torchrun session of the running :func:`evaluate` (None: one process).
+_SESSION: Any = None
+
+
+def _session() -> Any:
+    from napari_cryoguard.distributed import Session
+
+    return _SESSION if _SESSION is not None else Session()
+
+
+def _shared_attack(
+    model: nn.Module,
+    vols: np.ndarray,
+    y: np.ndarray,
+    name: str,
+    *,
+    batch_size: int,
+    device: Any,
+    indices: np.ndarray | None = None,
+    **params: Any,
+) -> Any:
+    """:func:`attack_dataset` on the rows ``indices`` (all rows: None), shared by the ranks.
+
+    In one process a plain call. Under torchrun each rank attacks its contiguous share
+    of whole batches (:func:`~napari_cryoguard.distributed.rank_rows`, so every batch,
+    and its seeded random start, is that of one process), and the per-sample results
+    (without the adversarial volumes) are gathered on every rank in rank order: all
+    ranks continue with the full result of a one-process run.
+    """
+    sess = _session()
+    if not sess.active:
+        if indices is None:
+            return attack_dataset(
+                model, vols, y, name, batch_size=batch_size, device=device, **params
+            )
+        return attack_dataset(
+            model, vols, y, name, batch_size=batch_size, device=device, indices=indices,
+            **params,
+        )
+    from napari_cryoguard.attacks.base import AttackResult
+    from napari_cryoguard.distributed import rank_rows
+
+    rows = (
+        np.arange(len(vols)) if indices is None
+        else np.asarray(indices, dtype=np.int64).reshape(-1)
+    )
+    lo, hi = rank_rows(rows.size, batch_size, sess.rank, sess.size)
+    piece: Any = None
+    if hi > lo:
+        try:
+            res = attack_dataset(
+                model, vols, y, name, batch_size=batch_size, device=device,
+                indices=rows[lo:hi], **params,
+            )
+            empty = res.x_adv.new_empty((len(res), 0))
+            piece = dataclasses.replace(res, x_adv=empty, perturbation=empty.clone())
+        except CryoGuardError as exc:  # raised on every rank, not only on this one
+            piece = exc
+    gathered = sess.all_gather(piece)
+    for g in gathered:
+        if isinstance(g, BaseException):
+            raise g
+    pieces = [g for g in gathered if g is not None]
+    if not pieces:  # nothing to attack: the one-process error
+        return attack_dataset(
+            model, vols, y, name, batch_size=batch_size, device=device, indices=rows, **params
+        )
+    return AttackResult.concatenate(pieces)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -230,12 +301,23 @@ def _slug(text: str) -> str:
 def _predict(
     model: nn.Module, vols: np.ndarray, device: torch.device, batch_size: int
 ) -> np.ndarray:
+    """Predicted classes of ``vols``; under torchrun each rank predicts its share of
+    whole batches and every rank gets all predictions (in row order)."""
+    sess = _session()
+    lo, hi = (0, len(vols))
+    if sess.active:
+        from napari_cryoguard.distributed import rank_rows
+
+        lo, hi = rank_rows(len(vols), batch_size, sess.rank, sess.size)
     out = []
     with torch.no_grad():
-        for s in range(0, len(vols), batch_size):
+        for s in range(lo, hi, batch_size):
             x = torch.from_numpy(np.ascontiguousarray(vols[s : s + batch_size])).unsqueeze(1)
             out.append(model(x.to(device)).float().argmax(1).cpu().numpy())
-    return np.concatenate(out).astype(np.int64)
+    if not sess.active:
+        return np.concatenate(out).astype(np.int64)
+    mine = np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+    return np.concatenate(sess.all_gather(mine)).astype(np.int64)
 
 
 def _sanity_cell(model: nn.Module, vols: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -338,7 +420,7 @@ def _worst_case_cell(
         if rows.size:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # zero gradients: counted
-                res = attack_dataset(
+                res = _shared_attack(
                     model,
                     vols,
                     y,
@@ -397,7 +479,7 @@ def _attack_cell(
     for variant in spec["variants"]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # zero gradients: counted below
-            res = attack_dataset(
+            res = _shared_attack(
                 model,
                 vols,
                 y,
@@ -465,7 +547,7 @@ def _margin_cell(
     if rows.size:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = attack_dataset(
+            res = _shared_attack(
                 m.loaded.model,
                 vols,
                 y,
@@ -562,7 +644,51 @@ def evaluate(
     -------
     dict
         The content of ``metrics.json``.
+
+    Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) the ranks share the
+    work: every attack, margin estimate and clean prediction runs on each rank's share
+    of whole batches and the per-sample results are gathered on every rank, so the
+    metrics equal a one-process run; only rank 0 reads and writes ``state.json`` and
+    writes the report and ``metrics.json`` (every rank returns the metrics).
     """
+    global _SESSION
+    from napari_cryoguard import distributed
+
+    kwargs = dict(
+        attacks=attacks, out=out, max_samples=max_samples, resume=resume,
+        progress=progress, quick=quick, batch_size=batch_size, seed=seed, margins=margins,
+        margin_samples=margin_samples, margin_params=margin_params, names=names, title=title,
+    )
+    if distributed.world()[1] == 1:
+        return _evaluate(checkpoints, dataset, device=device, **kwargs)
+    with distributed.session(str(device)) as sess:
+        prev, _SESSION = _SESSION, sess
+        try:
+            return _evaluate(checkpoints, dataset, device=sess.device, **kwargs)
+        finally:
+            _SESSION = prev
+
+
+def _evaluate(
+    checkpoints: Sequence[Any],
+    dataset: Any,
+    *,
+    attacks: list[dict[str, Any]] | str | None,
+    out: str | os.PathLike,
+    device: str | torch.device,
+    max_samples: int | None,
+    resume: bool,
+    progress: Callable[[dict[str, Any]], None] | None,
+    quick: bool,
+    batch_size: int,
+    seed: int,
+    margins: bool,
+    margin_samples: int | None,
+    margin_params: dict[str, Any] | None,
+    names: Sequence[str] | None,
+    title: str,
+) -> dict[str, Any]:
+    sess = _session()
     t_start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CryoGuardError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -589,13 +715,15 @@ def evaluate(
     )
     state_path = out / "state.json"
     state: dict[str, Any] = {"version": STATE_VERSION, "key": base_key, "cells": {}}
-    if resume and state_path.is_file():
+    if resume and state_path.is_file() and sess.is_main:
         try:
             old = json.loads(state_path.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
         if old.get("version") == STATE_VERSION and old.get("key") == base_key:
             state["cells"] = dict(old.get("cells") or {})
+    if sess.active:  # rank 0 decides which cells are cached
+        state["cells"] = sess.broadcast(state["cells"])
     out.mkdir(parents=True, exist_ok=True)
 
     total = sum(
@@ -630,7 +758,8 @@ def evaluate(
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             state["cells"][key] = cell
-            write_json(state_path, state)
+            if sess.is_main:
+                write_json(state_path, state)
             counters["computed"] += 1
         else:
             counters["cached"] += 1
@@ -826,14 +955,16 @@ def evaluate(
         "models": results,
         "warnings": _domain_warnings(models, ds),
     }
-    files = _write_outputs(out, metrics, title)
-    metrics["files"] = files
+    files = _write_outputs(out, metrics, title) if sess.is_main else None
+    metrics["files"] = sess.broadcast(files)
     metrics["timing"] = {
         "seconds": round(time.perf_counter() - t_start, 3),
         "cells_computed": counters["computed"],
         "cells_cached": counters["cached"],
     }
-    write_json(out / "metrics.json", metrics)
+    if sess.is_main:
+        write_json(out / "metrics.json", metrics)
+    sess.barrier()  # the outputs exist when evaluate() returns on any rank
     return json_clean(metrics)
 
 
@@ -1158,7 +1289,11 @@ def _suite_from_args(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         specs += named_suite(args.suite, quick=args.quick)
     if args.attacks_json:
         raw = args.attacks_json
-        text = Path(raw).read_text() if Path(raw).is_file() else raw
+        try:
+            is_file = Path(raw).is_file()
+        except OSError:  # inline JSON longer than a file name may be
+            is_file = False
+        text = Path(raw).read_text() if is_file else raw
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -1195,9 +1330,15 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cryoguard evaluate``; returns the exit status (0, or 2 on a user error)."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     t0 = time.perf_counter()
+    from napari_cryoguard import distributed
+
+    try:
+        main_rank = distributed.world()[0] == 0  # under torchrun only rank 0 prints
+    except CryoGuardError:
+        main_rank = True
 
     def log(msg: str) -> None:
-        if not args.quiet:
+        if not args.quiet and main_rank:
             print(msg, file=sys.stderr, flush=True)
 
     try:
@@ -1241,12 +1382,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         )
     except CryoGuardError as exc:
         print(f"cryoguard evaluate: error: {exc}", file=sys.stderr, flush=True)
-        if args.json:
+        if args.json and main_rank:
             print(json.dumps({"command": "evaluate", "ok": False, "error": str(exc)}), flush=True)
         return 2
     out = Path(args.out)
     log(f"verdict {metrics['verdict']}; report: {out / 'report.html'}")
-    if args.json:
+    if args.json and main_rank:
         print(
             json.dumps(
                 json_clean(
