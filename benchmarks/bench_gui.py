@@ -17,6 +17,9 @@ Baseline, measured in the same run: the same timer with the viewer idle for 2 s 
 event loop's own jitter under this machine's load). Printed per step: longest stall,
 median tick, the ratio longest / 100 ms (the target: < 1.0) and longest / idle.
 
+The widgets' warm-up (the first draw of the plugin's kinds of visuals, at idle after
+docking) is measured as its own step, before the baseline; ``--no-warm-up`` skips it.
+
 Options: ``--quick`` leaves out the two slow steps (training, Evaluate); ``--attacks N``
 repeats "Attack particle" N times (default 3, on picks 0, 1, 2, ...); ``--stacks MS``
 finds what froze the loop: a watchdog (``faulthandler``, a C thread that needs no
@@ -45,6 +48,10 @@ def main(argv=None) -> int:
                         help="leave out the training run and Evaluate")
     parser.add_argument("--attacks", type=int, default=3,
                         help="how many times to press 'Attack particle' (default 3)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="skip the widgets' idle warm-up (to measure what it saves)")
+    parser.add_argument("--slow", type=float, default=0.0, metavar="MS",
+                        help="print each Qt-thread layer step and canvas draw slower than MS")
     parser.add_argument("--stacks", type=float, default=0.0, metavar="MS",
                         help="dump the threads' stacks whenever the loop stalls this long")
     args = parser.parse_args(argv)
@@ -60,9 +67,11 @@ def main(argv=None) -> int:
     viewer.window._qt_window.resize(1280, 800)
     pump(0.5)
     viewer.open_sample("napari-cryoguard", "simulated_tomogram")
+    if args.slow > 0:
+        _log_slow(viewer, args.slow)
+    warm_up = _warm_up_hooks(viewer, skip=args.no_warm_up)
     widgets = {name: dock(viewer, name, tabify=True) for name in
                ("Pick particles", "Classify", "Attack", "Train", "Evaluate")}
-    pump(0.5)
     results: dict[str, dict] = {}
 
     def idle(w) -> bool:
@@ -82,6 +91,11 @@ def main(argv=None) -> int:
               f"{meter.median_ms:5.1f} ms   ({wall:.1f} s; longest garbage collection "
               f"{gcp.longest_ms:.0f} ms, full ones {gcp.full})", flush=True)
 
+    if warm_up is not None:
+        # the widgets' warm-up, at idle after docking (the user has not pressed anything)
+        measure("docked, warm-up", lambda: None, warm_up, timeout=60)
+    else:
+        pump(0.5)
     with StallMeter() as meter:
         pump(2.0)
     base = {"longest_ms": round(meter.longest_ms, 1), "median_ms": round(meter.median_ms, 1)}
@@ -125,6 +139,76 @@ def main(argv=None) -> int:
             timeout=900)
 
     return _finish(viewer, out, results, base)
+
+
+def _log_slow(viewer, ms: float) -> None:
+    """Print every step of the widgets' Qt-thread generators (``apply_stepwise``, the
+    warm-up) and every canvas draw that takes longer than ``ms``, and each stall of the
+    event loop longer than 2 ``ms`` after the lines that made it up."""
+    from napari_cryoguard._napari import _common
+
+    def timed(steps):
+        while True:
+            t0 = time.perf_counter()
+            try:
+                label = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            took = 1000.0 * (time.perf_counter() - t0)
+            if took > ms:
+                print(f"    step {label!s:<28} {took:6.1f} ms", flush=True)
+            yield label
+
+    stepwise = _common.apply_stepwise
+    _common.apply_stepwise = lambda widget, steps, on_done=None: stepwise(
+        widget, timed(steps), on_done)
+    idle_steps = getattr(_common, "_run_idle_steps", None)
+    if idle_steps is not None:
+        _common._run_idle_steps = lambda steps: idle_steps(timed(steps))
+    scene_canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    draw = scene_canvas._draw_scene
+
+    def timed_draw(*a, **k):
+        t0 = time.perf_counter()
+        draw(*a, **k)
+        took = 1000.0 * (time.perf_counter() - t0)
+        if took > ms:
+            print(f"    canvas draw                  {took:6.1f} ms", flush=True)
+
+    scene_canvas._draw_scene = timed_draw
+
+    from qtpy.QtCore import QTimer
+
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gap = 1000.0 * (now - last[0])
+        last[0] = now
+        if gap > 2 * ms:
+            print(f"  = loop stalled               {gap:6.1f} ms (the lines above it)", flush=True)
+
+    _log_slow.timer = QTimer()  # kept alive with the function
+    _log_slow.timer.setInterval(10)
+    _log_slow.timer.timeout.connect(tick)
+    _log_slow.timer.start()
+
+
+def _warm_up_hooks(viewer, skip: bool):
+    """``None`` when the plugin has no warm-up or ``skip`` (then it is marked as done for
+    this viewer, so the widgets do not start it); else a function telling it finished."""
+    try:
+        from napari_cryoguard._napari import _common
+    except ImportError:
+        return None
+    if not hasattr(_common, "warm_up_done"):
+        return None
+    if skip:
+        from napari_cryoguard._napari._state import _unwrap
+
+        _common._WARMED.add(id(_unwrap(viewer)))
+        return None
+    return lambda: _common.warm_up_done(viewer)
 
 
 def _finish(viewer, out: Path, results: dict, base: dict) -> int:

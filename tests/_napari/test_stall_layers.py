@@ -3,8 +3,10 @@
 - A second "Attack particle" updates the inspection layers in place: the same layer
   objects, renamed and moved, no layer added or removed (adding a napari layer is the
   costly part on the Qt thread).
-- A new layer is added in steps: appended hidden and not active, then shown, then made
-  active (napari's behaviour for a new layer is kept).
+- A new layer is added in steps: appended hidden and not active, its Qt controls, then
+  shown, then made active (napari's behaviour for a new layer is kept).
+- Docking the widgets warms up the visuals they will add once per viewer, at idle,
+  and leaves no layer behind.
 - :func:`quiet_gc` takes what exists out of the collector's full passes, and gives it
   back when a layer is removed (napari layers are freed by the collector).
 """
@@ -100,17 +102,67 @@ def test_a_new_layer_is_added_hidden_then_shown_then_made_active(docked):
     assert viewer.layers.selection.active is first
     layer = Image(np.ones((8, 16, 16), np.float32), name="new", contrast_limits=(0, 2))
     steps = iter_add_layer(viewer, layer)
+    controls = viewer.window._qt_viewer.controls
     assert next(steps) == "added"
     assert "new" in viewer.layers and not layer.visible
     assert viewer.layers.selection.active is first  # not yet: that restyles the viewer
+    assert layer not in controls.widgets  # its Qt controls come at the next turn
+    assert next(steps) == "controls" and layer in controls.widgets
     assert next(steps) == "shown" and layer.visible
     assert next(steps) == "active" and viewer.layers.selection.active is layer
     with pytest.raises(StopIteration):
         next(steps)
     # a layer made hidden stays hidden; activate=False leaves the active layer alone
     hidden = Image(np.ones((8, 16, 16), np.float32), name="hidden", visible=False)
-    assert list(iter_add_layer(viewer, hidden, activate=False)) == ["added"]
+    assert list(iter_add_layer(viewer, hidden, activate=False)) == ["added", "controls"]
     assert not hidden.visible and viewer.layers.selection.active is layer
+    assert hidden in controls.widgets
+    # the controls are napari's own: selecting the layer shows them, removing it drops them
+    viewer.layers.selection.active = hidden
+    assert controls.currentWidget() is controls.widgets[hidden]
+    viewer.layers.remove("hidden")
+    assert hidden not in controls.widgets
+
+
+def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, monkeypatch):
+    from napari_cryoguard._napari import _common
+
+    viewer = docked.viewer
+    docked.sample()
+    names = [layer.name for layer in viewer.layers]
+    dims = (viewer.dims.ndim, tuple(viewer.dims.point), tuple(viewer.dims.range))
+    camera = (tuple(viewer.scene.camera.center), viewer.scene.camera.zoom)
+    active = viewer.layers.selection.active
+    runs, added, removed = [], [], []
+    original = _common.iter_warm_up
+
+    def counting(v):
+        runs.append(v)
+        return original(v)
+
+    monkeypatch.setattr(_common, "iter_warm_up", counting)
+    viewer.layers.events.inserted.connect(lambda e: added.append(e.value.name))
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
+    canvas = viewer.window._qt_viewer.canvas
+    before = len(canvas.view.scene.children)
+    for name in ("Pick particles", "Classify", "Attack"):  # three widgets, one viewer
+        docked.dock(name)
+    docked.qtbot.waitUntil(lambda: _common.warm_up_done(viewer), timeout=30_000)
+    docked.qtbot.wait(50)
+    assert len(runs) == 1  # once for the viewer, not once per widget
+    # it drew: the captions' glyphs are in the canvas's font now
+    info = canvas.font_info()
+    font = info.font_manager.get_font(info.face)
+    assert set("particle adversarial perturbation x50") - {" "} <= set(font._glyphs)
+    # and left nothing: no layer added or removed, the scene, dims, camera as they were
+    assert added == [] and removed == []
+    assert [layer.name for layer in viewer.layers] == names
+    assert len(canvas.view.scene.children) == before
+    assert (viewer.dims.ndim, tuple(viewer.dims.point), tuple(viewer.dims.range)) == dims
+    assert (tuple(viewer.scene.camera.center), viewer.scene.camera.zoom) == camera
+    assert viewer.layers.selection.active is active
+    # a widget docked later does not start it again
+    assert _common.schedule_warm_up(viewer) is False
 
 
 def test_pick_adds_a_visible_active_picks_layer(docked):

@@ -35,6 +35,7 @@ from napari_cryoguard._napari._common import (
     connect_pick_selection,
     iter_particle_layers,
     particle_source,
+    schedule_warm_up,
     show_error,
     start_worker,
 )
@@ -196,6 +197,7 @@ class AttackWidget(DockWidget):
         self.all_button.changed.connect(self.run_all)
         self.cancel_button.changed.connect(self.cancel)
         connect_pick_selection(viewer, self._on_select)
+        schedule_warm_up(viewer)  # shaders and glyphs built at idle, not at the first result
 
     def set_checkpoint(self, path) -> None:
         """Select a checkpoint file (the Train widget's "use this model")."""

@@ -34,6 +34,7 @@ from napari_cryoguard._napari._common import (
     iter_particle_layers,
     particle_cube,
     particle_source,
+    schedule_warm_up,
     show_error,
     start_worker,
 )
@@ -224,6 +225,7 @@ class ClassifyWidget(DockWidget):
         self.reconstruct_button.changed.connect(self.run_reconstruct)
         self.index.changed.connect(self.show_probabilities)
         connect_pick_selection(viewer, self._on_select)
+        schedule_warm_up(viewer)  # shaders and glyphs built at idle, not at the first result
 
     # ------------------------------------------------------------------ model
     def model_spec(self) -> str:

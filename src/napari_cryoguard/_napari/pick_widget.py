@@ -36,6 +36,7 @@ from napari_cryoguard._napari._common import (
     connect_pick_selection,
     iter_add_layer,
     iter_picks_layer,
+    schedule_warm_up,
     show_error,
     start_worker,
     voxel_size_of,
@@ -170,6 +171,7 @@ class PickWidget(DockWidget):
         for w in (self.image, self.diameter, self.sigma1):
             w.changed.connect(self._update_sigma_info)
         connect_pick_selection(viewer, self._on_select)
+        schedule_warm_up(viewer)  # shaders and glyphs built at idle, not at the first result
         self._update_sigma_info()
 
     # ------------------------------------------------------------------ parameters
