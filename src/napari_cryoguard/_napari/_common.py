@@ -245,7 +245,7 @@ def iter_warm_up(viewer):
     shaders are built and compiled; the first text also renders its glyphs), on top of
     adding the layer. Here napari's own vispy layers for a picks-like Points layer (disc
     markers drawn out of slice) and a captioned Shapes layer (the attack frames, with
-    the captions' glyphs) are built for throwaway layers that are never added to the
+    the captions' glyphs, rendered beforehand a few at a time) are built for throwaway layers that are never added to the
     viewer, drawn once far outside the view, and thrown away: no layer is added or
     removed, the layer list, dims and camera are untouched. Steps: build one visual;
     wait for the canvas to draw it; remove it.
@@ -271,17 +271,29 @@ def _warm_up_visuals(viewer, canvas):
     corners = np.zeros((4, nd))
     corners[:, -2:] = [[0, 0], [0, 10], [10, 10], [10, 0]]
     rect = base + corners
-    makers = [
-        lambda: Points(base[None], size=14, symbol="disc", border_color="yellow",
-                       face_color="transparent", border_width=0.12,
-                       projection_mode="rescale_spherical", name="warm-up"),
-        lambda: Shapes([rect] * len(WARM_UP_CAPTIONS), shape_type="polygon",
-                       edge_color="yellow", face_color="transparent", edge_width=0.6,
-                       features={"caption": list(WARM_UP_CAPTIONS)}, name="warm-up",
-                       text={"string": "{caption}", "anchor": "upper_left",
-                             "color": "yellow", "size": 8}),
-    ]
     from napari._vispy.utils.visual import create_vispy_layer
+
+    def layer_visual(layer):
+        # napari's own vispy layer for a layer that is never added to the viewer
+        layer._slice_dims(dims)
+        try:
+            vispy_layer = create_vispy_layer(layer, font_info=canvas.font_info())
+        except TypeError:  # a napari whose create_vispy_layer takes no font
+            vispy_layer = create_vispy_layer(layer)
+        vispy_layer.node.parent = canvas.view.scene
+        vispy_layer._on_matrix_change()
+        return vispy_layer.node, vispy_layer.close
+
+    makers = [
+        lambda: layer_visual(Points(
+            base[None], size=14, symbol="disc", border_color="yellow", name="warm-up",
+            face_color="transparent", border_width=0.12, projection_mode="rescale_spherical")),
+        lambda: layer_visual(Shapes(
+            [rect] * len(WARM_UP_CAPTIONS), shape_type="polygon", edge_color="yellow",
+            face_color="transparent", edge_width=0.6, name="warm-up",
+            features={"caption": list(WARM_UP_CAPTIONS)},
+            text={"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": 8})),
+    ]
 
     def glyphs():
         # the captions' glyphs, rendered on the CPU a few at a time (6-15 ms each)
@@ -308,14 +320,7 @@ def _warm_up_visuals(viewer, canvas):
         for j, make in enumerate(makers):
             if j == 1:
                 yield from glyphs()
-            layer = make()
-            layer._slice_dims(dims)
-            try:
-                vispy_layer = create_vispy_layer(layer, font_info=canvas.font_info())
-            except TypeError:  # a napari whose create_vispy_layer takes no font
-                vispy_layer = create_vispy_layer(layer)
-            vispy_layer.node.parent = canvas.view.scene
-            vispy_layer._on_matrix_change()
+            node, close = make()
             seen = draws[0]
             canvas.view.scene.update()
             yield "built"
@@ -323,8 +328,8 @@ def _warm_up_visuals(viewer, canvas):
                 if scene_canvas is None or draws[0] > seen or not canvas.native.isVisible():
                     break
                 yield "waiting"
-            vispy_layer.node.parent = None
-            vispy_layer.close()
+            node.parent = None
+            close()
             yield "drawn"
     finally:
         if scene_canvas is not None:
@@ -570,13 +575,13 @@ def go_to_region(viewer, z_world: float, center_yx, width: float, height: float)
 
 def iter_go_to_region(viewer, z_world: float, center_yx, width: float, height: float):
     """:func:`go_to_region` in two Qt-thread steps (a generator): the Z slider (every
-    layer is sliced again), then the camera (one repaint); what is already there is not
-    set again."""
+    layer is sliced again, once: :func:`_set_point_slicing_once`), then the camera (one
+    repaint); what is already there is not set again."""
     if viewer.dims.ndim >= 3:
         axis = viewer.dims.ndim - 3
         step = float(viewer.dims.range[axis].step or 1.0)
         if abs(float(viewer.dims.point[axis]) - float(z_world)) > step / 2:
-            viewer.dims.set_point(axis, float(z_world))
+            _set_point_slicing_once(viewer, axis, float(z_world))
             yield "slice"
     scene = getattr(viewer, "scene", None)
     camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
@@ -592,6 +597,32 @@ def iter_go_to_region(viewer, z_world: float, center_yx, width: float, height: f
     if zoom is not None and not np.isclose(float(camera.zoom), zoom):
         camera.zoom = zoom
     yield "camera"
+
+
+def _set_point_slicing_once(viewer, axis: int, value: float) -> None:
+    """``viewer.dims.set_point(axis, value)``, with every layer sliced once.
+
+    napari slices every layer for each of the events a new point emits (``point``, then
+    ``current_step``): two full passes, 40-90 ms with a dozen layers under load. Here the
+    viewer's slicing callback is held back while the point is set and run once after.
+    """
+    from napari_cryoguard._napari._state import _unwrap
+
+    real = _unwrap(viewer)
+    update = getattr(real, "_update_layers", None)
+    emitters = [getattr(real.dims.events, name, None) for name in ("point", "current_step")]
+    emitters = [e for e in emitters if e is not None and hasattr(e, "block")]
+    if update is None or not emitters:
+        viewer.dims.set_point(axis, value)
+        return
+    for emitter in emitters:
+        emitter.block(update)
+    try:
+        real.dims.set_point(axis, value)
+    finally:
+        for emitter in emitters:
+            emitter.unblock(update)
+    update()
 
 
 class Failure:
