@@ -949,12 +949,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _os_error(exc: OSError) -> CryoGuardError:
-    """An ``OSError`` (disk full, read-only, a folder where a file goes, permissions) as
-    the package's one-line error, naming the path."""
-    where = exc.filename if exc.filename is not None else "a file"
-    what = exc.strerror or exc.__class__.__name__
-    return CryoGuardError(f"{where}: {what} (errno {exc.errno}); earlier outputs were left as "
-                          "they were")
+    """An ``OSError`` as the package's one-line error (:func:`napari_cryoguard.errors.os_error`)."""
+    from napari_cryoguard.errors import os_error
+
+    return os_error(exc)
 
 
 def _check_output(path) -> None:
