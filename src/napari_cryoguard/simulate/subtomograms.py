@@ -113,6 +113,7 @@ def simulate_subtomograms(
     amplitude_contrast: float = 0.07,
     bfactor: float = 0.0,
     tilt_axis: str = "y",
+    mtf: str = "none",
 ) -> SimulatedDataset:
     """Simulate ``n_per_class`` subtomograms per class, shuffled.
 
@@ -140,6 +141,10 @@ def simulate_subtomograms(
         Half tilt range in degrees, in (0, 90].
     defocus_um, cs_mm, voltage_kv, amplitude_contrast, bfactor
         CTF parameters (:func:`ctf_3d`); negative defocus = underfocus.
+    mtf : {"none", "sinc"}
+        Detector MTF applied with the CTF (:func:`ctf_3d`): ``"none"`` (the default, as
+        the data the bundled models were trained on) or ``"sinc"`` (an ideal pixel, the
+        CB3D paper's section 2.2).
     shift : float
         Largest random translation per axis (voxels), uniform in ``[-shift, shift]``.
     seed : int or None
@@ -165,7 +170,7 @@ def simulate_subtomograms(
         n_per_class, classes, cube, voxel_size, snr, tilt_range, defocus_um, cs_mm,
         voltage_kv, shift, seed, normalize, include_empty, progress,
         amplitude_contrast=amplitude_contrast, bfactor=bfactor, tilt_axis=tilt_axis,
-        block_size=None))
+        mtf=mtf, block_size=None))
     return blocks[0]
 
 
@@ -188,6 +193,7 @@ def iter_simulated_blocks(
     amplitude_contrast: float = 0.07,
     bfactor: float = 0.0,
     tilt_axis: str = "y",
+    mtf: str = "none",
     block_size: int | None = 256,
 ) -> Iterator[SimulatedDataset]:
     """:func:`simulate_subtomograms` in blocks of ``block_size`` samples, so memory is
@@ -226,12 +232,15 @@ def iter_simulated_blocks(
         "bfactor": float(bfactor),
         "tilt_axis": str(tilt_axis).lower(),
     }
+    if mtf != "none":  # recorded only when used, so earlier parameter records stay equal
+        params["mtf"] = str(mtf)
     json.dumps(params)
 
     pad = _ctf_pad(voxel_size, float(defocus_um), float(voltage_kv), cube)
     box = cube + 2 * pad
     shape = (box, box, box)
-    filt = ctf_3d(shape, voxel_size, defocus_um, cs_mm, voltage_kv, amplitude_contrast, bfactor)
+    filt = ctf_3d(shape, voxel_size, defocus_um, cs_mm, voltage_kv, amplitude_contrast, bfactor,
+                  mtf=mtf, tilt_axis=tilt_axis)
     wedge = missing_wedge_mask(shape, tilt_range, tilt_axis)
     filt *= wedge
 
