@@ -65,6 +65,8 @@ def test_second_attack_updates_the_layers_in_place(attack, small_sim):
     docked.click(widget, "Attack particle")
     docked.wait_idle(widget)
     first = _inspection(viewer, 2)
+    assert first["frames"].text.visible  # the captions, shown a turn after the frames
+    assert list(first["frames"].features["caption"])[0] == "particle"
     frames_data = [np.array(d) for d in first["frames"].data]
     frames_at = np.array(first["frames"].translate)
     added, removed = [], []

@@ -560,11 +560,16 @@ def _show_frames(viewer, name: str, rects: list, captions: list, scale, translat
     else:
         from napari.layers import Shapes
 
+        # the captions are shown a turn after the frames: the first draw of the text is
+        # one repaint, that of the frames another (each builds its shaders)
         layer = Shapes(rects, shape_type="polygon", name=name, edge_color="yellow",
                        face_color="transparent", edge_width=0.6, scale=tuple(scale),
-                       translate=translate, features={"caption": captions}, text=text,
+                       translate=translate, features={"caption": captions},
+                       text={**text, "visible": False},
                        opacity=0.9, metadata={INSPECTION: _role(name)})
         yield from iter_add_layer(viewer, layer, activate=False)
+        layer.text.visible = True
+        yield "captions"
 
 
 def go_to_region(viewer, z_world: float, center_yx, width: float, height: float) -> None:
