@@ -3,8 +3,8 @@
 - A second "Attack particle" updates the inspection layers in place: the same layer
   objects, renamed and moved, no layer added or removed (adding a napari layer is the
   costly part on the Qt thread).
-- A new layer is added in steps: appended hidden and not active, its Qt controls, then
-  shown, then made active (napari's behaviour for a new layer is kept).
+- A new layer is added in steps: appended hidden and not active, its visual, its Qt
+  controls, then shown, then made active (napari's behaviour for a new layer is kept).
 - Docking the widgets warms up the visuals they will add once per viewer, at idle,
   and leaves no layer behind.
 - :func:`quiet_gc` takes what exists out of the collector's full passes, and gives it
@@ -108,7 +108,11 @@ def test_a_new_layer_is_added_hidden_then_shown_then_made_active(docked):
     assert next(steps) == "added"
     assert "new" in viewer.layers and not layer.visible
     assert viewer.layers.selection.active is first  # not yet: that restyles the viewer
-    assert layer not in controls.widgets  # its Qt controls come at the next turn
+    canvas = viewer.window._qt_viewer.canvas
+    # its vispy visual, then its Qt controls, come at the next turns
+    assert layer not in canvas.layer_to_visual and layer not in controls.widgets
+    assert next(steps) == "visual" and layer in canvas.layer_to_visual
+    assert canvas.layer_to_visual[layer].node.parent is canvas.view.scene
     assert next(steps) == "controls" and layer in controls.widgets
     assert next(steps) == "shown" and layer.visible
     assert next(steps) == "active" and viewer.layers.selection.active is layer
@@ -116,14 +120,14 @@ def test_a_new_layer_is_added_hidden_then_shown_then_made_active(docked):
         next(steps)
     # a layer made hidden stays hidden; activate=False leaves the active layer alone
     hidden = Image(np.ones((8, 16, 16), np.float32), name="hidden", visible=False)
-    assert list(iter_add_layer(viewer, hidden, activate=False)) == ["added", "controls"]
+    assert list(iter_add_layer(viewer, hidden, activate=False)) == ["added", "visual", "controls"]
     assert not hidden.visible and viewer.layers.selection.active is layer
     assert hidden in controls.widgets
     # the controls are napari's own: selecting the layer shows them, removing it drops them
     viewer.layers.selection.active = hidden
     assert controls.currentWidget() is controls.widgets[hidden]
     viewer.layers.remove("hidden")
-    assert hidden not in controls.widgets
+    assert hidden not in controls.widgets and hidden not in canvas.layer_to_visual
 
 
 def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, monkeypatch):
