@@ -210,3 +210,25 @@ def test_autoattack_suite_from_the_widget(sample, tiny_ckpt):
     assert "under AutoAttack (quick)" in ev.status.value
     feats = docked.viewer.layers["picks"].features
     assert "robust_AutoAttack (quick)" in feats.columns
+
+
+def test_output_fault_is_one_clear_notification_and_nothing_runs(sample, tiny_ckpt, tmp_path,
+                                                                  monkeypatch):
+    """The runs folder cannot be created (a file sits where it should be): Evaluate says so
+    in the plugin's own sentence, naming the path, as the notification's text and in the
+    status line; no traceback text, and the widget is usable again."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file, not a folder\n")
+    monkeypatch.setenv("CRYOGUARD_RUNS_DIR", str(blocker / "runs"))
+    seen = _notifications(monkeypatch)
+    docked = sample
+    ev = docked.dock("Evaluate")
+    _add_checkpoint(ev, tiny_ckpt)
+    ev.labels.combo.reset_choices()
+    _evaluate(docked, ev)
+    assert ev.metrics is None
+    status = ev.status.value
+    assert "not-a-folder" in status and "Traceback" not in status, status
+    assert seen and "not-a-folder" in seen[-1] and "Traceback" not in seen[-1]
+    assert blocker.read_text() == "a file, not a folder\n"  # nothing lost
+    assert not getattr(ev, "_busy", False)

@@ -257,3 +257,18 @@ def test_fits_a_laptop_screen(docked, train):
     size = docked.viewer.window._qt_window.size()
     assert size.width() <= 1280 and size.height() <= 800
     assert train.plots.canvas.height() <= 260
+
+
+def test_output_fault_is_one_notification_naming_the_path(train, docked, tmp_path):
+    """The runs folder cannot be made (a file sits where a folder should be): Start says so
+    in one sentence naming the path (no traceback), starts nothing, and the file is kept."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("keep me\n")
+    train.runs_dir = blocker / "runs"
+    n = len(_notifications())
+    docked.click(train, "Start training")
+    docked.wait_idle(train)
+    new = " ".join(_notifications()[n:])
+    assert "not-a-folder" in new and "Traceback" not in new, new
+    assert train.info.value.startswith("error")
+    assert not train.runs and blocker.read_text() == "keep me\n"

@@ -667,11 +667,13 @@ def guarded(fn, *args, **kwargs):
     Progress values a generator yields pass through; its return value (or the function's)
     is returned. A :class:`~napari_cryoguard.CryoGuardError` — bad input the user can fix —
     comes back as a :class:`Failure` for the widget to show as a notification, instead of
-    an exception in the Qt event loop. Anything else is a bug and propagates.
+    an exception in the Qt event loop; so does an ``OSError`` (an output folder that cannot
+    be written, a disk that is full), as one sentence naming the path. Anything else is a
+    bug and propagates.
     """
     import inspect
 
-    from napari_cryoguard.errors import CryoGuardError
+    from napari_cryoguard.errors import CryoGuardError, os_error
 
     try:
         result = fn(*args, **kwargs)
@@ -680,6 +682,8 @@ def guarded(fn, *args, **kwargs):
         return result
     except CryoGuardError as exc:
         return Failure(exc)
+    except OSError as exc:  # disk full, read-only, a file where a folder goes: the user's to fix
+        return Failure(os_error(exc))
 
 
 def start_worker(widget, fn, *args, on_return, on_yield=None, buttons=(), **kwargs):
