@@ -181,10 +181,14 @@ def save_checkpoint(
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: header_json})
+    # serialised here and written through our own temporary file: safetensors' save_file
+    # writes a temporary of its own (".tmpXXXXXX") beside the target, which a kill would
+    # leave behind where nothing knows to remove it
+    blob = save(tensors, metadata={METADATA_KEY: header_json})
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(blob)
     return path
 
 
