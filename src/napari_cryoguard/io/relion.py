@@ -660,19 +660,7 @@ def _normalized_to_voxels(path, frac_xyz, tomo_names, tomograms, voxel_size, not
         g = geometry[resolved[nm]]
         span[i] = 2.0 * g.centre_xyz  # the tomogram's size in its voxels
         tvs[i] = g.voxel_size
-    voxels = frac_xyz * span
-    if voxel_size is None:
-        distinct = sorted(set(np.round(tvs, 9).tolist()))
-        if len(distinct) > 1:
-            raise CryoGuardError(
-                f"{path.name}: the tomograms have different voxel sizes "
-                f"({', '.join(f'{v:g}' for v in distinct[:5])} A); pass voxel_size= to choose "
-                "the voxel size the coordinates are converted to"
-            )
-        vs = float(tvs[0])
-    else:
-        vs = voxel_size
-        voxels = voxels * (tvs[:, None] / vs)
+    voxels, vs = _to_one_voxel_size(path, frac_xyz * span, tvs, voxel_size)
     notes.append(
         f"{path.name}: coordinates normalised to [0, 1] (WarpTools template matching) "
         f"converted to voxels of {vs:g} A: voxel = fraction x tomogram size in voxels"
@@ -733,21 +721,10 @@ def _centred_to_voxels(path, table, tomo_names, tomograms, voxel_size, notes):
         centre[i] = g.centre_xyz
         tvs[i] = g.voxel_size
     voxels = centred / tvs[:, None] + centre if n else np.zeros((0, 3))
-    if voxel_size is None:
-        if n == 0:
-            vs = next(iter(geometry.values())).voxel_size if geometry else 1.0
-        else:
-            distinct = sorted(set(np.round(tvs, 9).tolist()))
-            if len(distinct) > 1:
-                raise CryoGuardError(
-                    f"{path.name}: the tomograms have different voxel sizes "
-                    f"({', '.join(f'{v:g}' for v in distinct[:5])} A); pass voxel_size= to "
-                    "choose the voxel size the coordinates are converted to"
-                )
-            vs = float(tvs[0])
+    if voxel_size is None and n == 0:
+        vs = next(iter(geometry.values())).voxel_size if geometry else 1.0
     else:
-        vs = voxel_size
-        voxels = voxels * (tvs[:, None] / vs)
+        voxels, vs = _to_one_voxel_size(path, voxels, tvs, voxel_size)
     notes.append(
         f"RELION 5 centred Angstrom coordinates converted to voxels of {vs:g} A: voxel = "
         "centred / voxel size + tomogram centre (rlnTomoSize / (2 x binning))"
@@ -875,3 +852,19 @@ def relion5_columns(
         TS_PIXEL: [repr(float(p)) for p in pixels],
     }
     return cols, optics, tomo_names
+
+
+def _to_one_voxel_size(path: Path, voxels: np.ndarray, tvs: np.ndarray,
+                       voxel_size: float | None) -> tuple[np.ndarray, float]:
+    """Rows in voxels of their own tomogram (``tvs`` Å each) as voxels of one size: the
+    requested ``voxel_size``, else the tomograms' common one (an error if they differ)."""
+    if voxel_size is not None:
+        return voxels * (tvs[:, None] / voxel_size), float(voxel_size)
+    distinct = sorted(set(np.round(tvs, 9).tolist()))
+    if len(distinct) > 1:
+        raise CryoGuardError(
+            f"{path.name}: the tomograms have different voxel sizes "
+            f"({', '.join(f'{v:g}' for v in distinct[:5])} A); pass voxel_size= to choose "
+            "the voxel size the coordinates are converted to"
+        )
+    return voxels, float(tvs[0])
