@@ -338,8 +338,8 @@ def iter_pick_particles(
         raise CryoGuardError(f"chunk_size must be >= 1 Z-slices, got {chunk_size}")
     if min(shape) <= 2 * border:
         raise CryoGuardError(
-            f"volume {shape} is too small: every axis must be longer than 2 * border "
-            f"({2 * border} voxels) so that a pick's cube fits"
+            f"volume {shape} is too small to pick in: every axis must be longer than "
+            f"{2 * border} voxels, so that a {2 * border}^3 cube around a pick fits inside it"
         )
     bshape = tuple(-(-n // b) for n in shape)
     if min(bshape) < 3:
