@@ -16,8 +16,9 @@ resume=True, progress=None, quick=False, ...) -> dict``
 ``reproduce_main(argv) -> int``
     The ``cryoguard reproduce`` command (also ``python -m napari_cryoguard.evaluate.reproduce``;
     import it from the package or from :mod:`.reproduction`).
-``default_suite()``, ``quick_suite()``
-    The attack suites (:mod:`.suite`).
+``default_suite()``, ``quick_suite()``, ``autoattack_suite()``, ``named_suite(name)``
+    The attack suites (:mod:`.suite`); ``autoattack`` is the per-sample worst case over
+    APGD-CE, APGD-T and Square.
 Metrics (:mod:`.metrics`) and sanity checks (:mod:`.sanity`) are importable on their own.
 """
 
@@ -34,16 +35,23 @@ from napari_cryoguard.evaluate.metrics import (
     robust_predictions,
 )
 from napari_cryoguard.evaluate.sanity import Check, run_sanity_checks, verdict
-from napari_cryoguard.evaluate.suite import default_suite, quick_suite
+from napari_cryoguard.evaluate.suite import (
+    autoattack_suite,
+    default_suite,
+    named_suite,
+    quick_suite,
+)
 
 __all__ = [
     "Check",
+    "autoattack_suite",
     "classification_metrics",
     "confusion_matrix",
     "default_suite",
     "evaluate",
     "evaluate_main",
     "margin_summary",
+    "named_suite",
     "per_class_scores",
     "quick_suite",
     "reconstruction_mse",
