@@ -10,10 +10,9 @@ import pytest
 
 CRYOGUARD = str(Path(sys.executable).with_name("cryoguard"))
 
-# Every command whose help is built without torch (evaluate/reproduce still build theirs in
-# modules that import torch; their help takes seconds).
+# Every command: their help is built without torch.
 COMMANDS = ["simulate", "simulate-dataset", "pick", "extract", "classify", "attack", "merge",
-            "models", "templates", "demo", "train"]
+            "models", "templates", "demo", "train", "evaluate", "reproduce"]
 
 _PROBE = """
 import sys
@@ -53,12 +52,15 @@ def test_import_io_and_the_napari_reader_do_not_import_torch():
     assert not _torch_loaded("import napari_cryoguard._napari._reader")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["extract", "--help"], ["train", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["extract", "--help"], ["train", "--help"],
+                                  ["evaluate", "--help"], ["reproduce", "--help"]])
 def test_help_is_printed_and_leaves_torch_unimported(argv):
     """Speed is measured in benchmarks/bench_startup.py; this checks the help is complete
     (usage and every option) in a fresh process, for the torch-free path."""
     res = subprocess.run([CRYOGUARD, *argv], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "usage: cryoguard" in res.stdout
-    if argv[0] == "train":
-        for option in ("--data", "--defense", "--epochs", "--resume", "--events"):
-            assert option in res.stdout
+    expected = {"train": ("--data", "--defense", "--epochs", "--resume", "--events"),
+                "evaluate": ("--data", "--suite", "--attack", "--quick", "--out"),
+                "reproduce": ("--out", "--quick", "--parts", "--threads")}
+    for option in expected.get(argv[0], ()):
+        assert option in res.stdout

@@ -993,11 +993,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if "--json" in argv:
                 print(json.dumps({"command": argv[0], "ok": False, "error": str(exc)}))
             return 2
-    if argv and argv[0] == "train" and ("-h" in argv[1:] or "--help" in argv[1:]):
+    if argv and argv[0] in ("train", "evaluate", "reproduce") and (
+            "-h" in argv[1:] or "--help" in argv[1:]):
         # the help needs only the parser, which does not import torch
+        from napari_cryoguard._evaluate_parser import evaluate_parser, reproduce_parser
         from napari_cryoguard._train_parser import build_parser as train_parser
 
-        train_parser().parse_args(argv[1:])
+        parsers = {"train": train_parser, "evaluate": evaluate_parser,
+                   "reproduce": reproduce_parser}
+        parsers[argv[0]]().parse_args(argv[1:])
     if argv and argv[0] == "train":
         # training has its own parser (shared with `python -m napari_cryoguard.defenses.trainer`
         # and torchrun); see napari_cryoguard.defenses.trainer.train_main

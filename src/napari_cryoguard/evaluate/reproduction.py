@@ -36,7 +36,6 @@ function (a submodule of that name would replace it on the package once imported
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
@@ -51,6 +50,8 @@ import numpy as np
 import torch
 
 from napari_cryoguard._atomic import atomic_output
+from napari_cryoguard._evaluate_parser import PARTS
+from napari_cryoguard._evaluate_parser import reproduce_parser as build_parser
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.evaluate.metrics import (
     accuracy_interval,
@@ -71,7 +72,6 @@ from napari_cryoguard.evaluate.run import _sha, evaluate
 
 __all__ = ["FULL", "QUICK", "build_parser", "reproduce", "reproduce_main"]
 
-PARTS = "abcde"
 EPS_5_255 = 5.0 / 255.0
 
 # --------------------------------------------------------------------------- sizes
@@ -1745,49 +1745,6 @@ def _write_report(out: Path, metrics: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``cryoguard reproduce``."""
-    p = argparse.ArgumentParser(
-        prog="cryoguard reproduce",
-        description=(
-            "Small-scale reproductions of the papers' comparisons on simulated data: (a) CB3D "
-            "accuracy vs SNR/tilt, (b) semi-supervised vs supervised, (c) natural/AT/TRADES/RAT, "
-            "(d) RST vs MIRST with/without drop-max, (e) IMA vs AT with margins. Writes "
-            "report.md, report.html, plots and metrics.json with the paper's numbers beside ours "
-            "and a verdict per claimed direction. Resumable."
-        ),
-    )
-    p.add_argument(
-        "--out", required=True, help="output folder (report, plots, checkpoints, metrics.json)"
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny sizes (24/8 samples per class, 4 epochs, tiny widths, few attack steps): "
-        "minutes on 2 CPU cores, numbers not meaningful",
-    )
-    p.add_argument(
-        "--parts",
-        default=PARTS,
-        help="which parts to run, letters from 'abcde' (default: all), e.g. --parts c",
-    )
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps or auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data, training and attacks")
-    p.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="recompute the requested parts instead of reusing <out>",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (0: torch's default); 1 avoids oversubscription "
-        "on a machine shared with other jobs",
-    )
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    return p
 
 
 def reproduce_main(argv: Sequence[str] | None = None) -> int:
