@@ -40,6 +40,7 @@ CASES: dict[str, list[str]] = {
     "cryoguard classify --help": [*CLI, "classify", "--help"],
     "cryoguard train --help": [*CLI, "train", "--help"],
     "cryoguard evaluate --help": [*CLI, "evaluate", "--help"],
+    "cryoguard reproduce --help": [*CLI, "reproduce", "--help"],
     "import napari_cryoguard.io": [PY, "-c", "import napari_cryoguard.io"],
     "import napari reader": [PY, "-c", "import napari_cryoguard._napari._reader"],
     "import torch (reference)": [PY, "-c", "import torch"],
