@@ -47,7 +47,7 @@ PANELS = (
 PLOT_HEIGHT = 300  # px: two stacked panels, within a 1280 x 800 window with the controls
 #: the attack suites offered: (shown, name for ``evaluate(attacks=...)``)
 SUITE_CHOICES = [("papers' attacks", "default"),
-                 ("AutoAttack (APGD-CE, APGD-T, Square)", "autoattack")]
+                 ("AutoAttack", "autoattack")]
 
 
 class _Cancelled(Exception):
@@ -96,7 +96,7 @@ class EvaluateWidget(DockWidget):
                               tooltip="the papers' attacks (FGSM, PGD with CE and margin loss, "
                                       "DeepFool, CW, noise), or AutoAttack: per sample the "
                                       "worst case over APGD-CE, APGD-T and Square (L-inf)")
-        self.quick = CheckBox(value=True, text="quick suite (32 samples, few steps)",
+        self.quick = CheckBox(value=True, text="quick (32 samples, few steps)",
                               tooltip="off: the full suite (papers': FGSM, PGD-100 with CE and "
                                       "margin loss, DeepFool, CW, noise; AutoAttack: 100 APGD "
                                       "iterations, 9 targets, 5000 Square queries); takes "
@@ -238,7 +238,10 @@ class EvaluateWidget(DockWidget):
         quick, device = bool(self.quick.value), str(self.device.value)
         suite = str(self.suite.value)
         viewer = self._viewer
-        width = self.canvas.width() if self.canvas.width() >= 200 else 340
+        # a hidden label keeps its default width (640 px), wider than the dock: then the
+        # widget's own width is the one the plot will get
+        width = self.canvas.width() if self.canvas.isVisible() else self.native.width() - 24
+        width = width if width >= 200 else 340
         ratio = self.native.devicePixelRatioF()
 
         def job():
