@@ -54,7 +54,7 @@ import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io import coords as _coords
-from napari_cryoguard.io.picks import Picks, positive_voxel_size
+from napari_cryoguard.io.picks import Picks, positive_voxel_size, voxel_size_or_assumed
 
 MAX_CLASSES = 100_000
 """Most classes a pick table may define (label values, class-name lists)."""
@@ -526,8 +526,7 @@ def read_table_picks(
             UserWarning,
             stacklevel=3,
         )
-        notes.append(f"{path.name} does not say its voxel size; assumed 1.0 Angstrom")
-        voxel_size = 1.0
+        voxel_size = voxel_size_or_assumed(None, path.name, notes)
     return Picks(
         coords=coords,
         scores=scores,
