@@ -24,6 +24,8 @@ from napari_cryoguard._progress import drain
 from napari_cryoguard.errors import CryoGuardError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {}
+#: commands whose parser and runner live in their own module ``cli/<name>.py``
+_OWN_PARSER = ("train", "evaluate", "reproduce")
 
 
 def _command(name: str):
@@ -993,25 +995,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if "--json" in argv:
                 print(json.dumps({"command": argv[0], "ok": False, "error": str(exc)}))
             return 2
-    if argv and argv[0] in ("train", "evaluate", "reproduce") and (
-            "-h" in argv[1:] or "--help" in argv[1:]):
-        # the help needs only the parser, which does not import torch
-        from napari_cryoguard._evaluate_parser import evaluate_parser, reproduce_parser
-        from napari_cryoguard._train_parser import build_parser as train_parser
+    if argv and argv[0] in _OWN_PARSER:
+        # these commands have their own parser module in this package (cli/<name>.py):
+        # its build_parser() imports no torch, so --help answers at once
+        import importlib
 
-        parsers = {"train": train_parser, "evaluate": evaluate_parser,
-                   "reproduce": reproduce_parser}
-        parsers[argv[0]]().parse_args(argv[1:])
-    if argv and argv[0] == "train":
-        # training has its own parser (shared with `python -m napari_cryoguard.defenses.trainer`
-        # and torchrun); see napari_cryoguard.defenses.trainer.train_main
-        from napari_cryoguard.defenses.trainer import train_main
-
-        return train_main(argv[1:])
-    if argv and argv[0] in ("evaluate", "reproduce"):
-        from napari_cryoguard.evaluate import evaluate_main, reproduce_main
-
-        return (evaluate_main if argv[0] == "evaluate" else reproduce_main)(argv[1:])
+        module = importlib.import_module(f"napari_cryoguard.cli.{argv[0]}")
+        if "-h" in argv[1:] or "--help" in argv[1:]:
+            module.build_parser().parse_args(argv[1:])
+        return module.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
