@@ -1,5 +1,7 @@
 """The papers this package implements, cited in docstrings by the short names below.
 
+The bibliography with links is ``docs/papers.md`` in the repository.
+
 =========  ==================================================================================
 key        reference
 =========  ==================================================================================
@@ -14,7 +16,8 @@ SEMI3D     S. Liu, X. Du, R. Xi, F. Xu, X. Zeng, B. Zhou, M. Xu. "Semi-supervise
 RAT        X. Wu, Y. Mao, H. Wang, X. Zeng, X. Gao, E. P. Xing, M. Xu. "Regularized
            adversarial training (RAT) for robust cellular electron cryo tomograms
            classification." IEEE International Conference on Bioinformatics and Biomedicine
-           (BIBM) 2019. DoG picking, 28^3 subtomograms, RAT, the attacks on CB3D.
+           (BIBM) 2019. doi:10.1109/BIBM47256.2019.8982954. DoG picking, 28^3 subtomograms,
+           RAT, the attacks on CB3D.
 MIRST      S. Sun, M. Xian, A. Vakanski, H. Ghanem. "MIRST-DM: Multi-instance RST with
            drop-max layer for robust classification of breast cancer." MICCAI 2022.
            arXiv:2205.01674. MIRST, the drop-max layer, RST, GR, LLR, SimCLR augmentation.
@@ -34,7 +37,8 @@ REFERENCES: dict[str, str] = {
               "classification in cellular electron cryo-tomograms using 3D autoencoding "
               "classifier. BMVC 2019",
     "RAT": "Wu, Mao, Wang, Zeng, Gao, Xing, Xu. Regularized adversarial training (RAT) for "
-           "robust cellular electron cryo tomograms classification. IEEE BIBM 2019",
+           "robust cellular electron cryo tomograms classification. IEEE BIBM 2019. "
+           "doi:10.1109/BIBM47256.2019.8982954",
     "MIRST": "Sun, Xian, Vakanski, Ghanem. MIRST-DM: Multi-instance RST with drop-max layer "
              "for robust classification of breast cancer. MICCAI 2022. arXiv:2205.01674",
     "IMA": "Ma, Liang. Increasing-margin adversarial (IMA) training to improve adversarial "
