@@ -1,7 +1,8 @@
 """Particle picking (Difference of Gaussian) and subtomogram extraction.
 
 ``dog_filter`` / ``pick_particles`` / ``iter_pick_particles`` follow the RAT paper's
-picking (Wu et al., RAT (IEEE BIBM 2019), section IV.A);
+picking (RAT: Wu et al., IEEE BIBM 2019, section IV.A), with the parameters and their
+defaults declared once in ``DoGParams`` (:mod:`~napari_cryoguard.picking.params`);
 ``extract_subtomograms`` cuts normalised cubes around the picks; ``sigma_from_diameter``
 turns a particle diameter into the DoG's sigma and ``choose_polarity`` finds whether
 the protein is white or black.
@@ -11,11 +12,6 @@ from __future__ import annotations
 
 from napari_cryoguard.picking.dog import (
     BLOB_RADIUS_PER_SIGMA,
-    PAPER_K,
-    PAPER_SIGMA1,
-    POLARITIES,
-    SIMULATED_SIGMA1,
-    SIMULATED_THRESHOLD,
     binned_dog,
     diameter_from_sigma,
     dog_filter,
@@ -26,10 +22,19 @@ from napari_cryoguard.picking.dog import (
 )
 from napari_cryoguard.picking.extract import Subtomograms, extract_subtomograms
 from napari_cryoguard.picking.metrics import match_picks
+from napari_cryoguard.picking.params import (
+    PAPER_K,
+    PAPER_SIGMA1,
+    POLARITIES,
+    SIMULATED_SIGMA1,
+    SIMULATED_THRESHOLD,
+    DoGParams,
+)
 from napari_cryoguard.picking.polarity import POLARITY_WORDS, PolarityChoice, choose_polarity
 
 __all__ = [
     "BLOB_RADIUS_PER_SIGMA",
+    "DoGParams",
     "PAPER_K",
     "PAPER_SIGMA1",
     "SIMULATED_SIGMA1",

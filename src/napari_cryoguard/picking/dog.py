@@ -10,7 +10,9 @@ same way.
 Defaults, and choosing sigma
 ----------------------------
 The defaults are the paper's: ``sigma1 = 7.0`` voxels and ``k = 1.1``
-(:data:`PAPER_SIGMA1`, :data:`PAPER_K`), with ``threshold = 3.0``. A DoG with ``k``
+(:data:`~napari_cryoguard.picking.params.PAPER_SIGMA1`, ``PAPER_K``), with
+``threshold = 3.0``, all declared once in
+:class:`~napari_cryoguard.picking.params.DoGParams`. A DoG with ``k``
 close to 1 responds best to blobs of radius about ``sqrt(3) * sigma1``, so sigma 7 suits
 particles of radius ~12 voxels, which fill the paper's 28^3 cubes at 9.4 A. Match
 ``sigma1`` to your particles (``sigma1 ~ radius / sqrt(3)``, or give it in Angstrom with
@@ -19,8 +21,8 @@ diameter in Angstrom, ``sigma1 = diameter / (2 sqrt(3) voxel_size)``. The factor
 DoG with ``k`` near 1 is ``(k - 1) sigma1^2`` times the Laplacian of a Gaussian, and that
 scale-normalised Laplacian, at the centre of a uniform ball of radius ``r`` in 3D, is
 strongest for ``sigma = r / sqrt(3)``. The simulator's default classes are smaller (radii 7-11
-voxels at 10 A); for them :data:`SIMULATED_SIGMA1` = 5.0 with
-:data:`SIMULATED_THRESHOLD` = 3.5 is right, and the demo and tests use it. Measured on
+voxels at 10 A); for them ``SIMULATED_SIGMA1`` = 5.0 with
+``SIMULATED_THRESHOLD`` = 3.5 (:mod:`napari_cryoguard.picking.params`) is right, and the demo and tests use it. Measured on
 simulated tomograms (SNR 0.1, +-60 degrees; seeds of 64x200x200 with 30 particles, and
 one 200x512x512 with 500): sigma 5 / threshold 3.5 gives recall 1.00 and precision
 >= 0.99 within 4 voxels, while the paper's sigma 7 reaches a recall of only 0.80-0.94
@@ -61,48 +63,43 @@ Non-finite voxels are counted chunk by chunk (cheaply, on the block sums) and ra
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import ndimage
 
 from napari_cryoguard._progress import drain
+from napari_cryoguard.checks import check_float, check_positive_int
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.picking.params import DoGParams
+
+if TYPE_CHECKING:
+    from napari_cryoguard.io.picks import Picks
+
+# scipy.ndimage and the Picks class (pandas, through io) are imported where they are used,
+# so that importing the picking package (for DoGParams, by the CLI's --help) stays fast.
 
 __all__ = [
     "BLOB_RADIUS_PER_SIGMA",
-    "PAPER_K",
-    "PAPER_SIGMA1",
-    "POLARITIES",
-    "SIMULATED_SIGMA1",
-    "SIMULATED_THRESHOLD",
+    "binned_dog",
     "diameter_from_sigma",
-    "dog_filter", "dog_preview", "iter_pick_particles", "pick_particles",
-    "sigma_from_diameter"]
+    "dog_filter",
+    "dog_preview",
+    "iter_pick_particles",
+    "pick_particles",
+    "sigma_from_diameter",
+]
 
 #: Gaussian kernels are truncated at this many standard deviations (scipy's default).
 _TRUNCATE = 4.0
 #: ``bin_factor="auto"`` bins so that the binned sigma1 is at least this (binned voxels).
 _AUTO_MIN_BINNED_SIGMA = 1.6
-#: The RAT paper's DoG sigma1 (voxels of 9.4 A), section IV.A; see the module docstring.
-PAPER_SIGMA1 = 7.0
-#: The RAT paper's DoG ratio k = sigma2 / sigma1, section IV.A.
-PAPER_K = 1.1
-#: sigma1 matched to the simulator's default classes (radii 7-11 voxels at 10 A).
-SIMULATED_SIGMA1 = 5.0
-#: Threshold (z-score) used with :data:`SIMULATED_SIGMA1` on simulated tomograms.
-SIMULATED_THRESHOLD = 3.5
-
 #: A DoG with k near 1 responds best to blobs of radius ``sqrt(3) * sigma1`` (3D).
 BLOB_RADIUS_PER_SIGMA = math.sqrt(3.0)
-#: Values of ``polarity``: protein bright (white), protein dark (black), or try both.
-POLARITIES = ("bright", "dark", "auto")
-
-#: Default cube the border default is derived from (the paper's 28^3 subvolumes).
-_DEFAULT_CUBE = 28
+#: The picker's defaults (the one place they are declared is :class:`DoGParams`).
+_DEFAULTS = DoGParams()
 #: Picks at most this many voxels beyond the border are moved onto it, not dropped.
 _BORDER_SLACK = 2.0
 
@@ -132,22 +129,13 @@ def diameter_from_sigma(sigma1: float, voxel_size: float = 1.0) -> float:
     return 2.0 * BLOB_RADIUS_PER_SIGMA * float(sigma1) * float(voxel_size)
 
 
-def _check_polarity(polarity: str) -> None:
-    if polarity not in POLARITIES:
-        raise CryoGuardError(
-            f"polarity must be 'bright' (protein white), 'dark' (protein black) or 'auto', "
-            f"got {polarity!r}"
-        )
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_sigma(sigma1: float, k: float) -> None:
-    if not np.isfinite(sigma1) or sigma1 <= 0:
-        raise CryoGuardError(f"DoG sigma1 must be > 0, got {sigma1}")
-    if not np.isfinite(k) or k <= 1:
-        raise CryoGuardError(f"DoG ratio k must be > 1 (sigma2 = k * sigma1), got {k}")
+def _check_sigma(sigma1: float, k: float) -> tuple[float, float]:
+    """``sigma1 > 0`` and ``k > 1`` as floats (the checks of :class:`DoGParams`)."""
+    return (check_float("sigma1", sigma1, minimum=0, strict=True),
+            check_float("k", k, minimum=1, strict=True))
 
 
 def _auto_bin(sigma1_vox: float) -> int:
@@ -228,6 +216,8 @@ def _dog_block(block: np.ndarray, s1: float, k: float) -> np.ndarray:
     ``G(k s1) = G(sqrt(k^2 - 1) s1) * G(s1)`` (variances add), which needs a much
     shorter kernel than blurring the input with ``k s1`` again.
     """
+    from scipy import ndimage
+
     g1 = ndimage.gaussian_filter(block, s1, mode="reflect", truncate=_TRUNCATE, output=np.float32)
     s_extra = math.sqrt(k * k - 1.0) * s1
     g2 = ndimage.gaussian_filter(g1, s_extra, mode="reflect", truncate=_TRUNCATE, output=np.float32)
@@ -246,8 +236,8 @@ def _dog_radius(s1: float, k: float) -> int:
 
 def dog_filter(
     volume: Any,
-    sigma1: float = PAPER_SIGMA1,
-    k: float = PAPER_K,
+    sigma1: float = _DEFAULTS.sigma1,
+    k: float = _DEFAULTS.k,
     *,
     bin_factor: int = 1,
 ) -> np.ndarray:
@@ -278,7 +268,7 @@ def dog_filter(
     ndarray, float32
         The DoG response, same shape as the volume (or the binned shape).
     """
-    _check_sigma(sigma1, k)
+    sigma1, k = _check_sigma(sigma1, k)
     b = _resolve_bin(bin_factor, sigma1)
     vol = np.asarray(volume, dtype=np.float32)
     if vol.ndim != 3:
@@ -290,52 +280,115 @@ def dog_filter(
 
 def iter_pick_particles(
     volume: Any,
-    sigma1: float = PAPER_SIGMA1,
-    k: float = PAPER_K,
+    sigma1: float = _DEFAULTS.sigma1,
+    k: float = _DEFAULTS.k,
     *,
-    sigma_unit: str = "voxel",
+    sigma_unit: str = _DEFAULTS.sigma_unit,
     voxel_size: float = 1.0,
-    threshold: float = 3.0,
-    min_distance: float | None = None,
-    max_picks: int | None = None,
-    border: int | None = None,
+    threshold: float = _DEFAULTS.threshold,
+    min_distance: float | None = _DEFAULTS.min_distance,
+    max_picks: int | None = _DEFAULTS.max_picks,
+    border: int | None = _DEFAULTS.border,
     mask: np.ndarray | None = None,
-    polarity: str = "bright",
+    polarity: str = _DEFAULTS.polarity,
     bin_factor: int | str = "auto",
     chunk_size: int = 64,
 ) -> Generator[Progress, None, Picks]:
-    """Generator form of :func:`pick_particles` for GUIs.
+    """Pick particles as peaks of a Difference of Gaussian, yielding progress.
 
-    Yields ``(done, total)`` progress tuples (one per chunk read or filtered, and a last
-    one after peak refinement) and returns the :class:`~napari_cryoguard.io.picks.Picks`
-    as ``StopIteration.value``; napari's ``thread_worker`` passes it to ``returned``.
-    Parameters are those of :func:`pick_particles`.
+    Method and defaults from the RAT paper
+    (Wu et al., RAT (IEEE BIBM 2019), section IV.A: DoG with
+    ``s1 = 7.0``, ``k = 1.1``, then 28^3 subvolumes), which are the defaults; the module
+    docstring says how to choose ``sigma1`` for other particle sizes and describes the
+    binned, chunked computation.
+
+    Parameters
+    ----------
+    volume : array-like, shape (Z, Y, X)
+        The tomogram: an ndarray, a ``np.memmap`` (e.g. ``read_tomogram(path).data``) or
+        any array-like whose ``__getitem__`` returns numbers; read ``chunk_size``
+        Z-slices at a time, never whole.
+    sigma1 : float
+        Smaller Gaussian's standard deviation, in ``sigma_unit`` (the paper's value,
+        ``PAPER_SIGMA1`` = 7.0 voxels, is the default).
+    k : float
+        ``sigma2 = k * sigma1``; must be > 1.
+    sigma_unit : {"voxel", "angstrom"}
+        Unit of ``sigma1``; Angstrom is divided by ``voxel_size``.
+    voxel_size : float
+        Voxel size in Angstrom; copied to the returned picks.
+    threshold : float
+        Minimum score. The score is the DoG response at the peak as a z-score,
+        ``(D - mean(D)) / std(D)`` over the volume (over ``mask`` if given); the default
+        3.0 keeps responses 3 standard deviations above the mean (with sigma 5 on the
+        simulator, 3.5 is better: 3.0 lets noise peaks in on large tomograms, precision
+        0.96 instead of 0.99 on 200x512x512).
+    min_distance : float, optional
+        Non-maximum suppression radius in full-resolution voxels: of two picks closer
+        than this, only the higher-scoring one is kept. Default ``2 * sigma1`` (in
+        voxels; 14 for the default), below the smallest centre-to-centre distance of
+        non-overlapping particles of the radius the DoG is tuned to (``2 sqrt(3) sigma1``).
+    max_picks : int, optional
+        Keep at most this many picks, the best-scoring ones.
+    border : int, optional
+        Picks whose rounded centre is closer than ``border`` voxels to a face are dropped.
+        Default 14, half of the 28^3 cube, so that every pick can be extracted whole at
+        the default cube size. A refined centre at most 2 voxels beyond the border (the
+        localisation error, larger along Z with the missing wedge) is moved onto it
+        instead of being dropped.
+    mask : ndarray of bool, shape (Z, Y, X), optional
+        Picks only where True (judged at the rounded centre); the score statistics are
+        taken over the masked region.
+    polarity : {"bright", "dark", "auto"}
+        What the particles look like in the viewer: "bright" (protein white: the
+        simulator, density maps, many shared tomograms that were already inverted) or
+        "dark" (protein black, as reconstructed from raw micrographs; the DoG is
+        negated). Which one holds depends on the processing, not only on the source, so
+        look at the tomogram. "auto" tries both and keeps the sign whose best peaks
+        stand out more (:func:`napari_cryoguard.picking.choose_polarity`, which also
+        says which sign it chose and by how much).
+    bin_factor : "auto" or int
+        Bin before filtering; "auto" bins by ``floor(sigma1 / 1.6)`` (in voxels; 3 for the
+        default). 1 filters at full resolution (slower, same picks within a
+        voxel).
+    chunk_size : int
+        Full-resolution Z-slices read at a time (rounded down to a multiple of the bin
+        factor). At bin 1 it is also the core of each filtered chunk.
+
+    Yields
+    ------
+    (done, total)
+        Progress: one step per chunk read or filtered, and a last one after peak
+        refinement (napari's ``thread_worker`` passes them to ``yielded``).
+
+    Returns
+    -------
+    Picks
+        ``coords`` (N, 3) float64 ZYX full-resolution voxel indices (sub-voxel), ``scores``
+        (N,) z-scores, sorted by descending score; ``voxel_size`` set. Empty (N = 0, not
+        an error) when nothing reaches the threshold, the mask is empty, or the volume is
+        constant. Returned as ``StopIteration.value`` (napari's ``thread_worker`` passes
+        it to ``returned``; :func:`pick_particles` drains the generator and returns it).
+
+    Raises
+    ------
+    CryoGuardError
+        Non-finite voxels (the message gives their number), sigma1 <= 0, k <= 1, unknown
+        polarity or sigma unit, a mask of another shape, a volume too small for the
+        border or the bin factor.
     """
     # ---------------------------------------------------------------- validation
-    _check_sigma(float(sigma1), float(k))
-    if sigma_unit not in ("voxel", "angstrom"):
-        raise CryoGuardError(f"sigma_unit must be 'voxel' or 'angstrom', got {sigma_unit!r}")
-    voxel_size = float(voxel_size)
-    if not np.isfinite(voxel_size) or voxel_size <= 0:
-        raise CryoGuardError(f"voxel_size must be > 0 Angstrom, got {voxel_size}")
-    _check_polarity(polarity)
-    s1 = float(sigma1) / voxel_size if sigma_unit == "angstrom" else float(sigma1)
-    k = float(k)
+    p = DoGParams(sigma1=sigma1, k=k, sigma_unit=sigma_unit, threshold=threshold,
+                  min_distance=min_distance, max_picks=max_picks, border=border,
+                  polarity=polarity)
+    voxel_size = check_float("voxel_size", voxel_size, minimum=0, strict=True)
+    s1, k, polarity, threshold = p.sigma1_voxels(voxel_size), p.k, p.polarity, p.threshold
     shape = _shape_of(volume)
     if len(shape) != 3:
         raise CryoGuardError(f"picking needs a 3D ZYX volume, got shape {shape}")
     b = _resolve_bin(bin_factor, s1)
-    border = _DEFAULT_CUBE // 2 if border is None else int(border)
-    if border < 0:
-        raise CryoGuardError(f"border must be >= 0 voxels, got {border}")
-    min_distance = 2.0 * s1 if min_distance is None else float(min_distance)
-    if min_distance < 0:
-        raise CryoGuardError(f"min_distance must be >= 0 voxels, got {min_distance}")
-    if max_picks is not None and int(max_picks) < 0:
-        raise CryoGuardError(f"max_picks must be >= 0, got {max_picks}")
-    chunk_size = int(chunk_size)
-    if chunk_size < 1:
-        raise CryoGuardError(f"chunk_size must be >= 1 Z-slices, got {chunk_size}")
+    border, min_distance, max_picks = p.border_voxels, p.min_distance_voxels(voxel_size), p.max_picks
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     if min(shape) <= 2 * border:
         raise CryoGuardError(
             f"volume {shape} is too small to pick in: every axis must be longer than "
@@ -357,6 +410,10 @@ def iter_pick_particles(
 
         polarity = choose_polarity(volume, s1, k, border=border, min_distance=min_distance,
                                    chunk_size=chunk_size).polarity
+
+    from scipy.ndimage import maximum_filter
+
+    from napari_cryoguard.io.picks import Picks
 
     nz = shape[0]
     # -------------------------------------------------- stage A: bin (chunked read)
@@ -442,7 +499,7 @@ def iter_pick_particles(
         s_sq += float(np.sum(np.square(vals, dtype=np.float64)))
         s_n += int(vals.size)
         del vals
-        mf = ndimage.maximum_filter(dog, size=2 * h + 1, mode="nearest")
+        mf = maximum_filter(dog, size=2 * h + 1, mode="nearest")
         peak = dog == mf
         del mf
         pz, py, px = np.nonzero(peak[c0 - e0 : c1 - e0])
@@ -504,117 +561,25 @@ def iter_pick_particles(
     return Picks(coords=coords, scores=scores, voxel_size=voxel_size)
 
 
-def pick_particles(
-    volume: Any,
-    sigma1: float = PAPER_SIGMA1,
-    k: float = PAPER_K,
-    *,
-    sigma_unit: str = "voxel",
-    voxel_size: float = 1.0,
-    threshold: float = 3.0,
-    min_distance: float | None = None,
-    max_picks: int | None = None,
-    border: int | None = None,
-    mask: np.ndarray | None = None,
-    polarity: str = "bright",
-    bin_factor: int | str = "auto",
-    chunk_size: int = 64,
-    progress: Callable[[int, int], Any] | None = None,
-) -> Picks:
-    """Pick particles as peaks of a Difference of Gaussian.
+def pick_particles(volume: Any, *args: Any,
+                   progress: Callable[[int, int], Any] | None = None, **kwargs: Any) -> Picks:
+    """Pick particles as peaks of a Difference of Gaussian: :func:`iter_pick_particles`
+    run to its end, ``progress(done, total)`` called at each of its steps.
 
-    Method and defaults from the RAT paper
-    (Wu et al., RAT (IEEE BIBM 2019), section IV.A: DoG with
-    ``s1 = 7.0``, ``k = 1.1``, then 28^3 subvolumes), which are the defaults; the module
-    docstring says how to choose ``sigma1`` for other particle sizes and describes the
-    binned, chunked computation.
-
-    Parameters
-    ----------
-    volume : array-like, shape (Z, Y, X)
-        The tomogram: an ndarray, a ``np.memmap`` (e.g. ``read_tomogram(path).data``) or
-        any array-like whose ``__getitem__`` returns numbers; read ``chunk_size``
-        Z-slices at a time, never whole.
-    sigma1 : float
-        Smaller Gaussian's standard deviation, in ``sigma_unit`` (the paper's value is
-        :data:`PAPER_SIGMA1` = 7.0 voxels).
-    k : float
-        ``sigma2 = k * sigma1``; must be > 1.
-    sigma_unit : {"voxel", "angstrom"}
-        Unit of ``sigma1``; Angstrom is divided by ``voxel_size``.
-    voxel_size : float
-        Voxel size in Angstrom; copied to the returned picks.
-    threshold : float
-        Minimum score. The score is the DoG response at the peak as a z-score,
-        ``(D - mean(D)) / std(D)`` over the volume (over ``mask`` if given); the default
-        3.0 keeps responses 3 standard deviations above the mean (with sigma 5 on the
-        simulator, 3.5 is better: 3.0 lets noise peaks in on large tomograms, precision
-        0.96 instead of 0.99 on 200x512x512).
-    min_distance : float, optional
-        Non-maximum suppression radius in full-resolution voxels: of two picks closer
-        than this, only the higher-scoring one is kept. Default ``2 * sigma1`` (in
-        voxels; 14 for the default), below the smallest centre-to-centre distance of
-        non-overlapping particles of the radius the DoG is tuned to (``2 sqrt(3) sigma1``).
-    max_picks : int, optional
-        Keep at most this many picks, the best-scoring ones.
-    border : int, optional
-        Picks whose rounded centre is closer than ``border`` voxels to a face are dropped.
-        Default 14, half of the 28^3 cube, so that every pick can be extracted whole at
-        the default cube size. A refined centre at most 2 voxels beyond the border (the
-        localisation error, larger along Z with the missing wedge) is moved onto it
-        instead of being dropped.
-    mask : ndarray of bool, shape (Z, Y, X), optional
-        Picks only where True (judged at the rounded centre); the score statistics are
-        taken over the masked region.
-    polarity : {"bright", "dark", "auto"}
-        What the particles look like in the viewer: "bright" (protein white: the
-        simulator, density maps, many shared tomograms that were already inverted) or
-        "dark" (protein black, as reconstructed from raw micrographs; the DoG is
-        negated). Which one holds depends on the processing, not only on the source, so
-        look at the tomogram. "auto" tries both and keeps the sign whose best peaks
-        stand out more (:func:`napari_cryoguard.picking.choose_polarity`, which also
-        says which sign it chose and by how much).
-    bin_factor : "auto" or int
-        Bin before filtering; "auto" bins by ``floor(sigma1 / 1.6)`` (in voxels; 3 for the
-        default). 1 filters at full resolution (slower, same picks within a
-        voxel).
-    chunk_size : int
-        Full-resolution Z-slices read at a time (rounded down to a multiple of the bin
-        factor). At bin 1 it is also the core of each filtered chunk.
-    progress : callable(done, total), optional
-        Called after every chunk.
-
-    Returns
-    -------
-    Picks
-        ``coords`` (N, 3) float64 ZYX full-resolution voxel indices (sub-voxel), ``scores``
-        (N,) z-scores, sorted by descending score; ``voxel_size`` set. Empty (N = 0, not
-        an error) when nothing reaches the threshold, the mask is empty, or the volume is
-        constant.
-
-    Raises
-    ------
-    CryoGuardError
-        Non-finite voxels (the message gives their number), sigma1 <= 0, k <= 1, unknown
-        polarity or sigma unit, a mask of another shape, a volume too small for the
-        border or the bin factor.
+    The parameters, defaults (:class:`DoGParams`, the RAT paper's) and the result are
+    those of :func:`iter_pick_particles`.
     """
-    gen = iter_pick_particles(
-        volume,
-        sigma1,
-        k,
-        sigma_unit=sigma_unit,
-        voxel_size=voxel_size,
-        threshold=threshold,
-        min_distance=min_distance,
-        max_picks=max_picks,
-        border=border,
-        mask=mask,
-        polarity=polarity,
-        bin_factor=bin_factor,
-        chunk_size=chunk_size,
-    )
-    return drain(gen, progress)
+    return drain(iter_pick_particles(volume, *args, **kwargs), progress)
+
+
+# help() and editors show the generator's parameters (and ``progress``) for pick_particles
+_sig = inspect.signature(iter_pick_particles)
+pick_particles.__signature__ = _sig.replace(  # type: ignore[attr-defined]
+    parameters=[*_sig.parameters.values(),
+                inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                  annotation="Callable[[int, int], Any] | None")],
+    return_annotation="Picks")
+del _sig
 
 
 # --------------------------------------------------------------------------- internals
@@ -677,7 +642,7 @@ def _preview_bin(shape: tuple[int, ...], s1: float, max_voxels: int) -> int:
     return b
 
 
-def binned_dog(volume: Any, sigma1: float, k: float = PAPER_K, *, bin_factor: int = 1,
+def binned_dog(volume: Any, sigma1: float, k: float = _DEFAULTS.k, *, bin_factor: int = 1,
                chunk_size: int = 64) -> np.ndarray:
     """The DoG (bright blobs positive) on the grid binned by ``bin_factor``.
 
@@ -686,11 +651,11 @@ def binned_dog(volume: Any, sigma1: float, k: float = PAPER_K, *, bin_factor: in
     and non-finite voxels raise a :class:`CryoGuardError` giving their number.
     ``sigma1`` is in full-resolution voxels.
     """
-    _check_sigma(float(sigma1), float(k))
+    sigma1, k = _check_sigma(sigma1, k)
     shape = _shape_of(volume)
     if len(shape) != 3:
         raise CryoGuardError(f"the DoG needs a 3D ZYX volume, got shape {shape}")
-    b = _resolve_bin(bin_factor, float(sigma1))
+    b = _resolve_bin(bin_factor, sigma1)
     if b == 1:
         vol = np.asarray(volume, dtype=np.float32)
     else:
@@ -706,17 +671,17 @@ def binned_dog(volume: Any, sigma1: float, k: float = PAPER_K, *, bin_factor: in
             f"the volume has {bad} non-finite voxels (NaN or Inf); fix or mask them first"
             if bad else "volume values overflow float32 when binned; rescale it"
         )
-    return _dog_block(vol, _binned_sigma(float(sigma1), b), float(k))
+    return _dog_block(vol, _binned_sigma(sigma1, b), k)
 
 
 def dog_preview(
     volume: Any,
-    sigma1: float = PAPER_SIGMA1,
-    k: float = PAPER_K,
+    sigma1: float = _DEFAULTS.sigma1,
+    k: float = _DEFAULTS.k,
     *,
-    sigma_unit: str = "voxel",
+    sigma_unit: str = _DEFAULTS.sigma_unit,
     voxel_size: float = 1.0,
-    polarity: str = "bright",
+    polarity: str = _DEFAULTS.polarity,
     max_voxels: int = 32_000_000,
 ) -> tuple[np.ndarray, int]:
     """The DoG response as the picker sees it, for display: ``(response, bin_factor)``.
@@ -728,11 +693,9 @@ def dog_preview(
     to know which). Show it with scale ``bin_factor`` times the tomogram's and a
     translate of ``(bin_factor - 1) / 2`` voxels.
     """
-    _check_polarity(polarity)
-    if sigma_unit not in ("voxel", "angstrom"):
-        raise CryoGuardError(f"sigma_unit must be 'voxel' or 'angstrom', got {sigma_unit!r}")
-    s1 = sigma1 / voxel_size if sigma_unit == "angstrom" else sigma1
-    _check_sigma(s1, k)
+    p = DoGParams(sigma1=sigma1, k=k, sigma_unit=sigma_unit, polarity=polarity)
+    voxel_size = check_float("voxel_size", voxel_size, minimum=0, strict=True)
+    s1, k, polarity = p.sigma1_voxels(voxel_size), p.k, p.polarity
     shape = _shape_of(volume)
     if len(shape) != 3:
         raise CryoGuardError(f"the DoG needs a 3D ZYX volume, got shape {shape}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 
 def match_picks(predicted, truth, tolerance: float = 4.0) -> tuple[float, float]:
@@ -33,6 +32,8 @@ def match_pairs(pred: np.ndarray, true: np.ndarray, tolerance: float) -> list[tu
     true = np.asarray(true, dtype=np.float64).reshape(-1, 3)
     if len(pred) == 0 or len(true) == 0:
         return []
+    from scipy.spatial import cKDTree  # here: importing the picking package stays fast
+
     pairs = cKDTree(pred).sparse_distance_matrix(cKDTree(true), tolerance, output_type="ndarray")
     if len(pairs) == 0:
         return []

@@ -32,9 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from napari_cryoguard.checks import check_float, check_positive_int
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.picking.params import DEFAULT_BORDER, DoGParams
+
+_DEFAULTS = DoGParams()
 
 __all__ = ["POLARITY_WORDS", "PolarityChoice", "choose_polarity"]
 
@@ -76,6 +79,8 @@ class PolarityChoice:
 
 
 def _top_peak_score(dog: np.ndarray, sign: float, mu: float, sd: float, h: int, n: int):
+    from scipy import ndimage
+
     x = dog if sign > 0 else -dog
     mf = ndimage.maximum_filter(x, size=2 * h + 1, mode="nearest")
     values = x[x == mf]
@@ -92,11 +97,9 @@ def polarity_from_dog(dog: np.ndarray, bin_factor: int, sigma1: float, *,
     on the grid binned by ``bin_factor``; ``sigma1``, ``border`` and ``min_distance`` are
     in full-resolution voxels, with the picker's defaults (14 and ``2 * sigma1``)."""
     b = int(bin_factor)
-    n_peaks = int(n_peaks)
-    if n_peaks < 1:
-        raise CryoGuardError(f"n_peaks must be >= 1, got {n_peaks}")
-    border = 14.0 if border is None else float(border)
-    min_distance = 2.0 * float(sigma1) if min_distance is None else float(min_distance)
+    n_peaks = check_positive_int("n_peaks", n_peaks)
+    border = float(DEFAULT_BORDER) if border is None else float(border)
+    min_distance = DoGParams(sigma1=sigma1, min_distance=min_distance).min_distance_voxels()
     e = int(math.ceil(border / b))
     inner = dog
     if e > 0 and all(n > 2 * e + 2 for n in dog.shape):
@@ -114,9 +117,9 @@ def polarity_from_dog(dog: np.ndarray, bin_factor: int, sigma1: float, *,
 def choose_polarity(
     volume: Any,
     sigma1: float,
-    k: float = 1.1,
+    k: float = _DEFAULTS.k,
     *,
-    sigma_unit: str = "voxel",
+    sigma_unit: str = _DEFAULTS.sigma_unit,
     voxel_size: float = 1.0,
     border: float | None = None,
     min_distance: float | None = None,
@@ -140,12 +143,9 @@ def choose_polarity(
     """
     from napari_cryoguard.picking.dog import _preview_bin, _shape_of, binned_dog
 
-    if sigma_unit not in ("voxel", "angstrom"):
-        raise CryoGuardError(f"sigma_unit must be 'voxel' or 'angstrom', got {sigma_unit!r}")
-    voxel_size = float(voxel_size)
-    if not np.isfinite(voxel_size) or voxel_size <= 0:
-        raise CryoGuardError(f"voxel_size must be > 0 Angstrom, got {voxel_size}")
-    s1 = float(sigma1) / voxel_size if sigma_unit == "angstrom" else float(sigma1)
+    p = DoGParams(sigma1=sigma1, k=k, sigma_unit=sigma_unit)
+    voxel_size = check_float("voxel_size", voxel_size, minimum=0, strict=True)
+    s1, k = p.sigma1_voxels(voxel_size), p.k
     shape = _shape_of(volume)
     if len(shape) != 3:
         raise CryoGuardError(f"picking needs a 3D ZYX volume, got shape {shape}")
