@@ -179,7 +179,7 @@ def test_torchrun_two_gpu_processes_with_nccl(tmp_path):
     ev, out = tmp_path / "events.jsonl", tmp_path / "ddp.safetensors"
     cmd = [
         str(torchrun), "--standalone", "--nproc_per_node", "2",
-        "-m", "napari_cryoguard.defenses.trainer",
+        "-m", "napari_cryoguard.cli", "train",
         "--simulate", "n_per_class=8,snr=1.0,cube=20,seed=1,classes=1bxn+6pxm",
         "--model", "cb3d", "--tiny", "--defense", "at", "--epochs", "2",
         "--batch-size", "4", "--device", "cuda",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.recipe import Recipe
 
 #: Where runs go unless told otherwise (override with the environment variable).
 RUNS_ENV = "CRYOGUARD_RUNS_DIR"
@@ -56,14 +57,21 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+#: the recipe's defaults, the ones :func:`train_command` starts from
+_RECIPE = Recipe()
+
+
 def train_command(*, data: str | None = None, simulate: dict | None = None, model: str = "cb3d",
                   defense: str = "standard", model_params: dict | None = None,
-                  defense_params: dict | None = None, epochs: int = 10, batch_size: int = 16,
-                  lr: float | None = None, optimizer: str = "adam", device: str = "auto",
-                  robust_every: int = 0, seed: int = 0, out: str | Path,
-                  events: str | Path, step_interval: float | None = None,
+                  defense_params: dict | None = None, epochs: int = _RECIPE.epochs,
+                  batch_size: int = _RECIPE.batch_size, lr: float | None = _RECIPE.lr,
+                  optimizer: str = _RECIPE.optimizer, device: str = "auto",
+                  robust_every: int = _RECIPE.robust_every, seed: int = _RECIPE.seed,
+                  out: str | Path, events: str | Path, step_interval: float | None = None,
                   save_state: bool = True) -> list[str]:
     """The ``cryoguard train`` argument list for these settings (no interpreter prefix).
+
+    The training settings default to :class:`~napari_cryoguard.recipe.Recipe`'s.
 
     ``step_interval`` (seconds between step events; 0 = every step) and
     ``save_state=False`` (no ``.state.safetensors`` beside the checkpoint) map to

@@ -12,7 +12,8 @@ import warnings
 import pytest
 import torch
 
-from napari_cryoguard.defenses import available_defenses, train_main
+from napari_cryoguard.cli.train import main as train_main
+from napari_cryoguard.defenses import available_defenses
 from napari_cryoguard.models import load_checkpoint
 
 SPEC = "n_per_class=3,cube=20,snr=0.5,seed=1"
@@ -101,7 +102,8 @@ def test_python_m_entry_point_writes_ima_margins(tmp_path):
         "-W",
         "ignore",
         "-m",
-        "napari_cryoguard.defenses.trainer",
+        "napari_cryoguard.cli",
+        "train",
         *_argv("ima", out),
         "--json",
     ]
@@ -116,7 +118,7 @@ def test_python_m_entry_point_writes_ima_margins(tmp_path):
 
 def test_simclr_checkpoint_starts_another_defense(tmp_path):
     from napari_cryoguard.defenses import train
-    from napari_cryoguard.defenses.trainer import parse_simulate_spec
+    from napari_cryoguard.defenses.training_data import parse_simulate_spec
     from napari_cryoguard.simulate import simulate_subtomograms
 
     pre = tmp_path / "simclr.safetensors"

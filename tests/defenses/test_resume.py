@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from napari_cryoguard import CryoGuardError
+from napari_cryoguard.cli.train import main as train_main
 from napari_cryoguard.data import SubtomogramDataset
-from napari_cryoguard.defenses import train, train_main
-from napari_cryoguard.defenses.trainer import (
+from napari_cryoguard.defenses import train
+from napari_cryoguard.defenses.state import (
     load_training_state,
     pending_state_path_for,
     state_path_for,

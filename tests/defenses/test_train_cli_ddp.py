@@ -45,7 +45,8 @@ def test_sigterm_cancels_cleanly_with_a_loadable_checkpoint(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "napari_cryoguard.defenses.trainer",
+        "napari_cryoguard.cli",
+        "train",
         "--simulate",
         SIM,
         "--model",
@@ -95,7 +96,8 @@ def test_torchrun_two_cpu_processes_write_once_from_rank_0(tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "napari_cryoguard.defenses.trainer",
+        "napari_cryoguard.cli",
+        "train",
         "--simulate",
         SIM,
         "--model",
@@ -138,7 +140,7 @@ def test_torchrun_two_cpu_processes_write_once_from_rank_0(tmp_path):
     assert meta["training"]["world_size"] == 2 and meta["epoch"] == 2
     assert meta["training"]["n_train"] == 12
     # metrics are all-reduced over both ranks' shards: they match the whole split
-    from napari_cryoguard.defenses.trainer import split_indices
+    from napari_cryoguard.defenses.training_data import split_indices
     from napari_cryoguard.simulate import simulate_subtomograms
 
     with warnings.catch_warnings():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from napari_cryoguard.defenses.trainer import train_main
+from napari_cryoguard.cli.train import main as train_main
 from napari_cryoguard.models import load_checkpoint
 
 SIM = "n_per_class=3,cube=20,snr=0.5,seed=1"

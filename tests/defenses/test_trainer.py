@@ -11,16 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from napari_cryoguard import CryoGuardError
+from napari_cryoguard.cli.train import _resolve_sets, build_parser
+from napari_cryoguard.cli.train import main as train_main
 from napari_cryoguard.data import SubtomogramDataset, save_dataset
-from napari_cryoguard.defenses import Recipe, read_events, train, train_main
-from napari_cryoguard.defenses.trainer import (
-    _resolve_sets,
-    build_parser,
-    load_training_state,
-    parse_simulate_spec,
-    split_indices,
-    state_path_for,
-)
+from napari_cryoguard.defenses import Recipe, read_events, train
+from napari_cryoguard.defenses.state import load_training_state, state_path_for
+from napari_cryoguard.defenses.training_data import parse_simulate_spec, split_indices
 from napari_cryoguard.models import load_checkpoint, tiny_params
 
 

@@ -3,10 +3,12 @@
 Public API
 ----------
 ``train(dataset_or_path, model="cb3d", defense="standard", *, ...) -> TrainResult``
-    The one loop (:mod:`~napari_cryoguard.defenses.trainer`); ``Recipe`` holds the
-    optimizer, schedule, split, early-stopping and robust-evaluation settings.
-``train_main(argv) -> int``
-    The ``cryoguard train`` command (also ``python -m napari_cryoguard.defenses.trainer``).
+    The one loop (:mod:`~napari_cryoguard.defenses.trainer`); ``Recipe``
+    (:mod:`napari_cryoguard.recipe`, torch-free) holds the optimizer, schedule, split,
+    early-stopping and robust-evaluation settings and their defaults. The training data
+    and its split are :mod:`~napari_cryoguard.defenses.training_data`, the state file
+    beside a checkpoint :mod:`~napari_cryoguard.defenses.state`; the ``cryoguard train``
+    command is :mod:`napari_cryoguard.cli.train`.
 ``available_defenses()``, ``get_defense(name, **params)``, ``defense_params_class(name)``
     The registry (:mod:`~napari_cryoguard.defenses.base`).
 ``EventWriter``, ``read_events``
@@ -15,7 +17,8 @@ Public API
 How to add a defense
 --------------------
 Create one module in this package, e.g. ``defenses/trades.py``; every module here
-except ``base``, ``trainer``, ``events``, ``distributed`` and ``_private`` ones is
+except ``base``, ``trainer``, ``training_data``, ``state``, ``events``,
+``distributed`` and ``_private`` ones is
 imported the first time the registry is used, so registering is all it takes:
 
 .. code-block:: python
@@ -57,8 +60,6 @@ code)``. Add tests under ``tests/defenses/``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from napari_cryoguard.defenses.base import (
     Batch,
     Defense,
@@ -72,6 +73,8 @@ from napari_cryoguard.defenses.base import (
     unwrap,
 )
 from napari_cryoguard.defenses.events import EventWriter, read_events
+from napari_cryoguard.defenses.trainer import TrainResult, train
+from napari_cryoguard.recipe import Recipe
 
 __all__ = [
     "Batch",
@@ -88,18 +91,5 @@ __all__ = [
     "read_events",
     "register_defense",
     "train",
-    "train_main",
     "unwrap",
 ]
-
-_LAZY = {"train", "train_main", "Recipe", "TrainResult"}
-
-
-def __getattr__(name: str) -> Any:
-    # the trainer is imported lazily so `python -m napari_cryoguard.defenses.trainer`
-    # does not find it half-imported
-    if name in _LAZY:
-        from napari_cryoguard.defenses import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

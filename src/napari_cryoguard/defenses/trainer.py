@@ -1,12 +1,11 @@
-"""The one training loop, used by every defense, and the ``cryoguard train`` command.
+"""The one training loop, used by every defense.
 
 :func:`train` takes a dataset (or its path), a model name and a defense name and runs
-a seeded, resumable, cancellable loop:
+a seeded, resumable, cancellable loop over the settings of a
+:class:`~napari_cryoguard.recipe.Recipe`:
 
-* a deterministic, class-stratified train/validation split (``val_fraction``, 0.2 as
-  the 80/20 split of Wu et al., RAT (IEEE BIBM 2019)
-  section IV.B and Che et al. 2018 (CB3D)
-  section 3);
+* a deterministic, class-stratified train/validation split
+  (:func:`~napari_cryoguard.defenses.training_data.split_indices`);
 * per epoch a shuffle seeded by (seed, epoch) through a ``DistributedSampler`` (one
   process or many under ``torchrun``), batches of ``Batch(x, y, index, epoch,
   step)`` handed to the defense's loss, one optimizer step each;
@@ -14,47 +13,28 @@ a seeded, resumable, cancellable loop:
   eval mode), validation loss (cross-entropy) and accuracy, and every
   ``robust_every`` epochs the validation accuracy under an attack from
   :mod:`napari_cryoguard.attacks`; then an atomic checkpoint;
-* early stopping on the validation loss (the semi-supervised paper section 4 and
-  the CB3D paper section 2.3 stop on it), keeping the best weights;
+* early stopping on the validation loss (the semi-supervised paper SEMI3D section 4
+  and the CB3D paper section 2.3 stop on it), keeping the best weights;
 * optimizer state, early-stopping state, best weights and the random-number
-  generators' states in a second atomic file, ``<out stem>.state.safetensors``, so
-  ``resume=`` continues exactly where a run stopped (even mid-epoch after a cancel, by
-  skipping the steps already done and restoring the generators and the partial epoch
-  sums of the cancelled step).
+  generators' states in the state file beside the checkpoint
+  (:mod:`~napari_cryoguard.defenses.state`), so ``resume=`` continues exactly where a
+  run stopped (even mid-epoch after a cancel, by skipping the steps already done and
+  restoring the generators and the partial epoch sums of the cancelled step).
 
-The checkpoint and its state file are one consistent pair: both carry the same
-``state_token``. The state is written first to ``<stem>.state.pending.safetensors``,
-then the checkpoint, then the pending file is renamed over the state file; a kill at
-any point leaves a checkpoint whose token is held by one of the two state files, and
-:meth:`Trainer.restore` loads the one that matches (with a note when it had to take
-the pending one). Orphan temporary files of killed writes in the output folder are
-removed when a run starts, and the output path is checked (not a folder, writable)
-before any data is read.
-
-Defaults: Adam at lr 1e-4 and batch size 16 (RAT paper section IV.B; the
-semi-supervised paper section 4 also uses Adam at 1e-4); ``optimizer="sgd"`` is SGD
-with Nesterov momentum 0.9 at lr 0.005 (CB3D paper section 2.3; its Keras-style
-learning-rate decay of 1e-7 per step is negligible and left out).
+Orphan temporary files of killed writes in the output folder are removed when a run
+starts, and the output path is checked (not a folder, writable) before any data is
+read. The command line over this loop is :mod:`napari_cryoguard.cli.train`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
-import inspect
-import json
 import math
 import os
-import random
-import signal
-import sys
-import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,179 +42,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_cryoguard._atomic import atomic_output, remove_orphans
-from napari_cryoguard._train_parser import OPTIMIZERS as _OPTIMIZERS
-from napari_cryoguard._train_parser import SCHEDULES as _SCHEDULES
-from napari_cryoguard._train_parser import build_parser
+from napari_cryoguard._atomic import remove_orphans
 from napari_cryoguard.defenses import distributed as ddp
 from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, get_defense
 from napari_cryoguard.defenses.events import EventWriter
+from napari_cryoguard.defenses.state import (
+    check_output,
+    checkpoint_path,
+    flatten_optimizer,
+    load_training_state,
+    pending_state_path_for,
+    rng_state,
+    save_state_file,
+    set_rng_state,
+    state_path_for,
+    unflatten_optimizer,
+)
+from napari_cryoguard.defenses.training_data import TrainRows, as_training_dataset, split_indices
 from napari_cryoguard.device import prepare_model
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.recipe import Recipe
 
-__all__ = [
-    "Recipe",
-    "TrainResult",
-    "Trainer",
-    "build_parser",
-    "load_training_state",
-    "parse_simulate_spec",
-    "pending_state_path_for",
-    "split_indices",
-    "state_path_for",
-    "train",
-    "train_main",
-]
-
-STATE_KEY = "cryoguard_state"
-_DEFAULT_LR = {"adam": 1e-4, "sgd": 0.005}
-
-
-# --------------------------------------------------------------------------- recipe
-
-
-@dataclass
-class Recipe:
-    """How to train: optimizer, schedule, split, early stopping, robust evaluation.
-
-    Attributes
-    ----------
-    optimizer
-        ``"adam"`` (RAT paper IV.B; semi-supervised paper section 4) or ``"sgd"``
-        (SGD, Nesterov momentum 0.9: CB3D paper section 2.3).
-    lr
-        Learning rate; ``None`` picks 1e-4 for Adam and 0.005 for SGD (the papers').
-    weight_decay
-        L2 weight decay added by the optimizer (0: the papers use none).
-    momentum
-        SGD (Nesterov) momentum, 0.9.
-    adam_betas
-        Adam's (beta1, beta2); (0.9, 0.999) is Adam's default (RAT); the
-        semi-supervised paper uses (0.9, 0.99).
-    epochs
-        Total epochs (a resumed run trains up to this count).
-    batch_size
-        Samples per step *per process* (16, RAT paper IV.B); under DDP the
-        effective batch is ``batch_size * world_size``.
-    schedule
-        Learning-rate schedule per epoch: ``"none"``, ``"cosine"`` (to 0 at the last
-        epoch) or ``"step"`` (times ``gamma`` every ``step_size`` epochs).
-    step_size, gamma
-        For ``"step"``; ``step_size`` 0 means a third of ``epochs``.
-    val_fraction
-        Fraction of each class held out for validation (0.2); 0 trains on all.
-    patience
-        Early stopping: stop after this many epochs without a lower validation loss,
-        and keep the best weights (0 = off).
-    seed
-        Seeds the split, the shuffling, the initial weights and dropout.
-    robust_every
-        Every this many epochs, measure the validation accuracy under
-        ``robust_attack`` (0 = off).
-    robust_attack, robust_params
-        Attack name and parameters for :func:`napari_cryoguard.attacks.run_attack`.
-    robust_samples
-        At most this many validation samples are attacked (attacks are costly).
-    train_eval_samples
-        Clean train accuracy is measured on a fixed subset of this many training
-        samples, in eval mode.
-    amp
-        float16 mixed precision (CUDA only; a no-op elsewhere).
-    """
-
-    optimizer: str = "adam"
-    lr: float | None = None
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = 20
-    batch_size: int = 16
-    schedule: str = "none"
-    step_size: int = 0
-    gamma: float = 0.1
-    val_fraction: float = 0.2
-    patience: int = 0
-    seed: int = 0
-    robust_every: int = 0
-    robust_attack: str = "pgd"
-    robust_params: dict[str, Any] = field(default_factory=dict)
-    robust_samples: int = 128
-    train_eval_samples: int = 512
-    amp: bool = False
-
-    def __post_init__(self) -> None:
-        self.optimizer = str(self.optimizer).strip().lower()
-        if self.optimizer not in _OPTIMIZERS:
-            raise CryoGuardError(
-                f"unknown optimizer {self.optimizer!r}; known: {', '.join(_OPTIMIZERS)}"
-            )
-        self.schedule = str(self.schedule).strip().lower()
-        if self.schedule not in _SCHEDULES:
-            raise CryoGuardError(
-                f"unknown schedule {self.schedule!r}; known: {', '.join(_SCHEDULES)}"
-            )
-        if self.lr is not None and not float(self.lr) > 0:
-            raise CryoGuardError(f"lr must be > 0, got {self.lr!r}")
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise CryoGuardError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("patience", "robust_every", "step_size", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise CryoGuardError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("robust_samples", "train_eval_samples"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise CryoGuardError(f"{name} must be a positive integer, got {v!r}")
-        if not 0.0 <= float(self.val_fraction) < 1.0:
-            raise CryoGuardError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.patience > 0 and float(self.val_fraction) == 0.0:
-            raise CryoGuardError("early stopping (patience > 0) needs val_fraction > 0")
-        if float(self.weight_decay) < 0:
-            raise CryoGuardError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.robust_params, dict):
-            raise CryoGuardError("robust_params must be a dict of attack parameters")
-        self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
-        if len(self.adam_betas) != 2:
-            raise CryoGuardError(f"adam_betas needs two values, got {self.adam_betas!r}")
-        self.val_fraction = float(self.val_fraction)
-        self.amp = bool(self.amp)
-
-    def resolved_lr(self) -> float:
-        """The learning rate in use (the optimizer's paper default if ``lr`` is None)."""
-        return float(self.lr) if self.lr is not None else _DEFAULT_LR[self.optimizer]
-
-    def lr_factor(self, epoch: int) -> float:
-        """Multiplier of the base learning rate at 0-based ``epoch``."""
-        if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, self.epochs)))
-        if self.schedule == "step":
-            size = self.step_size or max(1, self.epochs // 3)
-            return float(self.gamma) ** (epoch // size)
-        return 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict, with the resolved ``lr``."""
-        d = dataclasses.asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        d["lr"] = self.resolved_lr()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> Recipe:
-        """Build from a stored dict (unknown keys ignored) with ``overrides`` applied."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise CryoGuardError(
-                f"unknown recipe option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
-            )
-        kw = {k: v for k, v in d.items() if k in names}
-        kw.update(overrides)
-        if isinstance(kw.get("adam_betas"), list):
-            kw["adam_betas"] = tuple(kw["adam_betas"])
-        return cls(**kw)
+__all__ = ["Recipe", "TrainResult", "Trainer", "train"]
 
 
 @dataclass
@@ -266,231 +95,6 @@ class TrainResult:
     cancelled: bool = False
     stopped_early: bool = False
     state_path: Path | None = None
-
-
-# --------------------------------------------------------------------------- data
-
-
-def split_indices(
-    labels: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic class-stratified train/validation split.
-
-    Each class keeps ``round(val_fraction * n_c)`` samples for validation (at least
-    one, and at most ``n_c - 1``, when ``val_fraction > 0`` and ``n_c >= 2``);
-    unlabelled samples (-1) always train.
-
-    Returns
-    -------
-    (train_index, val_index)
-        Sorted int64 row indices.
-    """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng([int(seed), 0x5B1])
-    train: list[np.ndarray] = [np.flatnonzero(labels < 0)]
-    val: list[np.ndarray] = []
-    for c in np.unique(labels[labels >= 0]):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        k = 0
-        if val_fraction > 0 and len(rows) >= 2:
-            k = min(len(rows) - 1, max(1, int(round(val_fraction * len(rows)))))
-        val.append(rows[:k])
-        train.append(rows[k:])
-    tr = np.sort(np.concatenate(train)).astype(np.int64)
-    va = np.sort(np.concatenate(val)).astype(np.int64) if val else np.zeros(0, np.int64)
-    return tr, va
-
-
-def _as_dataset(data: Any) -> tuple[Any, dict[str, Any]]:
-    """A :class:`~napari_cryoguard.data.SubtomogramDataset` and a description of it."""
-    from napari_cryoguard.data import SubtomogramDataset, load_dataset
-
-    if isinstance(data, (str, os.PathLike)):
-        ds = load_dataset(data)
-        info: dict[str, Any] = {"path": str(Path(data).resolve())}
-    elif isinstance(data, SubtomogramDataset):
-        ds = data
-        info = {"in_memory": True, **({"meta": ds.meta} if ds.meta else {})}
-    elif hasattr(data, "volumes") and hasattr(data, "labels"):  # SimulatedDataset
-        params = dict(getattr(data, "params", {}) or {})
-        ds = SubtomogramDataset(
-            volumes=data.volumes,
-            labels=data.labels,
-            class_names=getattr(data, "class_names", None),
-            voxel_size=float(getattr(data, "voxel_size", 1.0)),
-            normalized=bool(params.get("normalize", True)),
-            meta={"simulated": params} if params else {},
-        )
-        info = {"simulated": params} if params else {"in_memory": True}
-    else:
-        raise CryoGuardError(
-            f"cannot train on a {type(data).__name__}: give a dataset path, a "
-            "SubtomogramDataset or a simulated dataset"
-        )
-    if ds.labels is None:
-        raise CryoGuardError("the dataset has no labels; training needs labelled subtomograms")
-    if len(ds) < 2:
-        raise CryoGuardError(f"the dataset has {len(ds)} subtomogram(s); training needs >= 2")
-    if ds.num_classes < 2:
-        raise CryoGuardError(
-            f"the dataset has {ds.num_classes} class(es); a classifier needs at least 2"
-        )
-    if not (ds.labels >= 0).any():
-        raise CryoGuardError("every sample of the dataset is unlabelled (-1)")
-    if "path" not in info:  # load_dataset has checked a file already
-        from napari_cryoguard.data import require_finite
-
-        require_finite(ds.volumes, "the training subtomograms")
-    info.update(n=len(ds), cube=ds.cube, num_classes=ds.num_classes)
-    return ds, info
-
-
-class _Rows(torch.utils.data.Dataset):
-    """Training rows of the dataset; ``ds[list_of_positions]`` returns a whole batch."""
-
-    def __init__(self, volumes: torch.Tensor, labels: torch.Tensor, rows: np.ndarray) -> None:
-        self.volumes = volumes
-        self.labels = labels
-        self.rows = torch.as_tensor(rows, dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, positions: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = self.rows[torch.as_tensor(positions, dtype=torch.int64)]
-        return self.volumes[idx].unsqueeze(1), self.labels[idx], idx
-
-
-# --------------------------------------------------------------------------- state file
-
-
-def state_path_for(checkpoint: str | os.PathLike[str]) -> Path:
-    """``a/b.safetensors`` -> ``a/b.state.safetensors`` (optimizer state, best weights)."""
-    p = Path(checkpoint)
-    stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.name
-    return p.with_name(f"{stem}.state.safetensors")
-
-
-def pending_state_path_for(checkpoint: str | os.PathLike[str]) -> Path:
-    """``a/b.safetensors`` -> ``a/b.state.pending.safetensors``.
-
-    The state of a checkpoint being written; renamed to :func:`state_path_for` once
-    the checkpoint is in place. Found after a kill between the two renames, it is the
-    state that belongs to the (new) checkpoint.
-    """
-    p = state_path_for(checkpoint)
-    return p.with_name(p.name[: -len(".safetensors")] + ".pending.safetensors")
-
-
-def _checkpoint_path(out: str | os.PathLike[str]) -> Path:
-    p = Path(out)
-    return p if p.suffix == ".safetensors" else p.with_name(p.name + ".safetensors")
-
-
-def _check_output(path: Path) -> None:
-    """Refuse an output path that cannot be written, before any training is done."""
-    if path.is_dir():
-        raise CryoGuardError(f"the output {path} is a folder; give a .safetensors file path")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise CryoGuardError(
-            f"cannot write the checkpoint {path}: {exc.strerror or exc} (in {parent})"
-        ) from exc
-    for p in (state_path_for(path), pending_state_path_for(path)):
-        if p.is_dir():
-            raise CryoGuardError(f"{p} is a folder; the training state is written there")
-
-
-def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The states of torch's, numpy's and Python's global generators (tensors, JSON)."""
-    tensors = {"rng.torch": torch.get_rng_state().clone()}
-    if device.type == "cuda" and torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device).clone()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
-    version, pstate, gauss = random.getstate()
-    meta = {
-        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached": float(cached)},
-        "python": {"version": version, "state": list(pstate), "gauss": gauss},
-    }
-    return tensors, meta
-
-
-def _set_rng_state(
-    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], device: torch.device
-) -> None:
-    """Put the generators back in the state :func:`_rng_state` recorded."""
-    torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
-    if "rng.cuda" in tensors and device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"].to(torch.uint8), device)
-    if "rng.numpy" in tensors and "numpy" in meta:
-        n = meta["numpy"]
-        keys = tensors["rng.numpy"].numpy().astype(np.uint32)
-        state = (n["kind"], keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached"]))
-        np.random.set_state(state)  # noqa: NPY002
-    if "python" in meta:
-        py = meta["python"]
-        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state dict -> (tensors ``opt.<param>.<key>``, JSON for the rest)."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"opt.{pid}.{key}"] = value.detach().to("cpu").contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for name, t in tensors.items():
-        if name.startswith("opt."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = t
-    for pid, d in (meta.get("scalars") or {}).items():
-        state.setdefault(int(pid), {}).update(d)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
-    return {"state": state, "param_groups": groups}
-
-
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
-
-
-def load_training_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a ``.state.safetensors`` file: (tensors, JSON metadata). Never unpickles."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = json.loads((f.metadata() or {})[STATE_KEY])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise CryoGuardError(f"{path} is not a readable training-state file: {exc}") from exc
-    return tensors, meta
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 def _mix_seed(*parts: int) -> int:
@@ -671,7 +275,7 @@ class Trainer:
             elif pending is not None and pending.is_file():
                 os.unlink(pending)  # the state of a checkpoint that was never written
         try:
-            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, smeta["optimizer"]))
+            self.optimizer.load_state_dict(unflatten_optimizer(tensors, smeta["optimizer"]))
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CryoGuardError(f"{spath}: optimizer state does not fit this run: {exc}") from exc
         tstate = smeta.get("trainer", {})
@@ -749,8 +353,8 @@ class Trainer:
         from napari_cryoguard.models import save_checkpoint
 
         token = f"{self.run_id}:{self.epoch_done}:{step_in_epoch}:{time.time_ns()}"
-        tensors, ometa = _flatten_optimizer(self.optimizer)
-        rng_t, rng_meta = _rng_state(self.device)
+        tensors, ometa = flatten_optimizer(self.optimizer)
+        rng_t, rng_meta = rng_state(self.device)
         tensors.update(rng_t)
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
@@ -777,7 +381,7 @@ class Trainer:
         written = False
         try:
             if self.save_state:
-                _atomic_save_tensors(pending, tensors, smeta)
+                save_state_file(pending, tensors, smeta)
             path = save_checkpoint(self.out, self.raw_model, meta, extra_tensors=extra)
             written = True
             if self.save_state:
@@ -878,7 +482,7 @@ class Trainer:
 
     def _apply_resume_rng(self) -> None:
         if self._resume_rng is not None:
-            _set_rng_state(*self._resume_rng, self.device)
+            set_rng_state(*self._resume_rng, self.device)
             self._resume_rng = None
 
     def run(self, progress: Callable[[dict], None] | None = None) -> TrainResult:
@@ -898,7 +502,7 @@ class Trainer:
                 self.note(f"robust evaluation skipped: attacks unavailable ({exc})")
             else:
                 make_attack(r.robust_attack, **r.robust_params)
-        rows = _Rows(self.volumes, self.train_labels, self.train_index)
+        rows = TrainRows(self.volumes, self.train_labels, self.train_index)
         sampler = DistributedSampler(
             rows, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=r.seed
         )
@@ -1151,11 +755,11 @@ def train(
             writer = EventWriter(None, enabled=False)
         if out is None:
             raise CryoGuardError("train() needs out=: where to write the checkpoint")
-        out_path = _checkpoint_path(out)
+        out_path = checkpoint_path(out)
         if ctx.is_main:
-            _check_output(out_path)
+            check_output(out_path)
             remove_orphans(out_path.parent)  # of writes killed in an earlier run
-        ds, info = _as_dataset(dataset_or_path)
+        ds, info = as_training_dataset(dataset_or_path)
 
         resume_meta: dict[str, Any] | None = None
         resumed_model: nn.Module | None = None
@@ -1261,345 +865,3 @@ def train(
             ddp.shutdown_distributed(ctx)
         if not isinstance(events, EventWriter):
             writer.close()
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _split_top(spec: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside brackets and quotes."""
-    parts, depth, quote, cur = [], 0, "", []
-    for ch in spec:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts if p.strip()]
-
-
-_SIM_ALIASES = {"tilt": "tilt_range", "n": "n_per_class", "defocus": "defocus_um"}
-
-
-def parse_simulate_spec(spec: str) -> dict[str, Any]:
-    """``"n_per_class=50,snr=0.1,tilt=60,cube=28,seed=1"`` -> keyword arguments.
-
-    ``tilt`` means ``tilt_range``; ``classes`` takes a JSON list or names joined by
-    ``+``. Keys are checked against :func:`simulate_subtomograms`'s signature.
-    """
-    from napari_cryoguard.simulate import simulate_subtomograms
-
-    valid = [
-        p.name
-        for p in inspect.signature(simulate_subtomograms).parameters.values()
-        if p.name != "progress"
-    ]
-    kw: dict[str, Any] = {}
-    for item in _split_top(spec):
-        key, sep, raw = item.partition("=")
-        key = _SIM_ALIASES.get(key.strip(), key.strip())
-        if not sep or key not in valid:
-            raise CryoGuardError(
-                f"bad --simulate item {item!r}; use key=value with keys: "
-                f"{', '.join(valid)} (tilt = tilt_range)"
-            )
-        value = _parse_value(raw.strip())
-        if key == "classes" and isinstance(value, str):
-            value = [c for c in value.replace(";", "+").split("+") if c]
-        kw[key] = value
-    return kw
-
-
-def _resolve_sets(
-    items: Sequence[str], model_name: str, defense_name: str
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``--set`` items -> (model params, defense params, recipe options).
-
-    A plain key is looked up in the defense's dataclass, then the model's, then the
-    recipe's; ``model.``, ``defense.`` and ``recipe.`` prefixes force the target.
-    """
-    from napari_cryoguard.defenses.base import defense_params_class
-    from napari_cryoguard.models import model_params_class
-
-    dfields = {f.name for f in dataclasses.fields(defense_params_class(defense_name))}
-    mfields = {f.name for f in dataclasses.fields(model_params_class(model_name))}
-    rfields = {f.name for f in dataclasses.fields(Recipe)}
-    mp: dict[str, Any] = {}
-    dp: dict[str, Any] = {}
-    rp: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise CryoGuardError(f"--set expects key=value, got {item!r}")
-        value = _parse_value(raw.strip())
-        if key.startswith("model."):
-            mp[key[6:]] = value
-        elif key.startswith("defense."):
-            dp[key[8:]] = value
-        elif key.startswith("recipe."):
-            rp[key[7:]] = value
-        elif key in dfields:
-            dp[key] = value
-        elif key in mfields:
-            mp[key] = value
-        elif key in rfields:
-            rp[key] = value
-        else:
-            raise CryoGuardError(
-                f"unknown --set key {key!r}. Defense {defense_name!r}: "
-                f"{', '.join(sorted(dfields)) or '(none)'}; model {model_name!r}: "
-                f"{', '.join(sorted(mfields))}; recipe: {', '.join(sorted(rfields))}"
-            )
-    return mp, dp, rp
-
-
-class _ProgressSink:
-    """Feeds events to an EventWriter and draws progress on stderr (rank 0)."""
-
-    def __init__(self, writer: EventWriter, show: bool) -> None:
-        self.writer = writer
-        self.show = show
-        self.bar = show and sys.stderr.isatty()
-
-    def __call__(self, record: dict) -> None:
-        self.writer.write(record)
-        if not self.show:
-            return
-        kind = record.get("event")
-        if kind == "step" and self.bar:
-            frac = record["step"] / max(1, record["steps_per_epoch"])
-            bar = "#" * int(24 * frac)
-            print(
-                f"\repoch {record['epoch']}/{record.get('epochs', '?')} [{bar:<24}] "
-                f"{record['step']}/{record['steps_per_epoch']} loss {record['loss']:.4f}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif kind == "epoch":
-            m = record["metrics"]
-            parts = [
-                f"{k} {m[k]:.4f}"
-                for k in ("train_loss", "train_acc", "val_loss", "val_acc", "robust_acc")
-                if isinstance(m.get(k), (int, float))
-            ]
-            eta = record.get("eta_seconds") or 0.0
-            lead = "\r" if self.bar else ""
-            print(
-                f"{lead}epoch {record['epoch']}/{record['epochs']}: {', '.join(parts)}"
-                f" (eta {eta:.0f} s)" + " " * 8,
-                file=sys.stderr,
-                flush=True,
-            )
-        elif kind in ("note", "cancelled"):
-            msg = record.get("message") or f"cancelled; checkpoint {record.get('path')}"
-            print(("\n" if self.bar else "") + f"{kind}: {msg}", file=sys.stderr, flush=True)
-
-
-def _list_params() -> str:
-    from napari_cryoguard.defenses.base import available_defenses, defense_params_class
-    from napari_cryoguard.models import available_models, model_params_class
-
-    def fmt(cls: type) -> str:
-        return ", ".join(
-            f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=..."
-            for f in dataclasses.fields(cls)
-        )
-
-    lines = ["models:"]
-    lines += [f"  {m}: {fmt(model_params_class(m))}" for m in available_models()]
-    lines.append("defenses:")
-    lines += [f"  {d}: {fmt(defense_params_class(d))}" for d in available_defenses()]
-    lines.append(f"recipe: {fmt(Recipe)}")
-    return "\n".join(lines)
-
-
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``cryoguard train`` (and ``python -m napari_cryoguard.defenses.trainer``).
-
-    Returns the exit status: 0 on success or clean cancel, 2 on a
-    :class:`~napari_cryoguard.CryoGuardError` (message on stderr, an ``error``
-    event, and with ``--json`` a ``{"ok": false, "error": ...}`` line).
-    """
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    if args.list:
-        print(_list_params())
-        return 0
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    writer = EventWriter(args.events, enabled=args.events is not None and is_main)
-    sink = _ProgressSink(writer, show=is_main and not args.quiet)
-    cancel = threading.Event()
-    previous: dict[int, Any] = {}
-
-    def _on_signal(signum: int, frame: Any) -> None:
-        if cancel.is_set():  # a second signal: stop now
-            signal.signal(signum, previous.get(signum, signal.SIG_DFL))
-            raise KeyboardInterrupt
-        cancel.set()
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, _on_signal)
-    t0 = time.monotonic()
-    try:
-        try:
-            result = _run_cli(args, sink, cancel)
-        except CryoGuardError as exc:
-            if not getattr(exc, "_cryoguard_reported", False):
-                sink.writer.emit("error", message=str(exc), type="CryoGuardError")
-            if is_main:
-                print(f"cryoguard train: error: {exc}", file=sys.stderr, flush=True)
-                if args.json:
-                    print(
-                        json.dumps({"command": "train", "ok": False, "error": str(exc)}), flush=True
-                    )
-            return 2
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        writer.close()
-    if is_main and args.json:
-        print(
-            json.dumps(
-                {
-                    "command": "train",
-                    "ok": True,
-                    "checkpoint": str(result.checkpoint),
-                    "epochs_run": result.epochs_run,
-                    "epochs": len(result.history),
-                    "best_epoch": result.best_epoch,
-                    "cancelled": result.cancelled,
-                    "stopped_early": result.stopped_early,
-                    "metrics": result.metrics,
-                    "seconds": round(time.monotonic() - t0, 3),
-                },
-                default=str,
-            ),
-            flush=True,
-        )
-    return 0
-
-
-def _stored_data(
-    resume: str, stored: Mapping[str, Any]
-) -> tuple[str | None, dict[str, Any] | None]:
-    """The training data a checkpoint names: (dataset path, None) or (None, simulation)."""
-    training = stored.get("training")
-    info = training.get("dataset") if isinstance(training, Mapping) else None
-    if isinstance(info, Mapping):
-        path = info.get("path")
-        if isinstance(path, str) and path:
-            if not Path(path).is_file():
-                raise CryoGuardError(
-                    f"{resume} was trained on {path}, which is no longer there; "
-                    "give the data with --data DATASET"
-                )
-            return path, None
-        sim = info.get("simulated")
-        if isinstance(sim, Mapping) and sim:
-            return None, dict(sim)
-    raise CryoGuardError(
-        f"{resume} does not say where its training data is (it was in memory); "
-        "give it with --data DATASET or --simulate SPEC"
-    )
-
-
-def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Event) -> TrainResult:
-    from napari_cryoguard.models import load_checkpoint, tiny_params
-
-    stored: dict[str, Any] = {}
-    init_model = None
-    if args.resume:
-        _, stored = load_checkpoint(args.resume, device="cpu")
-    if args.init:
-        if args.resume:
-            raise CryoGuardError("--init and --resume exclude each other")
-        init_model, init_meta = load_checkpoint(args.init, device="cpu")
-        stored = {"arch": init_meta["arch"]}
-        if args.model and args.model.replace("-", "_") != init_meta["arch"]:
-            raise CryoGuardError(f"--init {args.init} holds a {init_meta['arch']!r} model, "
-                                 f"not {args.model!r}")
-    model_name = args.model or stored.get("arch") or "cb3d"
-    defense_name = args.defense or stored.get("defense") or "standard"
-    mp, dp, rp = _resolve_sets(args.sets, model_name, defense_name)
-    if args.resume or init_model is not None:
-        if mp:
-            raise CryoGuardError("model parameters cannot change when resuming or starting "
-                                 "from --init (--set model.*)")
-    elif args.tiny:
-        mp = {**tiny_params(model_name), **mp}
-    for opt, key in (
-        ("epochs", "epochs"),
-        ("batch_size", "batch_size"),
-        ("lr", "lr"),
-        ("optimizer", "optimizer"),
-        ("weight_decay", "weight_decay"),
-        ("schedule", "schedule"),
-        ("val_fraction", "val_fraction"),
-        ("patience", "patience"),
-        ("seed", "seed"),
-        ("robust_every", "robust_every"),
-        ("robust_attack", "robust_attack"),
-        ("amp", "amp"),
-    ):
-        value = getattr(args, opt)
-        if value is not None:
-            rp[key] = value
-    sim_kw: dict[str, Any] | None = None
-    data: Any = args.data
-    if args.data is None and args.simulate is None:
-        if not args.resume:
-            raise CryoGuardError("give the training data: --data DATASET or --simulate SPEC")
-        data, sim_kw = _stored_data(args.resume, stored)
-    if args.simulate is not None:
-        sim_kw = parse_simulate_spec(args.simulate)
-    if sim_kw is not None:
-        from napari_cryoguard.simulate import simulate_subtomograms
-
-        try:
-            data = simulate_subtomograms(**sim_kw)
-        except (TypeError, ValueError) as exc:
-            raise CryoGuardError(f"simulating the data {sim_kw!r}: {exc}") from exc
-    out = args.out or args.resume or f"cryoguard-{model_name}-{defense_name}.safetensors"
-    if args.step_interval < 0:
-        raise CryoGuardError(f"--step-interval must be >= 0, got {args.step_interval!r}")
-    return train(
-        data,
-        model=init_model if init_model is not None else model_name,
-        defense=defense_name,
-        model_params=mp,
-        defense_params=dp,
-        device=args.device,
-        out=out,
-        events=EventWriter(sink, step_interval=args.step_interval),
-        resume=args.resume,
-        cancel=cancel,
-        num_workers=args.num_workers,
-        save_state=not args.no_state,
-        **rp,
-    )
-
-
-if __name__ == "__main__":
-    # run the installed module's copy so classes are the package's own
-    from napari_cryoguard.defenses.trainer import train_main as _train_main
-
-    sys.exit(_train_main(sys.argv[1:]))
