@@ -1,14 +1,25 @@
-"""Helpers shared by the tomogram and the subtomogram simulators."""
+"""Helpers shared by the tomogram and the subtomogram simulators: the class list, the
+imaging parameters (:class:`Imaging`), the seeded random streams, placing a particle and
+progress reporting."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
+from napari_cryoguard.checks import check_choice, check_float, check_positive_int
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.simulate.physics import rotate_volume
+from napari_cryoguard.simulate.physics import (
+    MTF_MODELS,
+    check_snr,
+    check_tilt_range,
+    ctf_3d,
+    missing_wedge_mask,
+    rotate_volume,
+)
 from napari_cryoguard.simulate.templates import _resolve
 
 
@@ -31,26 +42,77 @@ def class_display_names(classes: Sequence[str]) -> list[str]:
     return [_resolve(c)[1] for c in classes]
 
 
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"{name} must be an integer, got {value!r}") from exc
-    if v != value or v < minimum:
-        raise CryoGuardError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return v
+@dataclass
+class Imaging:
+    """The image-formation parameters both simulators share, checked on construction.
 
+    CTF (:func:`~napari_cryoguard.simulate.physics.ctf_3d`, CB3D section 2.2 Eq. 2),
+    missing wedge and noise level; :meth:`record` is what the simulators store in their
+    ``params``, :meth:`filters` the one Fourier filter they apply.
 
-def check_float(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"{name} must be a number, got {value!r}") from exc
-    if not math.isfinite(v):
-        raise CryoGuardError(f"{name} must be finite, got {value!r}")
-    if minimum is not None and (v <= minimum if strict else v < minimum):
-        raise CryoGuardError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
-    return v
+    Attributes
+    ----------
+    voxel_size : float
+        Å per voxel (> 0).
+    snr : float or None
+        Target SNR (variance ratio, > 0); ``None``: noise-free.
+    tilt_range : float
+        Half tilt range in degrees, in (0, 90].
+    defocus_um, cs_mm, voltage_kv, amplitude_contrast, bfactor : float
+        CTF parameters; negative defocus = underfocus.
+    tilt_axis : {"y", "x"}
+        Tilt axis; the beam is along Z.
+    mtf : {"none", "sinc"}
+        Detector MTF applied with the CTF.
+    """
+
+    voxel_size: float
+    snr: float | None
+    tilt_range: float
+    defocus_um: float
+    cs_mm: float
+    voltage_kv: float
+    amplitude_contrast: float
+    bfactor: float
+    tilt_axis: str
+    mtf: str = "none"
+
+    def __post_init__(self) -> None:
+        self.voxel_size = check_float("voxel size", self.voxel_size, minimum=0.0, strict=True)
+        self.snr = check_snr(self.snr)
+        self.tilt_range = check_tilt_range(self.tilt_range)
+        self.defocus_um = check_float("defocus (µm)", self.defocus_um)
+        self.cs_mm = check_float("spherical aberration (mm)", self.cs_mm, minimum=0.0)
+        self.voltage_kv = check_float("voltage (kV)", self.voltage_kv, minimum=0.0, strict=True)
+        self.amplitude_contrast = check_float("amplitude contrast", self.amplitude_contrast,
+                                              minimum=0.0)
+        self.bfactor = check_float("B-factor", self.bfactor, minimum=0.0)
+        self.tilt_axis = str(self.tilt_axis).lower()
+        check_choice("tilt axis", self.tilt_axis, ("y", "x"))
+        check_choice("MTF model", self.mtf, MTF_MODELS)
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> Imaging:
+        """The imaging fields picked by name out of a simulator's arguments."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+
+    def record(self) -> dict[str, Any]:
+        """The parameters as stored in ``params`` (``mtf`` only when not ``"none"``, so
+        records made before the switch existed stay equal)."""
+        out = asdict(self)
+        if self.mtf == "none":
+            del out["mtf"]
+        return out
+
+    def filters(self, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(CTF times missing wedge, the wedge alone) for a ``shape`` volume (rfft layout);
+        the signal gets the first, the noise the second."""
+        filt = ctf_3d(shape, self.voxel_size, self.defocus_um, self.cs_mm, self.voltage_kv,
+                      self.amplitude_contrast, self.bfactor, mtf=self.mtf,
+                      tilt_axis=self.tilt_axis)
+        wedge = missing_wedge_mask(shape, self.tilt_range, self.tilt_axis)
+        filt *= wedge
+        return filt, wedge
 
 
 def seed_streams(seed: int | None) -> tuple[np.random.Generator, np.random.Generator, int]:
@@ -61,12 +123,7 @@ def seed_streams(seed: int | None) -> tuple[np.random.Generator, np.random.Gener
     """
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"seed must be an integer, got {seed!r}") from exc
-    if seed < 0:
-        raise CryoGuardError(f"seed must be >= 0, got {seed}")
+    seed = check_positive_int("seed", seed, 0)
     geo, noise = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(geo), np.random.default_rng(noise), seed
 

@@ -42,6 +42,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
+from napari_cryoguard.checks import check_choice, check_float, check_prob
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -180,15 +181,19 @@ def _freq_axes(shape, rfft: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def check_tilt_range(tilt_range: float) -> float:
     """Validate a tilt range (degrees, the half-range ``a`` of ``+-a``) in (0, 90]."""
-    try:
-        t = float(tilt_range)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"tilt range must be a number of degrees, got {tilt_range!r}") from exc
-    if not (0.0 < t <= 90.0):
+    t = check_float("tilt range (degrees)", tilt_range, minimum=0.0, strict=True)
+    if t > 90.0:
         raise CryoGuardError(
             f"tilt range must be in (0, 90] degrees (the a of +-a; 90 = no missing wedge), got {tilt_range!r}"
         )
     return t
+
+
+def _check_tilt_axis(tilt_axis: str) -> str:
+    """``"y"`` or ``"x"`` (any case); the beam is along Z."""
+    axis = str(tilt_axis).lower()
+    check_choice("tilt axis (beam along z)", axis, ("y", "x"))
+    return axis
 
 
 def missing_wedge_mask(
@@ -229,9 +234,7 @@ def missing_wedge_mask(
     """
     shape = _check_shape(shape)
     t = check_tilt_range(tilt_range)
-    axis = str(tilt_axis).lower()
-    if axis not in ("x", "y"):
-        raise CryoGuardError(f"tilt axis must be 'y' or 'x' (beam along z), got {tilt_axis!r}")
+    axis = _check_tilt_axis(tilt_axis)
     kz, ky, kx = _freq_axes(shape, rfft)
     out_shape = (shape[0], shape[1], kx.shape[2])
     if t >= 90.0:
@@ -247,22 +250,17 @@ def electron_wavelength(voltage_kv: float) -> float:
 
     ``lambda = h / sqrt(2 m0 e V (1 + e V / (2 m0 c^2)))``; 0.0197 Å at 300 kV.
     """
-    v = float(voltage_kv) * 1e3
-    if not v > 0:
-        raise CryoGuardError(f"voltage must be positive (kV), got {voltage_kv!r}")
+    v = check_float("voltage (kV)", voltage_kv, minimum=0.0, strict=True) * 1e3
     p = math.sqrt(2.0 * _M0 * _E * v * (1.0 + _E * v / (2.0 * _M0 * _C**2)))
     return _H / p * 1e10
 
 
 def _check_ctf_params(voxel_size, cs_mm, amplitude_contrast, bfactor) -> None:
-    if not (np.isfinite(voxel_size) and voxel_size > 0):
-        raise CryoGuardError(f"voxel size must be positive (Å), got {voxel_size!r}")
-    if not (np.isfinite(cs_mm) and cs_mm >= 0):
-        raise CryoGuardError(f"spherical aberration must be >= 0 mm, got {cs_mm!r}")
-    if not (0.0 <= amplitude_contrast < 1.0):
-        raise CryoGuardError(f"amplitude contrast must be in [0, 1), got {amplitude_contrast!r}")
-    if not (np.isfinite(bfactor) and bfactor >= 0):
-        raise CryoGuardError(f"B-factor must be >= 0 Å^2, got {bfactor!r}")
+    check_float("voxel size (Å)", voxel_size, minimum=0.0, strict=True)
+    check_float("spherical aberration (mm)", cs_mm, minimum=0.0)
+    check_float("amplitude contrast", amplitude_contrast, minimum=0.0)
+    check_prob("amplitude contrast", amplitude_contrast)
+    check_float("B-factor (Å^2)", bfactor, minimum=0.0)
 
 
 def ctf_profile(
@@ -296,8 +294,7 @@ def ctf_profile(
     ndarray (float64 for scalar/float64 input, else the input's float type)
     """
     _check_ctf_params(1.0, cs_mm, amplitude_contrast, bfactor)
-    if not np.isfinite(defocus_um):
-        raise CryoGuardError(f"defocus must be a finite number of µm, got {defocus_um!r}")
+    check_float("defocus (µm)", defocus_um)
     k = np.asarray(k)
     if not np.issubdtype(k.dtype, np.floating):
         k = k.astype(np.float64)
@@ -332,8 +329,7 @@ def mtf_profile(f: np.ndarray | float, model: str = "sinc") -> np.ndarray:
     -------
     ndarray (float64 for scalar/float64 input, else the input's float type)
     """
-    if model not in MTF_MODELS:
-        raise CryoGuardError(f"MTF model must be one of {', '.join(MTF_MODELS)}, got {model!r}")
+    check_choice("MTF model", model, MTF_MODELS)
     f = np.asarray(f)
     if not np.issubdtype(f.dtype, np.floating):
         f = f.astype(np.float64)
@@ -382,15 +378,10 @@ def mtf_3d(
     ndarray, float32, shape ``(nz, ny, nx // 2 + 1)`` (rfft) or ``shape``, in [0, 1]
     """
     shape = _check_shape(shape)
-    voxel_size = float(voxel_size)
-    if not (math.isfinite(voxel_size) and voxel_size > 0):
-        raise CryoGuardError(f"voxel size must be > 0 Å, got {voxel_size!r}")
-    pixel = voxel_size if detector_pixel is None else float(detector_pixel)
-    if not (math.isfinite(pixel) and pixel > 0):
-        raise CryoGuardError(f"detector pixel must be > 0 Å, got {detector_pixel!r}")
-    axis = str(tilt_axis).lower()
-    if axis not in ("x", "y"):
-        raise CryoGuardError(f"tilt axis must be 'x' or 'y', got {tilt_axis!r}")
+    voxel_size = check_float("voxel size (Å)", voxel_size, minimum=0.0, strict=True)
+    pixel = voxel_size if detector_pixel is None else check_float(
+        "detector pixel (Å)", detector_pixel, minimum=0.0, strict=True)
+    axis = _check_tilt_axis(tilt_axis)
     kz, ky, kx = _freq_axes(shape, rfft)
     scale = np.float32(pixel / voxel_size)  # cycles per voxel -> cycles per detector pixel
     along, k_other = (ky, kx) if axis == "y" else (kx, ky)
@@ -451,8 +442,8 @@ def ctf_3d(
     )
     if mtf != "none":
         out *= mtf_3d(shape, voxel_size, detector_pixel, mtf, tilt_axis, rfft=rfft)
-    elif mtf not in MTF_MODELS:
-        raise CryoGuardError(f"MTF model must be one of {', '.join(MTF_MODELS)}, got {mtf!r}")
+    else:
+        check_choice("MTF model", mtf, MTF_MODELS)
     return out
 
 
@@ -567,15 +558,5 @@ def add_noise(
 
 
 def check_snr(snr) -> float | None:
-    """Validate an SNR: ``None`` (noise-free) or a finite number > 0."""
-    if snr is None:
-        return None
-    try:
-        s = float(snr)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(
-            f"SNR must be a number > 0 (or None for no noise), got {snr!r}"
-        ) from exc
-    if not (math.isfinite(s) and s > 0):
-        raise CryoGuardError(f"SNR must be > 0 (variance ratio, e.g. 0.1), got {snr!r}")
-    return s
+    """Validate an SNR: ``None`` (noise-free) or a finite number > 0 (a variance ratio)."""
+    return None if snr is None else check_float("SNR", snr, minimum=0.0, strict=True)

@@ -17,31 +17,22 @@ mean noise level of the particle samples.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from napari_cryoguard.simulate._common import (
-    Progress,
-    check_float,
-    check_positive_int,
-    class_display_names,
-    resolve_classes,
-    seed_streams,
-    splat,
-)
+from napari_cryoguard.checks import check_float, check_positive_int
+from napari_cryoguard.simulate import _common as common
 from napari_cryoguard.simulate.physics import (
     add_noise,
     apply_fourier_filter,
-    check_snr,
-    check_tilt_range,
-    ctf_3d,
     electron_wavelength,
-    missing_wedge_mask,
     random_rotation,
 )
 from napari_cryoguard.simulate.templates import DEFAULT_CLASSES, load_template, template_radius
@@ -166,83 +157,49 @@ def simulate_subtomograms(
     CryoGuardError
         Unknown class, SNR <= 0, tilt range outside (0, 90], bad counts or sizes.
     """
-    blocks = list(iter_simulated_blocks(
-        n_per_class, classes, cube, voxel_size, snr, tilt_range, defocus_um, cs_mm,
-        voltage_kv, shift, seed, normalize, include_empty, progress,
-        amplitude_contrast=amplitude_contrast, bfactor=bfactor, tilt_axis=tilt_axis,
-        mtf=mtf, block_size=None))
-    return blocks[0]
+    return next(iter_simulated_blocks(**locals(), block_size=None))
 
 
 def iter_simulated_blocks(
-    n_per_class: int = 100,
-    classes: Sequence[str] = DEFAULT_CLASSES,
-    cube: int = 28,
-    voxel_size: float = 10.0,
-    snr: float | None = 0.1,
-    tilt_range: float = 60.0,
-    defocus_um: float = -5.0,
-    cs_mm: float = 2.0,
-    voltage_kv: float = 300.0,
-    shift: float = 2.0,
-    seed: int | None = 0,
-    normalize: bool = True,
-    include_empty: bool = False,
-    progress=None,
-    *,
-    amplitude_contrast: float = 0.07,
-    bfactor: float = 0.0,
-    tilt_axis: str = "y",
-    mtf: str = "none",
-    block_size: int | None = 256,
+    *args: Any, block_size: int | None = 256, **kwargs: Any
 ) -> Iterator[SimulatedDataset]:
     """:func:`simulate_subtomograms` in blocks of ``block_size`` samples, so memory is
     bounded by the block (a padded float32 box per sample), not the data set.
 
-    The blocks, concatenated in order, are exactly the arrays of
-    :func:`simulate_subtomograms` with the same arguments (the random streams are
-    consumed in the same order; every step after placing is per sample). Each block is a
-    :class:`SimulatedDataset` with the full ``params`` and ``class_names``.
-    ``block_size=None`` makes one block. With ``include_empty`` the empty samples' noise
-    level is the mean over *all* particle samples, so the whole set is one block then.
+    Takes :func:`simulate_subtomograms`' arguments (the same names and defaults; an
+    unknown one raises ``TypeError`` here). The blocks, concatenated in order, are
+    exactly the arrays of :func:`simulate_subtomograms` with the same arguments (the
+    random streams are consumed in the same order; every step after placing is per
+    sample). Each block is a :class:`SimulatedDataset` with the full ``params`` and
+    ``class_names``. ``block_size=None`` makes one block. With ``include_empty`` the
+    empty samples' noise level is the mean over *all* particle samples, so the whole set
+    is one block then.
     """
-    n_per_class = check_positive_int("n_per_class", n_per_class, 1)
-    cube = check_positive_int("cube", cube, 4)
-    classes = resolve_classes(classes)
-    voxel_size = check_float("voxel size", voxel_size, minimum=0.0, strict=True)
-    snr = check_snr(snr)
-    tilt_range = check_tilt_range(tilt_range)
-    shift = check_float("shift", shift, minimum=0.0)
-    rng, noise_rng, seed = seed_streams(seed)
-    params = {
-        "n_per_class": n_per_class,
-        "classes": list(classes),
-        "cube": cube,
-        "voxel_size": voxel_size,
-        "snr": snr,
-        "tilt_range": tilt_range,
-        "defocus_um": float(defocus_um),
-        "cs_mm": float(cs_mm),
-        "voltage_kv": float(voltage_kv),
-        "shift": shift,
-        "seed": seed,
-        "normalize": bool(normalize),
-        "include_empty": bool(include_empty),
-        "amplitude_contrast": float(amplitude_contrast),
-        "bfactor": float(bfactor),
-        "tilt_axis": str(tilt_axis).lower(),
-    }
-    if mtf != "none":  # recorded only when used, so earlier parameter records stay equal
-        params["mtf"] = str(mtf)
+    bound = inspect.signature(simulate_subtomograms).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return _blocks(bound.arguments, block_size)
+
+
+def _blocks(args: Mapping[str, Any], block_size: int | None) -> Iterator[SimulatedDataset]:
+    """The generator behind :func:`iter_simulated_blocks` (``args``: every argument of
+    :func:`simulate_subtomograms`, by name)."""
+    n_per_class = check_positive_int("n_per_class", args["n_per_class"], 1)
+    cube = check_positive_int("cube", args["cube"], 4)
+    classes = common.resolve_classes(args["classes"])
+    imaging = common.Imaging.from_arguments(args)
+    shift = check_float("shift", args["shift"], minimum=0.0)
+    rng, noise_rng, seed = common.seed_streams(args["seed"])
+    normalize, include_empty = bool(args["normalize"]), bool(args["include_empty"])
+    voxel_size, snr = imaging.voxel_size, imaging.snr
+    params = {"n_per_class": n_per_class, "classes": list(classes), "cube": cube,
+              **imaging.record(), "shift": shift, "seed": seed, "normalize": normalize,
+              "include_empty": include_empty}
     json.dumps(params)
 
-    pad = _ctf_pad(voxel_size, float(defocus_um), float(voltage_kv), cube)
+    pad = _ctf_pad(voxel_size, imaging.defocus_um, imaging.voltage_kv, cube)
     box = cube + 2 * pad
     shape = (box, box, box)
-    filt = ctf_3d(shape, voxel_size, defocus_um, cs_mm, voltage_kv, amplitude_contrast, bfactor,
-                  mtf=mtf, tilt_axis=tilt_axis)
-    wedge = missing_wedge_mask(shape, tilt_range, tilt_axis)
-    filt *= wedge
+    filt, wedge = imaging.filters(shape)
 
     templates = [load_template(c, voxel_size) for c in classes]
     for c in classes:
@@ -264,8 +221,8 @@ def iter_simulated_blocks(
     else:
         block = check_positive_int("block_size", block_size, 1)
     n_blocks = max(1, -(-n // block))
-    prog = Progress(progress, n + 2 * n_blocks)
-    names = class_display_names(classes) + ([EMPTY_CLASS] if include_empty else [])
+    prog = common.Progress(args["progress"], n + 2 * n_blocks)
+    names = common.class_display_names(classes) + ([EMPTY_CLASS] if include_empty else [])
     centre = pad + cube // 2
     crop = (slice(pad, pad + cube),) * 3
     for lo in range(0, max(n, 1), block):
@@ -279,7 +236,7 @@ def iter_simulated_blocks(
             if not empty_b[i]:
                 rotations[i] = random_rotation(rng)
                 shifts[i] = rng.uniform(-shift, shift, size=3)
-                splat(signal[i], templates[lab], rotations[i], centre + shifts[i])
+                common.splat(signal[i], templates[lab], rotations[i], centre + shifts[i])
             prog.step("placing particles")
 
         signal = apply_fourier_filter(signal, filt)

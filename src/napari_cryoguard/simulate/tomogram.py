@@ -30,26 +30,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_cryoguard.checks import check_float, check_positive_int
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io.picks import Picks
-from napari_cryoguard.simulate._common import (
-    Progress,
-    check_float,
-    check_positive_int,
-    class_display_names,
-    resolve_classes,
-    seed_streams,
-    splat,
-)
-from napari_cryoguard.simulate.physics import (
-    add_noise,
-    apply_fourier_filter,
-    check_snr,
-    check_tilt_range,
-    ctf_3d,
-    missing_wedge_mask,
-    random_rotation,
-)
+from napari_cryoguard.simulate import _common as common
+from napari_cryoguard.simulate.physics import add_noise, apply_fourier_filter, random_rotation
 from napari_cryoguard.simulate.templates import DEFAULT_CLASSES, load_template, template_radius
 
 __all__ = ["SimulatedTomogram", "simulate_tomogram"]
@@ -216,37 +201,20 @@ def simulate_tomogram(
     if min(shape) < cube:
         raise CryoGuardError(f"tomogram shape {shape} is smaller than one {cube}^3 cube")
     n_particles = check_positive_int("n_particles", n_particles, 1)
-    classes = resolve_classes(classes)
-    voxel_size = check_float("voxel size", voxel_size, minimum=0.0, strict=True)
-    snr = check_snr(snr)
-    tilt_range = check_tilt_range(tilt_range)
+    classes = common.resolve_classes(classes)
+    imaging = common.Imaging(voxel_size, snr, tilt_range, defocus_um, cs_mm, voltage_kv,
+                             amplitude_contrast, bfactor, tilt_axis)
+    voxel_size, snr = imaging.voxel_size, imaging.snr
     if min_separation is not None:
         min_separation = check_float("min_separation", min_separation, minimum=0.0)
-    rng, noise_rng, seed = seed_streams(seed)
-    filt = ctf_3d(shape, voxel_size, defocus_um, cs_mm, voltage_kv, amplitude_contrast, bfactor)
-    wedge = missing_wedge_mask(shape, tilt_range, tilt_axis)
-    params = {
-        "shape": list(shape),
-        "n_particles": n_particles,
-        "classes": list(classes),
-        "voxel_size": voxel_size,
-        "snr": snr,
-        "tilt_range": tilt_range,
-        "defocus_um": float(defocus_um),
-        "cs_mm": float(cs_mm),
-        "voltage_kv": float(voltage_kv),
-        "min_separation": min_separation,
-        "seed": seed,
-        "cube": cube,
-        "amplitude_contrast": float(amplitude_contrast),
-        "bfactor": float(bfactor),
-        "tilt_axis": str(tilt_axis).lower(),
-    }
+    rng, noise_rng, seed = common.seed_streams(seed)
+    params = {"shape": list(shape), "n_particles": n_particles, "classes": list(classes),
+              **imaging.record(), "min_separation": min_separation, "seed": seed, "cube": cube}
     json.dumps(params)  # must stay serialisable
 
     templates = [load_template(c, voxel_size) for c in classes]
     class_radii = np.array([template_radius(c, voxel_size) for c in classes])
-    prog = Progress(progress, n_particles + 3)
+    prog = common.Progress(progress, n_particles + 3)
 
     labels = rng.integers(len(classes), size=n_particles).astype(np.int64)
     margin = float(math.ceil(cube / 2))
@@ -255,10 +223,10 @@ def simulate_tomogram(
 
     signal = np.zeros(shape, dtype=np.float32)
     for pos, lab, rot in zip(coords, labels, rotations, strict=True):
-        splat(signal, templates[lab], rot, pos)
+        common.splat(signal, templates[lab], rot, pos)
         prog.step("placing particles")
 
-    filt *= wedge  # CTF then missing wedge, one Fourier filter
+    filt, wedge = imaging.filters(shape)  # CTF then missing wedge, one Fourier filter
     signal = apply_fourier_filter(signal, filt)
     del filt
     prog.step("CTF and missing wedge")
@@ -279,7 +247,7 @@ def simulate_tomogram(
         volume=np.ascontiguousarray(volume, dtype=np.float32),
         coords=coords,
         labels=labels,
-        class_names=class_display_names(classes),
+        class_names=common.class_display_names(classes),
         voxel_size=voxel_size,
         params=params,
         rotations=rotations,
