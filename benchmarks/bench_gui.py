@@ -145,7 +145,7 @@ def _log_slow(viewer, ms: float) -> None:
     """Print every step of the widgets' Qt-thread generators (``apply_stepwise``, the
     warm-up) and every canvas draw that takes longer than ``ms``, and each stall of the
     event loop longer than 2 ``ms`` after the lines that made it up."""
-    from napari_cryoguard._napari import _common
+    from napari_cryoguard._napari import _layers, _warmup
 
     def timed(steps):
         while True:
@@ -159,12 +159,12 @@ def _log_slow(viewer, ms: float) -> None:
                 print(f"    step {label!s:<28} {took:6.1f} ms", flush=True)
             yield label
 
-    stepwise = _common.apply_stepwise
-    _common.apply_stepwise = lambda widget, steps, on_done=None: stepwise(
+    stepwise = _layers.apply_stepwise
+    _layers.apply_stepwise = lambda widget, steps, on_done=None: stepwise(
         widget, timed(steps), on_done)
-    idle_steps = getattr(_common, "_run_idle_steps", None)
+    idle_steps = getattr(_warmup, "_run_idle_steps", None)
     if idle_steps is not None:
-        _common._run_idle_steps = lambda steps: idle_steps(timed(steps))
+        _warmup._run_idle_steps = lambda steps: idle_steps(timed(steps))
     scene_canvas = viewer.window._qt_viewer.canvas._scene_canvas
     draw = scene_canvas._draw_scene
 
@@ -198,7 +198,7 @@ def _warm_up_hooks(viewer, skip: bool):
     """``None`` when the plugin has no warm-up or ``skip`` (then it is marked as done for
     this viewer, so the widgets do not start it); else a function telling it finished."""
     try:
-        from napari_cryoguard._napari import _common
+        from napari_cryoguard._napari import _warmup as _common
     except ImportError:
         return None
     if not hasattr(_common, "warm_up_done"):

@@ -44,7 +44,7 @@ class Docked:
         _probe.click(widget, text)
 
     def wait_idle(self, widget, timeout: float = 120.0) -> None:
-        """Wait until ``widget``'s worker has finished (``_common.start_worker`` marks it busy)."""
+        """Wait until ``widget``'s worker has finished (``_workers.start_worker`` marks it busy)."""
         self.qtbot.waitUntil(lambda: not (getattr(widget, "_busy", False)
                                          or getattr(widget, "_applying", False)),
                             timeout=int(timeout * 1000))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoguard._napari._common import set_picks_layer
+from napari_cryoguard._napari._picks import set_picks_layer
 from napari_cryoguard._napari._probe import canvas_coverage
 from napari_cryoguard._napari.attack_widget import FLIPPED_RGBA, HELD_RGBA
 from napari_cryoguard.models import build_model, save_checkpoint, tiny_params

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoguard._napari._common import set_picks_layer
+from napari_cryoguard._napari._picks import set_picks_layer
 from napari_cryoguard._napari._probe import canvas_coverage
 from napari_cryoguard._napari.classify_widget import FILE_CHOICE
 from napari_cryoguard.models import build_model, save_checkpoint, tiny_params
@@ -176,7 +176,7 @@ def test_classify_picks_of_no_matching_tomogram_notifies(setup, small_sim):
 def test_particle_for_model_converts_the_pick_and_resamples(small_sim, tmp_path):
     """A pick at picks-layer voxels x 2 (half the voxel size) is cut at the same place;
     a 10 A model on a 20 A image gets a resampled 24^3 cube and a note."""
-    from napari_cryoguard._napari.classify_widget import particle_for_model
+    from napari_cryoguard.layerdata import particle_for_model
     from napari_cryoguard.classify import load_model, zscore
 
     torch.manual_seed(0)

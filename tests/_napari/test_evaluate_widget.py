@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoguard._napari._common import FILE_CHOICE, set_picks_layer
+from napari_cryoguard._napari._models import FILE_CHOICE
+from napari_cryoguard._napari._picks import set_picks_layer
 from napari_cryoguard._napari._state import state_for
 from napari_cryoguard.models import build_model, save_checkpoint, tiny_params
 from napari_cryoguard.picking import extract_subtomograms, pick_particles

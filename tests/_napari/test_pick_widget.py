@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_cryoguard._napari import _probe
-from napari_cryoguard._napari._common import connect_pick_selection
+from napari_cryoguard._napari._picks import connect_pick_selection
 from napari_cryoguard._napari._state import state_for
 from napari_cryoguard.picking import match_picks, sigma_from_diameter
 

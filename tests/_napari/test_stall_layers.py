@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoguard._napari._common import iter_add_layer, quiet_gc, set_picks_layer
+from napari_cryoguard._napari._layers import iter_add_layer
+from napari_cryoguard._napari._picks import set_picks_layer
+from napari_cryoguard._napari._workers import quiet_gc
 from napari_cryoguard.models import build_model, save_checkpoint, tiny_params
 
 pytestmark = pytest.mark.gui
@@ -131,7 +133,7 @@ def test_a_new_layer_is_added_hidden_then_shown_then_made_active(docked):
 
 
 def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, monkeypatch):
-    from napari_cryoguard._napari import _common
+    from napari_cryoguard._napari import _warmup
 
     viewer = docked.viewer
     docked.sample()
@@ -140,20 +142,20 @@ def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, monkeypatc
     camera = (tuple(viewer.scene.camera.center), viewer.scene.camera.zoom)
     active = viewer.layers.selection.active
     runs, added, removed = [], [], []
-    original = _common.iter_warm_up
+    original = _warmup.iter_warm_up
 
     def counting(v):
         runs.append(v)
         return original(v)
 
-    monkeypatch.setattr(_common, "iter_warm_up", counting)
+    monkeypatch.setattr(_warmup, "iter_warm_up", counting)
     viewer.layers.events.inserted.connect(lambda e: added.append(e.value.name))
     viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
     canvas = viewer.window._qt_viewer.canvas
     before = len(canvas.view.scene.children)
     for name in ("Pick particles", "Classify", "Attack"):  # three widgets, one viewer
         docked.dock(name)
-    docked.qtbot.waitUntil(lambda: _common.warm_up_done(viewer), timeout=30_000)
+    docked.qtbot.waitUntil(lambda: _warmup.warm_up_done(viewer), timeout=30_000)
     docked.qtbot.wait(50)
     assert len(runs) == 1  # once for the viewer, not once per widget
     # it drew: the captions' glyphs are in the canvas's font now
@@ -168,7 +170,7 @@ def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, monkeypatc
     assert (tuple(viewer.scene.camera.center), viewer.scene.camera.zoom) == camera
     assert viewer.layers.selection.active is active
     # a widget docked later does not start it again
-    assert _common.schedule_warm_up(viewer) is False
+    assert _warmup.schedule_warm_up(viewer) is False
 
 
 def test_pick_adds_a_visible_active_picks_layer(docked):
@@ -188,14 +190,14 @@ def test_pick_adds_a_visible_active_picks_layer(docked):
 
 
 def test_quiet_gc_freezes_until_a_layer_is_removed(docked, monkeypatch):
-    from napari_cryoguard._napari import _common
+    from napari_cryoguard._napari import _workers
 
     class Node:
         pass
 
     if gc.get_freeze_count():
         gc.unfreeze()
-    monkeypatch.setattr(_common, "_GC_THAWED", False)
+    monkeypatch.setattr(_workers, "_GC_THAWED", False)
     was = gc.isenabled()
     with quiet_gc():
         assert not gc.isenabled()

@@ -1,32 +1,37 @@
 """Forms generated from the parameter dataclasses of attacks, defenses and models.
 
 A parameter is declared once, in its dataclass; the widgets build their forms here
-(and the CLI its options elsewhere) from the fields' types and defaults.
+(and the CLI its options in ``cli/``) from the same field walk,
+:func:`napari_cryoguard.params.fields_of`, and read free text back with
+:func:`napari_cryoguard.params.parse_value`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import typing
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 
-#: Known string choices by field name (used when a field is a plain ``str``).
+from napari_cryoguard import params
+from napari_cryoguard.params import Field, fields_of, parse_value
+
+#: Choices of the plain ``str`` fields of these names (until their dataclasses declare
+#: them as ``Literal`` types): the shared choice types of :mod:`napari_cryoguard.params`.
 CHOICES: dict[str, list[str]] = {
-    "norm": ["linf", "l2"],
-    "loss": ["ce", "margin"],
-    "optimizer": ["adam", "sgd"],
-    "schedule": ["none", "cosine", "step"],
+    name: list(typing.get_args(hint))
+    for name, hint in (("norm", params.Norm), ("loss", params.Loss),
+                       ("optimizer", params.Optimizer), ("schedule", params.Schedule))
 }
 
 
-def _field_widget(name: str, default: Any, hint: Any):
+def _field_widget(f: Field):
+    name, default, hint = f.name, f.default, f.hint
     label = name.replace("_", " ")
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return ComboBox(name=name, label=label, choices=list(typing.get_args(hint)), value=default)
+    choices = list(f.choices) if f.choices is not None else CHOICES.get(name)
+    if choices is not None and default in choices:
+        return ComboBox(name=name, label=label, choices=choices, value=default)
     if isinstance(default, bool):
         return CheckBox(name=name, label=label, value=default)
     if isinstance(default, int) and hint in (int, "int"):
@@ -34,8 +39,6 @@ def _field_widget(name: str, default: Any, hint: Any):
     if isinstance(default, float) and hint in (float, "float"):
         return FloatSpinBox(name=name, label=label, value=default, min=-1e9, max=1e9,
                             step=10 ** (_magnitude(default) - 1))
-    if isinstance(default, str) and name in CHOICES and default in CHOICES[name]:
-        return ComboBox(name=name, label=label, choices=CHOICES[name], value=default)
     if isinstance(default, str) and hint in (str, "str"):
         return LineEdit(name=name, label=label, value=default)
     # anything else (optional numbers, tuples, None): JSON text
@@ -49,16 +52,6 @@ def _magnitude(x: float) -> int:
     return int(math.floor(math.log10(abs(x)))) if x else -3
 
 
-def _parse(text: str) -> Any:
-    text = text.strip()
-    if text.lower() in ("", "none", "null"):
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 class DataclassForm(Container):
     """A form for one parameter dataclass: one widget per field, defaults filled in."""
 
@@ -66,6 +59,7 @@ class DataclassForm(Container):
         super().__init__(labels=True)
         self._skip = skip
         self.params_cls = None
+        self._fields: dict[str, Field] = {}
         if params_cls is not None:
             self.set_params_cls(params_cls)
 
@@ -73,29 +67,17 @@ class DataclassForm(Container):
         """Rebuild the form for another dataclass."""
         self.clear()
         self.params_cls = params_cls
-        try:
-            hints = typing.get_type_hints(params_cls)
-        except Exception:  # unresolved forward references: fall back to the defaults' types
-            hints = {}
-        for f in dataclasses.fields(params_cls):
-            if f.name in self._skip or not f.init:
-                continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
-            else:
-                continue
-            self.append(_field_widget(f.name, default, hints.get(f.name, type(default))))
+        self._fields = {f.name: f for f in fields_of(params_cls, skip=self._skip)}
+        for f in self._fields.values():
+            self.append(_field_widget(f))
 
     def values(self) -> dict[str, Any]:
         """The form's values, JSON text parsed, as keyword arguments for the dataclass."""
         out = {}
         for w in self:
             v = w.value
-            if isinstance(w, LineEdit):
-                field_default = {f.name: f.default for f in dataclasses.fields(self.params_cls)}
-                v = v if isinstance(field_default.get(w.name), str) else _parse(v)
+            if isinstance(w, LineEdit) and not isinstance(self._fields[w.name].default, str):
+                v = parse_value(v)
                 if isinstance(v, list):
                     v = tuple(v)
             out[w.name] = v

@@ -17,35 +17,16 @@ computed against it say "agreement with the model's own predictions".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from napari_cryoguard._napari._common import PICKS_LAYER
+from napari_cryoguard._napari._layers import PICKS_LAYER, SUBTOMOGRAMS_LAYER
+from napari_cryoguard.layerdata import Labels
 
 TRUTH_LAYER = "truth"
 NONE = "none"
 TRUTH_TOLERANCE = 4.0  # voxels of the picks' tomogram
 PREDICTIONS_SUFFIX = " (the model's own predictions)"
 _SKIP = {"score", "confidence", "flipped", "adv_class", "adv_norm", "eval_correct", "margin"}
-
-
-@dataclass
-class Labels:
-    """Per-pick class names (``""`` = unknown) and how to speak of them."""
-
-    names: np.ndarray
-    source: str
-    predictions: bool = False
-
-    @property
-    def known(self) -> np.ndarray:
-        return self.names != ""
-
-    @property
-    def score_word(self) -> str:
-        """``accuracy``, or ``agreement with the model's own predictions``."""
-        return "agreement with the model's own predictions" if self.predictions else "accuracy"
 
 
 def predicted_columns(layer) -> set[str]:
@@ -128,43 +109,21 @@ class LabelsChoice:
         return resolve_labels(self._viewer, self.combo.value)
 
 
-def labelled_subtomograms(viewer, labels: Labels, *, min_classes: int = 1, purpose: str = "this"):
-    """The ``subtomograms`` layer as a labelled dataset (rows with a known class only).
+def subtomogram_stack(viewer, purpose: str = "this") -> dict:
+    """The ``subtomograms`` layer (and the picks' positions) as the keyword arguments of
+    :func:`napari_cryoguard.layerdata.labelled_dataset` (references; main thread).
 
-    Returns ``(dataset, pick_index)``: the :class:`~napari_cryoguard.data.SubtomogramDataset`
-    and, for each of its rows, the index of the pick it came from. Raises
-    :class:`CryoGuardError` when there is no ``subtomograms`` layer, when no row has a
-    label, or when fewer than ``min_classes`` classes remain.
+    Raises :class:`CryoGuardError` when there is no ``subtomograms`` layer.
     """
-    from napari_cryoguard._napari._common import SUBTOMOGRAMS_LAYER
-    from napari_cryoguard.data import SubtomogramDataset
     from napari_cryoguard.errors import CryoGuardError
 
     if SUBTOMOGRAMS_LAYER not in viewer.layers:
         raise CryoGuardError(f"{purpose} needs the 'subtomograms' layer: press 'Extract "
                              "subtomograms' in Pick particles first")
     sub = viewer.layers[SUBTOMOGRAMS_LAYER]
-    index = np.asarray(sub.metadata.get("index", np.arange(len(sub.data))), dtype=np.int64)
-    if len(labels.names) and index.max(initial=-1) >= len(labels.names):
-        raise CryoGuardError("the 'subtomograms' layer does not match the current picks: "
-                             "extract the subtomograms again")
-    names = labels.names[index] if len(labels.names) else np.array([""] * len(index))
-    keep = names != ""
-    if not keep.any():
-        raise CryoGuardError(f"{purpose} needs labels: none of the {len(index)} subtomograms has "
-                             f"a class in {labels.source}; choose other labels")
-    class_names = sorted(set(names[keep].tolist()))
-    if len(class_names) < min_classes:
-        raise CryoGuardError(f"{purpose} needs at least {min_classes} classes; {labels.source} "
-                             f"gives {len(class_names)} ({', '.join(class_names)})")
     picks = viewer.layers[PICKS_LAYER] if PICKS_LAYER in viewer.layers else None
-    coords = np.asarray(picks.data)[index[keep], -3:] if picks is not None else None
-    ds = SubtomogramDataset(
-        volumes=np.asarray(sub.data, dtype=np.float32)[keep],
-        labels=np.array([class_names.index(c) for c in names[keep]], dtype=np.int64),
-        class_names=class_names, coords=coords,
-        voxel_size=float(sub.metadata.get("voxel_size", 1.0)),
-        normalized=bool(sub.metadata.get("normalized", False)),
-        meta={"source": "napari subtomograms layer", "labels": labels.source,
-              "pick_index": index[keep].tolist()})
-    return ds, index[keep]
+    return {"volumes": sub.data,
+            "index": sub.metadata.get("index", np.arange(len(sub.data))),
+            "coords": None if picks is None else picks.data,
+            "voxel_size": float(sub.metadata.get("voxel_size", 1.0)),
+            "normalized": bool(sub.metadata.get("normalized", False))}

@@ -6,6 +6,8 @@
 - :class:`Group`: a collapsible group of controls (model, defense, recipe parameters),
   closed by default, opened by its header button.
 - :func:`status_label`: a Label whose text wraps and never widens the dock.
+- :func:`button_row`, :func:`plot_label`, :func:`show_rgba`: a row of buttons, a plot
+  rendered off the Qt thread and shown as an image.
 """
 
 from __future__ import annotations
@@ -118,3 +120,35 @@ def status_label(value: str = "") -> Label:
     q.setSizePolicy(policy)
     q.setMinimumWidth(0)
     return label
+
+
+def button_row(*buttons) -> Container:
+    """Buttons side by side, without margins (one row of the body)."""
+    row = Container(layout="horizontal", labels=False, widgets=list(buttons))
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
+def plot_label(height: int):
+    """A QLabel that shows a plot rendered elsewhere (an Agg figure drawn off the Qt
+    thread): ``height`` px high, as wide as the dock lets it be, never wider."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QLabel, QSizePolicy
+
+    label = QLabel()
+    label.setFixedHeight(height)
+    label.setMinimumWidth(0)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+    return label
+
+
+def show_rgba(label, rgba, ratio: float) -> None:
+    """Show an RGBA image (H, W, 4 uint8) rendered at device pixel ratio ``ratio`` in
+    ``label`` (:func:`plot_label`)."""
+    from qtpy.QtGui import QImage, QPixmap
+
+    h, w = rgba.shape[:2]
+    pixmap = QPixmap.fromImage(QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy())
+    pixmap.setDevicePixelRatio(ratio)
+    label.setPixmap(pixmap)

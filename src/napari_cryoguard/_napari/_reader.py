@@ -8,7 +8,7 @@ unit converted) is shown as an info notification.
 Pick files (:func:`get_picks_reader`): every format
 :func:`~napari_cryoguard.io.read_picks` reads (``.star .csv .tsv .tbl .mod .cbox
 .coords .json``), as Points layers following the picks-layer contract of
-:func:`~napari_cryoguard._napari._common.set_picks_layer`: data are ZYX voxel indices
+:func:`~napari_cryoguard._napari._picks.set_picks_layer`: data are ZYX voxel indices
 of a tomogram, ``scale`` its voxel size in Angstrom, metadata ``voxel_size``,
 ``tomo_name``, ``class_names``, ``source`` (the file) and ``notes``. When tomograms are
 open in the current viewer, each one whose name matches the file's tomogram names
@@ -147,7 +147,7 @@ def _open_tomograms(viewer) -> list:
 
 def _tomograms_arg(images) -> dict | None:
     """``name -> (shape_zyx, voxel_size)`` of the open tomograms, for ``read_picks``."""
-    from napari_cryoguard._napari._common import voxel_size_of
+    from napari_cryoguard._napari._layers import voxel_size_of
 
     out = {}
     for lay in images:
@@ -161,7 +161,7 @@ def picks_layer_data(picks, name: str, *, source, tomo_name: str, voxel_size: fl
     """The ``(coords, kwargs, "points")`` layer tuple of ``picks`` (ZYX voxels).
 
     ``scale`` defaults to ``voxel_size`` on every axis; the metadata and the style follow
-    :func:`~napari_cryoguard._napari._common.set_picks_layer` (14-voxel discs drawn out of
+    :func:`~napari_cryoguard._napari._picks.set_picks_layer` (14-voxel discs drawn out of
     slice).
     """
     import pandas as pd
@@ -207,7 +207,7 @@ def picks_layer_data(picks, name: str, *, source, tomo_name: str, voxel_size: fl
 
 def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
     """Layer tuples for one pick file and the messages to show (see module docstring)."""
-    from napari_cryoguard._napari._common import voxel_size_of
+    from napari_cryoguard._napari._layers import voxel_size_of
     from napari_cryoguard.errors import CryoGuardError
     from napari_cryoguard.io import read_picks, tomo_key
 

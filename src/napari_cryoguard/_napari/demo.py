@@ -10,11 +10,8 @@ import numpy as np
 def populate_viewer(viewer, result) -> dict:
     """Add the demo's layers and dock the plugin widgets from the manifest (as the
     *Plugins* menu does); set them to what the demo did. Returns the widgets by name."""
-    from napari_cryoguard._napari._common import (
-        SUBTOMOGRAMS_LAYER,
-        apply_predictions,
-        set_picks_layer,
-    )
+    from napari_cryoguard._napari._layers import SUBTOMOGRAMS_LAYER
+    from napari_cryoguard._napari._picks import apply_predictions, set_picks_layer
     from napari_cryoguard._napari._probe import dock
     from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
 
@@ -72,7 +69,7 @@ def populate_viewer(viewer, result) -> dict:
 
 def _show_attacked_particle(viewer, result, widgets, picks_layer) -> None:
     """One particle FGSM flipped, as the Attack widget shows it: beside the particle."""
-    from napari_cryoguard._napari._common import show_particle_layers
+    from napari_cryoguard._napari._particles import show_particle_layers
 
     res = result.attack
     flipped = np.flatnonzero(res.success.numpy())

@@ -30,11 +30,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, ProgressBar, PushButton, Table
+from magicgui.widgets import CheckBox, ComboBox, ProgressBar, PushButton, Table
 
-from napari_cryoguard._napari._common import PICKS_LAYER, ModelPicker, show_error, start_worker
-from napari_cryoguard._napari._labels import LabelsChoice, labelled_subtomograms
-from napari_cryoguard._napari._layout import DockWidget, Group, status_label
+from napari_cryoguard._napari._labels import LabelsChoice, subtomogram_stack
+from napari_cryoguard._napari._layers import PICKS_LAYER
+from napari_cryoguard._napari._layout import (
+    DockWidget,
+    Group,
+    button_row,
+    plot_label,
+    show_rgba,
+    status_label,
+)
+from napari_cryoguard._napari._models import ModelPicker, device_combo, model_display_name
+from napari_cryoguard._napari._workers import show_error, start_worker
+from napari_cryoguard.layerdata import evaluation_features, labelled_dataset
 
 if TYPE_CHECKING:
     import napari
@@ -52,14 +62,6 @@ SUITE_CHOICES = [("papers' attacks", "default"),
 
 class _Cancelled(Exception):
     """Raised from the progress callback to stop an evaluation."""
-
-
-def model_display_name(spec: str) -> str:
-    """How results name a model: the bundled name, or ``run folder/file`` of a checkpoint."""
-    p = Path(str(spec))
-    if p.suffix != ".safetensors":
-        return str(spec)
-    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -86,9 +88,7 @@ class EvaluateWidget(DockWidget):
         self.picker = ModelPicker(viewer)
         self.add_button = PushButton(text="Add model")
         self.clear_button = PushButton(text="Clear")
-        model_row = Container(layout="horizontal", labels=False,
-                              widgets=[self.add_button, self.clear_button])
-        model_row.margins = (0, 0, 0, 0)
+        model_row = button_row(self.add_button, self.clear_button)
         self.model_list = status_label()
         self.model_list.label = "to evaluate"
         self.labels = LabelsChoice(viewer)
@@ -101,14 +101,12 @@ class EvaluateWidget(DockWidget):
                                       "margin loss, DeepFool, CW, noise; AutoAttack: 100 APGD "
                                       "iterations, 9 targets, 5000 Square queries); takes "
                                       "much longer")
-        self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
+        self.device = device_combo()
         self.settings = Group("settings", [self.suite, self.quick, self.device])
         self.run_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel")
         self.cancel_button.enabled = False
-        run_row = Container(layout="horizontal", labels=False,
-                            widgets=[self.run_button, self.cancel_button])
-        run_row.margins = (0, 0, 0, 0)
+        run_row = button_row(self.run_button, self.cancel_button)
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
         self.status = status_label()
         self.table = Table(value={"model": [], "attack": [], "budget": [], "unit": [], "score": []})
@@ -120,18 +118,12 @@ class EvaluateWidget(DockWidget):
 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from qtpy.QtCore import Qt
-        from qtpy.QtWidgets import QLabel, QSizePolicy
 
         # an Agg figure rendered in the worker (drawing two panels takes ~100 ms, too long
         # for the Qt thread); the finished image is shown in a QLabel
         self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100, layout="constrained")
         FigureCanvasAgg(self.figure)
-        self.canvas = QLabel()
-        self.canvas.setFixedHeight(PLOT_HEIGHT)
-        self.canvas.setMinimumWidth(0)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.canvas = plot_label(PLOT_HEIGHT)
         self.canvas.setVisible(False)  # shown with the first results
         self.add_native(self.canvas)
         self.body.append(self.table_group)
@@ -223,6 +215,7 @@ class EvaluateWidget(DockWidget):
                 raise CryoGuardError("add at least one model: choose it in 'model' and press "
                                      "'Add model'")
             labels = self.labels.resolve()
+            stack = subtomogram_stack(self._viewer, "evaluation")
         except Exception as exc:  # noqa: BLE001 - shown as a notification
             self.show_failure(exc)
             return
@@ -237,7 +230,6 @@ class EvaluateWidget(DockWidget):
         self.status.value = f"evaluating {', '.join(names)} ({labels.source})..."
         quick, device = bool(self.quick.value), str(self.device.value)
         suite = str(self.suite.value)
-        viewer = self._viewer
         # a hidden label keeps its default width (640 px), wider than the dock: then the
         # widget's own width is the one the plot will get
         width = self.canvas.width() if self.canvas.isVisible() else self.native.width() - 24
@@ -247,7 +239,8 @@ class EvaluateWidget(DockWidget):
         def job():
             from napari_cryoguard.evaluate import evaluate
 
-            ds, index = labelled_subtomograms(viewer, labels, min_classes=2, purpose="evaluation")
+            ds, index = labelled_dataset(**stack, labels=labels, min_classes=2,
+                                         purpose="evaluation")
             try:
                 metrics = evaluate(models, ds, out=out, device=device, quick=quick,
                                    attacks=suite, progress=self._progress, names=names)
@@ -307,14 +300,7 @@ class EvaluateWidget(DockWidget):
         self.table.native.horizontalHeader().setStretchLastSection(True)
 
     def _show_image(self, image) -> None:
-        from qtpy.QtGui import QImage, QPixmap
-
-        rgba, ratio = image
-        h, w = rgba.shape[:2]
-        pixmap = QPixmap.fromImage(
-            QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy())
-        pixmap.setDevicePixelRatio(ratio)
-        self.canvas.setPixmap(pixmap)
+        show_rgba(self.canvas, *image)
         self.canvas.setVisible(True)
 
     def _render(self, series: dict, score_word: str, width: int, ratio: float):
@@ -346,28 +332,12 @@ class EvaluateWidget(DockWidget):
     def _pick_features(self, metrics: dict, index: np.ndarray) -> None:
         """Per-pick results of the first model: ``eval_correct`` and ``robust_<attack>``
         (at the largest budget of each bounded attack); NaN for picks not evaluated."""
-        models = metrics.get("models") or {}
-        if not models or PICKS_LAYER not in self._viewer.layers:
-            return
-        first = next(iter(models.values()))
-        rows = np.asarray(first.get("sample_index", []), dtype=np.int64)
-        if rows.size == 0:
+        if PICKS_LAYER not in self._viewer.layers:
             return
         layer = self._viewer.layers[PICKS_LAYER]
-        feats = layer.features.copy()
-        picks_rows = np.asarray(index)[rows]
-
-        def column(values) -> np.ndarray:
-            col = np.full(len(layer.data), np.nan)
-            col[picks_rows] = np.asarray(values, dtype=float)
-            return col
-
-        feats["eval_correct"] = column(first.get("clean_correct_by_sample", []))
-        for label, curve in (first.get("attacks") or {}).items():
-            points = [p for p in curve.get("points", []) if "robust_by_sample" in p]
-            if curve.get("mode") == "bounded" and points:
-                feats[f"robust_{label}"] = column(points[-1]["robust_by_sample"])
-        layer.features = feats
+        feats = evaluation_features(layer.features, len(layer.data), metrics, index)
+        if feats is not None:
+            layer.features = feats
 
 
 # ---------------------------------------------------------------------- pure helpers

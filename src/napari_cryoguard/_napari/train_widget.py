@@ -21,9 +21,8 @@ picks with a ``margin`` column.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     LineEdit,
@@ -40,18 +38,23 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_cryoguard._napari._common import (
-    PICKS_LAYER,
-    apply_stepwise,
-    chosen_file,
-    show_error,
-    start_worker,
-)
 from napari_cryoguard._napari._forms import DataclassForm
-from napari_cryoguard._napari._labels import LabelsChoice, labelled_subtomograms
-from napari_cryoguard._napari._layout import DockWidget, Group, status_label
+from napari_cryoguard._napari._labels import LabelsChoice, subtomogram_stack
+from napari_cryoguard._napari._layers import PICKS_LAYER, apply_stepwise
+from napari_cryoguard._napari._layout import (
+    DockWidget,
+    Group,
+    button_row,
+    plot_label,
+    show_rgba,
+    status_label,
+)
+from napari_cryoguard._napari._models import chosen_file, device_combo
 from napari_cryoguard._napari._state import state_for
+from napari_cryoguard._napari._workers import show_error, start_worker
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.interactive import margins_job, start_training_run
+from napari_cryoguard.params import Optimizer, fields_of
 
 if TYPE_CHECKING:
     import napari
@@ -80,59 +83,11 @@ def _size_names(widget=None) -> list[str]:
     return list(SIZE_PRESETS)
 
 
-# ---------------------------------------------------------------------- worker jobs
+def _recipe_class():
+    """The training recipe dataclass: the one place the recipe's defaults are declared."""
+    from napari_cryoguard.defenses.trainer import Recipe
 
-
-def prepare_run(runs_dir, label: str, settings: dict, source: str, *, viewer=None,
-                labels=None, dataset_path=None):
-    """Build or check the data, create the run folder and launch the process (a worker).
-
-    ``source`` is one of :data:`SOURCES`. Raises :class:`CryoGuardError` before any
-    folder is made when the data cannot be trained on.
-    """
-    from napari_cryoguard.data import load_dataset, save_dataset
-    from napari_cryoguard.runs import TrainRun
-
-    ds = None
-    if source == SOURCES[1]:
-        ds, _ = labelled_subtomograms(viewer, labels, min_classes=2, purpose="training")
-    elif source == SOURCES[2]:
-        checked = load_dataset(dataset_path)
-        known = np.unique(np.asarray(checked.labels)[np.asarray(checked.labels) >= 0])
-        if len(known) < 2:
-            raise CryoGuardError(f"{Path(dataset_path).name} has {len(known)} labelled class(es); "
-                                 "training needs at least two")
-    if source == SOURCES[0]:
-        run = TrainRun.create(runs_dir, label=label, **settings)
-    else:
-        run = TrainRun.create(runs_dir, label=label, data=str(dataset_path or "pending"),
-                              **settings)
-        if ds is not None:
-            run.set_data(save_dataset(run.folder / "data.npz", ds))
-    # one core stays free for napari, and the viewer keeps priority over the training
-    run.start(threads=max(1, (os.cpu_count() or 2) - 1), nice=5)
-    return run
-
-
-def margins_job(checkpoint, data_path):
-    """The IMA margins in ``checkpoint`` and where to draw them (read in a worker)."""
-    from napari_cryoguard.data import load_dataset
-    from napari_cryoguard.models import load_checkpoint
-
-    _, meta = load_checkpoint(checkpoint)
-    extra = meta.get("extra_tensors") or {}
-    key = next((k for k in extra if k.endswith("margins")), None)
-    if key is None:
-        return None
-    margins = np.asarray(extra[key], dtype=np.float32).reshape(-1)
-    where = None
-    if data_path is not None:
-        ds = load_dataset(data_path)
-        if ds.coords is not None and len(ds.coords) == len(margins):
-            pick_index = ds.meta.get("pick_index")
-            where = (np.asarray(ds.coords, dtype=float), (float(ds.voxel_size),) * 3,
-                     None if pick_index is None else np.asarray(pick_index, dtype=np.int64))
-    return margins, where
+    return Recipe
 
 
 # ---------------------------------------------------------------------- plots
@@ -160,16 +115,11 @@ class _Plots:
 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from qtpy.QtCore import Qt, QTimer
-        from qtpy.QtWidgets import QLabel, QSizePolicy
+        from qtpy.QtCore import QTimer
 
         self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100)
         FigureCanvasAgg(self.figure)
-        self.canvas = QLabel()
-        self.canvas.setFixedHeight(PLOT_HEIGHT)
-        self.canvas.setMinimumWidth(0)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.canvas.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.canvas = plot_label(PLOT_HEIGHT)
         self.ax_loss = self.figure.add_axes(_LOSS_BOX)
         self.ax_acc = self.figure.add_axes(_ACC_BOX)
         self.ax_hist = self.figure.add_axes(_HIST_BOX)
@@ -233,8 +183,6 @@ class _Plots:
         self._poll.start()
 
     def _collect(self) -> None:
-        from qtpy.QtGui import QImage, QPixmap
-
         if self._future is None or not self._future.done():
             return
         future, self._future = self._future, None
@@ -245,11 +193,7 @@ class _Plots:
         except Exception:  # noqa: BLE001 - a plot that fails to render must not take napari down
             rgba = None
         if rgba is not None:
-            h, w = rgba.shape[:2]
-            image = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
-            pixmap = QPixmap.fromImage(image)
-            pixmap.setDevicePixelRatio(ratio)
-            self.canvas.setPixmap(pixmap)
+            show_rgba(self.canvas, rgba, ratio)
         self._submit()
 
     def _render(self, data, margins, width, ratio):
@@ -335,15 +279,17 @@ class TrainWidget(DockWidget):
         self.defense = ComboBox(choices=_defense_names, value="standard", label="defense")
         self.defense_form = DataclassForm()
         self.defense_group = Group("defense parameters", [self.defense_form])
-        # recipe
-        self.epochs = SpinBox(value=10, min=1, max=100_000, label="epochs")
-        self.batch_size = SpinBox(value=16, min=1, max=4096, label="batch size")
-        self.optimizer = ComboBox(choices=["adam", "sgd"], value="adam", label="optimizer")
+        # recipe: the defaults are the Recipe dataclass's
+        recipe = _recipe_class()()
+        self.epochs = SpinBox(value=recipe.epochs, min=1, max=100_000, label="epochs")
+        self.batch_size = SpinBox(value=recipe.batch_size, min=1, max=4096, label="batch size")
+        self.optimizer = ComboBox(choices=list(typing.get_args(Optimizer)),
+                                  value=recipe.optimizer, label="optimizer")
         self.lr = LineEdit(value="", label="learning rate",
                            tooltip="empty: the optimizer's default (1e-4 adam, 0.005 sgd)")
-        self.robust_every = SpinBox(value=0, min=0, max=1000, label="robust every",
+        self.robust_every = SpinBox(value=recipe.robust_every, min=0, max=1000, label="robust every",
                                     tooltip="robust validation accuracy (PGD) every n epochs; 0 = off")
-        self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device")
+        self.device = device_combo()
         self.keep_state = CheckBox(value=False, label="resumable",
                                    tooltip="also keep the optimizer state beside the checkpoint "
                                            "(a second file) to resume the run exactly")
@@ -361,9 +307,7 @@ class TrainWidget(DockWidget):
         self.export_button = PushButton(text="Export margins as STAR...",
                                         tooltip="the picks with their IMA margins")
         self.plots = _Plots()
-        buttons = Container(layout="horizontal", labels=False,
-                            widgets=[self.cancel_button, self.export_button])
-        buttons.margins = (0, 0, 0, 0)
+        buttons = button_row(self.cancel_button, self.export_button)
         self.body.extend([self.source, self.simulation, self.labels.combo, self.dataset,
                           self.model, self.size, self.model_group, self.defense,
                           self.defense_group, self.epochs, self.recipe_group, self.start_button,
@@ -411,7 +355,7 @@ class TrainWidget(DockWidget):
     @staticmethod
     def _changed_params(form: DataclassForm) -> dict:
         """Only the fields that differ from the dataclass defaults (a shorter command)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(form.params_cls)}
+        defaults = {f.name: f.default for f in fields_of(form.params_cls)}
         out = {}
         for k, v in form.values().items():
             d = defaults.get(k)
@@ -430,7 +374,6 @@ class TrainWidget(DockWidget):
         (``eps=-5``) is reported now rather than by the training process later.
         """
         from napari_cryoguard.defenses.base import make_defense_params
-        from napari_cryoguard.defenses.trainer import Recipe
         from napari_cryoguard.models.registry import make_params
 
         make_params(self.model.value, **self.model_form.values())
@@ -440,7 +383,7 @@ class TrainWidget(DockWidget):
             lr = float(text) if text else None
         except ValueError:
             raise CryoGuardError(f"the learning rate must be a number or empty, not {text!r}") from None
-        Recipe(epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
+        _recipe_class()(epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
                optimizer=self.optimizer.value, lr=lr, robust_every=int(self.robust_every.value))
         settings = dict(model=self.model.value, defense=self.defense.value,
                         model_params=self._changed_params(self.model_form),
@@ -464,7 +407,7 @@ class TrainWidget(DockWidget):
             settings = self.settings()
             if source == SOURCES[1]:
                 labels = self.labels.resolve()
-                kwargs = {"viewer": self._viewer, "labels": labels}
+                kwargs = {"stack": subtomogram_stack(self._viewer, "training"), "labels": labels}
             elif source == SOURCES[2]:
                 kwargs = {"dataset_path": chosen_file(self.dataset, "a dataset file (.npz)")}
         except CryoGuardError as exc:
@@ -477,8 +420,9 @@ class TrainWidget(DockWidget):
                 note += " - chosen explicitly: the model learns to agree with itself"
         self._pending_note = note
         self.info.value = "preparing the run..." + note
-        start_worker(self, prepare_run, self.runs_dir, f"{self.model.value}-{self.defense.value}",
-                     settings, source, **kwargs, on_return=self._started,
+        start_worker(self, start_training_run, self.runs_dir,
+                     f"{self.model.value}-{self.defense.value}", settings, **kwargs,
+                     on_return=self._started,
                      buttons=(self.start_button,))
 
     def _run_names(self, widget=None) -> list[str]:

@@ -1,0 +1,348 @@
+"""Layer data <-> the package's objects: datasets, picks, particle cubes, result features.
+
+The dock widgets read what they need off napari layers on the Qt thread (arrays, scales,
+feature tables, metadata: references, no copies) and hand it to the functions here,
+which build the objects the core works with (a labelled
+:class:`~napari_cryoguard.data.SubtomogramDataset`, the picks of one tomogram in its
+voxels, the cube of one pick as a model takes it) and, the other way, turn results
+(predictions, attack outcomes, evaluation scores) into the feature table and colours a
+Points layer takes. Scripts can call them with plain arrays.
+
+This module imports neither napari nor Qt, nor torch at import time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_cryoguard.errors import CryoGuardError
+
+__all__ = [
+    "FLIPPED_RGBA",
+    "HELD_RGBA",
+    "Labels",
+    "attack_outcome_update",
+    "class_colors",
+    "evaluation_features",
+    "extraction_size",
+    "labelled_dataset",
+    "particle_cube",
+    "particle_for_model",
+    "particle_source",
+    "picks_for_image",
+    "prediction_update",
+]
+
+#: outcome colours of "Attack all picks": flipped (red) and held (green)
+FLIPPED_RGBA = (0.9, 0.15, 0.15, 1.0)
+HELD_RGBA = (0.2, 0.8, 0.3, 1.0)
+#: colour of a pick without a result
+UNSET_RGBA = (0.6, 0.6, 0.6, 1.0)
+
+
+@dataclass
+class Labels:
+    """Per-pick class names (``""`` = unknown) and how to speak of them."""
+
+    names: np.ndarray
+    source: str
+    predictions: bool = False
+
+    @property
+    def known(self) -> np.ndarray:
+        return self.names != ""
+
+    @property
+    def score_word(self) -> str:
+        """``accuracy``, or ``agreement with the model's own predictions``."""
+        return "agreement with the model's own predictions" if self.predictions else "accuracy"
+
+
+def class_colors(n: int) -> np.ndarray:
+    """``n`` distinct RGBA colours (tab10, then tab20), one per class."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return np.array([cmap(i % cmap.N) for i in range(n)], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------- datasets
+
+
+def labelled_dataset(volumes, index, labels: Labels, *, coords=None, voxel_size: float = 1.0,
+                     normalized: bool = False, min_classes: int = 1, purpose: str = "this",
+                     source: str = "napari subtomograms layer"):
+    """A stack of subtomograms and the picks' labels as a labelled dataset.
+
+    ``volumes`` (N, D, H, W) are the stack's cubes, ``index`` the pick each row came from
+    (an index into ``labels.names``), ``coords`` the picks' ZYX positions (all picks;
+    the rows' are taken) when known. Rows without a class are left out.
+
+    Returns ``(dataset, pick_index)``: the
+    :class:`~napari_cryoguard.data.SubtomogramDataset` and, for each of its rows, the
+    pick it came from. Raises :class:`CryoGuardError` when the stack does not match the
+    picks, when no row has a label, or when fewer than ``min_classes`` classes remain.
+    """
+    from napari_cryoguard.data import SubtomogramDataset
+
+    index = np.asarray(index, dtype=np.int64)
+    if len(labels.names) and index.max(initial=-1) >= len(labels.names):
+        raise CryoGuardError("the 'subtomograms' layer does not match the current picks: "
+                             "extract the subtomograms again")
+    names = labels.names[index] if len(labels.names) else np.array([""] * len(index))
+    keep = names != ""
+    if not keep.any():
+        raise CryoGuardError(f"{purpose} needs labels: none of the {len(index)} subtomograms has "
+                             f"a class in {labels.source}; choose other labels")
+    class_names = sorted(set(names[keep].tolist()))
+    if len(class_names) < min_classes:
+        raise CryoGuardError(f"{purpose} needs at least {min_classes} classes; {labels.source} "
+                             f"gives {len(class_names)} ({', '.join(class_names)})")
+    rows = None if coords is None else np.asarray(coords)[index[keep], -3:]
+    ds = SubtomogramDataset(
+        volumes=np.asarray(volumes, dtype=np.float32)[keep],
+        labels=np.array([class_names.index(c) for c in names[keep]], dtype=np.int64),
+        class_names=class_names, coords=rows, voxel_size=float(voxel_size),
+        normalized=bool(normalized),
+        meta={"source": source, "labels": labels.source, "pick_index": index[keep].tolist()})
+    return ds, index[keep]
+
+
+# ---------------------------------------------------------------------- picks
+
+
+def picks_for_image(points, *, image_name: str, image_voxel_size: float, features=None,
+                    metadata: dict | None = None, layer_name: str = "picks") -> dict:
+    """The picks (``points``, ZYX voxels of their own layer) that belong to one tomogram,
+    in its voxels.
+
+    Rows are matched by tomogram name (a ``tomo_name`` feature per point, else
+    ``metadata["tomo_name"]``) with :meth:`~napari_cryoguard.io.Picks.for_tomogram`, and
+    converted from ``metadata["voxel_size"]`` to ``image_voxel_size`` with
+    :meth:`~napari_cryoguard.io.Picks.at_voxel_size`.
+
+    Returns
+    -------
+    dict
+        ``coords`` (ZYX voxels of the image), ``rows`` (indices into ``points``),
+        ``notes`` (what was matched or converted) and ``voxel_size`` (the image's).
+    """
+    from napari_cryoguard.io import Picks
+
+    data = np.asarray(points, dtype=float)[:, -3:]
+    n = len(data)
+    meta = metadata or {}
+    names = None
+    if features is not None and "tomo_name" in getattr(features, "columns", ()) \
+            and len(features) == n:
+        names = np.asarray(features["tomo_name"]).astype(str)
+    elif meta.get("tomo_name"):
+        names = np.array([str(meta["tomo_name"])] * n)
+    picks = Picks(coords=data, tomo_names=names, features={"_row": np.arange(n)},
+                  voxel_size=float(meta.get("voxel_size", image_voxel_size)),
+                  notes=[str(x) for x in meta.get("notes", [])])
+    where = f"the {layer_name!r} layer"
+    picks = picks.for_tomogram(image_name, source=where).at_voxel_size(image_voxel_size,
+                                                                     source=where)
+    return {"coords": picks.coords, "rows": np.asarray(picks.features["_row"], dtype=np.int64),
+            "notes": list(picks.notes), "voxel_size": float(image_voxel_size)}
+
+
+# ---------------------------------------------------------------------- one particle
+
+
+def particle_source(i: int, *, stack=None, stack_index=None, stack_normalized: bool = False,
+                    points=None, volume=None) -> dict:
+    """Where pick ``i``'s cube comes from (references only, cheap).
+
+    ``stack`` (with ``stack_index``, the pick of each row) is the extracted stack when
+    there is one; ``points`` the picks' ZYX voxels and ``volume`` the tomogram, for
+    extraction at another cube size. Raises :class:`CryoGuardError` when neither holds
+    pick ``i``.
+    """
+    src: dict = {"index": int(i), "stack": None, "volume": None, "center": None}
+    if stack is not None:
+        rows = np.arange(len(stack)) if stack_index is None else np.asarray(stack_index)
+        index = [int(v) for v in rows]
+        if i in index:
+            src["stack"] = (stack, index.index(i), bool(stack_normalized))
+    if points is not None:
+        if not 0 <= i < len(points):
+            raise CryoGuardError(f"there is no pick {i} (the picks layer has {len(points)} points)")
+        src["center"] = np.asarray(points[i], dtype=float)[-3:]
+        src["volume"] = volume
+    if src["stack"] is None and src["volume"] is None:
+        raise CryoGuardError("choose a tomogram and a pick first (or extract subtomograms)")
+    return src
+
+
+def particle_cube(source: dict, cube: int) -> np.ndarray:
+    """The normalised ``cube``^3 volume of a pick from :func:`particle_source`.
+
+    Taken from the stack when it has that size, else extracted from the tomogram around
+    the pick (padded at the border).
+    """
+    from napari_cryoguard.classify import zscore
+    from napari_cryoguard.picking import extract_subtomograms
+
+    if source["stack"] is not None:
+        data, row, normalized = source["stack"]
+        if data.shape[-1] == cube:
+            vol = np.asarray(data[row], dtype=np.float32)
+            return vol if normalized else zscore(vol[None])[0]
+    if source["volume"] is None or source["center"] is None:
+        raise CryoGuardError(f"the subtomograms are not {cube}^3 (the model's cube): choose the "
+                             "tomogram to cut the particle from")
+    sub = extract_subtomograms(source["volume"], source["center"][None], size=cube, border="pad")
+    if len(sub.volumes) == 0:
+        raise CryoGuardError(f"pick {source['index']} lies outside the tomogram")
+    return sub.volumes[0]
+
+
+def extraction_size(loaded, voxel_size: float | None) -> int:
+    """Cube edge to cut at ``voxel_size`` so that it covers the model's field of view.
+
+    The model's cube when the voxel sizes agree within 1 % or either is unknown; else
+    ``ceil(cube * model voxel size / voxel size)`` (at least 4), which
+    :func:`~napari_cryoguard.classify.prepare_volumes` then resamples to the model's cube.
+    """
+    from napari_cryoguard.classify import VOXEL_SIZE_RTOL
+
+    mvs = loaded.voxel_size
+    if voxel_size is None or mvs is None or abs(voxel_size - mvs) <= VOXEL_SIZE_RTOL * mvs:
+        return loaded.cube
+    return max(4, math.ceil(loaded.cube * mvs / float(voxel_size)))
+
+
+def particle_for_model(source: dict, loaded, notes: list[str] | None = None) -> np.ndarray:
+    """A pick's cube as the model takes it: cut at the image's voxels, covering the model's
+    field of view, resampled to its voxel size and cube when they differ.
+
+    ``source`` is :func:`particle_source`'s, with ``scale`` (picks voxels -> image
+    voxels) and ``voxel_size`` (the image's) when known.
+    """
+    from napari_cryoguard.classify import prepare_volumes
+
+    src = dict(source)
+    scale = float(src.get("scale", 1.0))
+    if src.get("center") is not None and abs(scale - 1.0) > 1e-4:
+        src["center"] = np.asarray(src["center"], dtype=float) * scale
+        if notes is not None:
+            notes.append(f"converted the pick from the picks layer's voxels to the image's "
+                         f"(x {scale:g})")
+    vs = src.get("voxel_size")
+    vol = particle_cube(src, extraction_size(loaded, vs))
+    return prepare_volumes(loaded, vol[None], True, voxel_size=vs, notes=notes)[0]
+
+
+# ---------------------------------------------------------------------- results -> features
+
+
+def _column(n: int, rows, values, fill=np.nan) -> np.ndarray:
+    col = np.full(n, fill, dtype=float if isinstance(fill, float) else object)
+    col[np.asarray(rows, dtype=np.int64)] = values
+    return col
+
+
+def prediction_update(features, metadata: dict | None, n: int, preds, index) -> tuple[dict, Any]:
+    """Classification results as the new properties of a picks Points layer.
+
+    Features: ``class`` (predicted name; empty for picks not classified, e.g. skipped at
+    the border), ``confidence`` and ``p_<class>`` per class; a ``class`` read from a pick
+    file (not in ``metadata["predicted_columns"]``) is kept as ``file_class``. Colours
+    by :func:`class_colors` (grey: not classified; translucent fill).
+
+    Returns ``(update, accuracy)``: ``update`` maps layer properties (``features``,
+    ``border_color``, ``face_color``, ``metadata``) to their values, in the order to set
+    them; ``accuracy`` is against a ``true_class`` feature when there is one (picks
+    without a true class ignored), else ``None``.
+    """
+    import pandas as pd
+
+    names = list(preds.class_names)
+    meta = dict(metadata or {})
+    index = np.asarray(index, dtype=np.int64)
+    feats = features.copy()
+    if "class" in feats.columns and "class" not in meta.get("predicted_columns", []):
+        # a class read from a pick file: keep it (as a label choice), predictions go to 'class'
+        feats["file_class"] = feats["class"].astype(str).replace({"nan": ""})
+    probs = np.full((n, len(names)), np.nan, dtype=np.float32)
+    probs[index] = preds.probabilities
+    predicted = _column(n, index, preds.predicted_names, fill="")
+    feats["class"] = pd.Categorical(predicted.astype(str), categories=[*names, ""])
+    feats["confidence"] = np.nanmax(np.where(np.isnan(probs), -1, probs), axis=1)
+    for j, c in enumerate(names):
+        feats[f"p_{c}"] = probs[:, j]
+    colors = class_colors(len(names))
+    rgba = np.tile(UNSET_RGBA, (n, 1))
+    pred_idx = np.full(n, -1)
+    pred_idx[index] = preds.predicted
+    rgba[pred_idx >= 0] = colors[pred_idx[pred_idx >= 0]]
+    face = rgba.copy()
+    face[:, 3] = 0.3  # translucent fill: the particle stays visible under its pick
+    meta["class_names"] = names
+    # the ``class`` column now holds the model's own predictions: never labels by default
+    meta["predicted_columns"] = sorted({*meta.get("predicted_columns", []), "class"})
+    update = {"features": feats, "border_color": rgba, "face_color": face, "metadata": meta}
+    accuracy = None
+    if "true_class" in feats.columns:
+        true = np.asarray(feats["true_class"]).astype(str)[index]
+        known = np.isin(true, names)
+        if known.any():
+            accuracy = float(np.mean(np.asarray(preds.predicted_names)[known] == true[known]))
+    return update, accuracy
+
+
+def attack_outcome_update(features, n: int, res, index, class_names) -> dict:
+    """"Attack all picks" results as the new properties of a picks Points layer.
+
+    Features ``flipped``, ``adv_class`` and ``adv_norm`` (picks not attacked: ``False``,
+    ``""``, NaN); points red where flipped, green where held, grey elsewhere. ``res`` is
+    the :class:`~napari_cryoguard.attacks.AttackResult` of the picks ``index``.
+    """
+    import pandas as pd
+
+    succ = res.success.numpy().astype(bool)
+    flipped = np.zeros(n, dtype=bool)
+    attacked = np.zeros(n, dtype=bool)
+    flipped[index] = succ
+    attacked[index] = True
+    feats = features.copy()
+    feats["flipped"] = flipped
+    feats["adv_class"] = pd.Categorical(
+        _column(n, index, [class_names[j] for j in res.pred_after.numpy()], fill="").astype(str))
+    feats["adv_norm"] = _column(n, index, res.norm.numpy())
+    rgba = np.tile(UNSET_RGBA, (n, 1))
+    rgba[attacked & flipped] = FLIPPED_RGBA
+    rgba[attacked & ~flipped] = HELD_RGBA
+    return {"features": feats, "border_color": rgba, "face_color": rgba}
+
+
+def evaluation_features(features, n: int, metrics: dict, index):
+    """Per-pick results of the first model of an evaluation as picks features, or ``None``.
+
+    ``eval_correct`` and ``robust_<attack>`` (at the largest budget of each bounded
+    attack); NaN for picks not evaluated. ``index`` maps the evaluated dataset's rows to
+    picks.
+    """
+    models = metrics.get("models") or {}
+    if not models:
+        return None
+    first = next(iter(models.values()))
+    rows = np.asarray(first.get("sample_index", []), dtype=np.int64)
+    if rows.size == 0:
+        return None
+    feats = features.copy()
+    picks_rows = np.asarray(index)[rows]
+    feats["eval_correct"] = _column(n, picks_rows,
+                                    np.asarray(first.get("clean_correct_by_sample", []), float))
+    for label, curve in (first.get("attacks") or {}).items():
+        points = [p for p in curve.get("points", []) if "robust_by_sample" in p]
+        if curve.get("mode") == "bounded" and points:
+            feats[f"robust_{label}"] = _column(n, picks_rows,
+                                               np.asarray(points[-1]["robust_by_sample"], float))
+    return feats
