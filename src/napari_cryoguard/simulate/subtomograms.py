@@ -267,12 +267,6 @@ def _blocks(args: Mapping[str, Any], block_size: int | None) -> Iterator[Simulat
             volumes -= mean.astype(np.float32)[:, None, None, None]
             volumes /= std.astype(np.float32)[:, None, None, None]
 
-        yield SimulatedDataset(
-            volumes=volumes,
-            labels=lab_b,
-            class_names=list(names),
-            voxel_size=voxel_size,
-            params=params,
-            rotations=rotations,
-            shifts=shifts,
-        )
+        yield SimulatedDataset(volumes=volumes, labels=lab_b, class_names=list(names),
+                               voxel_size=voxel_size, params=params, rotations=rotations,
+                               shifts=shifts)
