@@ -18,8 +18,9 @@ import torch
 
 from napari_cryoguard import CryoGuardError
 from napari_cryoguard.attacks import run_attack
+from napari_cryoguard.cli.evaluate import build_parser
+from napari_cryoguard.cli.evaluate import main as evaluate_main
 from napari_cryoguard.evaluate import evaluate
-from napari_cryoguard.evaluate.run import build_parser, evaluate_main
 from napari_cryoguard.evaluate.suite import (
     RAT_FGSM_EPS,
     autoattack_suite,
@@ -216,7 +217,7 @@ def test_cli_suite_autoattack_in_a_subprocess(tiny_checkpoint, test_npz, tmp_pat
 
 
 def test_suite_option_combines_with_attack_options(capsys):
-    from napari_cryoguard.evaluate.run import _suite_from_args
+    from napari_cryoguard.cli.evaluate import suite_from_args as _suite_from_args
 
     args = build_parser().parse_args(
         ["m", "--data", "d.npz", "--out", "o", "--suite", "autoattack", "--attack", "fgsm@0.1"]

@@ -50,9 +50,10 @@ def _run(cmd, **env):
 # `cryoguard evaluate` with the rows of every attack_dataset call logged per rank
 COUNTING = """
 import os, sys
-from napari_cryoguard.evaluate import run
+from napari_cryoguard.cli.evaluate import main
+from napari_cryoguard.evaluate import cells
 
-real = run.attack_dataset
+real = cells.attack_dataset
 
 def counting(*args, **kwargs):
     res = real(*args, **kwargs)
@@ -60,8 +61,8 @@ def counting(*args, **kwargs):
         f.write(f"{len(res)}\\n")
     return res
 
-run.attack_dataset = counting
-sys.exit(run.evaluate_main(sys.argv[2:]))
+cells.attack_dataset = counting
+sys.exit(main(sys.argv[2:]))
 """
 
 

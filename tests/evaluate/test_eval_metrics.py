@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from napari_cryoguard import CryoGuardError
 from napari_cryoguard.evaluate.metrics import (
@@ -18,8 +17,6 @@ from napari_cryoguard.evaluate.metrics import (
     per_class_scores,
     robust_predictions,
 )
-
-torch.set_num_threads(1)
 
 # y_true 0 0 0 1 1 2, y_pred 0 0 1 1 2 2 (plus one unknown label that must be ignored)
 Y_TRUE = [0, 0, 0, 1, 1, 2, -1]

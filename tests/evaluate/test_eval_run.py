@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoguard.evaluate import evaluate, evaluate_main
-from napari_cryoguard.evaluate import run as run_mod
-
-torch.set_num_threads(1)
+from napari_cryoguard.cli.evaluate import main as evaluate_main
+from napari_cryoguard.evaluate import cells as cells_mod
+from napari_cryoguard.evaluate import evaluate
 
 SMALL_SUITE = [
     {"name": "fgsm", "label": "FGSM", "budgets": [0.01, 0.05], "params": {}},
@@ -106,13 +105,13 @@ def test_resume_skips_finished_cells_and_matches_uninterrupted(
     tiny_checkpoint, test_npz, tmp_path, monkeypatch
 ):
     calls = []
-    real = run_mod.attack_dataset
+    real = cells_mod.attack_dataset
 
     def counting(*args, **kwargs):
         calls.append(args[3])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "attack_dataset", counting)
+    monkeypatch.setattr(cells_mod, "attack_dataset", counting)
     kw = dict(attacks=SMALL_SUITE, device="cpu", max_samples=12, margins=False)
 
     full = evaluate([tiny_checkpoint], test_npz, out=tmp_path / "full", **kw)
@@ -218,7 +217,7 @@ def test_cli_json_summary_and_errors(tiny_checkpoint, test_npz, tmp_path, capsys
 
 def test_runnable_as_module_with_help():
     res = subprocess.run(
-        [sys.executable, "-m", "napari_cryoguard.evaluate.run", "--help"],
+        [sys.executable, "-m", "napari_cryoguard.cli", "evaluate", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -15,8 +15,6 @@ from napari_cryoguard.evaluate.sanity import (
     verdict,
 )
 
-torch.set_num_threads(1)
-
 
 class SmallNet(nn.Module):
     def __init__(self, p: float = 0.5) -> None:

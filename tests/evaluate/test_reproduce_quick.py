@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from napari_cryoguard.evaluate import reproduce, reproduce_main
-
-torch.set_num_threads(1)
+from napari_cryoguard.cli.reproduce import main as reproduce_main
+from napari_cryoguard.evaluate import reproduce
 
 
 @pytest.mark.slow
@@ -84,7 +82,7 @@ def test_reproduce_runnable_as_module_with_help():
     import sys
 
     res = subprocess.run(
-        [sys.executable, "-m", "napari_cryoguard.evaluate.reproduce", "--help"],
+        [sys.executable, "-m", "napari_cryoguard.cli", "reproduce", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -53,7 +53,6 @@ import copy
 import json
 from typing import Any
 
-from napari_cryoguard._evaluate_parser import SUITES as _SUITE_NAMES
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -81,7 +80,7 @@ RAT_FGSM_EPS = (0.01, 0.03, 0.06, 0.12)
 WORST_CASE = "worst_case"
 
 #: The named suites of :func:`named_suite` (``cryoguard evaluate --suite``).
-SUITES = _SUITE_NAMES
+SUITES = ("default", "autoattack")
 
 
 def default_suite() -> list[dict[str, Any]]:
