@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from napari_cryoguard._progress import drain
+from napari_cryoguard.checks import check_number
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -473,8 +474,7 @@ def iter_predict(
     (:func:`prepare_model`; the module docstring says how it is chosen). Inference mode is entered per batch, never held across a
     ``yield``, so the caller's code between steps runs with autograd as usual.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CryoGuardError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_number("batch_size", batch_size, minimum=1, integer=True)
     x = _as_batch(volumes)
     cube = getattr(model, "cube", None)
     if cube is not None and tuple(x.shape[2:]) != (cube, cube, cube):
@@ -548,22 +548,14 @@ def _forward_probs(
 
 
 def predict(
-    model: nn.Module,
-    volumes: np.ndarray | torch.Tensor,
-    *,
-    device: str | torch.device = "auto",
-    batch_size: int = 64,
-    amp: bool = False,
-    progress: Any = None,
-    on_oom: Callable[[int], None] | None = None,
+    model: nn.Module, volumes: np.ndarray | torch.Tensor, *, progress: Any = None, **options: Any
 ) -> np.ndarray:
     """Class probabilities (N, C) float32 for a stack of subtomograms.
 
-    Same arguments as :func:`iter_predict`, plus ``progress``: either a tqdm-like
-    object (its ``update(n)`` is called with the samples done in each batch; set its
-    ``total`` yourself) or a callable ``progress(done, total)``.
+    :func:`iter_predict` drained: the same arguments (``device``, ``batch_size``,
+    ``amp``, ``on_oom``), plus ``progress``: either a tqdm-like object (its ``update(n)``
+    is called with the samples done in each batch; set its ``total`` yourself) or a
+    callable ``progress(done, total)``.
     """
-    gen: Iterator[PredictProgress] = iter_predict(
-        model, volumes, device=device, batch_size=batch_size, amp=amp, on_oom=on_oom
-    )
+    gen: Iterator[PredictProgress] = iter_predict(model, volumes, **options)
     return drain(gen, progress)
