@@ -26,17 +26,18 @@ __all__ = ["SUITES", "build_parser", "main", "suite_from_args"]
 SUITES = ("default", "autoattack")
 
 
+#: what ``cryoguard evaluate --help`` says first
+DESCRIPTION = (
+    "Evaluate classifiers' robustness on a labelled dataset: sanity checks, clean "
+    "accuracy with per-class F1/sensitivity and confusion matrices, accuracy under "
+    "attacks at several budgets, IMA margins, reconstruction error. Writes "
+    "metrics.json, report.md, report.html and PNG plots; resumable."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cryoguard evaluate``."""
-    p = argparse.ArgumentParser(
-        prog="cryoguard evaluate",
-        description=(
-            "Evaluate classifiers' robustness on a labelled dataset: sanity checks, clean "
-            "accuracy with per-class F1/sensitivity and confusion matrices, accuracy under "
-            "attacks at several budgets, IMA margins, reconstruction error. Writes "
-            "metrics.json, report.md, report.html and PNG plots; resumable."
-        ),
-    )
+    p = argparse.ArgumentParser(prog="cryoguard evaluate", description=DESCRIPTION)
     p.add_argument(
         "models",
         nargs="+",

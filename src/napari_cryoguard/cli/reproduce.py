@@ -21,18 +21,19 @@ from napari_cryoguard.errors import CryoGuardError
 __all__ = ["build_parser", "main"]
 
 
+#: what ``cryoguard reproduce --help`` says first
+DESCRIPTION = (
+    "Small-scale reproductions of the papers' comparisons on simulated data: (a) CB3D "
+    "accuracy vs SNR/tilt, (b) semi-supervised vs supervised, (c) natural/AT/TRADES/RAT, "
+    "(d) RST vs MIRST with/without drop-max, (e) IMA vs AT with margins. Writes "
+    "report.md, report.html, plots and metrics.json with the paper's numbers beside ours "
+    "and a verdict per claimed direction. Resumable."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cryoguard reproduce``."""
-    p = argparse.ArgumentParser(
-        prog="cryoguard reproduce",
-        description=(
-            "Small-scale reproductions of the papers' comparisons on simulated data: (a) CB3D "
-            "accuracy vs SNR/tilt, (b) semi-supervised vs supervised, (c) natural/AT/TRADES/RAT, "
-            "(d) RST vs MIRST with/without drop-max, (e) IMA vs AT with margins. Writes "
-            "report.md, report.html, plots and metrics.json with the paper's numbers beside ours "
-            "and a verdict per claimed direction. Resumable."
-        ),
-    )
+    p = argparse.ArgumentParser(prog="cryoguard reproduce", description=DESCRIPTION)
     p.add_argument(
         "--out", required=True, help="output folder (report, plots, checkpoints, metrics.json)"
     )

@@ -160,6 +160,7 @@ def predict(
 
 
 def sanity_cell(model: nn.Module, vols: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The sanity checks of :func:`.sanity.run_sanity_checks` (run before ``eval()``)."""
     return {"checks": [c.to_dict() for c in _sanity.run_sanity_checks(model, vols, y)]}
 
 
@@ -171,11 +172,13 @@ def clean_cell(
     device: torch.device,
     batch_size: int,
 ) -> dict[str, Any]:
+    """Clean metrics and the per-sample predictions (``pred``, kept for the attacks)."""
     pred = predict(model, vols, device, batch_size)
     return {**classification_metrics(y, pred, names), "pred": pred.tolist()}
 
 
 def _distance(res: Any) -> np.ndarray:
+    """Per sample the distance a minimal attack needed (the budget it is read against)."""
     if "level" in res.extras:  # noise attacks: the amplitude that worked
         return res.extras["level"].double().cpu().numpy()
     if res.margins is not None:
@@ -308,6 +311,8 @@ def attack_cell(
     device: torch.device,
     batch_size: int,
 ) -> dict[str, Any]:
+    """One attack spec on the model: at ``budget`` (bounded attacks, worst cases) or
+    once, read at every budget of the spec (minimal attacks; ``budget`` None)."""
     if "members" in spec:  # a worst case over several attacks
         assert budget is not None  # a worst case is bounded: one cell per budget
         return _worst_case_cell(
@@ -367,6 +372,8 @@ def margin_cell(
     n_samples: int,
     params: dict[str, Any],
 ) -> dict[str, Any]:
+    """IMA margins: the checkpoint's training margins if it carries them, and a BPGD
+    estimate on the first ``n_samples`` correctly classified samples."""
     out: dict[str, Any] = {}
     extra = m.loaded.metadata.get("extra_tensors") or {}
     key = next((k for k in extra if str(k).endswith("margins")), None)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_cryoguard.errors import CryoGuardError
+
 __all__ = [
     "Check",
     "check_clean_accuracy",
@@ -275,12 +277,12 @@ def check_monotonic(
 def final_features(model: nn.Module, x: Any, *, batch_size: int = 64) -> torch.Tensor:
     """The input of the model's last ``nn.Linear`` layer (N, F): its final features.
 
-    Run as the model is (call ``model.eval()`` first); raises ``ValueError`` if the model
-    has no linear layer.
+    Run as the model is (call ``model.eval()`` first); raises :class:`~napari_cryoguard.CryoGuardError`
+    if the model has no linear layer.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("the model has no nn.Linear layer: no final features to inspect")
+        raise CryoGuardError("the model has no nn.Linear layer: no final features to inspect")
     seen: list[torch.Tensor] = []
     hook = linears[-1].register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].detach().flatten(1).float().cpu())
@@ -329,7 +331,7 @@ def check_collapse(
             logits = torch.cat([model(xb[s : s + 64]).float() for s in range(0, len(xb), 64)])
         try:
             feats = final_features(model, xb)
-        except ValueError:  # no linear layer: only the accuracy criteria apply
+        except CryoGuardError:  # no linear layer: only the accuracy criteria apply
             feats = None
     finally:
         for m, mode in modes:

@@ -17,15 +17,8 @@ import torch
 
 from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.evaluate.inputs import sha
-from napari_cryoguard.evaluate.metrics import (
-    accuracy_interval,
-    interval_verdict,
-    wilson_interval,
-)
-from napari_cryoguard.evaluate.report import (
-    fmt,
-    write_json,
-)
+from napari_cryoguard.evaluate.metrics import accuracy_interval, interval_verdict, wilson_interval
+from napari_cryoguard.evaluate.report import fmt, write_json
 from napari_cryoguard.evaluate.run import evaluate
 
 
@@ -48,6 +41,7 @@ class Context:
         self.collapse: dict[str, dict[str, dict[str, Any]]] = {}
 
     def say(self, part: str, msg: str) -> None:
+        """Report progress of ``part``."""
         if self.progress is not None:
             self.progress({"part": part, "message": msg})
 
@@ -100,31 +94,10 @@ class Context:
         from napari_cryoguard.defenses import train
 
         s = self.sizes
-        mp = {**s["widths"][arch], **(model_params or {})}
-        dp = dict(defense_params or {})
-        # defended models start from the natural one and may train for fewer epochs
-        if epochs is None:
-            epochs = int(s.get("robust_epochs", s["epochs"])) if init is not None else s["epochs"]
-        lr = float(s.get("lr_by_arch", {}).get(arch, s["lr"]))
+        mp, dp, epochs, lr = self._training(arch, defense_params, model_params, init, epochs)
         ckpt = self.out / "checkpoints" / part / f"{name}.safetensors"
         marker = ckpt.with_suffix(".done.json")
-        init_key = None
-        if init is not None:
-            init_key = json.loads(Path(init).with_suffix(".done.json").read_text())["key"]
-        key = sha(
-            arch,
-            mp,
-            defense,
-            dp,
-            epochs,
-            lr,
-            s["batch_size"],
-            self.seed,
-            sha(np.asarray(data.volumes)),
-            np.asarray(data.labels),
-            self.device,
-            init_key,
-        )
+        key = self.checkpoint_key(data, arch, defense, defense_params, model_params, init, epochs)
         if ckpt.is_file() and marker.is_file():
             try:
                 if json.loads(marker.read_text()).get("key") == key:
@@ -176,6 +149,44 @@ class Context:
         )
         return ckpt
 
+    def _training(self, arch: str, defense_params: dict[str, Any] | None,
+                  model_params: dict[str, Any] | None, init: Path | None,
+                  epochs: int | None) -> tuple[dict[str, Any], dict[str, Any], int, float]:
+        """Model parameters, defense parameters, epochs and learning rate of one training."""
+        s = self.sizes
+        mp = {**s["widths"][arch], **(model_params or {})}
+        dp = dict(defense_params or {})
+        # defended models start from the natural one and may train for fewer epochs
+        if epochs is None:
+            epochs = int(s.get("robust_epochs", s["epochs"])) if init is not None else s["epochs"]
+        lr = float(s.get("lr_by_arch", {}).get(arch, s["lr"]))
+        return mp, dp, epochs, lr
+
+    def checkpoint_key(self, data: Any, arch: str, defense: str,
+                       defense_params: dict[str, Any] | None = None,
+                       model_params: dict[str, Any] | None = None, init: Path | None = None,
+                       epochs: int | None = None) -> str:
+        """The key in a checkpoint's ``.done.json`` marker: a hash of everything the
+        training depends on (a stored checkpoint with the same key is reused)."""
+        mp, dp, epochs, lr = self._training(arch, defense_params, model_params, init, epochs)
+        init_key = None
+        if init is not None:
+            init_key = json.loads(Path(init).with_suffix(".done.json").read_text())["key"]
+        return sha(
+            arch,
+            mp,
+            defense,
+            dp,
+            epochs,
+            lr,
+            self.sizes["batch_size"],
+            self.seed,
+            sha(np.asarray(data.volumes)),
+            np.asarray(data.labels),
+            self.device,
+            init_key,
+        )
+
     def _find_trained(self, key: str) -> Path | None:
         for marker in sorted((self.out / "checkpoints").glob("*/*.done.json")):
             try:
@@ -199,6 +210,8 @@ class Context:
         margins: bool = False,
         margin_params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The attack evaluation of ``ckpts`` on ``data`` under ``<out>/eval/<part>/``
+        (resumed cell by cell)."""
         self.say(part, f"evaluating {', '.join(ckpts)}")
         return evaluate(
             list(ckpts.values()),
@@ -217,12 +230,14 @@ class Context:
 
 
 def load_checkpoint(ckpt: Path):
+    """The checkpoint ``ckpt`` loaded on the CPU."""
     from napari_cryoguard.classify import load_model
 
     return load_model(ckpt, device="cpu")
 
 
 def predict_volumes(loaded: Any, volumes: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Predicted classes of ``volumes`` (eval mode, in batches)."""
     preds = []
     model = loaded.model.eval()
     with torch.no_grad():
@@ -233,6 +248,7 @@ def predict_volumes(loaded: Any, volumes: np.ndarray, batch: int = 64) -> np.nda
 
 
 def accuracy_of(ckpt: Path, data: Any) -> float:
+    """Test accuracy of the checkpoint ``ckpt`` on ``data``."""
     pred = predict_volumes(load_checkpoint(ckpt), data.volumes)
     return float((pred == np.asarray(data.labels)).mean())
 
@@ -331,12 +347,14 @@ def record_collapse(ctx: Context, part: str, name: str, ckpt: Path, volumes: Any
 
 
 def collapsed_names(ctx: Context, part: str) -> list[str]:
+    """The models of ``part`` whose collapse check failed."""
     return [n for n, c in ctx.collapse.get(part, {}).items() if c["status"] == "fail"]
 
 
 def point_value(
     ev: dict, model: str, attack: str, budget: float, key: str = "robust_accuracy"
 ) -> float | None:
+    """One number (``key``) of an evaluation's curve ``attack`` of ``model`` at ``budget``."""
     curve = ev["models"][model]["attacks"].get(attack)
     if not curve:
         return None
@@ -347,5 +365,6 @@ def point_value(
 
 
 def point_count(ev: dict, model: str, attack: str, budget: float) -> int:
+    """Samples behind :func:`point_value` (0 when there is no such point)."""
     n = point_value(ev, model, attack, budget, "n")
     return int(n) if n is not None else 0

@@ -16,12 +16,8 @@ import torch
 
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.evaluate.inputs import sha
-from napari_cryoguard.evaluate.metrics import (
-    json_clean,
-)
-from napari_cryoguard.evaluate.report import (
-    write_json,
-)
+from napari_cryoguard.evaluate.metrics import json_clean
+from napari_cryoguard.evaluate.report import write_json
 from napari_cryoguard.evaluate.reproduction.common import Context
 from napari_cryoguard.evaluate.reproduction.part_a import part_a
 from napari_cryoguard.evaluate.reproduction.part_b import part_b

@@ -7,27 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_cryoguard.evaluate.report import (
-    fmt,
-    plot_curves,
-)
-from napari_cryoguard.evaluate.reproduction.common import (
-    Context,
-    accuracy_of,
-    cell_text,
-    collapsed_names,
-    interval,
-    make_claim,
-    pooled,
-    record_collapse,
-)
-from napari_cryoguard.evaluate.reproduction.papers import (
-    PAPER_CB3D_T1,
-    paper_cb3d_best,
-)
+from napari_cryoguard.evaluate.report import fmt, plot_curves
+from napari_cryoguard.evaluate.reproduction import common
+from napari_cryoguard.evaluate.reproduction.papers import PAPER_CB3D_T1, paper_cb3d_best
 
 
-def part_a(ctx: Context) -> dict[str, Any]:
+def part_a(ctx: common.Context) -> dict[str, Any]:
     """CB3D paper Table 1: accuracy vs SNR and tilt range for three architectures."""
     s = ctx.sizes
     archs = {"cb3d": "CB3D", "dsrf3d_v2": "DSRF3D-v2", "rb3d": "RB3D"}
@@ -51,11 +36,11 @@ def part_a(ctx: Context) -> dict[str, Any]:
                     "standard",
                     epochs=s.get("epochs_a"),
                 )
-                a = accuracy_of(ck, te)
+                a = common.accuracy_of(ck, te)
                 acc[arch][key] = a
-                c = record_collapse(ctx, "a", f"{archs[arch]} {key}", ck, te.volumes, te.labels)
+                c = common.record_collapse(ctx, "a", f"{archs[arch]} {key}", ck, te.volumes, te.labels)
                 dead[arch][key] = c["status"] == "fail"
-                row.append(cell_text(interval(a, n_te), dead[arch][key]))
+                row.append(common.cell_text(common.interval(a, n_te), dead[arch][key]))
             paper = PAPER_CB3D_T1.get(float(tilt), {}).get(float(snr), {})
             row += [paper.get(archs[a]) for a in archs]
             rows.append(row)
@@ -65,15 +50,15 @@ def part_a(ctx: Context) -> dict[str, Any]:
         vals = [
             acc[a][f"{snr:g}/{tilt:g}"] for a in archs for snr, tilt in conds if pred(snr, tilt)
         ]
-        return pooled(vals, n_te)
+        return common.pooled(vals, n_te)
 
     def arch_pair(a1: str, a2: str) -> tuple[dict[str, Any], dict[str, Any], int]:
         """Means of two architectures over the conditions where neither collapsed."""
         keys = [f"{q:g}/{t:g}" for q, t in conds]
         keep = [k for k in keys if not dead[a1][k] and not dead[a2][k]]
         return (
-            pooled([acc[a1][k] for k in keep], n_te),
-            pooled([acc[a2][k] for k in keep], n_te),
+            common.pooled([acc[a1][k] for k in keep], n_te),
+            common.pooled([acc[a2][k] for k in keep], n_te),
             len(keep),
         )
 
@@ -104,7 +89,7 @@ def part_a(ctx: Context) -> dict[str, Any]:
     def arch_claim(a1: str, a2: str, claim: str, text: str) -> dict[str, Any]:
         m1, m2, k = arch_pair(a1, a2)
         n1, n2 = archs[a1], archs[a2]
-        return make_claim(
+        return common.make_claim(
             f"{claim} (mean over the {k} conditions where neither collapsed)",
             "section 3.1 text",
             f"{text}; " + paper_pair(n1, n2),
@@ -120,7 +105,7 @@ def part_a(ctx: Context) -> dict[str, Any]:
         a1, a2 = (float(np.mean([b[i] for b in both])) for i in (0, 1))
         return f"Table 1 mean over the {len(both)} datasets with both: {m1} {fmt(a1)} vs {m2} {fmt(a2)}"
     claims = [
-        make_claim(
+        common.make_claim(
             f"accuracy falls as the SNR falls (mean over models and tilts, SNR {hi_snr:g} vs {lo_snr:g})",
             "Table 1, section 3.1",
             f"mean of the best printed values: SNR 0.1 {fmt(p_hi)} vs SNR 0.01 {fmt(p_lo)}",
@@ -129,7 +114,7 @@ def part_a(ctx: Context) -> dict[str, Any]:
             f"SNR {lo_snr:g}",
             ci=snr_ci,
         ),
-        make_claim(
+        common.make_claim(
             f"a wider tilt range gives higher accuracy (±{wide:g}° vs ±{narrow:g}°, mean over models and SNRs)",
             "Table 1",
             f"mean of the best printed values: ±60° {fmt(p_w)} vs ±40° {fmt(p_n)}",
@@ -182,7 +167,7 @@ def part_a(ctx: Context) -> dict[str, Any]:
         "title": "(a) Accuracy vs SNR and tilt range (CB3D paper, Table 1)",
         "tables": [
             {
-                "caption": f"test accuracy with its 95 % Wilson interval (n = {n_te}; * = "
+                "caption": f"test accuracy with its 95 % Wilson common.interval (n = {n_te}; * = "
                 "collapsed model, see the sanity check), ours beside the paper's Table 1 per "
                 "model and tilt (five columns per tilt group: RIF-SVM, DSRF3D, DSRF3D-v2, "
                 "RB3D, CB3D; the ±40° group kept only its RB3D and CB3D columns in the text, "
@@ -203,8 +188,8 @@ def part_a(ctx: Context) -> dict[str, Any]:
         "collapse": ctx.collapse.get("a", {}),
         "notes": [
             "Chance level is 0.2 (5 classes); the paper has 23 classes (chance 0.043).",
-            "Collapsed models (sanity check: accuracy interval reaching chance, one predicted "
-            f"class, or dead final features): {', '.join(collapsed_names(ctx, 'a')) or 'none'}. "
+            "Collapsed models (sanity check: accuracy common.interval reaching chance, one predicted "
+            f"class, or dead final features): {', '.join(common.collapsed_names(ctx, 'a')) or 'none'}. "
             "The SNR and tilt claims keep them (at low SNR a model at chance is the data's "
             "difficulty, which is what those claims are about); the architecture claims "
             "compare only conditions where neither model collapsed.",

@@ -8,30 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_cryoguard.evaluate.metrics import (
-    reconstruction_mse,
-)
-from napari_cryoguard.evaluate.report import (
-    plot_bars,
-    plot_curves,
-)
-from napari_cryoguard.evaluate.reproduction.common import (
-    Context,
-    accuracy_of,
-    cell_text,
-    collapsed_names,
-    interval,
-    load_checkpoint,
-    make_claim,
-    record_collapse,
-)
-from napari_cryoguard.evaluate.reproduction.papers import (
-    PAPER_SEMI_T2,
-    PAPER_SEMI_T3,
-)
+from napari_cryoguard.evaluate.metrics import reconstruction_mse
+from napari_cryoguard.evaluate.report import plot_bars, plot_curves
+from napari_cryoguard.evaluate.reproduction import common
+from napari_cryoguard.evaluate.reproduction.papers import PAPER_SEMI_T2, PAPER_SEMI_T3
 
 
-def part_b(ctx: Context) -> dict[str, Any]:
+def part_b(ctx: common.Context) -> dict[str, Any]:
     """Semi-supervised paper Tables 2-3: semi vs supervised at 5/10/20 % labels, MSE."""
     from napari_cryoguard.data import SubtomogramDataset
     from napari_cryoguard.defenses.semi import select_labelled
@@ -55,37 +38,37 @@ def part_b(ctx: Context) -> dict[str, Any]:
         ck_semi = ctx.train(
             "b", f"semi_{int(f * 100)}pct", tr, "autoencoder", "semi", {"labelled_fraction": f}
         )
-        acc["supervised"][f] = accuracy_of(ck_sup, te)
-        acc["semi"][f] = accuracy_of(ck_semi, te)
-        r = reconstruction_mse(load_checkpoint(ck_semi).model.eval(), te.volumes)
+        acc["supervised"][f] = common.accuracy_of(ck_sup, te)
+        acc["semi"][f] = common.accuracy_of(ck_semi, te)
+        r = reconstruction_mse(common.load_checkpoint(ck_semi).model.eval(), te.volumes)
         mse["semi"][f] = r["mse"]
         mse_ci["semi"][f] = {"value": r["mse"], "lo": r["mse_lo"], "hi": r["mse_hi"]}
         for kind, ck in (("supervised", ck_sup), ("semi", ck_semi)):
-            record_collapse(ctx, "b", f"{kind} {int(f * 100)} %", ck, te.volumes, te.labels)
+            common.record_collapse(ctx, "b", f"{kind} {int(f * 100)} %", ck, te.volumes, te.labels)
     ck_ae = ctx.train("b", "autoencoder_mse_only", tr, "autoencoder", "semi", {"beta": 0.0})
-    r = reconstruction_mse(load_checkpoint(ck_ae).model.eval(), te.volumes)
+    r = reconstruction_mse(common.load_checkpoint(ck_ae).model.eval(), te.volumes)
     mse["autoencoder"] = r["mse"]
     mse_ci["autoencoder"] = {"value": r["mse"], "lo": r["mse_lo"], "hi": r["mse_hi"]}
     rows_t2 = [
         ["supervised 3D CNN"]
-        + [cell_text(interval(acc["supervised"][f], n_te)) for f in fractions]
+        + [common.cell_text(common.interval(acc["supervised"][f], n_te)) for f in fractions]
         + [PAPER_SEMI_T2["supervised"][f] / 100 for f in fractions],
         ["semi-supervised autoencoding classifier"]
-        + [cell_text(interval(acc["semi"][f], n_te)) for f in fractions]
+        + [common.cell_text(common.interval(acc["semi"][f], n_te)) for f in fractions]
         + [PAPER_SEMI_T2["semi"][f] / 100 for f in fractions],
     ]
     rows_t3 = [
-        ["3D autoencoder (MSE only)", cell_text(mse_ci["autoencoder"]), PAPER_SEMI_T3["autoencoder"]]
+        ["3D autoencoder (MSE only)", common.cell_text(mse_ci["autoencoder"]), PAPER_SEMI_T3["autoencoder"]]
     ]
     rows_t3 += [
-        [f"ours, {int(f * 100)} % labelled", cell_text(mse_ci["semi"][f]), PAPER_SEMI_T3["semi"][f]]
+        [f"ours, {int(f * 100)} % labelled", common.cell_text(mse_ci["semi"][f]), PAPER_SEMI_T3["semi"][f]]
         for f in fractions
     ]
     claims = []
     for f in fractions:
         pc = int(f * 100)
         claims.append(
-            make_claim(
+            common.make_claim(
                 f"semi-supervised beats supervised at {pc} % labels (accuracy)",
                 "Table 2 (simulated)",
                 f"{PAPER_SEMI_T2['semi'][f]:.2f} % vs {PAPER_SEMI_T2['supervised'][f]:.2f} %",
@@ -93,15 +76,15 @@ def part_b(ctx: Context) -> dict[str, Any]:
                 "semi",
                 "supervised",
                 ci={
-                    "semi": interval(acc["semi"][f], n_te),
-                    "supervised": interval(acc["supervised"][f], n_te),
+                    "semi": common.interval(acc["semi"][f], n_te),
+                    "supervised": common.interval(acc["supervised"][f], n_te),
                 },
             )
         )
     for f in fractions:
         pc = int(f * 100)
         claims.append(
-            make_claim(
+            common.make_claim(
                 f"joint training reconstructs better than the plain autoencoder at {pc} % labels "
                 "(lower MSE)",
                 "Table 3 (simulated)",
@@ -115,7 +98,7 @@ def part_b(ctx: Context) -> dict[str, Any]:
     others = min(mse["semi"][0.05], mse["semi"][0.20])
     best_other = mse_ci["semi"][0.05 if mse["semi"][0.05] <= mse["semi"][0.20] else 0.20]
     claims.append(
-        make_claim(
+        common.make_claim(
             "the reconstruction is best at 10 % labels",
             "Table 3 text",
             "MSE 0.1491 at 10 % vs 0.8357 (5 %), 0.1793 (20 %)",
@@ -153,7 +136,7 @@ def part_b(ctx: Context) -> dict[str, Any]:
         "title": "(b) Semi-supervised autoencoding classifier (semi-supervised paper, Tables 2-3)",
         "tables": [
             {
-                "caption": f"test accuracy (fractions) with its 95 % Wilson interval (n = {n_te}); "
+                "caption": f"test accuracy (fractions) with its 95 % Wilson common.interval (n = {n_te}); "
                 "paper: simulated dataset, % / 100",
                 "header": [
                     "method",
@@ -167,7 +150,7 @@ def part_b(ctx: Context) -> dict[str, Any]:
                 "rows": rows_t2,
             },
             {
-                "caption": "reconstruction MSE on the test set with its 95 % interval (mean of the "
+                "caption": "reconstruction MSE on the test set with its 95 % common.interval (mean of the "
                 "per-sample MSEs; ours: z-scored volumes; the paper's scale differs, compare "
                 "directions only)",
                 "header": ["model", "ours MSE", "paper MSE (simulated)"],
@@ -189,7 +172,7 @@ def part_b(ctx: Context) -> dict[str, Any]:
             + ", ".join(f"{int(f * 100)} %: {n_lab[f]}" for f in fractions),
             "Collapse check (not used to drop comparisons here: a supervised model at "
             "chance with 5 % labels is the outcome the paper reports): "
-            + (", ".join(collapsed_names(ctx, "b")) or "none collapsed"),
+            + (", ".join(common.collapsed_names(ctx, "b")) or "none collapsed"),
             "The supervised CNN is the same network trained with cross-entropy on the "
             "labelled samples only (the paper's 'classification branch'); the plain "
             "autoencoder is the same network trained with the MSE term only (beta = 0).",

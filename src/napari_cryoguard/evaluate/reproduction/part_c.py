@@ -9,25 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_cryoguard.evaluate.report import (
-    plot_bars,
-    plot_curves,
-)
-from napari_cryoguard.evaluate.reproduction.common import (
-    Context,
-    cell_text,
-    collapsed_names,
-    interval,
-    load_checkpoint,
-    make_claim,
-    point_count,
-    point_value,
-    predict_volumes,
-    record_collapse,
-)
+from napari_cryoguard.evaluate.report import plot_bars, plot_curves
+from napari_cryoguard.evaluate.reproduction import common
 
 
-def part_c(ctx: Context) -> dict[str, Any]:
+def part_c(ctx: common.Context) -> dict[str, Any]:
     """RAT paper Tables I-II: natural, AT, TRADES, RAT."""
     from napari_cryoguard.attacks import attack_dataset
 
@@ -69,13 +55,13 @@ def part_c(ctx: Context) -> dict[str, Any]:
             {"steps": s["noise_steps"], "max_fraction": 0.2, "seed": ctx.seed},
         ),
     }
-    loaded = {n: load_checkpoint(p) for n, p in models.items()}
+    loaded = {n: common.load_checkpoint(p) for n, p in models.items()}
     ctx.say("c", "Table I: adversarial examples of the natural model")
     t1: dict[str, dict[str, float]] = {}
-    clean = {n: float((predict_volumes(m, te_sel) == y).mean()) for n, m in loaded.items()}
+    clean = {n: float((common.predict_volumes(m, te_sel) == y).mean()) for n, m in loaded.items()}
     for n, path in models.items():
-        record_collapse(ctx, "c", n, path, te_sel, y)
-    dead = collapsed_names(ctx, "c")
+        common.record_collapse(ctx, "c", n, path, te_sel, y)
+    dead = common.collapsed_names(ctx, "c")
     for label, (name, params) in t1_attacks.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -83,7 +69,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
                 loaded["natural"].model, te_sel, y, name, device=ctx.device, **params
             )
         xadv = res.x_adv[:, 0].numpy()
-        t1[label] = {n: float((predict_volumes(m, xadv) == y).mean()) for n, m in loaded.items()}
+        t1[label] = {n: float((common.predict_volumes(m, xadv) == y).mean()) for n, m in loaded.items()}
     # Table II (and curves for all attacks): white-box attacks on every model
     fgsm = {
         "name": "fgsm",
@@ -120,7 +106,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
     ]
     ev = ctx.evaluate("c", models, te, suite, max_samples=n_eval)
     names = list(models)
-    t1_rows = [["no attack", *[cell_text(interval(clean[n], n_eval), n in dead) for n in names], "—"]]
+    t1_rows = [["no attack", *[common.cell_text(common.interval(clean[n], n_eval), n in dead) for n in names], "—"]]
     t1_paper = {
         "FGSM (eps 0.03)": "RAT > 90 %",
         "DeepFool L2": "RAT > 90 %",
@@ -131,27 +117,27 @@ def part_c(ctx: Context) -> dict[str, Any]:
     }
     for label in t1_attacks:
         t1_rows.append(
-            [label, *[cell_text(interval(t1[label][n], n_eval)) for n in names], t1_paper[label]]
+            [label, *[common.cell_text(common.interval(t1[label][n], n_eval)) for n in names], t1_paper[label]]
         )
 
     def t1_ci(label: str) -> dict[str, dict[str, Any]]:
-        return {n: interval(t1[label][n], n_eval) for n in names}
+        return {n: common.interval(t1[label][n], n_eval) for n in names}
 
     def wb(eps: float) -> dict[str, dict[str, Any]]:
         return {
-            n: interval(point_value(ev, n, "FGSM", eps, "adv_accuracy"), point_count(ev, n, "FGSM", eps))
+            n: common.interval(common.point_value(ev, n, "FGSM", eps, "adv_accuracy"), common.point_count(ev, n, "FGSM", eps))
             for n in names
         }
 
     t2_rows = []
     for eps in (0.03, 0.06, 0.12):
         t2_rows.append(
-            [eps, *[cell_text(wb(eps)[n]) for n in names], "RAT > 20 %, AT and TRADES 'extremely low'"]
+            [eps, *[common.cell_text(wb(eps)[n]) for n in names], "RAT > 20 %, AT and TRADES 'extremely low'"]
         )
     claims = []
     for label in t1_attacks:
         claims.append(
-            make_claim(
+            common.make_claim(
                 f"RAT resists the natural model's {label} examples better than the natural model",
                 "Table I, section V.A",
                 "natural 'extremely low', RAT high",
@@ -165,7 +151,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
     for label in ("FGSM (eps 0.03)", "Salt & pepper"):
         for other in ("AT", "TRADES"):
             claims.append(
-                make_claim(
+                common.make_claim(
                     f"RAT beats {other} on {label} (transfer)",
                     "Table I, section V.A",
                     "RAT 'much better than the other two'",
@@ -178,7 +164,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
             )
     for other in ("RAT", "TRADES"):
         claims.append(
-            make_claim(
+            common.make_claim(
                 f"AT beats {other} on uniform noise (transfer)",
                 "Table I, section V.A",
                 "AT 'achieves the best result' on uniform noise",
@@ -190,10 +176,10 @@ def part_c(ctx: Context) -> dict[str, Any]:
             )
         )
     for eps in (0.03, 0.06, 0.12):
-        vals = {n: point_value(ev, n, "FGSM", eps, "adv_accuracy") for n in names}
+        vals = {n: common.point_value(ev, n, "FGSM", eps, "adv_accuracy") for n in names}
         for other in ("AT", "TRADES"):
             claims.append(
-                make_claim(
+                common.make_claim(
                     f"RAT beats {other} under white-box FGSM, eps {eps:g}",
                     "Table II, section V.B",
                     "RAT > 20 %, others 'extremely low'",
@@ -217,7 +203,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
             n: (
                 [0.0, 0.01, 0.03, 0.06, 0.12],
                 [clean[n]]
-                + [point_value(ev, n, "FGSM", e, "adv_accuracy") for e in (0.01, 0.03, 0.06, 0.12)],
+                + [common.point_value(ev, n, "FGSM", e, "adv_accuracy") for e in (0.01, 0.03, 0.06, 0.12)],
             )
             for n in names
         },
@@ -230,7 +216,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
         "title": "(c) Natural vs AT vs TRADES vs RAT (RAT paper, Tables I-II)",
         "tables": [
             {
-                "caption": f"Table I: accuracy (95 % Wilson interval, n = {n_eval}; * = collapsed "
+                "caption": f"Table I: accuracy (95 % Wilson common.interval, n = {n_eval}; * = collapsed "
                 "model) on adversarial examples crafted on the natural model (FGSM eps 0.03 "
                 "of each sample's intensity range; minimal attacks unbounded, as foolbox "
                 "returns them); the paper's Table I numbers are not in the text, the 'paper' "
@@ -239,7 +225,7 @@ def part_c(ctx: Context) -> dict[str, Any]:
                 "rows": t1_rows,
             },
             {
-                "caption": "Table II: accuracy (95 % Wilson interval) on white-box FGSM adversarial "
+                "caption": "Table II: accuracy (95 % Wilson common.interval) on white-box FGSM adversarial "
                 "samples of each model, eps as a fraction of each sample's intensity range "
                 "(numbers not in the text; 'paper' quotes section V.B)",
                 "header": ["eps", *names, "paper (text)"],

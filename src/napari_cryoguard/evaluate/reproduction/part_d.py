@@ -5,26 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari_cryoguard.evaluate.report import (
-    plot_bars,
-)
-from napari_cryoguard.evaluate.reproduction.common import (
-    Context,
-    cell_text,
-    collapsed_names,
-    interval,
-    make_claim,
-    point_value,
-    record_collapse,
-)
-from napari_cryoguard.evaluate.reproduction.papers import (
-    PAPER_MIRST_T1,
-    PAPER_MIRST_T3,
-)
+from napari_cryoguard.evaluate.report import plot_bars
+from napari_cryoguard.evaluate.reproduction import common
+from napari_cryoguard.evaluate.reproduction.papers import PAPER_MIRST_T1, PAPER_MIRST_T3
 from napari_cryoguard.evaluate.reproduction.sizes import EPS_5_255
 
 
-def part_d(ctx: Context) -> dict[str, Any]:
+def part_d(ctx: common.Context) -> dict[str, Any]:
     """MIRST-DM Tables 1 and 3: baseline, RST, MIRST with and without drop-max."""
     s = ctx.sizes
     tr, te = ctx.sim(s["snr_robust"], 60.0, "train"), ctx.sim(s["snr_robust"], 60.0, "test")
@@ -70,13 +57,13 @@ def part_d(ctx: Context) -> dict[str, Any]:
     ev = ctx.evaluate("d", models, te, suite, max_samples=n_eval)
     names = list(models)
     for n, path in models.items():
-        record_collapse(ctx, "d", n, path, te.volumes[:n_eval], te.labels[:n_eval])
-    dead = collapsed_names(ctx, "d")
+        common.record_collapse(ctx, "d", n, path, te.volumes[:n_eval], te.labels[:n_eval])
+    dead = common.collapsed_names(ctx, "d")
 
     def score_ci(metric: str, a: str) -> dict[str, dict[str, Any]]:
-        # F1 and sensitivity are not proportions of samples; their interval is the Wilson
-        # interval of a proportion on n_eval samples (an approximation, stated in the notes)
-        return {n: interval(ours[metric][n][a], n_eval) for n in names}
+        # F1 and sensitivity are not proportions of samples; their common.interval is the Wilson
+        # common.interval of a proportion on n_eval samples (an approximation, stated in the notes)
+        return {n: common.interval(ours[metric][n][a], n_eval) for n in names}
 
     ours: dict[str, dict[str, dict[str, float | None]]] = {"f1": {}, "sensitivity": {}}
     for n in names:
@@ -84,8 +71,8 @@ def part_d(ctx: Context) -> dict[str, Any]:
         ours["f1"][n] = {"clean": cl["macro_f1"]}
         ours["sensitivity"][n] = {"clean": cl["macro_sensitivity"]}
         for a in ("FGSM", "PGD", "CW"):
-            ours["f1"][n][a.lower()] = point_value(ev, n, a, EPS_5_255, "adv_macro_f1")
-            ours["sensitivity"][n][a.lower()] = point_value(ev, n, a, EPS_5_255, "adv_macro_sensitivity")
+            ours["f1"][n][a.lower()] = common.point_value(ev, n, a, EPS_5_255, "adv_macro_f1")
+            ours["sensitivity"][n][a.lower()] = common.point_value(ev, n, a, EPS_5_255, "adv_macro_sensitivity")
     key = {
         "baseline": "baseline",
         "RST": "rst",
@@ -98,7 +85,7 @@ def part_d(ctx: Context) -> dict[str, Any]:
         rows = []
         for a in ("clean", "fgsm", "pgd", "cw"):
             row: list[Any] = [a if a != "clean" else "no attack"]
-            row += [cell_text(interval(ours[metric][n][a], n_eval), n in dead) for n in names]
+            row += [common.cell_text(common.interval(ours[metric][n][a], n_eval), n in dead) for n in names]
             row += [PAPER_MIRST_T1[metric][m][a] for m in ("baseline", "rst", "mirst")]
             row += [PAPER_MIRST_T3[metric][m][a] for m in ("rst", "rst_dm", "mirst", "mirst_dm")]
             rows.append(row)
@@ -127,7 +114,7 @@ def part_d(ctx: Context) -> dict[str, Any]:
         for metric in ("f1", "sensitivity"):
             p1 = PAPER_MIRST_T1[metric]
             claims.append(
-                make_claim(
+                common.make_claim(
                     f"MIRST beats RST under {A} ({metric})",
                     "Table 1, section 4.2",
                     f"{p1['mirst'][a]} vs {p1['rst'][a]}",
@@ -140,7 +127,7 @@ def part_d(ctx: Context) -> dict[str, Any]:
             )
         for m in ("RST", "MIRST"):
             claims.append(
-                make_claim(
+                common.make_claim(
                     f"{m} beats the baseline under {A} (F1)",
                     "Table 1, section 4.2",
                     f"{PAPER_MIRST_T1['f1'][key[m]][a]} vs {PAPER_MIRST_T1['f1']['baseline'][a]}",
@@ -154,7 +141,7 @@ def part_d(ctx: Context) -> dict[str, Any]:
         for m in ("RST", "MIRST"):
             p3 = PAPER_MIRST_T3["f1"]
             claims.append(
-                make_claim(
+                common.make_claim(
                     f"drop-max improves {m} under {A} (F1)",
                     "Table 3, section 4.4",
                     f"{p3[key[m] + '_dm'][a]} vs {p3[key[m]][a]}",

@@ -6,24 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from napari_cryoguard.evaluate.report import (
-    plot_curves,
-    plot_histograms,
-)
-from napari_cryoguard.evaluate.reproduction.common import (
-    Context,
-    cell_text,
-    collapsed_names,
-    interval,
-    make_claim,
-    point_count,
-    point_value,
-    pooled,
-    record_collapse,
-)
+from napari_cryoguard.evaluate.report import plot_curves, plot_histograms
+from napari_cryoguard.evaluate.reproduction import common
 
 
-def part_e(ctx: Context) -> dict[str, Any]:
+def part_e(ctx: common.Context) -> dict[str, Any]:
     """IMA Fig. 9: IMA vs AT (and natural) under 100-PGD, with margins."""
     s = ctx.sizes
     tr, te = ctx.sim(s["snr_robust"], 60.0, "train"), ctx.sim(s["snr_robust"], 60.0, "test")
@@ -105,22 +92,22 @@ def part_e(ctx: Context) -> dict[str, Any]:
     names = list(models)
     lab = f"{steps}-PGD"
     curves = {
-        n: [ev["models"][n]["clean"]["accuracy"]] + [point_value(ev, n, lab, e) for e in eps_list]
+        n: [ev["models"][n]["clean"]["accuracy"]] + [common.point_value(ev, n, lab, e) for e in eps_list]
         for n in names
     }
     for n, path in models.items():
-        record_collapse(ctx, "e", n, path, te.volumes[:n_eval], te.labels[:n_eval])
-    dead = collapsed_names(ctx, "e")
-    n_pt = {n: max([point_count(ev, n, lab, e) for e in eps_list] + [0]) for n in names}
-    mean_ci = {n: pooled(curves[n][1:], n_pt[n]) for n in names}
+        common.record_collapse(ctx, "e", n, path, te.volumes[:n_eval], te.labels[:n_eval])
+    dead = common.collapsed_names(ctx, "e")
+    n_pt = {n: max([common.point_count(ev, n, lab, e) for e in eps_list] + [0]) for n in names}
+    mean_ci = {n: common.pooled(curves[n][1:], n_pt[n]) for n in names}
     mean_acc = {n: mean_ci[n]["value"] for n in names}
     rows = [
-        [e, *[cell_text(interval(curves[n][i + 1], point_count(ev, n, lab, e))) for n in names]]
+        [e, *[common.cell_text(common.interval(curves[n][i + 1], common.point_count(ev, n, lab, e))) for n in names]]
         for i, e in enumerate(eps_list)
     ]
     clean_n = {n: int(ev["models"][n]["clean"].get("n", n_eval)) for n in names}
-    rows.insert(0, [0.0, *[cell_text(interval(curves[n][0], clean_n[n]), n in dead) for n in names]])
-    rows.append(["mean over eps > 0", *[cell_text(mean_ci[n]) for n in names]])
+    rows.insert(0, [0.0, *[common.cell_text(common.interval(curves[n][0], clean_n[n]), n in dead) for n in names]])
+    rows.append(["mean over eps > 0", *[common.cell_text(mean_ci[n]) for n in names]])
     mrows, hist = [], {}
     for n in names:
         mg = ev["models"][n].get("margins") or {}
@@ -134,7 +121,7 @@ def part_e(ctx: Context) -> dict[str, Any]:
                     "values"
                 ]
     claims = [
-        make_claim(
+        common.make_claim(
             f"IMA is more robust than {other} overall (mean robust accuracy over the "
             f"{steps}-PGD eps grid)",
             "Fig. 9 (left), text",
@@ -171,7 +158,7 @@ def part_e(ctx: Context) -> dict[str, Any]:
         "title": f"(e) IMA vs AT under {steps}-PGD with margins (IMA paper, Fig. 9; paper: 100-PGD)",
         "tables": [
             {
-                "caption": f"robust accuracy (95 % Wilson interval; * = collapsed) under "
+                "caption": f"robust accuracy (95 % Wilson common.interval; * = collapsed) under "
                 f"{steps}-PGD, eps as a fraction of each sample's intensity range; a sample "
                 "counts only if it survives both the CE and the margin-loss run (IMA's "
                 "protocol); Fig. 9's numbers are not in the text",
