@@ -269,9 +269,9 @@ def test_mirst_default_instances():
     assert MIRSTParams().resolved_instance_steps() == (3, 6, 9, 10)
     assert MIRSTParams(steps=1).resolved_instance_steps() == (1, 1, 1, 1)
     assert sum(MIRSTParams().weights) == pytest.approx(1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(CryoGuardError):
         MIRSTParams(instance_steps=(3, 6))
-    with pytest.raises(ValueError):
+    with pytest.raises(CryoGuardError):
         MIRSTParams(steps=5, instance_steps=(1, 2, 3, 6))
 
 
@@ -443,5 +443,5 @@ def test_augment_batch_shape_and_determinism(vol):
     )
     for i in range(vol.shape[0]):  # rotation then flip: the values are only permuted
         assert torch.equal(plain[i].flatten().sort().values, vol[i].flatten().sort().values)
-    with pytest.raises(ValueError):
+    with pytest.raises(CryoGuardError):
         AugmentParams(wedge_prob=2.0)

@@ -37,11 +37,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.attacks.gradient import pgd_perturb
+from napari_cryoguard.attacks.ops import random_start as _random_start
+from napari_cryoguard.attacks.units import check_eps_unit, range_coordinates
+from napari_cryoguard.checks import check_choice, check_number
 from napari_cryoguard.defenses.base import (
     Batch,
     Defense,
@@ -49,6 +54,8 @@ from napari_cryoguard.defenses.base import (
     register_defense,
     unwrap,
 )
+from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.params import Norm, choices_of
 
 __all__ = [
     "AT",
@@ -56,6 +63,7 @@ __all__ = [
     "adversarial_ce_objective",
     "at_loss",
     "attack_mode",
+    "ce_and_accuracy",
     "check_attack_params",
     "check_unit",
     "kl_ascent",
@@ -63,6 +71,7 @@ __all__ = [
     "masked_accuracy",
     "pgd_examples",
     "pgd_trajectory",
+    "random_start",
 ]
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -85,23 +94,36 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def check_unit(eps_unit: str) -> None:
-    """Raise ``ValueError`` unless ``eps_unit`` is ``"normalized"`` or ``"range"``."""
-    from napari_cryoguard.attacks.units import EPS_UNITS
-
-    if eps_unit not in EPS_UNITS:
-        raise ValueError(f"eps_unit must be one of {', '.join(EPS_UNITS)}, got {eps_unit!r}")
+    """Raise :class:`CryoGuardError` unless ``eps_unit`` is ``"normalized"`` or ``"range"``."""
+    check_eps_unit(eps_unit)
 
 
-def check_attack_params(norm: str, eps: float, step_size: float, steps: int) -> None:
-    """Raise ``ValueError`` on a bad norm, a negative budget/step or a bad step count."""
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if not float(eps) >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    if not float(step_size) >= 0:
-        raise ValueError(f"step_size must be >= 0, got {step_size!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+def check_attack_params(params: Any, suffix: str = "") -> None:
+    """Check the inner maximisation's fields of a defense's parameters.
+
+    ``params.norm`` is a :data:`~napari_cryoguard.params.Norm`, ``eps<suffix>`` and
+    ``step_size<suffix>`` numbers >= 0, ``steps<suffix>`` an integer >= 0 and
+    ``params.eps_unit`` a budget unit; RAT checks its second ball with ``suffix="_prime"``.
+    Raises :class:`CryoGuardError` naming the bad field.
+    """
+    check_choice("norm", params.norm, choices_of(Norm) or ())
+    check_number("eps" + suffix, getattr(params, "eps" + suffix))
+    check_number("step_size" + suffix, getattr(params, "step_size" + suffix))
+    check_number("steps" + suffix, getattr(params, "steps" + suffix), integer=True)
+    check_unit(params.eps_unit)
+
+
+def ce_and_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, prefix: str = ""
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of ``model(x)`` over the labelled samples, and its logs
+    ``<prefix>ce`` and ``<prefix>acc`` (the defenses' plain-CE branch)."""
+    logits = model(x)
+    loss, _ = masked_cross_entropy(logits, y)
+    return loss, {
+        f"{prefix}ce": float(loss.detach().item()),
+        f"{prefix}acc": masked_accuracy(logits.detach(), y),
+    }
 
 
 def adversarial_ce_objective(y: torch.Tensor) -> Objective:
@@ -128,10 +150,10 @@ def masked_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits[mask].argmax(1) == y[mask]).float().mean().item())
 
 
-def _random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    from napari_cryoguard.attacks.base import random_start
-
-    return random_start(x, norm, float(eps), None)
+def random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """A uniform random point of the ``norm`` ball of radius ``eps`` around 0, drawn
+    from torch's global generator (which the trainer reseeds every epoch)."""
+    return _random_start(x, norm, float(eps), None)
 
 
 def kl_ascent(
@@ -208,9 +230,6 @@ def pgd_trajectory(
     list of Tensor
         One detached (N, 1, D, H, W) iterate per checkpoint, in data units.
     """
-    from napari_cryoguard.attacks.gradient import pgd_perturb
-    from napari_cryoguard.attacks.units import check_eps_unit, range_coordinates
-
     if check_eps_unit(eps_unit) == "range":
         rc = range_coordinates(model, x)
         outs = pgd_trajectory(
@@ -233,7 +252,7 @@ def pgd_trajectory(
     for c in checkpoints:
         c = int(c)
         if c < done:
-            raise ValueError(f"checkpoints must be non-decreasing, got {checkpoints!r}")
+            raise CryoGuardError(f"checkpoints must be non-decreasing, got {checkpoints!r}")
         if x_cur is None or c > done:
             x_cur = pgd_perturb(
                 model,
@@ -270,7 +289,7 @@ def pgd_examples(
     samples stay at their (random) start.
     """
     with attack_mode(model) as plain:
-        start = _random_start(x, norm, eps) if random_start and eps > 0 else None
+        start = _random_start(x, norm, float(eps), None) if random_start and eps > 0 else None
         (x_adv,) = pgd_trajectory(
             plain,
             x,
@@ -319,15 +338,15 @@ class ATParams:
     step_size: float = 0.001
     steps: int = 10
     random_start: bool = True
-    norm: str = "linf"
+    norm: Norm = "linf"
     eps_unit: str = "normalized"
     clean_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        check_attack_params(self.norm, self.eps, self.step_size, self.steps)
-        check_unit(self.eps_unit)
-        if not 0.0 <= float(self.clean_weight) <= 1.0:
-            raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight!r}")
+        check_attack_params(self)
+        check_number("clean_weight", self.clean_weight)
+        if self.clean_weight > 1.0:
+            raise CryoGuardError(f"clean_weight must be in [0, 1], got {self.clean_weight!r}")
 
 
 def at_loss(
@@ -357,12 +376,7 @@ def at_loss(
     )
     w = float(params.clean_weight)
     if w == 0.0:
-        logits = model(x_adv)
-        loss, _ = masked_cross_entropy(logits, batch.y)
-        return loss, {
-            "adv_ce": float(loss.detach().item()),
-            "adv_acc": masked_accuracy(logits.detach(), batch.y),
-        }
+        return ce_and_accuracy(model, x_adv, batch.y, prefix="adv_")
     n = batch.x.shape[0]
     both = model(torch.cat([batch.x, x_adv]))
     ce, _ = masked_cross_entropy(both[:n], batch.y)

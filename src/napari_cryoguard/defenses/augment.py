@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from napari_cryoguard.checks import check_choice, check_number
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -75,14 +76,14 @@ class AugmentParams:
     tilt_axis: str = "y"
 
     def __post_init__(self) -> None:
-        if not float(self.noise_std) >= 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
-        if not 0.0 <= float(self.wedge_prob) <= 1.0:
-            raise ValueError(f"wedge_prob must be in [0, 1], got {self.wedge_prob!r}")
-        if not 0.0 < float(self.tilt_range) <= 90.0:
-            raise ValueError(f"tilt_range must be in (0, 90], got {self.tilt_range!r}")
-        if str(self.tilt_axis).lower() not in ("x", "y"):
-            raise ValueError(f"tilt_axis must be 'y' or 'x', got {self.tilt_axis!r}")
+        check_number("noise_std", self.noise_std)
+        check_number("wedge_prob", self.wedge_prob)
+        if self.wedge_prob > 1.0:
+            raise CryoGuardError(f"wedge_prob must be in [0, 1], got {self.wedge_prob!r}")
+        check_number("tilt_range", self.tilt_range, strict=True)
+        if self.tilt_range > 90.0:
+            raise CryoGuardError(f"tilt_range must be in (0, 90], got {self.tilt_range!r}")
+        check_choice("tilt_axis", str(self.tilt_axis).lower(), ("y", "x"))
 
 
 def _check(x: torch.Tensor) -> None:

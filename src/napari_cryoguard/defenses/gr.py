@@ -39,14 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
     attack_mode,
     check_attack_params,
-    check_unit,
     masked_accuracy,
     pgd_trajectory,
+    random_start,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, register_defense, unwrap
+from napari_cryoguard.params import Norm
 
 __all__ = [
     "GR",
@@ -92,8 +94,7 @@ class GRParams:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if not float(self.weight) >= 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight!r}")
+        check_number("weight", self.weight)
 
 
 def input_gradient_penalty(
@@ -171,14 +172,13 @@ class LLRParams:
     eps: float = 0.01
     step_size: float = 0.001
     steps: int = 10
-    norm: str = "linf"
+    norm: Norm = "linf"
     eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
-        check_attack_params(self.norm, self.eps, self.step_size, self.steps)
-        check_unit(self.eps_unit)
-        if not float(self.lambda_lin) >= 0 or not float(self.mu_grad) >= 0:
-            raise ValueError("lambda_lin and mu_grad must be >= 0")
+        check_attack_params(self)
+        check_number("lambda_lin", self.lambda_lin)
+        check_number("mu_grad", self.mu_grad)
 
 
 def local_linearity(
@@ -214,8 +214,6 @@ def llr_perturbation(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: LLRParams
 ) -> torch.Tensor:
     """``delta*``: PGD ascent of ``g(delta; x)`` in the eps-ball, eval mode, random start."""
-    from napari_cryoguard.attacks.base import random_start
-
     with attack_mode(model) as plain:
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -233,7 +231,7 @@ def llr_perturbation(
                 lin = ((xa - x).float() * g0.float()).flatten(1).sum(dim=1)
                 return (ce_d - ce0 - lin).abs().unsqueeze(1)
 
-        start = random_start(x, params.norm, float(params.eps), None)
+        start = random_start(x, params.norm, params.eps)
         (x_adv,) = pgd_trajectory(
             _Gap(),
             x,

@@ -44,15 +44,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
     adversarial_ce_objective,
     attack_mode,
     check_attack_params,
-    check_unit,
     masked_accuracy,
     pgd_trajectory,
+    random_start,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
+from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.params import Norm
 
 __all__ = [
     "MIRST",
@@ -95,14 +98,16 @@ class RSTParams:
     step_size: float = 0.002
     steps: int = 10
     random_start: bool = False
-    norm: str = "linf"
+    norm: Norm = "linf"
     eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
-        check_attack_params(self.norm, self.eps, self.step_size, self.steps)
-        check_unit(self.eps_unit)
-        if not float(self.alpha) >= 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
+        check_attack_params(self)
+        check_number("alpha", self.alpha)
+
+    def instances(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """(weights, step counts) of the adversarial instances: RST's one, the last iterate."""
+        return (1.0,), (self.steps,)
 
 
 @dataclass
@@ -126,15 +131,21 @@ class MIRSTParams(RSTParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.weights = tuple(self.weights)
+        if not self.weights:
+            raise CryoGuardError("weights must be one or more numbers >= 0, got ()")
+        for w in self.weights:
+            check_number("weights", w)
         self.weights = tuple(float(w) for w in self.weights)
-        if not self.weights or any(not w >= 0 for w in self.weights):
-            raise ValueError(f"weights must be one or more numbers >= 0, got {self.weights!r}")
         if self.instance_steps is not None:
-            steps = tuple(self.instance_steps)
-            if any(isinstance(s, bool) or not isinstance(s, int) for s in steps):
-                raise ValueError(f"instance_steps must be integers, got {self.instance_steps!r}")
-            self.instance_steps = steps
+            self.instance_steps = tuple(self.instance_steps)
+            for step in self.instance_steps:
+                check_number("instance_steps", step, integer=True)
         self.resolved_instance_steps()  # validates
+
+    def instances(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """(weights, step counts) of the adversarial instances."""
+        return self.weights, self.resolved_instance_steps()
 
     def resolved_instance_steps(self) -> tuple[int, ...]:
         """The step count of each instance (see ``instance_steps``)."""
@@ -143,32 +154,25 @@ class MIRSTParams(RSTParams):
             return tuple(min(3 * j, self.steps) for j in range(1, m + 1))
         steps = tuple(self.instance_steps)
         if len(steps) != m:
-            raise ValueError(f"instance_steps needs {m} values (one per weight), got {steps!r}")
+            raise CryoGuardError(
+                f"instance_steps needs {m} values (one per weight), got {steps!r}"
+            )
         if any(s < 0 or s > self.steps for s in steps) or list(steps) != sorted(steps):
-            raise ValueError(
+            raise CryoGuardError(
                 f"instance_steps must be non-decreasing in [0, steps={self.steps}], got {steps!r}"
             )
         return steps
 
 
 def multi_instance_loss(
-    model: nn.Module,
-    batch: Batch,
-    *,
-    alpha: float,
-    weights: tuple[float, ...],
-    instance_steps: tuple[int, ...],
-    eps: float,
-    step_size: float,
-    random_start: bool,
-    norm: str,
-    eps_unit: str = "normalized",
+    model: nn.Module, batch: Batch, params: RSTParams
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``CE(f(x), y) + alpha * sum_j w_j CE(f(x_bar_j), y)`` (MIRST-DM Eq. (2)).
 
-    The instances ``x_bar_j`` are the iterates of one PGD run (Eq. (3), eval mode)
-    after ``instance_steps[j]`` steps; one forward pass (train mode) scores the clean
-    batch and all instances.
+    The instances ``x_bar_j`` (weights and step counts from ``params.instances()``)
+    are the iterates of one PGD run (Eq. (3), eval mode) after ``instance_steps[j]``
+    steps; one forward pass (train mode) scores the clean batch and all instances.
+    RST (Eq. (1)) is the case of one instance, the last iterate, of weight 1.
 
     Returns
     -------
@@ -176,24 +180,23 @@ def multi_instance_loss(
         Logs: ``ce`` (clean), ``adv_ce`` (the weighted adversarial sum), ``acc``
         (clean) and ``adv_acc`` (on the last instance).
     """
+    weights, instance_steps = params.instances()
     x = batch.x
     n = x.shape[0]
     with attack_mode(model) as plain:
         start = None
-        if random_start and eps > 0:
-            from napari_cryoguard.attacks.base import random_start as _rs
-
-            start = _rs(x, norm, float(eps), None)
+        if params.random_start and params.eps > 0:
+            start = random_start(x, params.norm, params.eps)
         instances = pgd_trajectory(
             plain,
             x,
             adversarial_ce_objective(batch.y),
-            norm=norm,
-            eps=eps,
-            step_size=step_size,
+            norm=params.norm,
+            eps=params.eps,
+            step_size=params.step_size,
             checkpoints=tuple(instance_steps),
             start=start,
-            eps_unit=eps_unit,
+            eps_unit=params.eps_unit,
         )
     logits = model(torch.cat([x, *instances])).float()
     ce, _ = masked_cross_entropy(logits[:n], batch.y)
@@ -201,49 +204,25 @@ def multi_instance_loss(
     for j, w in enumerate(weights):
         cj, _ = masked_cross_entropy(logits[(j + 1) * n : (j + 2) * n], batch.y)
         adv = adv + float(w) * cj
-    loss = ce + float(alpha) * adv
-    return loss, {
-        "ce": float(ce.detach().item()),
-        "adv_ce": float(adv.detach().item()),
-        "acc": masked_accuracy(logits[:n].detach(), batch.y),
-        "adv_acc": masked_accuracy(logits[-n:].detach(), batch.y),
-    }
+    loss = ce + float(params.alpha) * adv
+    logs = {k: float(v.detach().item()) for k, v in (("ce", ce), ("adv_ce", adv))}
+    logs["acc"] = masked_accuracy(logits[:n].detach(), batch.y)
+    logs["adv_acc"] = masked_accuracy(logits[-n:].detach(), batch.y)
+    return loss, logs
 
 
 def rst_loss(
     model: nn.Module, batch: Batch, params: RSTParams
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """RST (MIRST-DM Eq. (1)): clean CE + ``alpha`` * CE of the last PGD iterate."""
-    return multi_instance_loss(
-        model,
-        batch,
-        alpha=params.alpha,
-        weights=(1.0,),
-        instance_steps=(params.steps,),
-        eps=params.eps,
-        step_size=params.step_size,
-        random_start=params.random_start,
-        norm=params.norm,
-        eps_unit=params.eps_unit,
-    )
+    return multi_instance_loss(model, batch, params)
 
 
 def mirst_loss(
     model: nn.Module, batch: Batch, params: MIRSTParams
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MIRST (MIRST-DM Eq. (2)): clean CE + ``alpha`` * weighted CE of several PGD iterates."""
-    return multi_instance_loss(
-        model,
-        batch,
-        alpha=params.alpha,
-        weights=params.weights,
-        instance_steps=params.resolved_instance_steps(),
-        eps=params.eps,
-        step_size=params.step_size,
-        random_start=params.random_start,
-        norm=params.norm,
-        eps_unit=params.eps_unit,
-    )
+    return multi_instance_loss(model, batch, params)
 
 
 @register_defense("rst", RSTParams)

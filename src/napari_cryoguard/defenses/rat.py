@@ -34,15 +34,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
+    ce_and_accuracy,
     check_attack_params,
-    check_unit,
     kl_ascent,
     kl_per_sample,
     masked_accuracy,
     pgd_examples,
+    random_start,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
+from napari_cryoguard.params import Norm
 
 __all__ = ["RAT", "RATParams", "rat_loss", "rat_regulariser_examples"]
 
@@ -79,23 +82,19 @@ class RATParams:
     eps_prime: float = 0.01
     step_size_prime: float = 0.001
     steps_prime: int = 10
-    norm: str = "linf"
+    norm: Norm = "linf"
     eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
-        check_attack_params(self.norm, self.eps, self.step_size, self.steps)
-        check_unit(self.eps_unit)
-        check_attack_params(self.norm, self.eps_prime, self.step_size_prime, self.steps_prime)
-        if not float(self.gamma) >= 0:
-            raise ValueError(f"gamma must be >= 0, got {self.gamma!r}")
+        check_attack_params(self)
+        check_attack_params(self, suffix="_prime")
+        check_number("gamma", self.gamma)
 
 
 def rat_regulariser_examples(
     model: nn.Module, x_adv: torch.Tensor, params: RATParams
 ) -> torch.Tensor:
     """``x'_adv``: label-free KL ascent around ``x_adv`` (RAT Eq. (5)-(6)), eval mode."""
-    from napari_cryoguard.attacks.base import random_start
-
     return kl_ascent(
         model,
         x_adv,
@@ -103,7 +102,7 @@ def rat_regulariser_examples(
         eps=params.eps_prime,
         step_size=params.step_size_prime,
         steps=params.steps_prime,
-        start=lambda x: random_start(x, params.norm, float(params.eps_prime), None),
+        start=lambda x: random_start(x, params.norm, params.eps_prime),
         eps_unit=params.eps_unit,
     )
 
@@ -130,13 +129,8 @@ def rat_loss(
         eps_unit=params.eps_unit,
     )
     if float(params.gamma) == 0.0:
-        logits = model(x_adv)
-        loss, _ = masked_cross_entropy(logits, batch.y)
-        return loss, {
-            "adv_ce": float(loss.detach().item()),
-            "kl": 0.0,
-            "adv_acc": masked_accuracy(logits.detach(), batch.y),
-        }
+        loss, logs = ce_and_accuracy(model, x_adv, batch.y, prefix="adv_")
+        return loss, {**logs, "kl": 0.0}
     n = batch.x.shape[0]
     x2 = rat_regulariser_examples(model, x_adv, params)
     logits = model(torch.cat([x_adv, x2]))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.base import Batch, Defense, register_defense, unwrap
 from napari_cryoguard.errors import CryoGuardError
 
@@ -57,12 +58,15 @@ class SemiParams:
     sparsity_weight: float | None = None
 
     def __post_init__(self) -> None:
-        if float(self.alpha) < 0 or float(self.beta) < 0:
-            raise ValueError("alpha and beta must be >= 0")
-        if not 0.0 < float(self.labelled_fraction) <= 1.0:
-            raise ValueError(f"labelled_fraction must be in (0, 1], got {self.labelled_fraction!r}")
-        if self.sparsity_weight is not None and float(self.sparsity_weight) < 0:
-            raise ValueError("sparsity_weight must be >= 0")
+        check_number("alpha", self.alpha)
+        check_number("beta", self.beta)
+        check_number("labelled_fraction", self.labelled_fraction, strict=True)
+        if self.labelled_fraction > 1.0:
+            raise CryoGuardError(
+                f"labelled_fraction must be in (0, 1], got {self.labelled_fraction!r}"
+            )
+        if self.sparsity_weight is not None:
+            check_number("sparsity_weight", self.sparsity_weight)
 
 
 def semi_loss(

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.augment import AugmentParams, augment_batch
 from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, register_defense, unwrap
 from napari_cryoguard.errors import CryoGuardError
@@ -64,44 +65,36 @@ __all__ = [
 
 
 @dataclass
-class SimCLRParams:
-    """Parameters of the ``simclr`` defense.
+class SimCLRParams(AugmentParams):
+    """Parameters of the ``simclr`` defense: the augmentations of
+    :class:`~napari_cryoguard.defenses.augment.AugmentParams` (``rotate``, ``flip``,
+    ``noise_std``, ``wedge_prob``, ``tilt_range``, ``tilt_axis``) and
 
     Attributes
     ----------
     temperature
         ``tau`` of Eq. (4): 0.5 (the SimCLR paper's CIFAR-10 value; MIRST-DM does not
         print its own).
-    proj_hidden, proj_dim
-        Widths of the projection head's hidden layer and output: 128 and 64 (our choice
-        for small 3D backbones).
-    rotate, flip, noise_std, wedge_prob, tilt_range, tilt_axis
-        The augmentations (:class:`~napari_cryoguard.defenses.augment.AugmentParams`).
+    proj_hidden
+        Width of the projection head's hidden layer: 128 (our choice for small 3D
+        backbones).
+    proj_dim
+        Width of the projection head's output: 64 (our choice).
     """
 
     temperature: float = 0.5
     proj_hidden: int = 128
     proj_dim: int = 64
-    rotate: bool = True
-    flip: bool = True
-    noise_std: float = 0.1
-    wedge_prob: float = 0.5
-    tilt_range: float = 60.0
-    tilt_axis: str = "y"
 
     def __post_init__(self) -> None:
-        if not float(self.temperature) > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        super().__post_init__()
+        check_number("temperature", self.temperature, strict=True)
         for name in ("proj_hidden", "proj_dim"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        self.augment_params()  # validates
+            check_number(name, getattr(self, name), minimum=1, integer=True)
 
     def augment_params(self) -> AugmentParams:
         """The augmentation fields as :class:`AugmentParams`."""
-        names = {f.name for f in fields(AugmentParams)}
-        return AugmentParams(**{k: getattr(self, k) for k in names})
+        return AugmentParams(**{f.name: getattr(self, f.name) for f in fields(AugmentParams)})
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from napari_cryoguard.checks import check_prob
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
 
 __all__ = ["Standard", "StandardParams", "standard_loss"]
@@ -32,8 +33,7 @@ class StandardParams:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        check_prob("label_smoothing", self.label_smoothing)
 
 
 def standard_loss(

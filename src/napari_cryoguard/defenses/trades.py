@@ -30,14 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
+    ce_and_accuracy,
     check_attack_params,
-    check_unit,
     kl_ascent,
     kl_per_sample,
     masked_accuracy,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
+from napari_cryoguard.params import Norm
 
 __all__ = ["Trades", "TradesParams", "trades_examples", "trades_loss"]
 
@@ -67,16 +69,13 @@ class TradesParams:
     step_size: float = 0.001
     steps: int = 10
     init_std: float = 0.001
-    norm: str = "linf"
+    norm: Norm = "linf"
     eps_unit: str = "normalized"
 
     def __post_init__(self) -> None:
-        check_attack_params(self.norm, self.eps, self.step_size, self.steps)
-        check_unit(self.eps_unit)
-        if not float(self.beta) >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
-        if not float(self.init_std) >= 0:
-            raise ValueError(f"init_std must be >= 0, got {self.init_std!r}")
+        check_attack_params(self)
+        check_number("beta", self.beta)
+        check_number("init_std", self.init_std)
 
 
 def trades_examples(model: nn.Module, x: torch.Tensor, params: TradesParams) -> torch.Tensor:
@@ -98,13 +97,8 @@ def trades_loss(
         ``acc`` (clean batch accuracy) and, when ``beta > 0``, ``adv_acc``.
     """
     if float(params.beta) == 0.0:
-        logits = model(batch.x)
-        loss, _ = masked_cross_entropy(logits, batch.y)
-        return loss, {
-            "ce": float(loss.detach().item()),
-            "kl": 0.0,
-            "acc": masked_accuracy(logits.detach(), batch.y),
-        }
+        loss, logs = ce_and_accuracy(model, batch.x, batch.y)
+        return loss, {**logs, "kl": 0.0}
     n = batch.x.shape[0]
     x_adv = trades_examples(model, batch.x, params)
     logits = model(torch.cat([batch.x, x_adv]))
