@@ -77,7 +77,8 @@ import starfile
 
 from napari_cryoguard._atomic import atomic_output
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io._reading import check_finite_coords
+from napari_cryoguard.io.picks import Picks, positive_voxel_size
 
 PICK_SUFFIXES: tuple[str, ...] = (".star", ".csv")
 """Suffixes :func:`read_picks` and :func:`write_picks` understand."""
@@ -248,26 +249,6 @@ def _collect_features(
     return features
 
 
-def _check_coords(coords: np.ndarray, path: Path, what: str) -> None:
-    bad = ~np.isfinite(coords).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise CryoGuardError(
-            f"{path.name}: {bad.sum()} pick(s) {what} non-finite coordinates "
-            f"(rows {rows[:5].tolist()}{' ...' if len(rows) > 5 else ''})"
-        )
-
-
-def _valid_voxel_size(value: Any, path: Path) -> float:
-    try:
-        vs = float(value)
-    except (TypeError, ValueError) as err:
-        raise CryoGuardError(f"{path.name}: voxel size {value!r} is not a number") from err
-    if not np.isfinite(vs) or vs <= 0:
-        raise CryoGuardError(f"{path.name}: voxel size must be positive and finite, got {value!r}")
-    return vs
-
-
 def _check_path(path: Path, *, reading: bool) -> str:
     suffix = path.suffix.lower()
     if suffix not in PICK_SUFFIXES:
@@ -344,8 +325,8 @@ def write_picks(
     suffix = _check_path(path, reading=False)
     if not isinstance(picks, Picks):
         raise CryoGuardError(f"write_picks needs a Picks object, got {type(picks).__name__}")
-    _check_coords(picks.coords, path, "to write have")
-    voxel_size = _valid_voxel_size(picks.voxel_size, path)
+    check_finite_coords(picks.coords, path, "to write have")
+    voxel_size = positive_voxel_size(picks.voxel_size, source=path.name)
     if picks.labels is not None and np.any(picks.labels < -1):
         raise CryoGuardError(f"labels must be >= -1 (-1 = unknown), got {int(picks.labels.min())}")
     tomo_names = _tomo_names_for_writing(picks, tomo_name)
@@ -644,7 +625,7 @@ def star_picks_from_table(
     names (``data_cryoguard_classes`` or ``cryoguardClassName``) and features (every
     column not in ``used``, typed by ``data_cryoguard_features`` when present).
     """
-    _check_coords(coords, path, "have")
+    check_finite_coords(coords, path, "have")
     used = set(used)
     scores = labels_arr = None
     if STAR_SCORE in table:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_cryoguard.checks import check_float
 from napari_cryoguard.errors import CryoGuardError
 
 
@@ -164,13 +165,7 @@ class Picks:
 def positive_voxel_size(value: Any, what: str = "voxel size", source: str = "") -> float:
     """``value`` as a positive, finite number of Angstrom, else one CryoGuardError."""
     prefix = f"{source}: " if source else ""
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise CryoGuardError(f"{prefix}{what} must be a number, got {value!r}") from err
-    if not np.isfinite(v) or v <= 0:
-        raise CryoGuardError(f"{prefix}{what} must be positive and finite, got {value!r}")
-    return v
+    return check_float(f"{prefix}{what}", value, minimum=0.0, strict=True)
 
 
 def voxel_size_or_assumed(value: Any, source: str, notes: list[str]) -> float:

@@ -98,9 +98,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_cryoguard.checks import check_float
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io import coords as _coords
-from napari_cryoguard.io.picks import Picks, tomo_key
+from napari_cryoguard.io.picks import Picks, positive_voxel_size, tomo_key
 
 CENTRED = (
     "rlnCenteredCoordinateXAngst",
@@ -152,10 +153,15 @@ def _numbers(values: np.ndarray, label: str, path: Path) -> np.ndarray:
     return _coords._numeric(values, np.float64, label, path)
 
 
-def _positive(value: float, what: str, path: Path) -> float:
-    if not np.isfinite(value) or value <= 0:
-        raise CryoGuardError(f"{path.name}: {what} must be a positive number, got {value!r}")
-    return float(value)
+def _shape_zyx(value: Any, what: str) -> np.ndarray:
+    """Three positive finite sizes (z, y, x) as float64, else a CryoGuardError."""
+    try:
+        shape = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise CryoGuardError(f"{what} must be (z, y, x) sizes, got {value!r}") from err
+    if shape.shape != (3,) or not np.all(np.isfinite(shape)) or np.any(shape <= 0):
+        raise CryoGuardError(f"{what} must be three positive sizes (z, y, x), got {value!r}")
+    return shape
 
 
 def relion_euler_matrix(rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray) -> np.ndarray:
@@ -246,7 +252,7 @@ def _one_value(path: Path, values: np.ndarray, what: str) -> float:
             f"({', '.join(f'{v:g}' for v in distinct[:5])}); pass voxel_size= to choose the "
             "voxel size the coordinates are in"
         )
-    return _positive(distinct[0], what, path)
+    return check_float(f"{path.name}: {what}", distinct[0], minimum=0.0, strict=True)
 
 
 def _column_value(path: Path, blocks: dict, table: dict, label: str) -> np.ndarray | None:
@@ -266,7 +272,7 @@ def _voxel_size_of_voxel_star(
     n = len(table[XYZ[0]])
     meta = blocks.get(_coords.STAR_META_BLOCK)
     if meta is not None and _coords.STAR_VOXEL_SIZE in meta:
-        return _coords._valid_voxel_size(str(meta[_coords.STAR_VOXEL_SIZE][0]), path)
+        return positive_voxel_size(str(meta[_coords.STAR_VOXEL_SIZE][0]), source=path.name)
     per_row = _optics_per_row(path, blocks, table, "rlnImagePixelSize")
     if per_row is not None and n:
         vs = _one_value(path, per_row, "optics-group pixel sizes (rlnImagePixelSize)")
@@ -385,22 +391,13 @@ def load_tomograms(tomograms: Any, *, source: str = "tomograms=") -> dict[str, T
         for name, value in tomograms.items():
             try:
                 shape, vs = value
-                shape = np.asarray(shape, dtype=np.float64).reshape(-1)
-                vs = float(vs)
             except (TypeError, ValueError) as err:
                 raise CryoGuardError(
                     f"{source}: tomogram {name!r} must map to (shape_zyx, voxel_size), got "
                     f"{value!r}"
                 ) from err
-            if shape.shape != (3,) or not np.all(np.isfinite(shape)) or np.any(shape <= 0):
-                raise CryoGuardError(
-                    f"{source}: tomogram {name!r} shape must be three positive sizes (z, y, x), "
-                    f"got {value[0]!r}"
-                )
-            if not np.isfinite(vs) or vs <= 0:
-                raise CryoGuardError(
-                    f"{source}: tomogram {name!r} voxel size must be positive, got {value[1]!r}"
-                )
+            shape = _shape_zyx(shape, f"{source}: tomogram {name!r} shape")
+            vs = positive_voxel_size(vs, f"tomogram {name!r} voxel size", source=str(source))
             out[str(name)] = TomogramGeometry(shape[::-1] / 2.0, vs)
         return out
     if not isinstance(tomograms, (str, os.PathLike)):
@@ -437,8 +434,8 @@ def load_tomograms(tomograms: Any, *, source: str = "tomograms=") -> dict[str, T
         binning = np.ones(len(pixel))
     out = {}
     for name, size, px, b in zip(table["rlnTomoName"], sizes, pixel, binning, strict=True):
-        _positive(px, f"{TS_PIXEL} of {name}", path)
-        _positive(b, f"{TOMO_BINNING} of {name}", path)
+        check_float(f"{path.name}: {TS_PIXEL} of {name}", px, minimum=0.0, strict=True)
+        check_float(f"{path.name}: {TOMO_BINNING} of {name}", b, minimum=0.0, strict=True)
         if not np.all(np.isfinite(size)) or np.any(size <= 0):
             raise CryoGuardError(f"{path.name}: tomogram {name} has sizes {size.tolist()}")
         out[str(name)] = TomogramGeometry(size / (2.0 * b), px * b, float(px))
@@ -561,7 +558,7 @@ def read_star_picks(
     if not path.is_file():
         raise CryoGuardError(f"pick file not found: {path}")
     if voxel_size is not None:
-        voxel_size = _coords._valid_voxel_size(voxel_size, path)
+        voxel_size = positive_voxel_size(voxel_size, source=path.name)
     blocks = {k: v for k, v in _coords.read_star_blocks(path).items() if v}
     table, kind = _particle_table(path, blocks)
     notes: list[str] = []
@@ -804,12 +801,7 @@ def relion5_columns(
         geometry = load_tomograms(tomograms)
     else:
         geometry = None
-        try:
-            shp = np.asarray(shape, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as err:
-            raise CryoGuardError(f"shape must be (z, y, x) sizes, got {shape!r}") from err
-        if shp.shape != (3,) or not np.all(np.isfinite(shp)) or np.any(shp <= 0):
-            raise CryoGuardError(f"shape must be three positive sizes (z, y, x), got {shape!r}")
+        shp = _shape_zyx(shape, "shape")
         single = TomogramGeometry(shp[::-1] / 2.0, picks.voxel_size)
     if tomo_names is None:
         if geometry is not None and len(geometry) == 1:
