@@ -266,7 +266,7 @@ def test_bim_is_the_plain_loop():
 
 
 def test_pgd_random_start_is_the_plain_loop_from_that_start():
-    from napari_cryoguard.attacks.base import make_generator, random_start
+    from napari_cryoguard.attacks.ops import make_generator, random_start
 
     fast, _ = _pair("cb3d")
     x, y = _batch()

@@ -41,32 +41,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.attacks.base import (
-    Attack,
-    AttackParams,
-    box_rows,
-    check_choice,
-    check_number,
-    clamp,
-    flat_norm,
-    make_generator,
-    normalized_step,
-    other_max,
-    per_sample,
-    project,
-    register_attack,
-)
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.base import Attack, BallParams, register_attack
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.registry import number
 
 __all__ = [
     "APGDCE",
     "APGDT",
     "APGDCEParams",
+    "APGDParams",
     "APGDTParams",
     "apgd_checkpoints",
     "apgd_perturb",
@@ -74,7 +64,7 @@ __all__ = [
     "dlr_loss_targeted",
 ]
 
-Box = tuple[torch.Tensor, torch.Tensor] | None
+Box = ops.Box
 _TINY = 1e-12
 
 
@@ -86,7 +76,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Positive once the sample is misclassified. With 2 classes the denominator is 1.
     """
     z_y = logits.gather(1, y[:, None]).squeeze(1)
-    num = -(z_y - other_max(logits, y))
+    num = -(z_y - ops.other_max(logits, y))
     if logits.shape[1] < 3:
         return num
     s = logits.sort(dim=1, descending=True).values
@@ -131,10 +121,10 @@ def _apgd_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator | N
     """A random start on the boundary: L-inf cube corner direction or L2 sphere."""
     if norm == "linf":
         t = 2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1
-        m = flat_norm(t, "linf").clamp_min(_TINY)
-        return eps * t / per_sample(m, x.dim())
+        m = ops.flat_norm(t, "linf").clamp_min(_TINY)
+        return eps * t / ops.per_sample(m, x.dim())
     t = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    return eps * normalized_step(t, "l2")
+    return eps * ops.normalized_step(t, "l2")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -199,8 +189,8 @@ def apgd_perturb(
     n = x.shape[0]
     dev = x.device
     every = torch.arange(n, device=dev)
-    delta0 = torch.zeros_like(x) if start is None else project(start, norm, eps)
-    x_cur = clamp(x + delta0, box)
+    delta0 = torch.zeros_like(x) if start is None else ops.project(start, norm, eps)
+    x_cur = ops.clamp(x + delta0, box)
     loss, grad, logits = _loss_and_grad(model, x_cur, every, loss_fn)
     if on_first_grad is not None:
         on_first_grad(grad)
@@ -218,11 +208,11 @@ def apgd_perturb(
     for k in range(steps):
         if bool(found.all()):
             break
-        step = per_sample(eta, x.dim()) * normalized_step(grad, norm)
-        z = clamp(x + project(x_cur + step - x, norm, eps), box)
+        step = ops.per_sample(eta, x.dim()) * ops.normalized_step(grad, norm)
+        z = ops.clamp(x + ops.project(x_cur + step - x, norm, eps), box)
         a = momentum if k > 0 else 1.0
         x_new = x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev)
-        x_new = clamp(x + project(x_new - x, norm, eps), box)
+        x_new = ops.clamp(x + ops.project(x_new - x, norm, eps), box)
         act = torch.nonzero(~found).flatten()
         x_prev = x_cur
         x_cur = x_new
@@ -247,34 +237,26 @@ def apgd_perturb(
             stuck = ~reduced_last & (f_max <= f_max_last)
             halve = (osc | stuck) & ~found
             eta = torch.where(halve, eta / 2, eta)
-            x_cur = torch.where(per_sample(halve, x.dim()), x_max, x_cur)
-            x_prev = torch.where(per_sample(halve, x.dim()), x_max, x_prev)
-            grad = torch.where(per_sample(halve, x.dim()), g_max, grad)
+            x_cur = torch.where(ops.per_sample(halve, x.dim()), x_max, x_cur)
+            x_prev = torch.where(ops.per_sample(halve, x.dim()), x_max, x_prev)
+            grad = torch.where(ops.per_sample(halve, x.dim()), g_max, grad)
             loss_prev = torch.where(halve, f_max, loss_prev)
             reduced_last = halve
             f_max_last = f_max.clone()
             increases.zero_()
             last_check = k + 1
-    out = torch.where(per_sample(found, x.dim()), x_found, x_max)
+    out = torch.where(ops.per_sample(found, x.dim()), x_found, x_max)
     return out.detach(), f_max, found
 
 
 # --------------------------------------------------------------------------- params
-def _check_common(p: APGDCEParams | APGDTParams) -> None:
-    check_choice("norm", p.norm, ("linf", "l2"))
-    check_number("eps", p.eps)
-    check_number("steps", p.steps, integer=True)
-    check_number("restarts", p.restarts, minimum=1, integer=True)
-    check_number("rho", p.rho)
-    if not 0.0 < p.momentum <= 1.0:
-        raise CryoGuardError(f"momentum must be in (0, 1], got {p.momentum!r}")
-    if p.rho > 1.0:
-        raise CryoGuardError(f"rho must be in [0, 1], got {p.rho!r}")
+#: APGD's objectives: cross-entropy or the difference of logits ratio
+APGDLoss = Literal["ce", "dlr"]
 
 
 @dataclass
-class APGDCEParams(AttackParams):
-    """Parameters of :class:`APGDCE` (``apgd-ce``).
+class APGDParams(BallParams):
+    """Fields of both APGD attacks.
 
     Attributes
     ----------
@@ -286,12 +268,7 @@ class APGDCEParams(AttackParams):
         Iterations per run (the paper: 100).
     restarts
         Runs from independent random starts, each only on the samples not yet fooled
-        (AutoAttack's standard version: 1).
-    loss
-        ``"ce"`` (APGD-CE) or ``"dlr"`` (APGD-DLR, untargeted).
-    targeted
-        Cross-entropy towards the given target labels (success: ``pred == target``);
-        ``loss="ce"`` only.
+        (AutoAttack's standard version: 1; APGD-T: per target class).
     random_start
         Start each run from a random point of the ball's surface (otherwise at ``x``,
         for the first run).
@@ -301,21 +278,32 @@ class APGDCEParams(AttackParams):
         Seed of the random starts (None: torch's global RNG).
     """
 
-    norm: str = "linf"
-    eps: float = 0.03
-    steps: int = 100
-    restarts: int = 1
-    loss: str = "ce"
-    targeted: bool = False
+    steps: int = number(100, integer=True)
+    restarts: int = number(1, minimum=1, integer=True)
     random_start: bool = True
-    rho: float = 0.75
-    momentum: float = 0.75
+    rho: float = number(0.75, maximum=1.0)
+    momentum: float = number(0.75, strict=True, maximum=1.0)
     seed: int | None = None
+
+
+@dataclass
+class APGDCEParams(APGDParams):
+    """Parameters of :class:`APGDCE` (``apgd-ce``): those of :class:`APGDParams` and
+
+    Attributes
+    ----------
+    loss
+        ``"ce"`` (APGD-CE) or ``"dlr"`` (APGD-DLR, untargeted).
+    targeted
+        Cross-entropy towards the given target labels (success: ``pred == target``);
+        ``loss="ce"`` only.
+    """
+
+    loss: APGDLoss = "ce"
+    targeted: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_common(self)
-        check_choice("loss", self.loss, ("ce", "dlr"))
         if self.targeted and self.loss == "dlr":
             raise CryoGuardError(
                 "apgd-ce: the targeted DLR loss needs the true labels as well as the targets; "
@@ -324,13 +312,11 @@ class APGDCEParams(AttackParams):
 
 
 @dataclass
-class APGDTParams(AttackParams):
-    """Parameters of :class:`APGDT` (``apgd-t``).
+class APGDTParams(APGDParams):
+    """Parameters of :class:`APGDT` (``apgd-t``): those of :class:`APGDParams` and
 
     Attributes
     ----------
-    norm, eps, steps, restarts, random_start, rho, momentum, seed
-        As for :class:`APGDCEParams` (restarts per target class; AutoAttack: 1).
     n_target_classes
         Targets tried, the classes ranked 2nd, 3rd, ... by the clean logits (the
         paper: 9, capped at ``C - 1``).
@@ -338,27 +324,15 @@ class APGDTParams(AttackParams):
         ``"dlr"`` (targeted DLR, the paper) or ``"ce"`` (cross-entropy towards the target).
     """
 
-    norm: str = "linf"
-    eps: float = 0.03
-    steps: int = 100
-    restarts: int = 1
-    n_target_classes: int = 9
-    loss: str = "dlr"
-    random_start: bool = True
-    rho: float = 0.75
-    momentum: float = 0.75
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_common(self)
-        check_number("n_target_classes", self.n_target_classes, minimum=1, integer=True)
-        check_choice("loss", self.loss, ("dlr", "ce"))
+    n_target_classes: int = number(9, minimum=1, integer=True)
+    loss: APGDLoss = "dlr"
 
 
 # --------------------------------------------------------------------------- attacks
 class _APGDBase(Attack):
     """Restarts (and targets) around :func:`apgd_perturb`, on the samples left."""
+
+    norms = ("linf", "l2")
 
     def _runs(self, logits0: torch.Tensor) -> list[torch.Tensor | None]:
         """Per run: target labels (N,) or None (untargeted)."""
@@ -369,7 +343,7 @@ class _APGDBase(Attack):
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p = self.params
-        gen = make_generator(p.seed, x.device)
+        gen = ops.make_generator(p.seed, x.device)
         pred0 = logits0.argmax(1)
         found = (pred0 == y) if self.targeted else (pred0 != y)
         best_x = x.clone()
@@ -399,7 +373,7 @@ class _APGDBase(Attack):
                     loss_fn=loss_fn,
                     success_fn=success_fn,
                     start=start,
-                    box=box_rows(box, rows),
+                    box=ops.box_rows(box, rows),
                     rho=p.rho,
                     momentum=p.momentum,
                     on_first_grad=note if first else None,
@@ -432,6 +406,8 @@ class APGDCE(_APGDBase):
     -------
     >>> run_attack("apgd-ce", model, x, y, eps=0.03, steps=100, seed=0)  # doctest: +SKIP
     """
+
+    quick_params = {"eps": 0.1, "steps": 5, "seed": 0}
 
     def _runs(self, logits0):  # type: ignore[override]
         return [None]
@@ -468,6 +444,8 @@ class APGDT(_APGDBase):
     -------
     >>> run_attack("apgd-t", model, x, y, eps=0.03, steps=100, n_target_classes=9)  # doctest: +SKIP
     """
+
+    quick_params = {"eps": 0.1, "steps": 5, "n_target_classes": 2, "seed": 0}
 
     def _runs(self, logits0):  # type: ignore[override]
         p: APGDTParams = self.params  # type: ignore[assignment]

@@ -50,21 +50,37 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.attacks.ops import (
+    Bounds,
+    as_batch,
+    as_labels,
+    check_logits,
+    flat_norm,
+    model_device,
+    model_layout,
+    resolve_bounds,
+    zero_gradient_mask,
+)
+from napari_cryoguard.attacks.units import EpsUnit
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.params import Loss, Norm
+from napari_cryoguard.registry import Registry, check_fields, number
 
 __all__ = [
+    "ATTACKS",
     "Attack",
     "AttackParams",
     "AttackResult",
+    "BallParams",
+    "Bounds",
     "available_attacks",
     "get_attack_class",
     "get_attack_params",
@@ -73,32 +89,7 @@ __all__ = [
     "run_attack",
 ]
 
-Bounds = tuple[float, float] | str | None
-_NORMS = ("linf", "l2")
-
-
 # --------------------------------------------------------------------------- params
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    """Raise ``CryoGuardError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise CryoGuardError(
-            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-        )
-
-
-def check_number(
-    name: str, value: Any, *, minimum: float = 0.0, strict: bool = False, integer: bool = False
-) -> None:
-    """Raise ``CryoGuardError`` unless ``value`` is a finite number >= (or >) ``minimum``."""
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or not math.isfinite(float(value)):
-        kind = "an integer" if integer else "a finite number"
-        raise CryoGuardError(f"{name} must be {kind}, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        op = ">" if strict else ">="
-        raise CryoGuardError(f"{name} must be {op} {minimum}, got {value!r}")
-
-
 @dataclass
 class AttackParams:
     """Fields shared by every attack.
@@ -116,12 +107,10 @@ class AttackParams:
     """
 
     bounds: tuple[float, float] | str | None = None
-    eps_unit: str = "normalized"
+    eps_unit: EpsUnit = "normalized"
 
     def __post_init__(self) -> None:
-        from napari_cryoguard.attacks.units import check_eps_unit
-
-        check_eps_unit(self.eps_unit)
+        check_fields(self)  # number() ranges and Literal choices of every field
         b = self.bounds
         if b is None or b == "sample":
             return
@@ -134,6 +123,53 @@ class AttackParams:
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise CryoGuardError(f"bounds (lo, hi) need finite lo < hi, got {b!r}")
         self.bounds = (lo, hi)
+
+
+@dataclass
+class BallParams(AttackParams):
+    """Fields of an attack bounded by a ball ``||x_adv - x||_norm <= eps``.
+
+    Attributes
+    ----------
+    norm
+        ``"linf"`` or ``"l2"``: the ball, and the norm results are reported in.
+    eps
+        Budget (the ball's radius) in the data's units (normalised units for z-scored
+        subtomograms; an L2 budget is the norm of the whole cube), or with
+        ``eps_unit="range"`` a fraction of each sample's intensity range.
+    """
+
+    norm: Norm = "linf"
+    eps: float = number(0.03)
+
+
+@dataclass
+class StepParams(BallParams):
+    """:class:`BallParams` of an iterative gradient attack with a fixed step.
+
+    Attributes
+    ----------
+    step_size
+        Step per iteration. ``None``: ``2.5 * eps / steps`` (Madry et al.; IMA writes it
+        ``alpha * eps / N_PGD``).
+    steps
+        Iterations.
+    loss
+        ``"ce"`` (cross-entropy) or ``"margin"`` (CW margin).
+    targeted
+        Move towards the given target labels instead.
+    """
+
+    step_size: float | None = number(0.001)
+    steps: int = number(10, integer=True)
+    loss: Loss = "ce"
+    targeted: bool = False
+
+    def resolved_step(self) -> float:
+        """``step_size``, or ``2.5 * eps / steps`` when it is None."""
+        if self.step_size is not None:
+            return float(self.step_size)
+        return 2.5 * self.eps / max(self.steps, 1)
 
 
 # --------------------------------------------------------------------------- result
@@ -309,193 +345,6 @@ class AttackResult:
         )
 
 
-# --------------------------------------------------------------------------- helpers
-def as_batch(
-    x: Any,
-    device: torch.device | None = None,
-    memory_format: torch.memory_format | None = None,
-) -> torch.Tensor:
-    """(N, 1, D, H, W) float32 copy of ``x`` ((N, D, H, W) or 5D, tensor or numpy).
-
-    ``memory_format``: that of the model's weights
-    (:func:`napari_cryoguard.device.model_memory_format`), so the batch is converted
-    once here rather than by every layer.
-    """
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    if t.dim() == 4:
-        t = t.unsqueeze(1)
-    if t.dim() != 5 or t.shape[1] != 1:
-        raise CryoGuardError(
-            f"expected subtomograms of shape (N, D, H, W) or (N, 1, D, H, W), got {tuple(t.shape)}"
-        )
-    if t.shape[0] == 0:
-        raise CryoGuardError("no subtomograms to attack (empty batch)")
-    if t.is_complex() or t.dtype == torch.bool:
-        raise CryoGuardError(f"subtomograms must be real numbers, got dtype {t.dtype}")
-    out = t.to(device=device, dtype=torch.float32, copy=True)
-    if memory_format is not None:  # once per batch (no copy for one channel)
-        from napari_cryoguard.device import to_model_layout
-
-        out = to_model_layout(out, memory_format)
-    if not torch.isfinite(out).all():
-        raise CryoGuardError("subtomograms contain NaN or infinite values")
-    return out
-
-
-def as_labels(y: Any, n: int, device: torch.device | None = None) -> torch.Tensor:
-    """(N,) int64 labels on ``device``."""
-    t = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
-    t = t.reshape(-1)
-    if t.numel() == 1 and n > 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise CryoGuardError(f"expected {n} labels, got {t.numel()}")
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise CryoGuardError("labels must be integers")
-    return t.to(device=device, dtype=torch.long).clone()
-
-
-def flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample norm (N,) of a batch: ``"linf"``, ``"l2"`` or ``"l1"``."""
-    f = t.flatten(1)
-    if norm == "linf":
-        return f.abs().amax(dim=1)
-    if norm == "l2":
-        return torch.linalg.vector_norm(f, ord=2, dim=1)
-    if norm == "l1":
-        return f.abs().sum(dim=1)
-    raise CryoGuardError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
-
-
-def per_sample(v: torch.Tensor, ndim: int = 5) -> torch.Tensor:
-    """Reshape a (N,) tensor to broadcast against (N, 1, D, H, W)."""
-    return v.reshape(-1, *([1] * (ndim - 1)))
-
-
-def resolve_bounds(bounds: Bounds, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Lower/upper bound tensors broadcastable to ``x``, or None for no clamp."""
-    if bounds is None:
-        return None
-    if bounds == "sample":
-        f = x.flatten(1)
-        return per_sample(f.amin(1)), per_sample(f.amax(1))
-    lo, hi = (float(v) for v in bounds)  # validated by AttackParams
-    if bool((x < lo).any()) or bool((x > hi).any()):
-        raise CryoGuardError(
-            f"the input has values in [{float(x.min()):.4g}, {float(x.max()):.4g}], outside "
-            f"bounds ({lo:g}, {hi:g}); clip the data to the bounds first, or use "
-            "bounds='sample' or bounds=None"
-        )
-    return x.new_tensor(lo), x.new_tensor(hi)
-
-
-def clamp(x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """Clamp to the value box (no-op for None)."""
-    if box is None:
-        return x
-    return torch.maximum(torch.minimum(x, box[1]), box[0])
-
-
-def box_rows(
-    box: tuple[torch.Tensor, torch.Tensor] | None, rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The value box restricted to some rows (per-sample bounds are (N, 1, 1, 1, 1))."""
-    if box is None:
-        return None
-    lo, hi = box
-    return (lo[rows] if lo.dim() else lo, hi[rows] if hi.dim() else hi)
-
-
-def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """Project a perturbation batch onto the ``norm`` ball of radius ``eps``."""
-    if norm == "linf":
-        return delta.clamp(-eps, eps)
-    n = flat_norm(delta, "l2")
-    factor = torch.where(n > eps, eps / n.clamp_min(1e-30), torch.ones_like(n))
-    return delta * per_sample(factor, delta.dim())
-
-
-def normalized_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction of unit size: sign (L-inf) or g / ||g||_2 (L2)."""
-    if norm == "linf":
-        return grad.sign()
-    n = flat_norm(grad, "l2")
-    return grad / per_sample(torch.where(n > 0, n, torch.ones_like(n)), grad.dim())
-
-
-def random_start(
-    x: torch.Tensor, norm: str, eps: float, gen: torch.Generator | None
-) -> torch.Tensor:
-    """A random perturbation in the ``norm`` ball: uniform (L-inf) or uniform in the L2 ball."""
-    if norm == "linf":
-        u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        return (2 * u - 1) * eps
-    g = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    d = g[0].numel()
-    r = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) ** (1.0 / d)
-    return normalized_step(g, "l2") * per_sample(r * eps, x.dim())
-
-
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A seeded ``torch.Generator`` on ``device`` (None: the global RNG)."""
-    if seed is None:
-        return None
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    return gen
-
-
-def other_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Largest logit among the classes other than ``labels`` (N,)."""
-    masked = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
-    return masked.amax(dim=1)
-
-
-def margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
-    """Carlini-Wagner margin, positive when the attack has succeeded (N,).
-
-    Untargeted: ``max_{j != y} z_j - z_y``; targeted: ``z_t - max_{j != t} z_j``.
-    """
-    z = logits.gather(1, labels[:, None]).squeeze(1)
-    if targeted:
-        return z - other_max(logits, labels)
-    return other_max(logits, labels) - z
-
-
-def objective(
-    logits: torch.Tensor, labels: torch.Tensor, loss: str, targeted: bool
-) -> torch.Tensor:
-    """Per-sample quantity an attack ascends (N,): cross-entropy or CW margin.
-
-    ``"ce"``: ``CE(z, y)`` untargeted, ``-CE(z, t)`` targeted. ``"margin"``: :func:`margin`
-    (the margin loss of IMA's 100-PGD evaluation and of CW, IMA paper "Evaluation").
-    """
-    if loss == "ce":
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        return -ce if targeted else ce
-    if loss == "margin":
-        return margin(logits, labels, targeted)
-    raise CryoGuardError(f"unknown loss {loss!r}; use 'ce' or 'margin'")
-
-
-def input_gradient(
-    model: nn.Module,
-    x: torch.Tensor,
-    fn: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient of ``fn(model(x)).sum()`` w.r.t. ``x``, logits), input gradient only."""
-    xg = x.detach().requires_grad_(True)
-    logits = model(xg)
-    (grad,) = torch.autograd.grad(fn(logits).sum(), xg)
-    return grad, logits.detach()
-
-
-def zero_gradient_mask(grad: torch.Tensor) -> torch.Tensor:
-    """Bool (N,): samples whose input gradient is exactly zero everywhere."""
-    return grad.flatten(1).abs().amax(dim=1) == 0
-
-
 # --------------------------------------------------------------------------- base class
 class Attack:
     """Base class: subclasses set ``name``/``params_cls`` (via :func:`register_attack`)
@@ -512,6 +361,78 @@ class Attack:
     default_norm: ClassVar[str] = "linf"
     #: whether the attack uses gradients (decision-based attacks set False)
     uses_gradients: ClassVar[bool] = True
+
+    # -- facts an evaluation reads (napari_cryoguard.evaluate.suite): no name branches
+    #: the norms the attack offers (the choices of its ``norm`` field, or ``default_norm``)
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    #: a minimal-perturbation attack (one run, a sample counts as fooled at budget ``b``
+    #: when its distance is ``<= b``) rather than a bounded one (one run per budget)
+    minimal: ClassVar[bool] = False
+    #: the parameter a bounded attack takes each budget in (None: none)
+    budget_field: ClassVar[str | None] = "eps"
+    #: minimal attacks: the parameter that caps the search, set (unless given) to the
+    #: largest budget of the curve (None: an unbounded search)
+    search_limit: ClassVar[str | None] = None
+    #: the largest value ``search_limit`` takes (None: no cap)
+    search_max: ClassVar[float | None] = None
+    #: what the budget measures, in axis labels: ``"eps"``, ``"margin"``, ...
+    budget_name: ClassVar[str] = "eps"
+    #: the budget's unit: ``"normalized"`` (the data's units, or the range with
+    #: ``eps_unit="range"``; the label names the norm) or ``"fraction"`` (unitless)
+    budget_unit: ClassVar[str] = "normalized"
+    #: minimal attacks: the ``extras`` key holding each sample's distance (None: the
+    #: margins where the attack returns them, else the perturbation norm)
+    distance_key: ClassVar[str | None] = None
+    #: small, effective parameters for the contract tests (a tiny model, 16^3 cubes);
+    #: every registered attack declares them (tests/attacks/test_attack_contract.py)
+    quick_params: ClassVar[dict[str, Any] | None] = None
+
+    @classmethod
+    def is_minimal(cls, params: Mapping[str, Any]) -> bool:
+        """Whether the attack, with these parameters, is minimal (see :attr:`minimal`)."""
+        return cls.minimal
+
+    @classmethod
+    def norm_of(cls, params: Mapping[str, Any]) -> str:
+        """The norm the attack runs in with these parameters (its default otherwise)."""
+        default = getattr(cls.params_cls, "norm", cls.default_norm)
+        return str(params.get("norm", default))
+
+    @classmethod
+    def budget_label(cls, params: Mapping[str, Any]) -> str:
+        """The name of the budget axis, e.g. ``"eps (L-inf, normalised units)"``."""
+        if cls.budget_unit == "fraction":
+            return cls.budget_name
+        norm = "L2" if cls.norm_of(params) == "l2" else "L-inf"
+        if params.get("eps_unit") == "range":
+            unit = "fraction of each sample's intensity range"
+        else:
+            unit = "normalised units"
+        return f"{cls.budget_name} ({norm}, {unit})"
+
+    @classmethod
+    def cell_params(
+        cls, params: Mapping[str, Any], budget: float, minimal: bool | None = None
+    ) -> dict[str, Any]:
+        """``params`` for one evaluation run at ``budget``: a bounded attack takes it in
+        :attr:`budget_field`; a minimal one in :attr:`search_limit` (unless given)."""
+        out = dict(params)
+        if minimal is None:
+            minimal = cls.is_minimal(params)
+        if not minimal:
+            if cls.budget_field is not None:
+                out[cls.budget_field] = float(budget)
+        elif cls.search_limit is not None:
+            cap = float(budget) if cls.search_max is None else min(float(budget), cls.search_max)
+            out.setdefault(cls.search_limit, cap)
+        return out
+
+    @classmethod
+    def distance(cls, res: AttackResult) -> torch.Tensor:
+        """Per sample, the distance a minimal attack reached (N,)."""
+        if cls.distance_key is not None:
+            return res.extras[cls.distance_key]
+        return res.margins if res.margins is not None else res.norm
 
     def __init__(self, params: AttackParams | None = None, **kwargs: Any) -> None:
         if params is not None and kwargs:
@@ -583,8 +504,8 @@ class Attack:
             return call_in_range_units(self, model, x, y)  # per-sample rescaled coordinates
         # normal autograd even when called under torch.no_grad() / inference_mode()
         with torch.inference_mode(False), torch.enable_grad():
-            device = _model_device(model)
-            xb = as_batch(x, device, _model_layout(model))
+            device = model_device(model)
+            xb = as_batch(x, device, model_layout(model))
             yb = as_labels(y, xb.shape[0], device)
             box = resolve_bounds(self.params.bounds, xb)
             modes = [(m, m.training) for m in model.modules()]
@@ -661,37 +582,18 @@ class Attack:
         )
 
 
-def _model_layout(model: nn.Module) -> torch.memory_format:
-    from napari_cryoguard.device import model_memory_format
-
-    return model_memory_format(model)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def check_logits(logits: torch.Tensor, n: int, y: torch.Tensor) -> None:
-    if logits.dim() != 2 or logits.shape[0] != n:
-        raise CryoGuardError(
-            f"the model returned shape {tuple(logits.shape)}, expected logits ({n}, C)"
-        )
-    c = logits.shape[1]
-    if bool((y < 0).any()) or bool((y >= c).any()):
-        raise CryoGuardError(f"labels must be in [0, {c - 1}] for a {c}-class model")
-
-
 # --------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, type[Attack]] = {}
+#: Every attack, by name. Built-in attacks live one per module of this package and are
+#: found by importing its modules (all but the infrastructure ones named here).
+ATTACKS: Registry[type[Attack]] = Registry(
+    "attack",
+    package="napari_cryoguard.attacks",
+    private=("base", "ops", "dataset", "units"),
+    base=Attack,
+    required_fields=("bounds",),
+)
+_REGISTRY = ATTACKS.entries
 _A = TypeVar("_A", bound=type[Attack])
-
-
-def _key(name: str) -> str:
-    return str(name).strip().lower().replace("-", "_")
 
 
 def register_attack(name: str, params_cls: type[AttackParams]) -> Callable[[_A], _A]:
@@ -700,70 +602,27 @@ def register_attack(name: str, params_cls: type[AttackParams]) -> Callable[[_A],
     Sets ``cls.name`` and ``cls.params_cls``; ``params_cls`` must be a dataclass
     (normally a subclass of :class:`AttackParams`, which supplies ``bounds``).
     """
-    if not dataclasses.is_dataclass(params_cls) or "bounds" not in {
-        f.name for f in dataclasses.fields(params_cls)
-    }:
-        raise TypeError(f"params_cls of attack {name!r} must be a dataclass with a bounds field")
-    key = _key(name)
-
-    def decorator(cls: _A) -> _A:
-        if key in _REGISTRY and _REGISTRY[key] is not cls:
-            raise ValueError(f"an attack named {key!r} is already registered")
-        cls.name = key
-        cls.params_cls = params_cls
-        _REGISTRY[key] = cls
-        return cls
-
-    return decorator
-
-
-def _ensure_builtin() -> None:
-    # importing the modules runs their @register_attack decorators
-    from napari_cryoguard.attacks import (  # noqa: F401
-        apgd,
-        bpgd,
-        cw,
-        deepfool,
-        gradient,
-        noise,
-        square,
-    )
+    return ATTACKS.register(name, params_cls)
 
 
 def available_attacks() -> list[str]:
     """Names of all registered attacks, sorted."""
-    _ensure_builtin()
-    return sorted(_REGISTRY)
+    return ATTACKS.names()
 
 
 def get_attack_class(name: str) -> type[Attack]:
     """The :class:`Attack` subclass registered as ``name``."""
-    _ensure_builtin()
-    key = _key(name)
-    if key not in _REGISTRY:
-        raise CryoGuardError(f"unknown attack {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[key]
+    return ATTACKS.get(name)
 
 
 def get_attack_params(name: str) -> type[AttackParams]:
     """The parameter dataclass of attack ``name`` (for GUI forms and CLI options)."""
-    return get_attack_class(name).params_cls
+    return ATTACKS.params_class(name)
 
 
 def build_params(params_cls: type[AttackParams], name: str, params: dict[str, Any]) -> AttackParams:
     """Instantiate ``params_cls`` from keywords, rejecting unknown names clearly."""
-    fields = {f.name for f in dataclasses.fields(params_cls)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise CryoGuardError(
-            f"unknown parameter(s) {', '.join(unknown)} for attack {name!r}; "
-            f"valid: {', '.join(f.name for f in dataclasses.fields(params_cls))}"
-        )
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    try:
-        return params_cls(**clean)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"invalid parameters for attack {name!r}: {exc}") from exc
+    return ATTACKS.build(params_cls, name, params)
 
 
 def make_attack(name: str, **params: Any) -> Attack:

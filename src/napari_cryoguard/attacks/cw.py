@@ -17,19 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from napari_cryoguard.attacks.base import (
-    Attack,
-    AttackParams,
-    check_choice,
-    check_number,
-    flat_norm,
-    make_generator,
-    margin,
-    per_sample,
-    random_start,
-    register_attack,
-)
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.base import Attack, AttackParams, register_attack
 from napari_cryoguard.attacks.gradient import first_step, pgd_perturb
+from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import number
 
 __all__ = ["CW", "CWLinf", "CWLinfParams", "CWParams"]
 
@@ -64,27 +56,16 @@ class CWParams(AttackParams):
         Make the prediction equal the target labels.
     """
 
-    norm: str = "l2"
-    confidence: float = 0.0
-    steps: int = 100
-    binary_search_steps: int = 9
-    initial_const: float = 1e-3
-    lr: float = 0.01
+    norm: Norm = "l2"
+    confidence: float = number(0.0)
+    steps: int = number(100, integer=True)
+    binary_search_steps: int = number(9, minimum=1, integer=True)
+    initial_const: float = number(1e-3, strict=True)
+    lr: float = number(0.01, strict=True)
     abort_early: bool = True
-    eps: float = 5 / 255
-    step_size: float = 0.001
+    eps: float = number(5 / 255)
+    step_size: float = number(0.001)
     targeted: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("norm", self.norm, ("l2", "linf"))
-        check_number("confidence", self.confidence)
-        check_number("steps", self.steps, integer=True)
-        check_number("binary_search_steps", self.binary_search_steps, minimum=1, integer=True)
-        check_number("initial_const", self.initial_const, strict=True)
-        check_number("lr", self.lr, strict=True)
-        check_number("eps", self.eps)
-        check_number("step_size", self.step_size)
 
 
 @register_attack("cw", CWParams)
@@ -111,33 +92,31 @@ class CW(Attack):
     >>> run_attack("cw", model, x, y, steps=200, binary_search_steps=5)  # doctest: +SKIP
     """
 
+    norms = ("l2", "linf")
+    minimal = True
+    quick_params = {"steps": 10, "binary_search_steps": 2, "initial_const": 1.0, "lr": 0.05}
     _grad0: torch.Tensor | None = None
+
+    @classmethod
+    def is_minimal(cls, params):  # type: ignore[override]
+        return cls.norm_of(params) != "linf"  # CW-L-inf takes its budget as eps
+
+    def _pgd_from_x(self) -> bool:
+        """CW-L-inf starting at ``x``: the clean forward pass is also the first step's."""
+        p: CWParams = self.params  # type: ignore[assignment]
+        return p.norm == "linf" and p.steps > 0
 
     def _clean_logits(self, model, x, y):  # type: ignore[override]
         p: CWParams = self.params  # type: ignore[assignment]
         self._grad0 = None
-        if p.norm != "linf" or p.steps == 0:
+        if not self._pgd_from_x():
             return super()._clean_logits(model, x, y)
         return first_step(self, model, x, y, _clipped_margin(y, p.targeted, p.confidence))
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: CWParams = self.params  # type: ignore[assignment]
         if p.norm == "linf":
-            return _cw_linf(
-                self,
-                logits0,
-                model,
-                x,
-                y,
-                box,
-                p.eps,
-                p.step_size,
-                p.steps,
-                p.confidence,
-                p.targeted,
-                False,
-                None,
-            )
+            return _cw_linf(self, logits0, model, x, y, box, p)
         return _cw_l2(self, model, x, y, box, p)
 
 
@@ -163,24 +142,17 @@ class CWLinfParams(AttackParams):
         Seed of the random start.
     """
 
-    eps: float = 5 / 255
-    step_size: float = 0.001
-    steps: int = 10
-    confidence: float = 0.0
+    eps: float = number(5 / 255)
+    step_size: float = number(0.001)
+    steps: int = number(10, integer=True)
+    confidence: float = number(0.0)
     random_start: bool = False
     targeted: bool = False
     seed: int | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("eps", self.eps)
-        check_number("step_size", self.step_size)
-        check_number("steps", self.steps, integer=True)
-        check_number("confidence", self.confidence)
-
 
 @register_attack("cw_linf", CWLinfParams)
-class CWLinf(Attack):
+class CWLinf(CW):
     """CW-L-inf of MIRST-DM section 2.1: PGD (sign steps, eps-box) on the CW margin loss.
 
     Ascends ``min(max_{j != y} z_j - z_y, kappa)`` (targeted: ``min(z_t - max_{j != t} z_j,
@@ -194,58 +166,44 @@ class CWLinf(Attack):
     """
 
     default_norm = "linf"
-    _grad0: torch.Tensor | None = None
+    norms = ("linf",)
+    minimal = False
+    quick_params = {"eps": 0.1, "step_size": 0.02, "steps": 5}
 
-    def _clean_logits(self, model, x, y):  # type: ignore[override]
+    def _pgd_from_x(self) -> bool:
         p: CWLinfParams = self.params  # type: ignore[assignment]
-        self._grad0 = None
-        if p.random_start or p.steps == 0:
-            return super()._clean_logits(model, x, y)
-        return first_step(self, model, x, y, _clipped_margin(y, p.targeted, p.confidence))
+        return not p.random_start and p.steps > 0
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
-        p: CWLinfParams = self.params  # type: ignore[assignment]
-        return _cw_linf(
-            self,
-            logits0,
-            model,
-            x,
-            y,
-            box,
-            p.eps,
-            p.step_size,
-            p.steps,
-            p.confidence,
-            p.targeted,
-            p.random_start,
-            p.seed,
-        )
+        return _cw_linf(self, logits0, model, x, y, box, self.params)
 
 
 def _clipped_margin(y: torch.Tensor, targeted: bool, kappa: float):
     """The CW-L-inf objective ``min(margin, kappa)`` per sample, as a function of logits."""
 
     def fn(z: torch.Tensor) -> torch.Tensor:
-        return margin(z, y, targeted).clamp(max=kappa)
+        return ops.margin(z, y, targeted).clamp(max=kappa)
 
     return fn
 
 
-def _cw_linf(attack, logits0, model, x, y, box, eps, step, steps, kappa, targeted, rand, seed):
-    """PGD with sign steps on the clipped CW margin (MIRST-DM 2.1).
+def _cw_linf(attack, logits0, model, x, y, box, p: CWParams | CWLinfParams):
+    """PGD with sign steps on the clipped CW margin (MIRST-DM 2.1), budget ``p.eps``.
 
     Without a random start the clean forward pass is also the first step's
     (:func:`~napari_cryoguard.attacks.gradient.first_step`): ``steps + 1`` forward
     passes in all, ``steps`` backward passes.
     """
+    eps, steps, kappa, targeted = p.eps, p.steps, p.confidence, p.targeted
+    rand, seed = getattr(p, "random_start", False), getattr(p, "seed", None)
     # the clipped loss has a zero gradient where the margin already reaches kappa:
     # only the other samples are checked for a vanishing input gradient
-    unsaturated = torch.nonzero(margin(logits0, y, targeted) < kappa).flatten()
+    unsaturated = torch.nonzero(ops.margin(logits0, y, targeted) < kappa).flatten()
 
     def check(grad: torch.Tensor) -> None:
         attack._note_gradient(grad[unsaturated], unsaturated)
 
-    start = random_start(x, "linf", eps, make_generator(seed, x.device)) if rand else None
+    start = ops.random_start(x, "linf", eps, ops.make_generator(seed, x.device)) if rand else None
     grad0, attack._grad0 = getattr(attack, "_grad0", None), None
     x_adv = pgd_perturb(
         model,
@@ -253,7 +211,7 @@ def _cw_linf(attack, logits0, model, x, y, box, eps, step, steps, kappa, targete
         y,
         norm="linf",
         eps=eps,
-        step_size=step,
+        step_size=p.step_size,
         steps=steps,
         targeted=targeted,
         start=start,
@@ -316,7 +274,7 @@ def _cw_l2(attack, model, x, y, box, p: CWParams):
             wg = w.detach().requires_grad_(True)
             xa = to_x(wg)
             logits = model(xa)
-            mg = margin(logits, y, p.targeted)  # > 0: adversarial
+            mg = ops.margin(logits, y, p.targeted)  # > 0: adversarial
             hinge = (kappa - mg).clamp_min(0)
             dist = (xa - x_ref).flatten(1).square().sum(1)
             loss = (dist + const * hinge).sum()
@@ -331,9 +289,9 @@ def _cw_l2(attack, model, x, y, box, p: CWParams):
                 ok = (mg >= kappa) if kappa > 0 else (mg > 0)
                 ok = ok & _argmax_ok(logits, y, p.targeted)
                 xa_d = xa.detach()
-                nrm = flat_norm(xa_d - x, "l2")
+                nrm = ops.flat_norm(xa_d - x, "l2")
                 better = ok & (nrm < best_norm)
-                best_x = torch.where(per_sample(better), xa_d, best_x)
+                best_x = torch.where(ops.per_sample(better), xa_d, best_x)
                 best_norm = torch.where(better, nrm, best_norm)
                 found |= ok
                 w = w - _adam(step + 1, g, m, v, p.lr)

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from napari_cryoguard._progress import drain
-from napari_cryoguard.attacks.base import AttackResult, _model_device, make_attack
+from napari_cryoguard.attacks.base import AttackResult, make_attack
+from napari_cryoguard.attacks.ops import model_device
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = ["AttackProgress", "AttackResultWriter", "attack_dataset", "iter_attack_dataset"]
@@ -37,7 +38,7 @@ def _resolve_device(device: str | torch.device | None, model: nn.Module) -> torc
     try:
         from napari_cryoguard.device import resolve_device
     except ImportError:  # pragma: no cover - device.py is part of the package
-        return _model_device(model) if device in (None, "auto") else torch.device(device)
+        return model_device(model) if device in (None, "auto") else torch.device(device)
     return resolve_device(device)
 
 
@@ -109,7 +110,7 @@ def iter_attack_dataset(
     if total == 0:
         raise CryoGuardError("no subtomograms to attack")
     dev = _resolve_device(device, model)
-    home = _model_device(model)
+    home = model_device(model)
     model.to(dev)
     results: list[AttackResult] = []
     small: dict | None = None

@@ -11,17 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from napari_cryoguard.attacks.base import (
-    Attack,
-    AttackParams,
-    box_rows,
-    check_choice,
-    check_number,
-    clamp,
-    flat_norm,
-    per_sample,
-    register_attack,
-)
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.base import Attack, AttackParams, register_attack
+from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import number
 
 __all__ = ["DeepFool", "DeepFoolParams"]
 
@@ -44,18 +37,10 @@ class DeepFoolParams(AttackParams):
         (including the true class); ``None`` = all classes. Default 10 (DeepFool paper).
     """
 
-    norm: str = "l2"
-    steps: int = 50
-    overshoot: float = 0.02
-    candidates: int | None = 10
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("norm", self.norm, ("l2", "linf"))
-        check_number("steps", self.steps, integer=True)
-        check_number("overshoot", self.overshoot)
-        if self.candidates is not None:
-            check_number("candidates", self.candidates, minimum=2, integer=True)
+    norm: Norm = "l2"
+    steps: int = number(50, integer=True)
+    overshoot: float = number(0.02)
+    candidates: int | None = number(10, minimum=2, integer=True)
 
 
 @register_attack("deepfool", DeepFoolParams)
@@ -67,7 +52,7 @@ class DeepFool(Attack):
     ``|f_k| / ||g_k||_q`` (q = 2 for L2, q = 1 for L-inf, the dual norm); the closest
     ``k`` gives the step ``(|f_k| + 1e-4) / ||g_k||_2^2 * g_k`` (L2) or
     ``(|f_k| + 1e-4) / ||g_k||_1 * sign(g_k)`` (L-inf). Steps accumulate in ``r`` and
-    ``x_adv = clamp(x + (1 + overshoot) * r)``. Each sample stops as soon as it is
+    ``x_adv = ops.clamp(x + (1 + overshoot) * r)``. Each sample stops as soon as it is
     misclassified (it is then dropped from the batch), so the perturbation is minimal
     in the sense of DeepFool. No budget: report ``norm`` (``norm``-distance).
     Untargeted only. ``extras["sample_steps"]``: iterations per sample.
@@ -77,6 +62,11 @@ class DeepFool(Attack):
     >>> res = run_attack("deepfool", model, x, y, norm="linf")  # doctest: +SKIP
     >>> res.norm[res.success].median()  # doctest: +SKIP
     """
+
+    norms = ("l2", "linf")
+    minimal = True
+    budget_field = None  # no budget: the distance is the result
+    quick_params = {"steps": 10}
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: DeepFoolParams = self.params  # type: ignore[assignment]
@@ -115,7 +105,7 @@ class DeepFool(Attack):
             g_all = torch.stack(grads, 1)  # (m, k-1, 1, D, H, W)
             if it == 0:
                 self._note_gradient(g_all.flatten(1), active)
-            gnorm = flat_norm(g_all.flatten(0, 1), q).view(f_all.shape)
+            gnorm = ops.flat_norm(g_all.flatten(0, 1), q).view(f_all.shape)
             dist = torch.where(
                 gnorm > 0,
                 f_all.abs() / gnorm.clamp_min(1e-30),
@@ -133,9 +123,9 @@ class DeepFool(Attack):
                 scale = f_b / gn_b.clamp_min(1e-30)
                 direction = g_b.sign()
             scale = torch.where(gn_b > 0, scale, torch.zeros_like(scale))
-            r_total[active] += direction * per_sample(scale)
-            x_adv[active] = clamp(
-                x[active] + (1.0 + p.overshoot) * r_total[active], box_rows(box, active)
+            r_total[active] += direction * ops.per_sample(scale)
+            x_adv[active] = ops.clamp(
+                x[active] + (1.0 + p.overshoot) * r_total[active], ops.box_rows(box, active)
             )
             sample_steps[active] += 1
             used = it + 1

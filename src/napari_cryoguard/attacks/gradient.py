@@ -21,21 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from napari_cryoguard.attacks.base import (
-    Attack,
-    AttackParams,
-    check_choice,
-    check_logits,
-    check_number,
-    clamp,
-    input_gradient,
-    make_generator,
-    normalized_step,
-    objective,
-    project,
-    random_start,
-    register_attack,
-)
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.base import Attack, AttackParams, StepParams, register_attack
+from napari_cryoguard.registry import number
 
 __all__ = [
     "BIM",
@@ -48,7 +36,7 @@ __all__ = [
     "pgd_perturb",
 ]
 
-Box = tuple[torch.Tensor, torch.Tensor] | None
+Box = ops.Box
 
 
 @dataclass
@@ -63,12 +51,8 @@ class FGSMParams(AttackParams):
         Step towards the target labels (``-eps * sign(grad CE(x, t))``).
     """
 
-    eps: float = 0.03
+    eps: float = number(0.03)
     targeted: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("eps", self.eps)
 
 
 @register_attack("fgsm", FGSMParams)
@@ -87,14 +71,15 @@ class FGSM(Attack):
     """
 
     default_norm = "linf"
+    quick_params = {"eps": 0.1}
 
     def _clean_logits(self, model, x, y):  # type: ignore[override]
         # one forward pass gives both the clean logits and the gradient at x
         p: FGSMParams = self.params  # type: ignore[assignment]
         xg = x.detach().requires_grad_(True)
         logits = model(xg)
-        check_logits(logits, x.shape[0], y)
-        (grad,) = torch.autograd.grad(objective(logits.float(), y, "ce", p.targeted).sum(), xg)
+        ops.check_logits(logits, x.shape[0], y)
+        (grad,) = torch.autograd.grad(ops.objective(logits.float(), y, "ce", p.targeted).sum(), xg)
         self._grad0 = grad
         return logits.detach().float()
 
@@ -103,12 +88,14 @@ class FGSM(Attack):
         grad, self._grad0 = self._grad0, None
         self._note_gradient(grad)
         delta = (p.eps * grad.sign()).clamp(-p.eps, p.eps)
-        return clamp(x + delta, box), 1, {}
+        return ops.clamp(x + delta, box), 1, {}
 
 
 @dataclass
-class PGDParams(AttackParams):
-    """Parameters of :class:`PGD`.
+class BIMParams(StepParams):
+    """Parameters of :class:`BIM`: PGD's fields without random start or restarts.
+
+    Defaults: RAT Eq. (3) -- eps 0.01, step 0.001, 10 steps.
 
     Attributes
     ----------
@@ -122,43 +109,33 @@ class PGDParams(AttackParams):
         (Madry et al.; IMA writes it ``alpha * eps / N_PGD``).
     steps
         Iterations (RAT: 10; MIRST-DM evaluation: 20; IMA evaluation: 100).
-    random_start
-        Start from a uniform random point of the eps-ball (IMA Eq. (1), x_(0)).
     loss
         ``"ce"`` (cross-entropy) or ``"margin"`` (CW margin); IMA runs both.
+    targeted
+        Descend towards the target labels instead.
+    """
+
+    eps: float = number(0.01)
+
+
+@dataclass
+class PGDParams(BIMParams):
+    """Parameters of :class:`PGD`: those of :class:`BIMParams` and
+
+    Attributes
+    ----------
+    random_start
+        Start from a uniform random point of the eps-ball (IMA Eq. (1), x_(0)).
     restarts
         Number of runs from independent random starts; per sample the best is kept
         (a success, else the highest final loss).
-    targeted
-        Descend towards the target labels instead.
     seed
         Seed of the random start (None: torch's global RNG).
     """
 
-    norm: str = "linf"
-    eps: float = 0.01
-    step_size: float | None = 0.001
-    steps: int = 10
     random_start: bool = True
-    loss: str = "ce"
-    restarts: int = 1
-    targeted: bool = False
+    restarts: int = number(1, minimum=1, integer=True)
     seed: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("norm", self.norm, ("linf", "l2"))
-        check_choice("loss", self.loss, ("ce", "margin"))
-        check_number("eps", self.eps)
-        check_number("steps", self.steps, integer=True)
-        check_number("restarts", self.restarts, minimum=1, integer=True)
-        if self.step_size is not None:
-            check_number("step_size", self.step_size)
-
-    def resolved_step(self) -> float:
-        if self.step_size is not None:
-            return float(self.step_size)
-        return 2.5 * self.eps / max(self.steps, 1)
 
 
 def pgd_perturb(
@@ -196,12 +173,12 @@ def pgd_perturb(
     """
 
     def default_fn(z: torch.Tensor) -> torch.Tensor:
-        return objective(z, y, loss, targeted)
+        return ops.objective(z, y, loss, targeted)
 
     fn = objective_fn if objective_fn is not None else default_fn
 
-    delta = torch.zeros_like(x) if start is None else project(start, norm, eps)
-    x_adv = clamp(x + delta, box)  # a fresh tensor: updated in place below
+    delta = torch.zeros_like(x) if start is None else ops.project(start, norm, eps)
+    x_adv = ops.clamp(x + delta, box)  # a fresh tensor: updated in place below
     del delta
     if steps <= 0:
         return x_adv.detach()
@@ -214,15 +191,15 @@ def pgd_perturb(
         if t == 0 and first_grad is not None:
             grad = first_grad.clone()
         else:
-            grad, _ = input_gradient(model, x_adv, fn)
+            grad, _ = ops.input_gradient(model, x_adv, fn)
         if t == 0 and on_first_grad is not None:
             on_first_grad(grad)
         with torch.no_grad():
             if norm == "linf":
                 x_adv.add_(grad.sign(), alpha=step_size).clamp_(lo, hi)
             else:
-                x_adv.add_(normalized_step(grad, norm), alpha=step_size)
-                x_adv = clamp(x + project(x_adv.sub_(x), norm, eps), box)
+                x_adv.add_(ops.normalized_step(grad, norm), alpha=step_size)
+                x_adv = ops.clamp(x + ops.project(x_adv.sub_(x), norm, eps), box)
     return x_adv.detach()
 
 
@@ -242,14 +219,68 @@ def first_step(
     """
     xg = x.detach().requires_grad_(True)
     logits = model(xg)
-    check_logits(logits, x.shape[0], y)
+    ops.check_logits(logits, x.shape[0], y)
     (grad,) = torch.autograd.grad(fn(logits).sum(), xg)
     attack._grad0 = grad
     return logits.detach().float()
 
 
+@register_attack("bim", BIMParams)
+class BIM(Attack):
+    """Basic Iterative Method (Kurakin et al. 2016): PGD started at ``x`` itself.
+
+    This is the iteration written in RAT Eq. (3) and MIRST-DM Eq. (3) (no random
+    start). Distance: ``norm`` (default L-inf), ``||x_adv - x||_p <= eps``.
+    Deterministic. Input (N, 1, D, H, W) float32.
+
+    Cost: ``steps + 1`` forward passes (the first step's is the clean one, the last
+    gives the logits of ``x_adv``), ``steps`` backward passes.
+
+    Example
+    -------
+    >>> run_attack("bim", model, x, y, eps=0.01, step_size=0.001, steps=10)  # doctest: +SKIP
+    """
+
+    norms = ("linf", "l2")
+    quick_params = {"eps": 0.1, "step_size": 0.02, "steps": 5}
+    _grad0: torch.Tensor | None = None
+
+    def _random_start(self) -> bool:
+        return False
+
+    def _clean_logits(self, model, x, y):  # type: ignore[override]
+        p: BIMParams = self.params  # type: ignore[assignment]
+        self._grad0 = None
+        if self._random_start() or p.steps == 0:
+            return super()._clean_logits(model, x, y)
+        return first_step(self, model, x, y, lambda z: ops.objective(z, y, p.loss, p.targeted))
+
+    def _perturb(self, model, x, y, box, start, first: bool, grad0) -> torch.Tensor:
+        """One PGD run from ``start`` (None: ``x``) with this attack's parameters."""
+        p: BIMParams = self.params  # type: ignore[assignment]
+        return pgd_perturb(
+            model,
+            x,
+            y,
+            norm=p.norm,
+            eps=p.eps,
+            step_size=p.resolved_step(),
+            steps=p.steps,
+            loss=p.loss,
+            targeted=p.targeted,
+            start=start,
+            box=box,
+            on_first_grad=self._note_gradient if first else None,
+            first_grad=grad0 if start is None else None,
+        )
+
+    def _run(self, model, x, y, box, logits0):  # type: ignore[override]
+        grad0, self._grad0 = self._grad0, None
+        return self._perturb(model, x, y, box, None, True, grad0), self.params.steps, {}
+
+
 @register_attack("pgd", PGDParams)
-class PGD(Attack):
+class PGD(BIM):
     """Projected Gradient Descent (Madry et al. 2018) in L-inf or L2, CE or margin loss.
 
     Sources: IMA paper Eq. (1) (both norms, random start, CE and margin losses);
@@ -271,15 +302,15 @@ class PGD(Attack):
     >>> run_attack("pgd", model, x, y, norm="l2", eps=0.5, steps=20, loss="margin")  # doctest: +SKIP
     """
 
-    _grad0: torch.Tensor | None = None
+    quick_params = {"eps": 0.1, "step_size": 0.02, "steps": 5, "seed": 0}
     _logits_after: torch.Tensor | None = None
 
+    def _random_start(self) -> bool:
+        return bool(self.params.random_start)  # type: ignore[attr-defined]
+
     def _clean_logits(self, model, x, y):  # type: ignore[override]
-        p: PGDParams = self.params  # type: ignore[assignment]
-        self._grad0 = self._logits_after = None
-        if self._random_start() or p.steps == 0:
-            return super()._clean_logits(model, x, y)
-        return first_step(self, model, x, y, lambda z: objective(z, y, p.loss, p.targeted))
+        self._logits_after = None
+        return super()._clean_logits(model, x, y)
 
     def _adv_logits(self, model, x_adv):  # type: ignore[override]
         logits, self._logits_after = self._logits_after, None
@@ -287,32 +318,18 @@ class PGD(Attack):
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: PGDParams = self.params  # type: ignore[assignment]
-        gen = make_generator(p.seed, x.device)
+        gen = ops.make_generator(p.seed, x.device)
         best_x: torch.Tensor | None = None
         best_loss = best_ok = best_logits = None
         grad0, self._grad0 = self._grad0, None
         for r in range(p.restarts):
-            start = random_start(x, p.norm, p.eps, gen) if self._random_start() else None
-            x_adv = pgd_perturb(
-                model,
-                x,
-                y,
-                norm=p.norm,
-                eps=p.eps,
-                step_size=p.resolved_step(),
-                steps=p.steps,
-                loss=p.loss,
-                targeted=p.targeted,
-                start=start,
-                box=box,
-                on_first_grad=self._note_gradient if r == 0 else None,
-                first_grad=grad0 if start is None else None,
-            )
+            start = ops.random_start(x, p.norm, p.eps, gen) if self._random_start() else None
+            x_adv = self._perturb(model, x, y, box, start, r == 0, grad0)
             if p.restarts == 1:  # nothing to compare: the result's forward pass follows
                 return x_adv, p.steps, {}
             with torch.no_grad():
                 logits = model(x_adv).float()
-            final = objective(logits, y, p.loss, p.targeted)
+            final = ops.objective(logits, y, p.loss, p.targeted)
             pred = logits.argmax(1)
             ok = pred == y if p.targeted else pred != y
             if best_x is None:
@@ -326,81 +343,3 @@ class PGD(Attack):
         assert best_x is not None
         self._logits_after = best_logits  # the result's logits: no further forward pass
         return best_x, p.steps * p.restarts, {}
-
-    def _random_start(self) -> bool:
-        return bool(self.params.random_start)  # type: ignore[attr-defined]
-
-
-@dataclass
-class BIMParams(AttackParams):
-    """Parameters of :class:`BIM` (PGD's fields without random start or restarts).
-
-    Defaults: RAT Eq. (3) -- eps 0.01, step 0.001, 10 steps.
-    """
-
-    norm: str = "linf"
-    eps: float = 0.01
-    step_size: float | None = 0.001
-    steps: int = 10
-    loss: str = "ce"
-    targeted: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("norm", self.norm, ("linf", "l2"))
-        check_choice("loss", self.loss, ("ce", "margin"))
-        check_number("eps", self.eps)
-        check_number("steps", self.steps, integer=True)
-        if self.step_size is not None:
-            check_number("step_size", self.step_size)
-
-    def resolved_step(self) -> float:
-        if self.step_size is not None:
-            return float(self.step_size)
-        return 2.5 * self.eps / max(self.steps, 1)
-
-
-@register_attack("bim", BIMParams)
-class BIM(Attack):
-    """Basic Iterative Method (Kurakin et al. 2016): PGD started at ``x`` itself.
-
-    This is the iteration written in RAT Eq. (3) and MIRST-DM Eq. (3) (no random
-    start). Distance: ``norm`` (default L-inf), ``||x_adv - x||_p <= eps``.
-    Deterministic. Input (N, 1, D, H, W) float32.
-
-    Cost: ``steps + 1`` forward passes (the first step's is the clean one, the last
-    gives the logits of ``x_adv``), ``steps`` backward passes.
-
-    Example
-    -------
-    >>> run_attack("bim", model, x, y, eps=0.01, step_size=0.001, steps=10)  # doctest: +SKIP
-    """
-
-    _grad0: torch.Tensor | None = None
-
-    def _clean_logits(self, model, x, y):  # type: ignore[override]
-        p: BIMParams = self.params  # type: ignore[assignment]
-        self._grad0 = None
-        if p.steps == 0:
-            return super()._clean_logits(model, x, y)
-        return first_step(self, model, x, y, lambda z: objective(z, y, p.loss, p.targeted))
-
-    def _run(self, model, x, y, box, logits0):  # type: ignore[override]
-        p: BIMParams = self.params  # type: ignore[assignment]
-        grad0, self._grad0 = self._grad0, None
-        x_adv = pgd_perturb(
-            model,
-            x,
-            y,
-            norm=p.norm,
-            eps=p.eps,
-            step_size=p.resolved_step(),
-            steps=p.steps,
-            loss=p.loss,
-            targeted=p.targeted,
-            start=None,
-            box=box,
-            on_first_grad=self._note_gradient,
-            first_grad=grad0,
-        )
-        return x_adv, p.steps, {}

@@ -14,19 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from napari_cryoguard.attacks.base import (
-    Attack,
-    AttackParams,
-    box_rows,
-    check_choice,
-    check_number,
-    clamp,
-    make_generator,
-    normalized_step,
-    per_sample,
-    register_attack,
-)
-from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.base import Attack, AttackParams, register_attack
+from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import number
 
 __all__ = ["SaltPepper", "SaltPepperParams", "UniformNoise", "UniformNoiseParams"]
 
@@ -51,24 +42,19 @@ class UniformNoiseParams(AttackParams):
         Seed of the noise (None: torch's global RNG).
     """
 
-    norm: str = "linf"
-    eps_max: float = 1.0
-    steps: int = 50
-    repeats: int = 1
+    norm: Norm = "linf"
+    eps_max: float = number(1.0)
+    steps: int = number(50, minimum=1, integer=True)
+    repeats: int = number(1, minimum=1, integer=True)
     seed: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("norm", self.norm, ("linf", "l2"))
-        check_number("eps_max", self.eps_max)
-        check_number("steps", self.steps, minimum=1, integer=True)
-        check_number("repeats", self.repeats, minimum=1, integer=True)
 
 
 class _DecisionAttack(Attack):
     """Shared loop: grow the noise level until each sample is misclassified."""
 
     uses_gradients = False
+    minimal = True
+    distance_key = "level"  # the noise level that fooled each sample
 
     def _levels(self) -> list[float]:
         raise NotImplementedError
@@ -78,7 +64,7 @@ class _DecisionAttack(Attack):
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p = self.params
-        gen = make_generator(p.seed, x.device)
+        gen = ops.make_generator(p.seed, x.device)
         n = x.shape[0]
         x_adv = x.clone()
         level_found = torch.full((n,), float("nan"), device=x.device)
@@ -94,7 +80,7 @@ class _DecisionAttack(Attack):
                 for _ in range(p.repeats):
                     if active.numel() == 0:
                         break
-                    cand = self._perturb(x[active], level, box_rows(box, active), gen)
+                    cand = self._perturb(x[active], level, ops.box_rows(box, active), gen)
                     fooled = model(cand).argmax(1) != y[active]
                     if bool(fooled.any()):
                         rows = active[fooled]
@@ -121,6 +107,11 @@ class UniformNoise(_DecisionAttack):
     >>> run_attack("uniform_noise", model, x, y, eps_max=2.0, steps=40)  # doctest: +SKIP
     """
 
+    norms = ("linf", "l2")
+    budget_field = search_limit = "eps_max"
+    budget_name = "noise amplitude"
+    quick_params = {"eps_max": 1.0, "steps": 10, "seed": 0}
+
     def _levels(self) -> list[float]:
         p: UniformNoiseParams = self.params  # type: ignore[assignment]
         return [p.eps_max * k / p.steps for k in range(1, p.steps + 1)]
@@ -129,8 +120,8 @@ class UniformNoise(_DecisionAttack):
         p: UniformNoiseParams = self.params  # type: ignore[assignment]
         u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
         if p.norm == "l2":
-            u = normalized_step(u, "l2")
-        return clamp(x + level * u, box)
+            u = ops.normalized_step(u, "l2")
+        return ops.clamp(x + level * u, box)
 
 
 @dataclass
@@ -152,18 +143,10 @@ class SaltPepperParams(AttackParams):
     maximum/minimum (with ``bounds=None`` or ``"sample"``).
     """
 
-    max_fraction: float = 1.0
-    steps: int = 100
-    repeats: int = 1
+    max_fraction: float = number(1.0, maximum=1.0)
+    steps: int = number(100, minimum=1, integer=True)
+    repeats: int = number(1, minimum=1, integer=True)
     seed: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("max_fraction", self.max_fraction)
-        if self.max_fraction > 1:
-            raise CryoGuardError(f"max_fraction must be <= 1, got {self.max_fraction!r}")
-        check_number("steps", self.steps, minimum=1, integer=True)
-        check_number("repeats", self.repeats, minimum=1, integer=True)
 
 
 @register_attack("salt_pepper", SaltPepperParams)
@@ -184,6 +167,12 @@ class SaltPepper(_DecisionAttack):
     """
 
     default_norm = "l2"
+    norms = ("l2",)
+    budget_field = search_limit = "max_fraction"
+    search_max = 1.0
+    budget_name = "fraction of voxels replaced"
+    budget_unit = "fraction"
+    quick_params = {"steps": 10, "seed": 0}
 
     def _levels(self) -> list[float]:
         p: SaltPepperParams = self.params  # type: ignore[assignment]
@@ -192,7 +181,7 @@ class SaltPepper(_DecisionAttack):
     def _perturb(self, x, level, box, gen):
         if box is None:
             f = x.flatten(1)
-            lo, hi = per_sample(f.amin(1)), per_sample(f.amax(1))
+            lo, hi = ops.per_sample(f.amin(1)), ops.per_sample(f.amax(1))
         else:
             lo, hi = box
         u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)

@@ -45,19 +45,10 @@ from dataclasses import dataclass
 
 import torch
 
-from napari_cryoguard.attacks.base import (
-    Attack,
-    AttackParams,
-    box_rows,
-    check_choice,
-    check_number,
-    clamp,
-    make_generator,
-    objective,
-    project,
-    register_attack,
-)
-from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.base import Attack, BallParams, register_attack
+from napari_cryoguard.params import Loss
+from napari_cryoguard.registry import number
 
 __all__ = ["Square", "SquareParams", "l2_pattern", "square_fraction", "square_side"]
 
@@ -86,7 +77,7 @@ def square_side(p: float, shape: tuple[int, int, int]) -> int:
 
 
 @dataclass
-class SquareParams(AttackParams):
+class SquareParams(BallParams):
     """Parameters of :class:`Square`.
 
     Attributes
@@ -112,25 +103,12 @@ class SquareParams(AttackParams):
         Seed of the random search (None: torch's global RNG).
     """
 
-    norm: str = "linf"
-    eps: float = 0.03
-    n_queries: int = 5000
-    p_init: float = 0.8
-    restarts: int = 1
-    loss: str = "margin"
+    n_queries: int = number(5000, minimum=1, integer=True)
+    p_init: float = number(0.8, strict=True, maximum=1.0)
+    restarts: int = number(1, minimum=1, integer=True)
+    loss: Loss = "margin"
     targeted: bool = False
     seed: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("norm", self.norm, ("linf", "l2"))
-        check_choice("loss", self.loss, ("margin", "ce"))
-        check_number("eps", self.eps)
-        check_number("n_queries", self.n_queries, minimum=1, integer=True)
-        check_number("restarts", self.restarts, minimum=1, integer=True)
-        check_number("p_init", self.p_init, strict=True)
-        if self.p_init > 1.0:
-            raise CryoGuardError(f"p_init must be in (0, 1], got {self.p_init!r}")
 
 
 @register_attack("square", SquareParams)
@@ -153,10 +131,12 @@ class Square(Attack):
 
     uses_gradients = False
     default_norm = "linf"
+    norms = ("linf", "l2")
+    quick_params = {"eps": 0.1, "n_queries": 30, "seed": 0}
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: SquareParams = self.params  # type: ignore[assignment]
-        gen = make_generator(p.seed, x.device)
+        gen = ops.make_generator(p.seed, x.device)
         pred0 = logits0.argmax(1)
         found = (pred0 == y) if p.targeted else (pred0 != y)
         best_x = x.clone()
@@ -166,7 +146,7 @@ class Square(Attack):
                 rows = torch.nonzero(~found).flatten()
                 if rows.numel() == 0:
                     break
-                xr, ok, used = self._search(model, x[rows], y[rows], box_rows(box, rows), gen)
+                xr, ok, used = self._search(model, x[rows], y[rows], ops.box_rows(box, rows), gen)
                 best_x[rows] = xr
                 found[rows] |= ok
                 queries[rows] += used
@@ -175,8 +155,8 @@ class Square(Attack):
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to minimise, margin: > 0 while not yet fooled)."""
         p: SquareParams = self.params  # type: ignore[assignment]
-        margin = -objective(logits, y, "margin", p.targeted)
-        loss = margin if p.loss == "margin" else -objective(logits, y, "ce", p.targeted)
+        margin = -ops.objective(logits, y, "margin", p.targeted)
+        loss = margin if p.loss == "margin" else -ops.objective(logits, y, "ce", p.targeted)
         return loss, margin
 
     def _search(self, model, x, y, box, gen):
@@ -189,13 +169,13 @@ class Square(Attack):
         d, h, w = x.shape[-3:]
         eps = float(p.eps)
         signs = torch.randint(0, 2, (n, 1, d, 1, w), generator=gen, device=dev).to(dt) * 2 - 1
-        x_best = clamp(x + eps * signs, box)
+        x_best = ops.clamp(x + eps * signs, box)
         loss, margin = self._loss(model(x_best).float(), y)
         used = torch.ones(n, dtype=torch.long, device=dev)
         ar = [torch.arange(k, device=dev).view(*([1] * (2 + i)), k, *([1] * (2 - i)))
               for i, k in enumerate((d, h, w))]
-        upper = clamp(x + eps, box)
-        lower = clamp(x - eps, box)
+        upper = ops.clamp(x + eps, box)
+        lower = ops.clamp(x - eps, box)
         for it in range(p.n_queries - 1):
             act = torch.nonzero(margin > 0).flatten()
             if act.numel() == 0:
@@ -232,7 +212,7 @@ class Square(Attack):
         shape = tuple(x.shape[-3:])
         eps = float(p.eps)
         delta = _l2_start(x, eps, gen)
-        x_best = clamp(x + delta, box)
+        x_best = ops.clamp(x + delta, box)
         loss, margin = self._loss(model(x_best).float(), y)
         used = torch.ones(n, dtype=torch.long, device=dev)
         ar = _aranges(shape, dev)
@@ -256,7 +236,7 @@ class Square(Attack):
             new = new / (_l2(new) + 1e-12) * target
             cand_d = torch.where(m1, new, torch.where(m2, torch.zeros_like(cur), cur))
             cand_d = cand_d * eps / _l2(cand_d).clamp_min(1e-12)  # the total at norm eps
-            cand = clamp(x[act] + project(cand_d, "l2", eps), box_rows(box, act))
+            cand = ops.clamp(x[act] + ops.project(cand_d, "l2", eps), ops.box_rows(box, act))
             l_new, m_new = self._loss(model(cand).float(), y[act])
             used[act] += 1
             better = l_new < loss[act]

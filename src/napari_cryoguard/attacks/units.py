@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_EPS_UNIT",
     "EPS_UNITS",
+    "EpsUnit",
     "RangeCoordinates",
     "RangeScaledModel",
     "call_in_range_units",
@@ -65,8 +66,10 @@ __all__ = [
     "sample_range",
 ]
 
-#: The budget units; see the module docstring.
-EPS_UNITS = ("normalized", "range")
+#: The budget units (a field type of the parameter dataclasses); see the module docstring.
+EpsUnit = Literal["normalized", "range"]
+#: The budget units, as a tuple.
+EPS_UNITS: tuple[str, ...] = get_args(EpsUnit)
 #: The default unit of every attack and defense.
 DEFAULT_EPS_UNIT = "normalized"
 
@@ -178,7 +181,7 @@ def _back(
     scale: torch.Tensor,
     res: AttackResult,
 ) -> AttackResult:
-    from napari_cryoguard.attacks.base import clamp, per_sample, resolve_bounds
+    from napari_cryoguard.attacks.ops import clamp, per_sample, resolve_bounds
 
     s = per_sample(scale, x.dim())
     x_adv = x + (res.x_adv.to(x.device) - u) * s
@@ -222,9 +225,9 @@ def call_in_range_units(attack: Attack, model: nn.Module, x: Any, y: Any) -> Att
     Called by :meth:`napari_cryoguard.attacks.base.Attack.__call__`; see the module
     docstring. Returns the same result contract, in data units.
     """
-    from napari_cryoguard.attacks.base import _model_device, as_batch, as_labels, per_sample
+    from napari_cryoguard.attacks.ops import as_batch, as_labels, model_device, per_sample
 
-    device = _model_device(model)
+    device = model_device(model)
     xb = as_batch(x, device)
     yb = as_labels(y, xb.shape[0], device)
     scale = sample_range(xb)

@@ -25,8 +25,8 @@ Source: Ma & Liang, IMA (arXiv:2005.09147), Algorithms 1-3 and the
 * **Algorithm 3** (BPGD): PGD (Eq. (1), step ``alpha * E(x) / N_PGD``, no random start)
   with the sample's own radius ``E(x)``; at the first misclassified iterate, bisect
   ``N_binary`` times between it and the previous (correct) iterate; the boundary point
-  is the misclassified end of the final bracket. :func:`bpgd_per_sample` is the same
-  algorithm as the ``bpgd`` attack (:mod:`napari_cryoguard.attacks.bpgd`) with a
+  is the misclassified end of the final bracket. :func:`bpgd_per_sample` runs the
+  ``bpgd`` attack's loop (:func:`napari_cryoguard.attacks.bpgd.bpgd_search`) with a
   *per-sample* radius, which the attack (one scalar ``eps``) does not take.
 
 The margins live beside the dataset: a float32 tensor over all ``trainer.num_samples``
@@ -50,9 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cryoguard.attacks.units import EpsUnit
 from napari_cryoguard.defenses.at import attack_mode, masked_accuracy
 from napari_cryoguard.defenses.base import Batch, Defense, register_defense, unwrap
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.params import Loss, Norm
+from napari_cryoguard.registry import check_fields, number
 
 if TYPE_CHECKING:
     from napari_cryoguard.defenses.trainer import Trainer
@@ -103,37 +106,21 @@ class IMAParams:
         ``margin_i * range_i`` in data units.
     """
 
-    beta: float = 0.5
-    eps_max: float = 0.03
-    delta: float | None = None
-    norm: str = "linf"
-    n_pgd: int = 20
-    alpha: float = 4.0
-    n_binary: int = 10
-    loss: str = "ce"
+    beta: float = number(0.5, maximum=1.0)
+    eps_max: float = number(0.03, strict=True)
+    delta: float | None = number(None, strict=True)
+    norm: Norm = "linf"
+    n_pgd: int = number(20, minimum=1, integer=True)
+    alpha: float = number(4.0, strict=True)
+    n_binary: int = number(10, integer=True)
+    loss: Loss = "ce"
     use_max_noise: bool = True
-    eps_unit: str = "normalized"
+    eps_unit: EpsUnit = "normalized"
 
     def __post_init__(self) -> None:
-        from napari_cryoguard.defenses.at import check_unit
-
-        check_unit(self.eps_unit)
-        if not 0.0 <= float(self.beta) <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta!r}")
-        if not float(self.eps_max) > 0:
-            raise ValueError(f"eps_max must be > 0, got {self.eps_max!r}")
-        if self.delta is not None and not 0 < float(self.delta) <= float(self.eps_max):
-            raise ValueError(f"delta must be in (0, eps_max], got {self.delta!r}")
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
-        if self.loss not in ("ce", "margin"):
-            raise ValueError(f"loss must be 'ce' or 'margin', got {self.loss!r}")
-        for name in ("n_pgd", "n_binary"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "n_pgd" else 0):
-                raise ValueError(f"{name} must be an integer >= {int(name == 'n_pgd')}, got {v!r}")
-        if not float(self.alpha) > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
+        check_fields(self)
+        if self.delta is not None and self.delta > self.eps_max:
+            raise CryoGuardError(f"delta must be in (0, eps_max], got {self.delta!r}")
 
 
 def _unit_scale(x: torch.Tensor, params: IMAParams) -> torch.Tensor:
@@ -153,18 +140,6 @@ def initial_delta(params: IMAParams, epochs: int) -> float:
 
 
 # --------------------------------------------------------------------------- bpgd
-
-
-def _project(delta: torch.Tensor, norm: str, eps: torch.Tensor) -> torch.Tensor:
-    """Project each sample's perturbation onto its own ball of radius ``eps[i]``."""
-    from napari_cryoguard.attacks.base import flat_norm, per_sample
-
-    e = per_sample(eps, delta.dim())
-    if norm == "linf":
-        return torch.maximum(torch.minimum(delta, e), -e)
-    n = flat_norm(delta, "l2")
-    factor = torch.where(n > eps, eps / n.clamp_min(1e-30), torch.ones_like(n))
-    return delta * per_sample(factor, delta.dim())
 
 
 @torch.no_grad()
@@ -201,65 +176,13 @@ def bpgd_per_sample(
         ``||x_n - x||_norm`` where found, ``eps`` where not (case-0), 0 for samples
         misclassified already.
     """
-    from napari_cryoguard.attacks.base import (
-        flat_norm,
-        input_gradient,
-        normalized_step,
-        objective,
-        per_sample,
-    )
+    from napari_cryoguard.attacks.bpgd import bpgd_search
 
-    n = x.shape[0]
-    x = x.detach()
-    eps = eps.to(device=x.device, dtype=x.dtype).reshape(n)
-    step = float(alpha) * eps / int(n_pgd)
-    already = _predict(model, x) != y
-    margins = eps.clone()
-    margins[already] = 0.0
-    x_n = x.clone()
-    lo_pt = x.clone()
-    hi_pt = x.clone()
-    found = torch.zeros(n, dtype=torch.bool, device=x.device)
-    active = torch.nonzero(~already).flatten()
-    cur = x[active]
-    prev = cur
-    for t in range(int(n_pgd) + 1):
-        if active.numel() == 0:
-            break
-        ya = y[active]
-        if t < n_pgd:
-            grad, logits = input_gradient(
-                model, cur, lambda z, ya=ya: objective(z.float(), ya, loss, False)
-            )
-        else:
-            with torch.no_grad():
-                logits = model(cur)
-        wrong = logits.argmax(1) != ya
-        if bool(wrong.any()):
-            rows = active[wrong]
-            lo_pt[rows] = prev[wrong]
-            hi_pt[rows] = cur[wrong]
-            found[rows] = True
-        keep = ~wrong
-        if t == n_pgd or not bool(keep.any()):
-            x_n[active[keep]] = cur[keep]
-            break
-        active, cur, grad = active[keep], cur[keep], grad[keep]
-        xa = x[active]
-        prev = cur
-        d = cur + per_sample(step[active], cur.dim()) * normalized_step(grad, norm) - xa
-        cur = xa + _project(d, norm, eps[active])
-    rows = torch.nonzero(found).flatten()
-    if rows.numel():
-        lo, hi, yr = lo_pt[rows], hi_pt[rows], y[rows]
-        for _ in range(int(n_binary)):
-            mid = (lo + hi) / 2
-            w5 = per_sample(_predict(model, mid) != yr, mid.dim())
-            hi = torch.where(w5, mid, hi)
-            lo = torch.where(w5, lo, mid)
-        x_n[rows] = hi
-        margins[rows] = flat_norm(hi - x[rows], norm)
-    return x_n.detach(), found, margins
+    out = bpgd_search(
+        model, x, y, eps.reshape(x.shape[0]), norm=norm, n_pgd=int(n_pgd), alpha=float(alpha),
+        n_binary=int(n_binary), loss=loss,
+    )
+    return out.x_n, out.found, out.margins
 
 
 # --------------------------------------------------------------------------- algorithms
