@@ -1,16 +1,13 @@
-"""evaluate(): outputs, report content, resume, the command line."""
+"""evaluate(): outputs, report content, resume (the command line: tests/cli/test_evaluate_cli.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from napari_cryoguard.cli.evaluate import main as evaluate_main
 from napari_cryoguard.evaluate import cells as cells_mod
 from napari_cryoguard.evaluate import evaluate
 
@@ -150,78 +147,3 @@ def test_resume_skips_finished_cells_and_matches_uninterrupted(
     calls.clear()
     evaluate([tiny_checkpoint], test_npz, out=tmp_path / "cut", **{**kw, "max_samples": 9})
     assert len(calls) == n_cells
-
-
-def test_cli_json_summary_and_errors(tiny_checkpoint, test_npz, tmp_path, capsys):
-    out = tmp_path / "cli"
-    rc = evaluate_main(
-        [
-            str(tiny_checkpoint),
-            "--data",
-            str(test_npz),
-            "--out",
-            str(out),
-            "--attack",
-            "fgsm@0.01,0.03",
-            "--attack",
-            "pgd@0.03:steps=2,label=PGD-2",
-            "--max-samples",
-            "6",
-            "--no-margins",
-            "--device",
-            "cpu",
-            "--json",
-            "--quiet",
-        ]
-    )
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    lines = captured.out.strip().splitlines()
-    assert len(lines) == 1
-    summary = json.loads(lines[0])
-    assert summary["ok"] and summary["command"] == "evaluate"
-    assert set(summary["models"]) == {"tiny"}
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]["tiny"]["attacks"]) == {"fgsm", "PGD-2"}
-
-    rc = evaluate_main(
-        [
-            str(tmp_path / "missing.safetensors"),
-            "--data",
-            str(test_npz),
-            "--out",
-            str(out),
-            "--json",
-            "--quiet",
-        ]
-    )
-    captured = capsys.readouterr()
-    assert rc == 2
-    assert "cryoguard evaluate: error:" in captured.err
-    assert json.loads(captured.out.strip())["ok"] is False
-
-    rc = evaluate_main(
-        [
-            str(tiny_checkpoint),
-            "--data",
-            str(test_npz),
-            "--out",
-            str(out),
-            "--attack",
-            "nosuchattack@0.1",
-            "--quiet",
-        ]
-    )
-    assert rc == 2 and "unknown attack" in capsys.readouterr().err
-
-
-def test_runnable_as_module_with_help():
-    res = subprocess.run(
-        [sys.executable, "-m", "napari_cryoguard.cli", "evaluate", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0
-    for opt in ("--data", "--attack", "--quick", "--max-samples", "--no-resume", "--json"):
-        assert opt in res.stdout

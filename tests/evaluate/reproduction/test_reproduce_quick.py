@@ -1,4 +1,4 @@
-"""`cryoguard reproduce --quick --parts c` end to end through reproduce_main."""
+"""`cryoguard reproduce --quick --parts c` end to end (user errors and --help: tests/cli/test_reproduce_cli.py)."""
 
 from __future__ import annotations
 
@@ -69,24 +69,3 @@ def test_reproduce_quick_part_c(tmp_path, capsys):
     assert any("already done" in e["message"] for e in events)
     assert not any("training" in e["message"] for e in events)
     assert again["parts"]["c"]["claims"] == claims
-
-
-def test_reproduce_rejects_unknown_parts(tmp_path, capsys):
-    rc = reproduce_main(["--out", str(tmp_path), "--quick", "--parts", "xz", "--quiet"])
-    assert rc == 2
-    assert "cryoguard reproduce: error:" in capsys.readouterr().err
-
-
-def test_reproduce_runnable_as_module_with_help():
-    import subprocess
-    import sys
-
-    res = subprocess.run(
-        [sys.executable, "-m", "napari_cryoguard.cli", "reproduce", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0
-    for opt in ("--quick", "--parts", "--out", "--json", "--no-resume", "--seed", "--device"):
-        assert opt in res.stdout
