@@ -11,7 +11,6 @@ SIM = "n_per_class=3,cube=20,snr=0.5,seed=1"
 
 
 def test_init_starts_from_the_checkpoint(tmp_path):
-    torch.set_num_threads(1)
     first = tmp_path / "std.safetensors"
     assert train_main(["--simulate", SIM, "--model", "cb3d", "--tiny", "--epochs", "1",
                        "--device", "cpu", "--out", str(first), "--quiet"]) == 0

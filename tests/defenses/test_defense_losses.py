@@ -42,16 +42,6 @@ from napari_cryoguard.models import build_model, tiny_params
 CUBE = 16
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on tiny tensors OpenMP's thread warm-up per new shape costs far
-    more than the work (tens of times slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def net():
     torch.manual_seed(0)

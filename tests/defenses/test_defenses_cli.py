@@ -19,16 +19,6 @@ from napari_cryoguard.models import load_checkpoint
 SPEC = "n_per_class=3,cube=20,snr=0.5,seed=1"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on tiny tensors OpenMP's thread warm-up per new shape costs far
-    more than the work (tens of times slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 #: the defenses of this part, each with the settings that keep one epoch tiny
 CASES = {
     "at": ["steps=1"],

@@ -1,4 +1,4 @@
-"""The training loop: recipe, split, learning, resume, cancel, early stopping, events."""
+"""The training loop: learning, resume, cancel, early stopping, events, errors."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from napari_cryoguard import CryoGuardError
-from napari_cryoguard.cli.train import _resolve_sets, build_parser
-from napari_cryoguard.cli.train import main as train_main
-from napari_cryoguard.data import SubtomogramDataset, save_dataset
-from napari_cryoguard.defenses import Recipe, read_events, train
+from napari_cryoguard.data import SubtomogramDataset
+from napari_cryoguard.defenses import read_events, train
 from napari_cryoguard.defenses.state import load_training_state, state_path_for
-from napari_cryoguard.defenses.training_data import parse_simulate_spec, split_indices
+from napari_cryoguard.defenses.training_data import split_indices
 from napari_cryoguard.models import load_checkpoint, tiny_params
 
 
@@ -32,43 +30,6 @@ def tiny_data():
 
 def _cpu(**kw):
     return dict(device="cpu", **kw)
-
-
-# --------------------------------------------------------------------------- recipe / split
-
-
-def test_recipe_defaults_follow_the_papers():
-    r = Recipe()
-    assert r.optimizer == "adam" and r.resolved_lr() == pytest.approx(1e-4)
-    assert r.batch_size == 16 and r.val_fraction == pytest.approx(0.2)
-    assert Recipe(optimizer="sgd").resolved_lr() == pytest.approx(0.005)
-    assert Recipe(optimizer="sgd", lr=0.1).resolved_lr() == pytest.approx(0.1)
-    cos = Recipe(schedule="cosine", epochs=10)
-    assert cos.lr_factor(0) == pytest.approx(1.0) and cos.lr_factor(5) == pytest.approx(0.5)
-    step = Recipe(schedule="step", epochs=9, gamma=0.5)
-    assert [step.lr_factor(e) for e in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
-    with pytest.raises(CryoGuardError, match="adam, sgd"):
-        Recipe(optimizer="rmsprop")
-    with pytest.raises(CryoGuardError, match="val_fraction"):
-        Recipe(patience=3, val_fraction=0.0)
-    with pytest.raises(CryoGuardError, match="unknown recipe option"):
-        Recipe.from_dict({}, epoch=3)
-
-
-def test_split_is_stratified_disjoint_and_seeded():
-    labels = np.array([0] * 10 + [1] * 5 + [-1] * 3)
-    tr, va = split_indices(labels, 0.2, seed=4)
-    assert set(tr).isdisjoint(va) and len(tr) + len(va) == len(labels)
-    assert sorted(np.bincount(labels[va])) == [1, 2]
-    assert set(np.flatnonzero(labels < 0)) <= set(tr)
-    tr2, va2 = split_indices(labels, 0.2, seed=4)
-    assert np.array_equal(va, va2) and np.array_equal(tr, tr2)
-    _, va3 = split_indices(labels, 0.2, seed=5)
-    assert not np.array_equal(va, va3)
-    assert len(split_indices(labels, 0.0, seed=4)[1]) == 0
-
-
-# --------------------------------------------------------------------------- learning
 
 
 def test_standard_training_beats_chance_and_writes_a_full_checkpoint(tiny_data, tmp_path):
@@ -239,9 +200,6 @@ def test_early_stopping_keeps_the_best_validation_weights(tiny_data, tmp_path):
     assert loss < val[-1]
 
 
-# --------------------------------------------------------------------------- events and errors
-
-
 def test_events_file_is_json_lines_in_order(tiny_data, tmp_path):
     ev = tmp_path / "events.jsonl"
     train(
@@ -311,30 +269,6 @@ def test_robust_evaluation_is_reported_or_skipped_with_a_note(tiny_data, tmp_pat
         assert not (tmp_path / "r2.safetensors").exists()
 
 
-def test_bad_dataset_path_exits_2_with_an_error_event(tmp_path, capsys):
-    ev = tmp_path / "ev.jsonl"
-    code = train_main(
-        [
-            "--data",
-            str(tmp_path / "missing.npz"),
-            "--events",
-            str(ev),
-            "--out",
-            str(tmp_path / "x.safetensors"),
-            "--json",
-            "--quiet",
-        ]
-    )
-    assert code == 2
-    records = read_events(ev)
-    assert [r["event"] for r in records] == ["error"]
-    assert "missing.npz" in records[0]["message"]
-    cap = capsys.readouterr()
-    assert "missing.npz" in cap.err
-    assert json.loads(cap.out.strip().splitlines()[-1])["ok"] is False
-    assert not (tmp_path / "x.safetensors").exists()
-
-
 def test_train_errors_are_clear(tiny_data, tmp_path):
     seen: list[dict] = []
     with pytest.raises(CryoGuardError, match="known: .*standard"):
@@ -347,129 +281,3 @@ def test_train_errors_are_clear(tiny_data, tmp_path):
     unlabelled = SubtomogramDataset(volumes=tiny_data.volumes[:4])
     with pytest.raises(CryoGuardError, match="no labels"):
         train(unlabelled, out=tmp_path / "x", **_cpu())
-
-
-def test_cli_trains_from_a_dataset_file_with_json_summary(tiny_data, tmp_path, capsys):
-    data = save_dataset(
-        tmp_path / "d.npz",
-        volumes=tiny_data.volumes,
-        labels=tiny_data.labels,
-        class_names=tiny_data.class_names,
-    )
-    out = tmp_path / "cli.safetensors"
-    code = train_main(
-        [
-            "--data",
-            str(data),
-            "--model",
-            "cb3d",
-            "--tiny",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--optimizer",
-            "sgd",
-            "--set",
-            "dropout=0.25",
-            "--set",
-            "val_fraction=0.25",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-            "--json",
-            "--quiet",
-        ]
-    )
-    assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["ok"] and summary["checkpoint"] == str(out) and summary["epochs"] == 1
-    model, meta = load_checkpoint(out)
-    assert meta["arch_params"]["conv_widths"] == list(tiny_params("cb3d")["conv_widths"])
-    assert meta["arch_params"]["dropout"] == pytest.approx(0.25)
-    assert meta["training"]["optimizer"] == "sgd" and meta["training"]["lr"] == pytest.approx(0.005)
-    assert meta["training"]["n_val"] == 10 and meta["training"]["dataset"]["path"].endswith("d.npz")
-
-
-def test_cli_no_state_and_every_step_event(tiny_data, tmp_path):
-    """--no-state leaves the checkpoint alone; --step-interval 0 reports every step."""
-    data = save_dataset(tmp_path / "d.npz", volumes=tiny_data.volumes,
-                        labels=tiny_data.labels, class_names=tiny_data.class_names)
-    out, events = tmp_path / "run" / "m.safetensors", tmp_path / "run" / "ev.jsonl"
-    code = train_main(["--data", str(data), "--model", "cb3d", "--tiny", "--epochs", "2",
-                       "--batch-size", "4", "--device", "cpu", "--out", str(out),
-                       "--events", str(events), "--no-state", "--step-interval", "0",
-                       "--quiet"])
-    assert code == 0
-    assert sorted(p.name for p in out.parent.iterdir()) == ["ev.jsonl", "m.safetensors"]
-    steps = [(e["epoch"], e["step"]) for e in read_events(events) if e["event"] == "step"]
-    per_epoch = steps[-1][1]
-    assert per_epoch == 8  # 32 training cubes in batches of 4
-    assert steps == [(ep, st) for ep in (1, 2) for st in range(1, per_epoch + 1)]
-    assert train_main(["--data", str(data), "--step-interval", "-1", "--out", str(out),
-                       "--quiet"]) == 2
-
-
-def test_set_keys_resolve_defense_then_model_then_recipe():
-    mp, dp, rp = _resolve_sets(
-        [
-            "alpha=0.5",
-            "conv_widths=[8,8]",
-            "epochs=3",
-            "model.dropout=0.1",
-            'recipe.robust_params={"eps": 0.1}',
-            "robust_attack=fgsm",
-        ],
-        "autoencoder",
-        "semi",
-    )
-    assert dp == {"alpha": 0.5}
-    assert mp == {"conv_widths": [8, 8], "dropout": 0.1}
-    assert rp == {"epochs": 3, "robust_params": {"eps": 0.1}, "robust_attack": "fgsm"}
-    with pytest.raises(CryoGuardError, match="labelled_fraction.*conv_widths.*epochs"):
-        _resolve_sets(["nope=1"], "autoencoder", "semi")
-    with pytest.raises(CryoGuardError, match="key=value"):
-        _resolve_sets(["alpha"], "autoencoder", "semi")
-
-
-def test_simulate_spec_and_help():
-    kw = parse_simulate_spec("n_per_class=50,snr=0.1,tilt=60,cube=28,seed=1,classes=1bxn+6pxm")
-    assert kw == {
-        "n_per_class": 50,
-        "snr": 0.1,
-        "tilt_range": 60,
-        "cube": 28,
-        "seed": 1,
-        "classes": ["1bxn", "6pxm"],
-    }
-    assert parse_simulate_spec('classes=["1bxn","3j9i"],n=2') == {
-        "classes": ["1bxn", "3j9i"],
-        "n_per_class": 2,
-    }
-    with pytest.raises(CryoGuardError, match="n_per_class"):
-        parse_simulate_spec("bogus=1")
-    text = build_parser().format_help()
-    for opt in (
-        "--data",
-        "--simulate",
-        "--model",
-        "--defense",
-        "--set",
-        "--epochs",
-        "--batch-size",
-        "--lr",
-        "--optimizer",
-        "--device",
-        "--out",
-        "--events",
-        "--resume",
-        "--seed",
-        "--val-fraction",
-        "--robust-every",
-        "--robust-attack",
-        "--patience",
-        "--json",
-        "--tiny",
-    ):
-        assert opt in text
