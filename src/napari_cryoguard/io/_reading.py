@@ -8,11 +8,22 @@ file's name, so a widget or the command line shows one readable line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
+
+
+def pick_file(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path` to an existing file (missing or a folder raise)."""
+    path = Path(path)
+    if not path.exists():
+        raise CryoGuardError(f"pick file not found: {path}")
+    if path.is_dir():
+        raise CryoGuardError(f"{path} is a folder; give a pick file")
+    return path
 
 
 def read_limited(path: Path, limit: int, what: str) -> bytes:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io._reading import read_limited_text
 from napari_cryoguard.io.picks import Picks, voxel_size_or_assumed
 from napari_cryoguard.io.table import read_table_picks
 
@@ -108,24 +109,15 @@ def _floats(path: Path, values: list[str], what: str, allow_na: bool) -> np.ndar
     return out
 
 
-def read_cbox_picks(
-    path: str | os.PathLike,
-    *,
-    voxel_size: float | None = None,
-    tomograms: Any = None,
-    box_corner: bool = True,
-    tomo_name: str | None = None,
-) -> Picks:
+def read_cbox_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
+                    tomograms: Any = None, box_corner: bool = True,
+                    tomo_name: str | None = None) -> Picks:
     """Read a crYOLO ``.cbox`` file (3-D) as voxel picks.
 
     Parameters
     ----------
-    path : str or PathLike
-        The ``.cbox`` file.
-    voxel_size : float, optional
-        Angstrom per voxel (the file does not say; 1.0 is assumed with a note).
-    tomograms : optional
-        Not used (accepted for the common reader signature).
+    path, voxel_size, tomograms
+        As for :func:`read_coords_picks`: the ``.cbox`` file.
     box_corner : bool
         X, Y are the lower-left box corner (crYOLO's convention, default); False reads
         them as centres.
@@ -145,16 +137,7 @@ def read_cbox_picks(
     """
     del tomograms
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise CryoGuardError(
-                f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a box file may hold"
-            )
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        raise CryoGuardError(f"could not read {path}: {err}") from err
-    except UnicodeDecodeError as err:
-        raise CryoGuardError(f"{path.name} is not UTF-8 text") from err
+    text = read_limited_text(path, MAX_FILE_BYTES, "a box file")
     labels, rows = _cbox_loop(path, text)
     for i, r in enumerate(rows):
         if len(r) != len(labels):
@@ -223,23 +206,16 @@ def _label_case(key: str) -> str:
     return {"coordinatex": "CoordinateX", "coordinatey": "CoordinateY"}.get(key, "CoordinateZ")
 
 
-def read_coords_picks(
-    path: str | os.PathLike,
-    *,
-    voxel_size: float | None = None,
-    tomograms: Any = None,
-    tomo_name: str | None = None,
-) -> Picks:
+def read_coords_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
+                      tomograms: Any = None, tomo_name: str | None = None) -> Picks:
     """Read a crYOLO / TomoTwin ``.coords`` file (``x y z`` per line, voxels) as picks.
 
     Parameters
     ----------
-    path : str or PathLike
-        The ``.coords`` file.
-    voxel_size : float, optional
-        Angstrom per voxel (the file does not say; 1.0 is assumed with a note).
-    tomograms : optional
-        Not used (accepted for the common reader signature).
+    path, voxel_size, tomograms
+        As for :func:`~napari_cryoguard.io.read_picks` (``tomograms`` is not used): the
+        ``.coords`` file, whose voxel size is not recorded (without ``voxel_size``, 1.0
+        Angstrom is assumed with a note).
     tomo_name : str, optional
         Tomogram name for every row; default the file name without suffix.
 

@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io._reading import read_limited
+from napari_cryoguard.io.picks import Picks, positive_voxel_size
 
 MAX_FILE_BYTES = 512 * 1024**2
 """Largest copick JSON read (bytes)."""
@@ -125,23 +126,17 @@ def _run_from_folder(path: Path) -> str | None:
     return None
 
 
-def read_copick_picks(
-    path: str | os.PathLike,
-    *,
-    voxel_size: float | None = None,
-    tomograms: Any = None,
-) -> Picks:
+def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
+                      tomograms: Any = None) -> Picks:
     """Read a copick picks JSON file (Angstrom) as voxel picks.
 
     Parameters
     ----------
-    path : str or PathLike
-        The ``.json`` picks file (one object, or a list of them).
-    voxel_size : float, optional
-        Angstrom per voxel of the tomogram to index into; defaults to the file's
-        ``voxel_spacing``; one of the two is required.
-    tomograms : optional
-        Not used (accepted for the common reader signature).
+    path, voxel_size, tomograms
+        As for :func:`~napari_cryoguard.io.read_picks` (``tomograms`` is not used): the
+        ``.json`` picks file (one object, or a list of them); ``voxel_size`` of the
+        tomogram to index into defaults to the file's ``voxel_spacing`` (one of the two
+        is required).
 
     Returns
     -------
@@ -157,26 +152,16 @@ def read_copick_picks(
     """
     del tomograms
     path = Path(path)
+    raw = read_limited(path, MAX_FILE_BYTES, "a picks file")
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise CryoGuardError(
-                f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a picks file may hold"
-            )
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except OSError as err:
-        raise CryoGuardError(f"could not read {path}: {err}") from err
+        data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CryoGuardError(f"{path.name} is not valid JSON: {err}") from err
     objs = [_one_object(path, o, i) for i, o in enumerate(data)] if isinstance(data, list) else [
         _one_object(path, data, -1)
     ]
     notes: list[str] = []
-    if voxel_size is not None:
-        try:
-            voxel_size = float(voxel_size)
-        except (TypeError, ValueError) as err:
-            raise CryoGuardError(f"voxel size must be a number, got {voxel_size!r}") from err
-    else:
+    if voxel_size is None:
         spacings = {float(o["spacing"]) for o in objs if isinstance(o["spacing"], (int, float))}
         if len(spacings) == 1:
             voxel_size = spacings.pop()
@@ -189,8 +174,7 @@ def read_copick_picks(
                 f"{'no' if not spacings else 'several'} voxel_spacing; pass voxel_size= "
                 "(Angstrom per voxel of the tomogram) to convert them to voxels"
             )
-    if not np.isfinite(voxel_size) or voxel_size <= 0:
-        raise CryoGuardError(f"voxel size must be positive and finite, got {voxel_size!r}")
+    voxel_size = positive_voxel_size(voxel_size, source=path.name)
     class_names = list(dict.fromkeys(o["name"] for o in objs))
     lookup = {c: i for i, c in enumerate(class_names)}
     if not objs:
@@ -234,13 +218,5 @@ def read_copick_picks(
                 f"{path.name}: {int(shifted.sum())} transformation(s) have a translation part; "
                 "positions are the 'location' values only"
             )
-    return Picks(
-        coords=coords,
-        scores=scores,
-        labels=labels,
-        class_names=class_names,
-        tomo_names=tomo_names,
-        features=features,
-        voxel_size=voxel_size,
-        notes=notes,
-    )
+    return Picks(coords=coords, scores=scores, labels=labels, class_names=class_names,
+                 tomo_names=tomo_names, features=features, voxel_size=voxel_size, notes=notes)

@@ -39,16 +39,11 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io._reading import check_finite_coords, needs_library, read_limited
 from napari_cryoguard.io.picks import Picks, positive_voxel_size, voxel_size_or_assumed
 
 MAX_FILE_BYTES = 2 * 1024**3
 MAX_CLASSES = 100_000
-
-
-def _install_hint(lib: str) -> CryoGuardError:
-    return CryoGuardError(
-        f"reading this format needs the {lib!r} library: install napari-cryoguard[formats]"
-    )
 
 
 def _table_map(path: Path) -> dict[int, str]:
@@ -70,25 +65,17 @@ def _table_map(path: Path) -> dict[int, str]:
     return out
 
 
-def read_dynamo_picks(
-    path: str | os.PathLike,
-    *,
-    voxel_size: float | None = None,
-    tomograms: Any = None,
-    apply_shifts: bool = True,
-    one_based: bool = True,
-) -> Picks:
+def read_dynamo_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
+                      tomograms: Any = None, apply_shifts: bool = True,
+                      one_based: bool = True) -> Picks:
     """Read a Dynamo ``.tbl`` table as voxel picks.
 
     Parameters
     ----------
-    path : str or PathLike
-        The table.
-    voxel_size : float, optional
-        Angstrom per voxel; overrides column 36 (``apix``). Without either, 1.0 is
+    path, voxel_size, tomograms
+        As for :func:`~napari_cryoguard.io.read_picks` (``tomograms`` is not used); the
+        table. ``voxel_size`` overrides column 36 (``apix``); without either, 1.0 is
         assumed with a note.
-    tomograms : optional
-        Not used (accepted for the common reader signature).
     apply_shifts : bool
         Add ``dx dy dz`` to ``x y z`` (default); False keeps them as features.
     one_based : bool
@@ -111,17 +98,10 @@ def read_dynamo_picks(
     try:
         import dynamotable
     except ImportError as err:
-        raise _install_hint("dynamotable") from err
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise CryoGuardError(f"could not read {path}: {err}") from err
-    if size > MAX_FILE_BYTES:
-        raise CryoGuardError(
-            f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a table may hold"
-        )
+        raise needs_library("dynamotable") from err
+    raw = read_limited(path, MAX_FILE_BYTES, "a table")
     notes: list[str] = []
-    if size == 0 or not path.read_bytes().strip():
+    if not raw.strip():
         df = None
     else:
         try:
@@ -172,12 +152,7 @@ def read_dynamo_picks(
     if one_based:
         coords = coords - 1.0
         notes.append(f"{path.name}: Dynamo indices are 1-based (MATLAB); subtracted 1 on each axis")
-    bad = ~np.isfinite(coords).all(axis=1)
-    if bad.any():
-        raise CryoGuardError(
-            f"{path.name}: {int(bad.sum())} particle(s) have non-finite positions "
-            f"(rows {np.flatnonzero(bad)[:5].tolist()})"
-        )
+    check_finite_coords(coords, path)
     scores = col("cc", "10 (cc)")
     tomo_idx = col("tomo", "20 (tomo)")
     classes = col("class", "22 (class)")
@@ -211,13 +186,6 @@ def read_dynamo_picks(
             notes.append(f"{path.name}: voxel size {voxel_size:g} A from column 36 (apix)")
         else:
             voxel_size = voxel_size_or_assumed(None, path.name, notes)
-    return Picks(
-        coords=coords,
-        scores=scores,
-        labels=labels,
-        class_names=class_names,
-        tomo_names=tomo_names,
-        features=features,
-        voxel_size=float(voxel_size),
-        notes=notes,
-    )
+    return Picks(coords=coords, scores=scores, labels=labels, class_names=class_names,
+                 tomo_names=tomo_names, features=features, voxel_size=float(voxel_size),
+                 notes=notes)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io._reading import needs_library, read_limited
 from napari_cryoguard.io.picks import Picks, positive_voxel_size
 
 MAX_FILE_BYTES = 256 * 1024**2
@@ -149,23 +150,15 @@ def _check_structure(path: Path, raw: bytes) -> None:
             pos += n
 
 
-def read_imod_picks(
-    path: str | os.PathLike,
-    *,
-    voxel_size: float | None = None,
-    tomograms: Any = None,
-    pixel_centres: bool = True,
-) -> Picks:
+def read_imod_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
+                    tomograms: Any = None, pixel_centres: bool = True) -> Picks:
     """Read the points of an IMOD model as voxel picks.
 
     Parameters
     ----------
-    path : str or PathLike
-        The ``.mod`` file.
-    voxel_size : float, optional
-        Angstrom per voxel; overrides the model header.
-    tomograms : optional
-        Not used (accepted for the common reader signature).
+    path, voxel_size, tomograms
+        As for :func:`~napari_cryoguard.io.read_picks` (``tomograms`` is not used): the
+        ``.mod`` file; ``voxel_size`` overrides the model header.
     pixel_centres : bool
         Shift x and y by -0.5 so that pixel centres are at integers (default).
 
@@ -185,18 +178,8 @@ def read_imod_picks(
     try:
         import imodmodel
     except ImportError as err:
-        raise CryoGuardError(
-            "reading this format needs the 'imodmodel' library: install napari-cryoguard[formats]"
-        ) from err
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CryoGuardError(
-                f"{path.name}: larger than the {MAX_FILE_BYTES} bytes a model may hold"
-            )
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CryoGuardError(f"could not read {path}: {err}") from err
+        raise needs_library("imodmodel") from err
+    raw = read_limited(path, MAX_FILE_BYTES, "a model")
     if not raw.startswith(b"IMOD"):
         raise CryoGuardError(f"{path.name} is not an IMOD model (it does not start with 'IMOD')")
     _check_structure(path, raw)

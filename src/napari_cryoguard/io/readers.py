@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.io._reading import pick_file
 from napari_cryoguard.io.picks import Picks
 
 # suffix -> (module, function); the function is called as read(path, voxel_size=...,
@@ -102,13 +103,7 @@ def read_picks(
     Picks
         ZYX voxel coordinates; ``notes`` says what was assumed or converted.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CryoGuardError(f"pick file not found: {path}")
-    if path.is_dir():
-        raise CryoGuardError(
-            f"{path} is a folder; give a pick file ({', '.join(READ_PICK_SUFFIXES)})"
-        )
+    path = pick_file(path)
     suffix = path.suffix.lower()
     sniffed = _sniff(path)
     if sniffed is not None and suffix in (".txt", ".csv", ".tsv", ".json", "") and sniffed != suffix:

@@ -101,6 +101,7 @@ import numpy as np
 from napari_cryoguard.checks import check_float
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io import coords as _coords
+from napari_cryoguard.io._reading import pick_file
 from napari_cryoguard.io.picks import Picks, positive_voxel_size, tomo_key
 
 CENTRED = (
@@ -515,6 +516,21 @@ def _lookup(name: str, geometry: dict[str, TomogramGeometry], notes: list[str]) 
     return None
 
 
+def _resolve(path: Path, names: list[str], geometry: dict[str, TomogramGeometry],
+             notes: list[str], why: str) -> dict[str, str]:
+    """Each tomogram name of the file -> its key in ``geometry`` (:func:`_lookup`); names
+    not found raise, listing them and what ``geometry`` has, and ``why`` they are needed."""
+    resolved = {nm: _lookup(nm, geometry, notes) for nm in names}
+    missing = [nm for nm, g in resolved.items() if g is None]
+    if missing:
+        raise CryoGuardError(
+            f"{path.name}: tomogram(s) {', '.join(repr(m) for m in missing[:8])} are not in "
+            f"tomograms= (it has {', '.join(repr(k) for k in list(geometry)[:8]) or 'none'}); "
+            f"{why}"
+        )
+    return resolved  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -554,9 +570,7 @@ def read_star_picks(
     Picks
         ZYX voxel coordinates; ``notes`` lists what was converted or assumed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CryoGuardError(f"pick file not found: {path}")
+    path = pick_file(path)
     if voxel_size is not None:
         voxel_size = positive_voxel_size(voxel_size, source=path.name)
     blocks = {k: v for k, v in _coords.read_star_blocks(path).items() if v}
@@ -643,14 +657,8 @@ def _normalized_to_voxels(path, frac_xyz, tomo_names, tomograms, voxel_size, not
             )
         tomo_names = np.full(n, next(iter(geometry)), dtype=object).astype(str)
     names = list(dict.fromkeys(tomo_names.tolist()))
-    resolved = {nm: _lookup(nm, geometry, notes) for nm in names}
-    missing = [nm for nm, g in resolved.items() if g is None]
-    if missing:
-        raise CryoGuardError(
-            f"{path.name}: tomogram(s) {', '.join(repr(m) for m in missing[:8])} are not in "
-            f"tomograms= (it has {', '.join(repr(k) for k in list(geometry)[:8]) or 'none'}); "
-            "their sizes are needed to convert normalised coordinates"
-        )
+    resolved = _resolve(path, names, geometry, notes,
+                        "their sizes are needed to convert normalised coordinates")
     span = np.zeros((n, 3))
     tvs = np.zeros(n)
     for i, nm in enumerate(tomo_names.tolist()):
@@ -699,14 +707,7 @@ def _centred_to_voxels(path, table, tomo_names, tomograms, voxel_size, notes):
         )
     else:
         geometry = load_tomograms(tomograms)
-    resolved = {nm: _lookup(nm, geometry, notes) for nm in names}
-    missing = [nm for nm, g in resolved.items() if g is None]
-    if missing:
-        raise CryoGuardError(
-            f"{path.name}: tomogram(s) {', '.join(repr(m) for m in missing[:8])} are not in "
-            f"tomograms= (it has {', '.join(repr(k) for k in list(geometry)[:8]) or 'none'}); "
-            "give their size and pixel size"
-        )
+    resolved = _resolve(path, names, geometry, notes, "give their size and pixel size")
     centred = np.stack([_numbers(table[c], c, path) for c in CENTRED], axis=1) if n else (
         np.zeros((0, 3))
     )

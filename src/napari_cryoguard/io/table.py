@@ -54,6 +54,7 @@ import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io import coords as _coords
+from napari_cryoguard.io._reading import check_finite_coords, read_limited_text
 from napari_cryoguard.io.picks import Picks, positive_voxel_size, voxel_size_or_assumed
 
 MAX_CLASSES = 100_000
@@ -125,24 +126,6 @@ def _is_number(s: str) -> bool:
 
 
 # --------------------------------------------------------------------------- reading text
-
-
-def _read_text(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CryoGuardError(
-                f"{path.name}: {size} bytes is more than the {MAX_FILE_BYTES} a pick table may hold"
-            )
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CryoGuardError(f"could not read {path}: {err}") from err
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise CryoGuardError(
-            f"{path.name} is not UTF-8 text (byte {err.start}); pick tables must be text"
-        ) from err
 
 
 def _split_comments(text: str) -> tuple[dict[str, str], list[str]]:
@@ -307,27 +290,18 @@ def _check_labels(path: Path, labels: np.ndarray, class_names: list[str] | None)
 # --------------------------------------------------------------------------- reader
 
 
-def read_table_picks(
-    path: str | os.PathLike,
-    *,
-    voxel_size: float | None = None,
-    tomograms: Any = None,
-    units: str = "voxel",
-    delimiter: str | None = None,
-    header: bool | None = None,
-) -> Picks:
+def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
+                     tomograms: Any = None, units: str = "voxel", delimiter: str | None = None,
+                     header: bool | None = None) -> Picks:
     """Read picks from a CSV, TSV or whitespace table (the package's own or another tool's).
 
     Parameters
     ----------
-    path : str or PathLike
-        The table; see the module docstring for the columns understood.
-    voxel_size : float, optional
-        Angstrom per voxel. Overrides the file's ``# voxel_size:`` line; required with
-        ``units="angstrom"`` (or Angstrom column names). Without either, 1.0 is assumed,
-        with a warning and a note.
-    tomograms : optional
-        Not used by tables (accepted for the common reader signature).
+    path, voxel_size, tomograms
+        As for :func:`~napari_cryoguard.io.read_picks` (``tomograms`` is not used). The
+        columns understood are in the module docstring. ``voxel_size`` overrides the
+        file's ``# voxel_size:`` line and is required with ``units="angstrom"`` (or
+        Angstrom column names); without either, 1.0 is assumed, with a warning and a note.
     units : {"voxel", "angstrom"}
         What the coordinate columns hold.
     delimiter : str, optional
@@ -355,7 +329,7 @@ def read_table_picks(
         raise CryoGuardError(f"units must be 'voxel' or 'angstrom', got {units!r}")
     if voxel_size is not None:
         voxel_size = positive_voxel_size(voxel_size, source=path.name)
-    text = _read_text(path)
+    text = read_limited_text(path, MAX_FILE_BYTES, "a pick table")
     meta, lines = _split_comments(text)
     own = text.lstrip().startswith("# napari-cryoguard picks")
     notes: list[str] = []
@@ -435,13 +409,7 @@ def read_table_picks(
         if n
         else np.zeros((0, 3))
     )
-    bad = ~np.isfinite(coords).all(axis=1)
-    if bad.any():
-        rows_bad = np.flatnonzero(bad)
-        raise CryoGuardError(
-            f"{path.name}: {int(bad.sum())} pick(s) have non-finite coordinates "
-            f"(rows {rows_bad[:5].tolist()}{' ...' if len(rows_bad) > 5 else ''})"
-        )
+    check_finite_coords(coords, path)
 
     lower = {_norm(h): h for h in reversed(names) if h not in used}
 
@@ -527,13 +495,6 @@ def read_table_picks(
             stacklevel=3,
         )
         voxel_size = voxel_size_or_assumed(None, path.name, notes)
-    return Picks(
-        coords=coords,
-        scores=scores,
-        labels=labels,
-        class_names=class_names,
-        tomo_names=tomo_names,
-        features=features,
-        voxel_size=float(voxel_size),
-        notes=notes,
-    )
+    return Picks(coords=coords, scores=scores, labels=labels, class_names=class_names,
+                 tomo_names=tomo_names, features=features, voxel_size=float(voxel_size),
+                 notes=notes)
