@@ -1,7 +1,9 @@
-"""The demo pipeline, Qt-free: simulate a tomogram, pick particles, extract subtomograms.
+"""The demo pipeline, Qt-free: simulate a tomogram, pick particles, extract subtomograms,
+classify and attack them.
 
-``cryoguard demo`` runs :func:`run_pipeline` and then shows the result in napari (or,
-headless, renders a screenshot); ``make demo`` calls it.
+``cryoguard demo`` (:mod:`napari_cryoguard.cli.demo`) runs :func:`run_pipeline` and then
+shows the result in napari (or, headless, renders a screenshot); ``make demo`` runs that
+command. This module imports nothing of napari or Qt.
 """
 
 from __future__ import annotations
@@ -136,21 +138,3 @@ def _classify_and_attack(sim, picks, sub, t: dict, log, result: DemoResult) -> d
     return {"model": "cb3d-default", "classification_accuracy": acc,
             "fgsm_eps": 0.03, "accuracy_before_attack": s["accuracy_before"],
             "accuracy_after_attack": s["accuracy_after"]}
-
-
-def run_demo(out: str | Path = "demo-output", headless: bool = False, seed: int = 0,
-             log: Callable[[str], None] = print) -> dict:
-    """Run the pipeline, then open napari with its layers and widgets.
-
-    Headless (no window; needs an X server such as Xvfb for OpenGL), the viewer is drawn
-    once and saved as ``screenshot.png`` in ``out``, then closed.
-    """
-    result = run_pipeline(out, seed=seed, log=log)
-    from napari_cryoguard._napari.demo import show_demo
-
-    shot = show_demo(result, out=Path(out), headless=headless)
-    if shot is not None:
-        result.summary["screenshot"] = str(shot)
-        log(f"screenshot: {shot}")
-    Path(out, "report.json").write_text(json.dumps(result.summary, indent=2))
-    return result.summary

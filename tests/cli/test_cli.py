@@ -177,7 +177,8 @@ def test_load_dataset_says_what_the_file_is(files_of_each_kind):
 
 
 def test_help_shows_the_guard_options(capsys):
-    from napari_cryoguard.cli import _picks_options, build_parser
+    from napari_cryoguard.cli import build_parser
+    from napari_cryoguard.cli.picking import _picks_options
 
     parser = build_parser()
     for command, options in [
@@ -255,7 +256,7 @@ def test_disk_full_during_writing_is_one_error_and_leaves_no_temporary(tmp_path,
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(capsys):
-    from napari_cryoguard.cli import _Progress
+    from napari_cryoguard.cli._common import Progress as _Progress
 
     bar = _Progress("work", interval=0.0)
     for i in range(1, 5):
@@ -272,7 +273,7 @@ def test_extract_warp_fractions_take_the_geometry_of_the_tomogram_extracted(tmp_
     from napari_cryoguard.data import load_dataset
     from napari_cryoguard.io import write_tomogram
 
-    star = Path(__file__).parent / "data" / "warp" / "TS_1_10.00Apx_emd_15854_clean.star"
+    star = Path(__file__).parents[1] / "data" / "warp" / "TS_1_10.00Apx_emd_15854_clean.star"
     shape = (39, 237, 174)  # ZYX, half the tutorial's 348 x 474 x 78 tomogram
     write_tomogram(tmp_path / "TS_1.mrc", np.zeros(shape, np.float32), 20.0)
     out = tmp_path / "sub.npz"

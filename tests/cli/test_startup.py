@@ -11,7 +11,7 @@ import pytest
 CRYOGUARD = str(Path(sys.executable).with_name("cryoguard"))
 
 # Every command: their help is built without torch.
-COMMANDS = ["simulate", "simulate-dataset", "pick", "extract", "classify", "attack", "merge",
+COMMANDS = ["simulate", "simulate-dataset", "pick", "extract", "classify", "attack", "attacks", "merge",
             "models", "templates", "demo", "train", "evaluate", "reproduce"]
 
 _PROBE = """
