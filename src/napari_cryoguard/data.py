@@ -820,13 +820,6 @@ def load_dataset(path: str | os.PathLike, *, mmap: bool = False) -> SubtomogramD
     normalized = metadata.get("normalized", True)
     if not isinstance(normalized, bool):
         raise CryoGuardError(f"{path}: normalized must be true or false")
-    return SubtomogramDataset(
-        volumes=volumes,
-        labels=labels,
-        class_names=class_names,
-        coords=coords,
-        tomo_names=tomo_names,
-        voxel_size=float(voxel_size),
-        normalized=normalized,
-        meta=meta,
-    )
+    return SubtomogramDataset(volumes=volumes, labels=labels, class_names=class_names,
+                              coords=coords, tomo_names=tomo_names,
+                              voxel_size=float(voxel_size), normalized=normalized, meta=meta)

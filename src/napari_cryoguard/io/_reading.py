@@ -8,8 +8,10 @@ file's name, so a widget or the command line shows one readable line.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -64,8 +66,11 @@ def check_finite_coords(coords: np.ndarray, path: Path, what: str = "have") -> N
         )
 
 
-def needs_library(lib: str) -> CryoGuardError:
-    """The error for a format whose optional library is not installed."""
-    return CryoGuardError(
-        f"reading this format needs the {lib!r} library: install napari-cryoguard[formats]"
-    )
+def optional_library(name: str) -> ModuleType:
+    """Import the optional library a format needs, or say how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise CryoGuardError(
+            f"reading this format needs the {name!r} library: install napari-cryoguard[formats]"
+        ) from err

@@ -676,16 +676,9 @@ def star_picks_from_table(
         features = _collect_features(table, used, feature_meta)
     except CryoGuardError as err:
         raise CryoGuardError(f"{path.name}: {err}") from err
-    return Picks(
-        coords=coords,
-        scores=scores,
-        labels=labels_arr,
-        class_names=class_names,
-        tomo_names=tomo_names,
-        features=features,
-        voxel_size=voxel_size,
-        notes=list(notes),
-    )
+    return Picks(coords=coords, scores=scores, labels=labels_arr, class_names=class_names,
+                 tomo_names=tomo_names, features=features, voxel_size=voxel_size,
+                 notes=list(notes))
 
 
 def _merge_coordinate_blocks(path: Path, blocks: dict, names: list[str]) -> dict[str, np.ndarray]:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io._reading import check_finite_coords, needs_library, read_limited
+from napari_cryoguard.io._reading import check_finite_coords, optional_library, read_limited
 from napari_cryoguard.io.picks import Picks, positive_voxel_size, voxel_size_or_assumed
 
 MAX_FILE_BYTES = 2 * 1024**3
@@ -95,10 +95,7 @@ def read_dynamo_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
     """
     del tomograms
     path = Path(path)
-    try:
-        import dynamotable
-    except ImportError as err:
-        raise needs_library("dynamotable") from err
+    dynamotable = optional_library("dynamotable")
     raw = read_limited(path, MAX_FILE_BYTES, "a table")
     notes: list[str] = []
     if not raw.strip():

@@ -28,7 +28,6 @@ note in :attr:`Tomogram.notes` says which (with a ``UserWarning`` for the 1.0 gu
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,19 +67,19 @@ def read_em(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | No
         Missing file, a file shorter than the header or than the voxels it claims, an
         unknown machine byte or data type, complex data, a 2D image.
     """
-    from napari_cryoguard.io.mrc import LazyVolume, Tomogram, _valid_voxel_size
+    from napari_cryoguard.io.mrc import (
+        LazyVolume,
+        Tomogram,
+        _valid_voxel_size,
+        assumed_voxel_size,
+        read_header_bytes,
+    )
 
     path = Path(path)
     if not path.is_file():
         raise CryoGuardError(f"tomogram file not found: {path}")
     size = path.stat().st_size
-    if size < HEADER_BYTES:
-        raise CryoGuardError(
-            f"{path.name} is not an EM file: it has {size} bytes, fewer than the "
-            f"{HEADER_BYTES}-byte EM header"
-        )
-    with open(path, "rb") as fh:
-        head = fh.read(HEADER_BYTES)
+    head = read_header_bytes(path, size, HEADER_BYTES, "EM")
     machine, dtype_code = head[0], head[3]
     if machine in _BIG_ENDIAN_MACHINES:
         order = ">"
@@ -124,11 +123,8 @@ def read_em(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | No
     raw = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(nz, ny, nx))
     data = raw if dtype == np.dtype("<f4") or dtype == np.dtype("=f4") else LazyVolume(raw)
     if voxel_size is None:
-        vs = (1.0, 1.0, 1.0)
-        msg = (f"{path.name}: an EM file stores no reliable voxel size; assumed 1.0 Angstrom "
-               "(give voxel_size= to set it)")
-        notes.append(msg)
-        warnings.warn(msg, UserWarning, stacklevel=3)
+        vs = assumed_voxel_size(f"{path.name}: an EM file stores no reliable voxel size; "
+                                "assumed 1.0 Angstrom (give voxel_size= to set it)", notes)
     else:
         vs = _valid_voxel_size(voxel_size)
         notes.append(f"{path.name}: voxel size {vs[2]:g} Angstrom as given (EM files store none)")

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.io._reading import needs_library, read_limited
+from napari_cryoguard.io._reading import optional_library, read_limited
 from napari_cryoguard.io.picks import Picks, positive_voxel_size
 
 MAX_FILE_BYTES = 256 * 1024**2
@@ -175,10 +175,7 @@ def read_imod_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
     """
     del tomograms
     path = Path(path)
-    try:
-        import imodmodel
-    except ImportError as err:
-        raise needs_library("imodmodel") from err
+    imodmodel = optional_library("imodmodel")
     raw = read_limited(path, MAX_FILE_BYTES, "a model")
     if not raw.startswith(b"IMOD"):
         raise CryoGuardError(f"{path.name} is not an IMOD model (it does not start with 'IMOD')")

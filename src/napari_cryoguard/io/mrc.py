@@ -146,7 +146,7 @@ class LazyVolume:
         return np.array(out, dtype=np.float32)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        if copy is False:
+        if copy is False:  # numpy's __array__ protocol asks for ValueError here
             raise ValueError("LazyVolume converts on access; a copy cannot be avoided")
         out = np.array(self._raw, dtype=np.float32)
         return out if dtype is None else out.astype(dtype, copy=False)
@@ -246,6 +246,25 @@ def _valid_voxel_size(voxel_size: float | Sequence[float]) -> tuple[float, float
     return (float(arr[0]), float(arr[1]), float(arr[2]))
 
 
+def read_header_bytes(path: Path, file_size: int, n: int, kind: str) -> bytes:
+    """The first ``n`` bytes of a ``kind`` ("MRC", "EM") volume file; a shorter file raises."""
+    if file_size < n:
+        raise CryoGuardError(
+            f"{path.name} is not an {kind} file: it has {file_size} bytes, fewer than the "
+            f"{n}-byte {kind} header"
+        )
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def assumed_voxel_size(message: str, notes: list[str]) -> tuple[float, float, float]:
+    """1 Angstrom per voxel for a file that stores none: ``message`` (saying so) is added
+    to ``notes`` and warned where the reader was called from."""
+    notes.append(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
+    return (1.0, 1.0, 1.0)
+
+
 def _header_voxel_size(cell: float, samples: int) -> float:
     """Voxel size ``cell / samples`` from float32 header fields, as the shortest decimal.
 
@@ -270,13 +289,7 @@ def _inspect_header(path: Path, file_size: int) -> dict[str, Any]:
 
     Returns the header fields needed later; raises CryoGuardError saying what was found.
     """
-    if file_size < _HEADER_BYTES:
-        raise CryoGuardError(
-            f"{path.name} is not an MRC file: it has {file_size} bytes, fewer than the "
-            f"{_HEADER_BYTES}-byte MRC header"
-        )
-    with open(path, "rb") as fh:
-        raw = fh.read(_HEADER_BYTES)
+    raw = read_header_bytes(path, file_size, _HEADER_BYTES, "MRC")
     has_map_id = raw[208:211] == b"MAP"
     stamp = raw[212:214]
     # MRC2014 machine stamps: 0x44 0x41 (or 0x44 0x44) little-endian, 0x11 0x11 big-endian.

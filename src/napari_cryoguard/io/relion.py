@@ -245,13 +245,15 @@ def _optics_per_row(
     return np.array([lookup[g] for g in rows.tolist()], dtype=np.float64)
 
 
-def _one_value(path: Path, values: np.ndarray, what: str) -> float:
+def _one_value(path: Path, values: np.ndarray, what: str, *, whose: str = "particles",
+               coordinates: str = "are in") -> float:
+    """The one positive value all rows share; several raise, asking for ``voxel_size=``."""
     distinct = sorted(set(np.round(values, 9).tolist()))
     if len(distinct) > 1:
         raise CryoGuardError(
-            f"{path.name}: the particles have {len(distinct)} different {what} "
+            f"{path.name}: the {whose} have {len(distinct)} different {what} "
             f"({', '.join(f'{v:g}' for v in distinct[:5])}); pass voxel_size= to choose the "
-            "voxel size the coordinates are in"
+            f"voxel size the coordinates {coordinates}"
         )
     return check_float(f"{path.name}: {what}", distinct[0], minimum=0.0, strict=True)
 
@@ -853,11 +855,5 @@ def _to_one_voxel_size(path: Path, voxels: np.ndarray, tvs: np.ndarray,
     requested ``voxel_size``, else the tomograms' common one (an error if they differ)."""
     if voxel_size is not None:
         return voxels * (tvs[:, None] / voxel_size), float(voxel_size)
-    distinct = sorted(set(np.round(tvs, 9).tolist()))
-    if len(distinct) > 1:
-        raise CryoGuardError(
-            f"{path.name}: the tomograms have different voxel sizes "
-            f"({', '.join(f'{v:g}' for v in distinct[:5])} A); pass voxel_size= to choose "
-            "the voxel size the coordinates are converted to"
-        )
+    _one_value(path, tvs, "voxel sizes (A)", whose="tomograms", coordinates="are converted to")
     return voxels, float(tvs[0])

@@ -26,7 +26,6 @@ Laziness
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,7 +125,7 @@ def read_tiff(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | 
     CryoGuardError
         Missing file or tifffile, not a TIFF, not a 3D stack.
     """
-    from napari_cryoguard.io.mrc import LazyVolume, Tomogram, _valid_voxel_size
+    from napari_cryoguard.io.mrc import LazyVolume, Tomogram, _valid_voxel_size, assumed_voxel_size
 
     tifffile = _tifffile()
     path = Path(path)
@@ -163,11 +162,8 @@ def read_tiff(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | 
             vs = _valid_voxel_size(voxel_size)
             notes.append(f"{name}: no voxel size in the TIFF metadata; {vs[2]:g} Angstrom as given")
         else:
-            vs = (1.0, 1.0, 1.0)
-            msg = (f"{name}: no voxel size in the TIFF metadata; assumed 1.0 Angstrom "
-                   "(give voxel_size= to set it)")
-            notes.append(msg)
-            warnings.warn(msg, UserWarning, stacklevel=3)
+            vs = assumed_voxel_size(f"{name}: no voxel size in the TIFF metadata; assumed 1.0 "
+                                    "Angstrom (give voxel_size= to set it)", notes)
         try:
             raw: Any = tifffile.memmap(path, mode="r")
             handle = None
