@@ -16,34 +16,37 @@ Public API
 
 How to add a defense
 --------------------
-Create one module in this package, e.g. ``defenses/trades.py``; every module here
-except ``base``, ``trainer``, ``training_data``, ``state``, ``events``,
-``distributed`` and ``_private`` ones is
-imported the first time the registry is used, so registering is all it takes:
+Create one module in this package, e.g. ``defenses/mydefense.py``; every module here
+except the infrastructure (``base``, ``trainer``, ``training_data``, ``state``,
+``events``, ``distributed``) and ``_private`` ones is imported the first time the
+registry is used, so registering is all it takes:
 
 .. code-block:: python
 
     from dataclasses import dataclass
-    import torch.nn.functional as F
-    from napari_cryoguard.defenses.base import Batch, Defense, register_defense, unwrap
+    from napari_cryoguard.defenses.at import InnerMaxParams, attack_mode, pgd_trajectory
+    from napari_cryoguard.defenses.base import Batch, Defense, register_defense
+    from napari_cryoguard.registry import number
 
     @dataclass
-    class TradesParams:
-        beta: float = 6.0          # defaults from the paper, cited in the docstring
-        eps: float = 0.03
+    class MyParams(InnerMaxParams):     # eps, step_size, steps, norm, eps_unit, checked
+        beta: float = number(6.0)       # a default from the paper, cited in the docstring
 
-    def trades_loss(model, batch: Batch, params: TradesParams):
+    def my_loss(model, batch: Batch, params: MyParams):
         \"\"\"Pure function: (loss tensor, {name: float}). Cite the paper's equation.\"\"\"
-        plain = unwrap(model)                      # attacks run on the plain model,
-        x_adv = ...                                # before the loss' forward pass,
-        logits = model(batch.x)                    # which goes through ``model``
+        with attack_mode(model) as plain:          # attacks run on the plain model in
+            x_adv = ...                            # eval mode, before the loss' forward
+        logits = model(batch.x)                    # pass, which goes through ``model``
         ...
         return loss, {"ce": ..., "kl": ...}
 
-    @register_defense("trades", TradesParams)
-    class Trades(Defense):
+    @register_defense("mine", MyParams)
+    class Mine(Defense):
         def loss(self, model, batch):
-            return trades_loss(model, batch, self.params)
+            return my_loss(model, batch, self.params)
+
+The ``cryoguard train --defense mine --set beta=3`` option, the Train widget's form and
+``get_defense("mine", beta=3)`` then all read ``MyParams``.
 
 Rules: take the device from ``batch.x`` (never ``.cuda()``); labels ``batch.y`` are -1
 for unlabelled samples (use ``masked_cross_entropy``); ``batch.index`` addresses

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +44,7 @@ from torch import nn
 
 from napari_cryoguard.attacks.gradient import pgd_perturb
 from napari_cryoguard.attacks.ops import random_start as _random_start
-from napari_cryoguard.attacks.units import check_eps_unit, range_coordinates
-from napari_cryoguard.checks import check_choice, check_number
+from napari_cryoguard.attacks.units import EpsUnit, check_eps_unit, range_coordinates
 from napari_cryoguard.defenses.base import (
     Batch,
     Defense,
@@ -55,17 +53,18 @@ from napari_cryoguard.defenses.base import (
     unwrap,
 )
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.params import Norm, choices_of
+from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import check_fields, number
 
 __all__ = [
     "AT",
     "ATParams",
     "adversarial_ce_objective",
+    "adversarial_examples",
     "at_loss",
     "attack_mode",
+    "InnerMaxParams",
     "ce_and_accuracy",
-    "check_attack_params",
-    "check_unit",
     "kl_ascent",
     "kl_per_sample",
     "masked_accuracy",
@@ -93,24 +92,26 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
-def check_unit(eps_unit: str) -> None:
-    """Raise :class:`CryoGuardError` unless ``eps_unit`` is ``"normalized"`` or ``"range"``."""
-    check_eps_unit(eps_unit)
+@dataclass
+class InnerMaxParams:
+    """The ball and the PGD iteration of an adversarial defense's inner maximisation.
 
-
-def check_attack_params(params: Any, suffix: str = "") -> None:
-    """Check the inner maximisation's fields of a defense's parameters.
-
-    ``params.norm`` is a :data:`~napari_cryoguard.params.Norm`, ``eps<suffix>`` and
-    ``step_size<suffix>`` numbers >= 0, ``steps<suffix>`` an integer >= 0 and
-    ``params.eps_unit`` a budget unit; RAT checks its second ball with ``suffix="_prime"``.
-    Raises :class:`CryoGuardError` naming the bad field.
+    The fields every adversarial defense here shares, declared once with their ranges
+    (checked by :func:`napari_cryoguard.registry.check_fields`) and help: ``eps``,
+    ``step_size``, ``steps`` (the RAT paper's budget, section IV.B, unless a defense
+    declares its own default), ``norm`` and ``eps_unit``.
     """
-    check_choice("norm", params.norm, choices_of(Norm) or ())
-    check_number("eps" + suffix, getattr(params, "eps" + suffix))
-    check_number("step_size" + suffix, getattr(params, "step_size" + suffix))
-    check_number("steps" + suffix, getattr(params, "steps" + suffix), integer=True)
-    check_unit(params.eps_unit)
+
+    eps: float = number(0.01, help="radius of the perturbation ball (RAT IV.B: 0.01)")
+    step_size: float = number(0.001, help="step of the sign-gradient iteration (RAT IV.B: 0.001)")
+    steps: int = number(10, integer=True, help="iterations of the inner maximisation (10)")
+    norm: Norm = field(default="linf", metadata={"help": "the ball's norm: linf (the papers') or l2"})
+    eps_unit: EpsUnit = field(default="normalized", metadata={
+        "help": "unit of eps and step_size: normalized (the data's units) or range (a "
+                "fraction of each sample's intensity range)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def ce_and_accuracy(
@@ -308,25 +309,17 @@ def pgd_examples(
 
 
 @dataclass
-class ATParams:
-    """Parameters of the ``at`` defense (RAT paper Eq. (2)-(4), section IV.B).
+class ATParams(InnerMaxParams):
+    """Parameters of the ``at`` defense (RAT paper Eq. (2)-(4), section IV.B): the ball
+    and iteration of :class:`InnerMaxParams` (eps 0.01 = the clip range ``[a, b] =
+    [-0.01, 0.01]`` of Eq. (3), step ``mu_1`` 0.001, 10 steps "consistent with the
+    implementation in [30]", linf) and
 
     Attributes
     ----------
-    eps
-        Perturbation budget (the clip range ``[a, b] = [-0.01, 0.01]`` of Eq. (3)): 0.01.
-    step_size
-        Step ``mu_1`` of Eq. (3): 0.001.
-    steps
-        PGD iterations: 10 ("consistent with the implementation in [30]").
     random_start
         Start from a uniform random point of the eps-ball (section III.C: "starts from a
         random perturbation ... as a seed"): True.
-    norm
-        ``"linf"`` (the paper's) or ``"l2"``.
-    eps_unit
-        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
-        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
     clean_weight
         Weight ``w`` of the clean cross-entropy: the loss is ``(1 - w) CE(x_adv) + w
         CE(x)``. 0 (default): adversarial examples only (RAT Eq. (2), Madry et al.);
@@ -334,19 +327,26 @@ class ATParams:
         ``(CE(x) + CE(x_adv)) / 2``.
     """
 
-    eps: float = 0.01
-    step_size: float = 0.001
-    steps: int = 10
     random_start: bool = True
-    norm: Norm = "linf"
-    eps_unit: str = "normalized"
-    clean_weight: float = 0.0
+    clean_weight: float = number(0.0, maximum=1.0)
 
-    def __post_init__(self) -> None:
-        check_attack_params(self)
-        check_number("clean_weight", self.clean_weight)
-        if self.clean_weight > 1.0:
-            raise CryoGuardError(f"clean_weight must be in [0, 1], got {self.clean_weight!r}")
+
+def adversarial_examples(
+    model: nn.Module, batch: Batch, params: InnerMaxParams
+) -> torch.Tensor:
+    """:func:`pgd_examples` of ``batch`` with the ball and iteration of ``params`` (and its
+    ``random_start``, True when it has none)."""
+    return pgd_examples(
+        model,
+        batch.x,
+        batch.y,
+        norm=params.norm,
+        eps=params.eps,
+        step_size=params.step_size,
+        steps=params.steps,
+        random_start=bool(getattr(params, "random_start", True)),
+        eps_unit=params.eps_unit,
+    )
 
 
 def at_loss(
@@ -363,17 +363,7 @@ def at_loss(
     (loss, logs)
         Logs: ``adv_ce`` (the loss) and ``adv_acc`` (batch accuracy on ``x_adv``).
     """
-    x_adv = pgd_examples(
-        model,
-        batch.x,
-        batch.y,
-        norm=params.norm,
-        eps=params.eps,
-        step_size=params.step_size,
-        steps=params.steps,
-        random_start=params.random_start,
-        eps_unit=params.eps_unit,
-    )
+    x_adv = adversarial_examples(model, batch, params)
     w = float(params.clean_weight)
     if w == 0.0:
         return ce_and_accuracy(model, x_adv, batch.y, prefix="adv_")

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_cryoguard.checks import check_choice, check_number
+from napari_cryoguard.checks import check_choice
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.registry import check_fields, number
 
 __all__ = [
     "AugmentParams",
@@ -70,19 +71,13 @@ class AugmentParams:
 
     rotate: bool = True
     flip: bool = True
-    noise_std: float = 0.1
-    wedge_prob: float = 0.5
-    tilt_range: float = 60.0
+    noise_std: float = number(0.1)
+    wedge_prob: float = number(0.5, maximum=1.0)
+    tilt_range: float = number(60.0, strict=True, maximum=90.0)
     tilt_axis: str = "y"
 
     def __post_init__(self) -> None:
-        check_number("noise_std", self.noise_std)
-        check_number("wedge_prob", self.wedge_prob)
-        if self.wedge_prob > 1.0:
-            raise CryoGuardError(f"wedge_prob must be in [0, 1], got {self.wedge_prob!r}")
-        check_number("tilt_range", self.tilt_range, strict=True)
-        if self.tilt_range > 90.0:
-            raise CryoGuardError(f"tilt_range must be in (0, 90], got {self.tilt_range!r}")
+        check_fields(self)
         check_choice("tilt_axis", str(self.tilt_axis).lower(), ("y", "x"))
 
 

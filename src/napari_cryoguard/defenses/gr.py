@@ -39,16 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
+    InnerMaxParams,
     attack_mode,
-    check_attack_params,
     masked_accuracy,
     pgd_trajectory,
     random_start,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, register_defense, unwrap
-from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import check_fields, number
 
 __all__ = [
     "GR",
@@ -91,10 +90,10 @@ class GRParams:
         ``lambda``, the weight of the squared input-gradient norm: 1.0 (MIRST-DM 4.1).
     """
 
-    weight: float = 1.0
+    weight: float = number(1.0)
 
     def __post_init__(self) -> None:
-        check_number("weight", self.weight)
+        check_fields(self)
 
 
 def input_gradient_penalty(
@@ -149,8 +148,10 @@ class GR(Defense):
 
 
 @dataclass
-class LLRParams:
-    """Parameters of the ``llr`` defense.
+class LLRParams(InnerMaxParams):
+    """Parameters of the ``llr`` defense: the ball and PGD iteration that find
+    ``delta*`` as :class:`~napari_cryoguard.defenses.at.InnerMaxParams` (0.01, 0.001,
+    10: the RAT IV.B budget) and
 
     Attributes
     ----------
@@ -158,27 +159,10 @@ class LLRParams:
         Weight of the local-linearity measure ``g(delta*; x)``: 3 (MIRST-DM 4.1).
     mu_grad
         Weight of the gradient-magnitude term ``|delta* . grad_x l(x)|``: 4 (MIRST-DM 4.1).
-    eps, step_size, steps
-        Ball and PGD iteration that find ``delta*``: 0.01, 0.001, 10 (RAT IV.B budget).
-    norm
-        ``"linf"`` or ``"l2"``.
-    eps_unit
-        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
-        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
     """
 
-    lambda_lin: float = 3.0
-    mu_grad: float = 4.0
-    eps: float = 0.01
-    step_size: float = 0.001
-    steps: int = 10
-    norm: Norm = "linf"
-    eps_unit: str = "normalized"
-
-    def __post_init__(self) -> None:
-        check_attack_params(self)
-        check_number("lambda_lin", self.lambda_lin)
-        check_number("mu_grad", self.mu_grad)
+    lambda_lin: float = number(3.0)
+    mu_grad: float = number(4.0)
 
 
 def local_linearity(

@@ -46,16 +46,16 @@ from torch import nn
 
 from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
+    InnerMaxParams,
     adversarial_ce_objective,
     attack_mode,
-    check_attack_params,
     masked_accuracy,
     pgd_trajectory,
     random_start,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import number
 
 __all__ = [
     "MIRST",
@@ -71,39 +71,24 @@ _EPS_5_255 = 5.0 / 255.0
 
 
 @dataclass
-class RSTParams:
-    """Parameters of the ``rst`` defense (MIRST-DM Eq. (1), (3); section 4.1).
+class RSTParams(InnerMaxParams):
+    """Parameters of the ``rst`` defense (MIRST-DM Eq. (1), (3); section 4.1): the ball
+    and PGD iteration of :class:`~napari_cryoguard.defenses.at.InnerMaxParams` with the
+    paper's L-inf budget 5/255 = 0.0196 (section 4.1), the step ``gamma`` of Eq. (3)
+    0.002 (our choice, see the module docstring) and ``T`` = 10 steps (section 3.1), and
 
     Attributes
     ----------
     alpha
         Weight of the adversarial loss: 1.0 (section 4.1).
-    eps
-        L-inf budget: 5/255 = 0.0196 (section 4.1).
-    step_size
-        PGD step ``gamma`` of Eq. (3): 0.002 (our choice, see the module docstring).
-    steps
-        ``T``: 10 (section 3.1).
     random_start
         Eq. (3) starts at the clean image: False.
-    norm
-        ``"linf"`` or ``"l2"``.
-    eps_unit
-        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
-        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
     """
 
-    alpha: float = 1.0
-    eps: float = _EPS_5_255
-    step_size: float = 0.002
-    steps: int = 10
+    eps: float = number(_EPS_5_255, help="L-inf budget (MIRST-DM 4.1: 5/255)")
+    step_size: float = number(0.002, help="PGD step gamma of Eq. (3): 0.002")
+    alpha: float = number(1.0)
     random_start: bool = False
-    norm: Norm = "linf"
-    eps_unit: str = "normalized"
-
-    def __post_init__(self) -> None:
-        check_attack_params(self)
-        check_number("alpha", self.alpha)
 
     def instances(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
         """(weights, step counts) of the adversarial instances: RST's one, the last iterate."""

@@ -34,61 +34,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
+    InnerMaxParams,
+    adversarial_examples,
     ce_and_accuracy,
-    check_attack_params,
     kl_ascent,
     kl_per_sample,
     masked_accuracy,
-    pgd_examples,
     random_start,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
-from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import number
 
 __all__ = ["RAT", "RATParams", "rat_loss", "rat_regulariser_examples"]
 
 
 @dataclass
-class RATParams:
-    """Parameters of the ``rat`` defense (RAT paper section IV.B).
+class RATParams(InnerMaxParams):
+    """Parameters of the ``rat`` defense (RAT paper section IV.B): the ball and iteration
+    of ``x_adv`` (Eq. (3)) as :class:`~napari_cryoguard.defenses.at.InnerMaxParams`
+    (clip range ``[a, b] = [-eps, eps]`` = [-0.01, 0.01], ``mu_1`` = 0.001, 10 steps;
+    ``norm`` and ``eps_unit`` hold for both balls, ``x'_adv``'s ball using the range of
+    ``x_adv``) and
 
     Attributes
     ----------
     gamma
         Regularisation weight of Eq. (1): 1.0. 0 gives ``at`` exactly.
-    eps, step_size, steps
-        ``x_adv`` (Eq. (3)): clip range ``[a, b] = [-eps, eps]`` = [-0.01, 0.01],
-        ``mu_1`` = 0.001, 10 steps.
     random_start
         ``x_adv`` starts from a uniform random point of ``[a, b]`` (III.C): True.
-    eps_prime, step_size_prime, steps_prime
-        ``x'_adv`` (Eq. (6)): ``[a', b'] = [-0.01, 0.01]`` around ``x_adv``,
-        ``mu_2`` = 0.001, 10 steps; always a random start in ``[a', b']``.
-    norm
-        ``"linf"`` (the paper's) or ``"l2"``, for both balls.
-    eps_unit
-        Unit of both balls and steps: ``"normalized"`` (default) or ``"range"`` (a
-        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`;
-        ``x'_adv``'s ball uses the range of ``x_adv``).
+    eps_prime
+        Radius of ``x'_adv``'s ball around ``x_adv`` (Eq. (6)): ``[a', b'] = [-0.01, 0.01]``;
+        always a random start in it.
+    step_size_prime
+        ``mu_2`` of Eq. (6): 0.001.
+    steps_prime
+        Iterations of Eq. (6): 10.
     """
 
-    gamma: float = 1.0
-    eps: float = 0.01
-    step_size: float = 0.001
-    steps: int = 10
+    gamma: float = number(1.0)
     random_start: bool = True
-    eps_prime: float = 0.01
-    step_size_prime: float = 0.001
-    steps_prime: int = 10
-    norm: Norm = "linf"
-    eps_unit: str = "normalized"
-
-    def __post_init__(self) -> None:
-        check_attack_params(self)
-        check_attack_params(self, suffix="_prime")
-        check_number("gamma", self.gamma)
+    eps_prime: float = number(0.01)
+    step_size_prime: float = number(0.001)
+    steps_prime: int = number(10, integer=True)
 
 
 def rat_regulariser_examples(
@@ -117,17 +105,7 @@ def rat_loss(
     (loss, logs)
         Logs: ``adv_ce``, ``kl`` (0 when ``gamma = 0``), ``adv_acc``.
     """
-    x_adv = pgd_examples(
-        model,
-        batch.x,
-        batch.y,
-        norm=params.norm,
-        eps=params.eps,
-        step_size=params.step_size,
-        steps=params.steps,
-        random_start=params.random_start,
-        eps_unit=params.eps_unit,
-    )
+    x_adv = adversarial_examples(model, batch, params)
     if float(params.gamma) == 0.0:
         loss, logs = ce_and_accuracy(model, x_adv, batch.y, prefix="adv_")
         return loss, {**logs, "kl": 0.0}

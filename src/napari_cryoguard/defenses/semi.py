@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.base import Batch, Defense, register_defense, unwrap
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.registry import check_fields, number
 
 if TYPE_CHECKING:
     from napari_cryoguard.defenses.trainer import Trainer
@@ -52,21 +52,13 @@ class SemiParams:
         ``None`` uses the model's own ``sparsity_weight`` (its ``sparsity_loss``).
     """
 
-    alpha: float = 1.0
-    beta: float = 1.0
-    labelled_fraction: float = 1.0
-    sparsity_weight: float | None = None
+    alpha: float = number(1.0)
+    beta: float = number(1.0)
+    labelled_fraction: float = number(1.0, strict=True, maximum=1.0)
+    sparsity_weight: float | None = number(None)
 
     def __post_init__(self) -> None:
-        check_number("alpha", self.alpha)
-        check_number("beta", self.beta)
-        check_number("labelled_fraction", self.labelled_fraction, strict=True)
-        if self.labelled_fraction > 1.0:
-            raise CryoGuardError(
-                f"labelled_fraction must be in (0, 1], got {self.labelled_fraction!r}"
-            )
-        if self.sparsity_weight is not None:
-            check_number("sparsity_weight", self.sparsity_weight)
+        check_fields(self)
 
 
 def semi_loss(

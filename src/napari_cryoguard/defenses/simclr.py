@@ -46,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.augment import AugmentParams, augment_batch
 from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, register_defense, unwrap
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.registry import number
 
 if TYPE_CHECKING:
     from napari_cryoguard.defenses.trainer import Trainer
@@ -82,15 +82,9 @@ class SimCLRParams(AugmentParams):
         Width of the projection head's output: 64 (our choice).
     """
 
-    temperature: float = 0.5
-    proj_hidden: int = 128
-    proj_dim: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("temperature", self.temperature, strict=True)
-        for name in ("proj_hidden", "proj_dim"):
-            check_number(name, getattr(self, name), minimum=1, integer=True)
+    temperature: float = number(0.5, strict=True)
+    proj_hidden: int = number(128, minimum=1, integer=True)
+    proj_dim: int = number(64, minimum=1, integer=True)
 
     def augment_params(self) -> AugmentParams:
         """The augmentation fields as :class:`AugmentParams`."""

@@ -30,52 +30,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
+    InnerMaxParams,
     ce_and_accuracy,
-    check_attack_params,
     kl_ascent,
     kl_per_sample,
     masked_accuracy,
 )
 from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
-from napari_cryoguard.params import Norm
+from napari_cryoguard.registry import number
 
 __all__ = ["Trades", "TradesParams", "trades_examples", "trades_loss"]
 
 
 @dataclass
-class TradesParams:
-    """Parameters of the ``trades`` defense.
+class TradesParams(InnerMaxParams):
+    """Parameters of the ``trades`` defense: the L-inf ball and sign-step iteration of
+    the KL ascent as :class:`~napari_cryoguard.defenses.at.InnerMaxParams` (0.01, 0.001,
+    10: RAT IV.B) and
 
     Attributes
     ----------
     beta
         Weight of the KL regulariser: 1.0 (MIRST-DM section 4.1; the TRADES paper
         itself uses 6 on CIFAR-10). 0 gives ``standard`` exactly.
-    eps, step_size, steps
-        L-inf ball and sign-step iteration of the KL ascent: 0.01, 0.001, 10 (RAT IV.B).
     init_std
         Standard deviation of the Gaussian start around ``x``: 0.001 (reference code).
-    norm
-        ``"linf"`` or ``"l2"``.
-    eps_unit
-        Unit of ``eps`` and ``step_size``: ``"normalized"`` (default) or ``"range"`` (a
-        fraction of each sample's intensity range, :mod:`napari_cryoguard.attacks.units`).
     """
 
-    beta: float = 1.0
-    eps: float = 0.01
-    step_size: float = 0.001
-    steps: int = 10
-    init_std: float = 0.001
-    norm: Norm = "linf"
-    eps_unit: str = "normalized"
-
-    def __post_init__(self) -> None:
-        check_attack_params(self)
-        check_number("beta", self.beta)
-        check_number("init_std", self.init_std)
+    beta: float = number(1.0)
+    init_std: float = number(0.001)
 
 
 def trades_examples(model: nn.Module, x: torch.Tensor, params: TradesParams) -> torch.Tensor:
