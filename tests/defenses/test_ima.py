@@ -22,16 +22,6 @@ from napari_cryoguard.defenses.ima import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on tiny tensors OpenMP's thread warm-up per new shape costs far
-    more than the work (tens of times slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Toy2D(nn.Module):
     """Class 1 iff feature 0 > 0 (logits -x0, x0); input (N, 1, 1, 1, 2).
 
