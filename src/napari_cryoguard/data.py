@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from napari_cryoguard._atomic import StreamingWriter, atomic_output
+from napari_cryoguard.checks import check_float, check_number
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -140,9 +141,8 @@ class SubtomogramDataset:
             if t.shape != (n,):
                 raise CryoGuardError(f"tomo_names must have shape ({n},), got {t.shape}")
             self.tomo_names = t
-        self.voxel_size = float(self.voxel_size)
-        if not np.isfinite(self.voxel_size) or self.voxel_size <= 0:
-            raise CryoGuardError(f"voxel_size must be > 0 Angstrom, got {self.voxel_size}")
+        self.voxel_size = check_float("voxel_size (Angstrom)", self.voxel_size, minimum=0.0,
+                                      strict=True)
         self.normalized = bool(self.normalized)
         self.meta = dict(self.meta)
 
@@ -815,8 +815,7 @@ def load_dataset(path: str | os.PathLike, *, mmap: bool = False) -> SubtomogramD
     if not isinstance(meta, dict):
         raise CryoGuardError(f"{path}: meta must be a JSON object")
     voxel_size = metadata.get("voxel_size", 1.0)
-    if not isinstance(voxel_size, (int, float)) or isinstance(voxel_size, bool):
-        raise CryoGuardError(f"{path}: voxel_size must be a number")
+    check_number(f"{path}: voxel_size", voxel_size, minimum=0.0, strict=True)
     normalized = metadata.get("normalized", True)
     if not isinstance(normalized, bool):
         raise CryoGuardError(f"{path}: normalized must be true or false")

@@ -56,6 +56,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
 from napari_cryoguard._atomic import atomic_output
+from napari_cryoguard.checks import check_positive_int
 from napari_cryoguard.errors import CryoGuardError
 
 MRC_SUFFIXES: tuple[str, ...] = (".mrc", ".map", ".rec", ".st")
@@ -596,8 +597,7 @@ def check_finite(data: Any, chunk: int | None = None) -> int:
     per_section = int(np.prod(shape[1:], dtype=np.int64)) or 1
     if chunk is None:
         chunk = max(1, (1 << 24) // per_section)
-    if chunk < 1:
-        raise CryoGuardError(f"check_finite chunk must be >= 1, got {chunk}")
+    chunk = check_positive_int("check_finite chunk", chunk)
     if isinstance(data, LazyVolume):
         data = data.raw  # integer modes are always finite; float16 checked in its own dtype
     if np.dtype(data.dtype).kind in "iub":

@@ -147,9 +147,7 @@ class Picks:
         ``c * v / w`` (both tomograms covering the same volume from the same origin, as
         binned versions of one reconstruction do). A note records the conversion.
         """
-        voxel_size = float(voxel_size)
-        if not np.isfinite(voxel_size) or voxel_size <= 0:
-            raise CryoGuardError(f"voxel size must be a positive number, got {voxel_size!r}")
+        voxel_size = positive_voxel_size(voxel_size)
         if np.isclose(voxel_size, self.voxel_size, rtol=1e-4, atol=0.0):
             return self
         out = self.subset(np.ones(len(self), dtype=bool))

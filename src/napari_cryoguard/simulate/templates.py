@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from napari_cryoguard.checks import check_float
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = [
@@ -168,13 +169,7 @@ def _load_cached(name: str, voxel_size: float) -> np.ndarray:
 
 
 def _check_voxel_size(voxel_size: float) -> float:
-    try:
-        v = float(voxel_size)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"voxel size must be a number, got {voxel_size!r}") from exc
-    if not (math.isfinite(v) and v > 0):
-        raise CryoGuardError(f"voxel size must be positive (Å), got {voxel_size!r}")
-    return v
+    return check_float("voxel size (Å)", voxel_size, minimum=0.0, strict=True)
 
 
 def load_template(name: str, voxel_size: float = 10.0) -> np.ndarray:
