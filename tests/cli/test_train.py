@@ -174,3 +174,15 @@ def test_simulate_spec_and_help():
         "--tiny",
     ):
         assert opt in text
+
+
+def test_recipe_options_come_from_the_recipe_without_names_defenses_use():
+    args = build_parser().parse_args(["--optimizer", "sgd", "--adam-betas", "[0.9, 0.99]",
+                                      "--robust-params", '{"eps": 0.1}', "--amp"])
+    assert (args.optimizer, args.adam_betas, args.robust_params, args.amp) == (
+        "sgd", [0.9, 0.99], {"eps": 0.1}, True)
+    for clash in ("--gamma", "--step-size"):  # RAT's gamma, the attacks' step_size
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([clash, "1"])
+    _, dp, rp = _resolve_sets(["gamma=0.5", "recipe.gamma=0.2"], "cb3d", "rat")
+    assert dp == {"gamma": 0.5} and rp == {"gamma": 0.2}

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
+#: recipe fields without an option of their own: a defense has a field of the same name
+#: (``--gamma`` would read as RAT's gamma), so they are reached by ``--set recipe.<name>``
+_SET_ONLY = ("step_size", "gamma")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cryoguard train`` (torch-free)."""
@@ -91,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recipe = p.add_argument_group(
         "training recipe", "unset options keep the recipe's default (or the --resume "
-        "checkpoint's value)"
+        "checkpoint's value); the step schedule's step_size and gamma, whose names "
+        "defenses also use, only as --set recipe.step_size=N / --set recipe.gamma=G"
     )
-    add_options(recipe, Recipe)
+    add_options(recipe, Recipe, skip=_SET_ONLY)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument(
@@ -349,7 +354,7 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
                                  "from --init (--set model.*)")
     elif args.tiny:
         mp = {**tiny_params(model_name), **mp}
-    rp.update(options_from_args(args, Recipe))  # the options beat --set recipe.*
+    rp.update(options_from_args(args, Recipe, skip=_SET_ONLY))  # options beat --set recipe.*
     sim_kw: dict[str, Any] | None = None
     data: Any = args.data
     if args.data is None and args.simulate is None:
