@@ -1,6 +1,8 @@
 """GUI fixtures: a real napari viewer (shown, under Xvfb) with widgets docked through the
 manifest, exactly as the *Plugins* menu docks them (each widget gets its own proxy of
-the viewer). Every GUI test uses these, never ``SomeWidget(viewer)``.
+the viewer). Every GUI test uses these, never ``SomeWidget(viewer)``. Layered: ``viewer``
+(shown, laptop size) -> ``docked`` (dock and drive widgets) -> ``sampled`` (the sample
+data opened).
 """
 
 from __future__ import annotations
@@ -66,3 +68,11 @@ def docked(viewer, qtbot):
         if worker is not None and worker.is_running:
             worker.quit()
             qtbot.waitUntil(lambda worker=worker: not worker.is_running, timeout=60_000)
+
+
+@pytest.fixture
+def sampled(docked):
+    """``docked`` with the sample data opened (File > Open Sample); the tomogram layer is
+    ``sampled.tomogram``. A test that asks for both gets the same object."""
+    docked.tomogram = docked.sample()
+    return docked

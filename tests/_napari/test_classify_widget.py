@@ -176,8 +176,8 @@ def test_classify_picks_of_no_matching_tomogram_notifies(setup, small_sim):
 def test_particle_for_model_converts_the_pick_and_resamples(small_sim, tmp_path):
     """A pick at picks-layer voxels x 2 (half the voxel size) is cut at the same place;
     a 10 A model on a 20 A image gets a resampled 24^3 cube and a note."""
-    from napari_cryoguard.layerdata import particle_for_model
     from napari_cryoguard.classify import load_model, zscore
+    from napari_cryoguard.layerdata import particle_for_model
 
     torch.manual_seed(0)
     model = build_model("cb3d", 3, cube=24, **tiny_params("cb3d"))

@@ -34,9 +34,9 @@ def tiny_ckpt(tmp_path):
 
 
 @pytest.fixture
-def sample(docked):
+def sample(docked, sampled):
     """The sample tomogram with DoG picks and their 28^3 subtomograms as layers."""
-    image = docked.sample()
+    image = sampled.tomogram
     picks = pick_particles(np.asarray(image.data), sigma1=7.0, k=1.1)
     assert len(picks) >= 10
     set_picks_layer(docked.viewer, picks, image)

@@ -10,10 +10,9 @@ NAMES = ("Pick particles", "Classify", "Attack", "Train", "Evaluate")
 
 
 @pytest.mark.parametrize("tabify", [True, False])
-def test_all_widgets_fit_a_laptop_screen(docked, tabify):
+def test_all_widgets_fit_a_laptop_screen(docked, sampled, tabify):
     viewer = docked.viewer
     win = viewer.window._qt_window
-    docked.sample()
     widgets = [docked.dock(name, tabify=tabify) for name in NAMES]
     docked.qtbot.wait(300)
     assert (win.width(), win.height()) == (1280, 800)

@@ -132,11 +132,10 @@ def test_a_new_layer_is_added_hidden_then_shown_then_made_active(docked):
     assert hidden not in controls.widgets and hidden not in canvas.layer_to_visual
 
 
-def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, monkeypatch):
+def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, sampled, monkeypatch):
     from napari_cryoguard._napari import _warmup
 
     viewer = docked.viewer
-    docked.sample()
     names = [layer.name for layer in viewer.layers]
     dims = (viewer.dims.ndim, tuple(viewer.dims.point), tuple(viewer.dims.range))
     camera = (tuple(viewer.scene.camera.center), viewer.scene.camera.zoom)
@@ -173,8 +172,8 @@ def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, monkeypatc
     assert _warmup.schedule_warm_up(viewer) is False
 
 
-def test_pick_adds_a_visible_active_picks_layer(docked):
-    tomo = docked.sample()
+def test_pick_adds_a_visible_active_picks_layer(docked, sampled):
+    tomo = sampled.tomogram
     widget = docked.dock("Pick particles")
     widget.image.value = tomo
     docked.click(widget, "Pick")
