@@ -257,6 +257,7 @@ def _list_params() -> str:
     lines.append(f"recipe: {fmt(Recipe)}")
     return "\n".join(lines)
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryoguard train`` with ``argv`` (the arguments after ``train``).
 
