@@ -230,8 +230,8 @@ class Registry(Generic[_T]):
         JSON) become tuples unless the field's default is a list; ``Literal`` fields
         must hold one of their choices and :func:`number` fields lie in their range
         (:func:`check_fields`); the registry's ``check`` runs; errors the
-        dataclass raises (``TypeError``/``ValueError``) become a ``CryoGuardError``
-        naming the member.
+        dataclass raises (``TypeError``, ``ValueError``, ``CryoGuardError``) become one
+        ``CryoGuardError`` naming the member.
         """
         cls = self.get(name)
         return self.build(cls.params_cls, getattr(cls, self.name_attr), params)  # type: ignore[attr-defined]
@@ -250,9 +250,9 @@ class Registry(Generic[_T]):
             self.check(name, fields, clean)
         try:
             out = params_cls(**clean)
-        except (TypeError, ValueError) as exc:
+            check_fields(out)
+        except (TypeError, ValueError, CryoGuardError) as exc:
             raise CryoGuardError(f"invalid parameters for {self.kind} {name!r}: {exc}") from exc
-        check_fields(out)
         return out
 
 

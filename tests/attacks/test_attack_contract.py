@@ -1,8 +1,15 @@
-"""The attack contract: registry, budgets, eps = 0, model state, input, bounds, success."""
+"""The attack contract: registry, budgets, eps = 0, model state, input, bounds, success.
+
+Every registered attack is contract-tested: the cases come from ``available_attacks()``
+and each attack class's own ``quick_params``; an attack without them fails here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -15,29 +22,35 @@ from napari_cryoguard.attacks import (
     FGSM,
     AttackResult,
     available_attacks,
+    get_attack_class,
     get_attack_params,
     run_attack,
 )
+from napari_cryoguard.attacks.base import ATTACKS
+from napari_cryoguard.evaluate.suite import attack_mode, budget_unit, cell_params, normalize_suite
 from napari_cryoguard.models import build_model, tiny_params
+from napari_cryoguard.params import choices_of, fields_of
 
 CUBE = 16  # the toy cube of conftest.py
 BOUNDS = (-3.0, 6.0)  # conftest.BOUNDS: the batch fixture is clipped to it
 
-# small but effective settings for every registered attack
-FAST: dict[str, dict] = {
-    "fgsm": {"eps": 0.1},
-    "pgd": {"eps": 0.1, "step_size": 0.02, "steps": 5, "seed": 0},
-    "bim": {"eps": 0.1, "step_size": 0.02, "steps": 5},
-    "deepfool": {"steps": 10},
-    "cw": {"steps": 10, "binary_search_steps": 2, "initial_const": 1.0, "lr": 0.05},
-    "cw_linf": {"eps": 0.1, "step_size": 0.02, "steps": 5},
-    "uniform_noise": {"eps_max": 1.0, "steps": 10, "seed": 0},
-    "salt_pepper": {"steps": 10, "seed": 0},
-    "bpgd": {"eps": 0.3, "n_pgd": 5, "n_binary": 4},
-    "apgd_ce": {"eps": 0.1, "steps": 5, "seed": 0},
-    "apgd_t": {"eps": 0.1, "steps": 5, "n_target_classes": 2, "seed": 0},
-    "square": {"eps": 0.1, "n_queries": 30, "seed": 0},
-}
+BUILTIN = ("fgsm", "pgd", "bim", "deepfool", "cw", "cw_linf", "uniform_noise", "salt_pepper",
+           "bpgd", "apgd_ce", "apgd_t", "square")
+
+
+def quick_params(name: str) -> dict:
+    """The attack's own small but effective settings; none declared fails the test."""
+    params = get_attack_class(name).quick_params
+    if not isinstance(params, dict):
+        pytest.fail(
+            f"attack {name!r} declares no quick_params (a dict of small, effective parameters "
+            "on its class): it cannot be contract-tested"
+        )
+    return dict(params)
+
+
+# every registered attack, with the settings its class declares
+FAST: dict[str, dict | None] = {n: get_attack_class(n).quick_params for n in available_attacks()}
 LINF = [
     ("fgsm", {"eps": 0.07}),
     ("pgd", {"eps": 0.07, "step_size": 0.03, "steps": 5, "seed": 0}),
@@ -68,7 +81,7 @@ ZERO = [
 
 def test_registry_lists_every_attack_with_a_dataclass():
     names = available_attacks()
-    assert set(FAST) <= set(names)
+    assert set(BUILTIN) <= set(names) and set(FAST) == set(names)
     for name in names:
         cls = get_attack_params(name)
         assert dataclasses.is_dataclass(cls)
@@ -146,13 +159,28 @@ def test_eps_zero_changes_nothing(trained_model, batch, name, params):
     assert res.success[:3].all() and not res.success[3:].any()
 
 
-def _all_attack_cases():
-    return [(n, p) for n, p in FAST.items()]
+@pytest.mark.parametrize("name", list(FAST))
+def test_every_attack_declares_its_facts(name):
+    """The facts evaluation reads (no name branches there) are declared and coherent."""
+    cls = get_attack_class(name)
+    params = quick_params(name)
+    fields = {f.name: f for f in fields_of(cls.params_cls)}
+    assert set(params) <= set(fields)
+    norm = fields.get("norm")
+    assert set(cls.norms) == set(norm.choices if norm else (cls.default_norm,))
+    assert cls.norm_of({}) in cls.norms
+    for fact in (cls.budget_field, cls.search_limit):
+        assert fact is None or fact in fields
+    assert isinstance(cls.minimal, bool) and cls.budget_unit in ("normalized", "fraction")
+    assert cls.budget_field is not None or cls.is_minimal({})  # a bounded attack takes a budget
+    assert cls.budget_label({})
+    if norm is not None:
+        assert choices_of(norm.hint) == norm.choices
 
 
-@pytest.mark.parametrize("start_training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize(("name", "params"), _all_attack_cases(), ids=list(FAST))
-def test_model_state_and_input_untouched(name, params, start_training):
+def check_model_state_and_input(name, params, start_training):
+    """The contract on a fresh model: its mode, flags, weights and the input come back
+    untouched, and the result's predictions are the eval-mode ones."""
     torch.manual_seed(3)
     model = build_model("cb3d", 3, cube=CUBE, **tiny_params("cb3d"))
     model.train(start_training)
@@ -179,6 +207,12 @@ def test_model_state_and_input_untouched(name, params, start_training):
         assert torch.equal(res.pred_after, model(res.x_adv).argmax(1))
 
 
+@pytest.mark.parametrize("start_training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(FAST))
+def test_model_state_and_input_untouched(name, start_training):
+    check_model_state_and_input(name, quick_params(name), start_training)
+
+
 def test_numpy_4d_input_is_not_mutated_and_gives_5d(trained_model, batch):
     x, y = batch
     xn = x[:, 0].numpy().copy()
@@ -191,18 +225,24 @@ def test_numpy_4d_input_is_not_mutated_and_gives_5d(trained_model, batch):
     )
 
 
-@pytest.mark.parametrize(("name", "params"), _all_attack_cases(), ids=list(FAST))
-def test_bounds_respected(trained_model, batch, toy, name, params):
-    assert toy.BOUNDS == BOUNDS
-    x, y = batch
+def check_bounds(model, x, y, name, params):
+    """The contract on bounds: ``(lo, hi)`` and ``"sample"`` are honoured, success means
+    the prediction changed."""
     lo, hi = BOUNDS
-    res = run_attack(name, trained_model, x, y, bounds=BOUNDS, **params)
+    res = run_attack(name, model, x, y, bounds=BOUNDS, **params)
     assert float(res.x_adv.min()) >= lo and float(res.x_adv.max()) <= hi
-    res = run_attack(name, trained_model, x, y, bounds="sample", **params)
+    res = run_attack(name, model, x, y, bounds="sample", **params)
     f, fa = x.flatten(1), res.x_adv.flatten(1)
     assert torch.all(fa.amin(1) >= f.amin(1)) and torch.all(fa.amax(1) <= f.amax(1))
     # success always means the prediction changed
     assert torch.equal(res.success, res.pred_after != y)
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_bounds_respected(trained_model, batch, toy, name):
+    assert toy.BOUNDS == BOUNDS
+    x, y = batch
+    check_bounds(trained_model, x, y, name, quick_params(name))
 
 
 def test_input_outside_explicit_bounds_is_refused(trained_model, batch):
@@ -344,6 +384,105 @@ def test_sample_bounds_on_a_constant_volume(trained_model):
     for name in ("cw", "pgd", "deepfool"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = run_attack(name, trained_model, x, y, bounds="sample", **FAST[name])
+            res = run_attack(name, trained_model, x, y, bounds="sample", **quick_params(name))
         assert torch.isfinite(res.x_adv).all()
         assert torch.equal(res.x_adv[0], x[0])  # nothing can move inside [0, 0]
+
+
+# --------------------------------------------------------------------------- a new attack
+# The "add an attack" recipe, followed: one new module (written to a temporary folder, as
+# a contributor's file would be) with a parameter dataclass, the attack class with its
+# facts and the @register_attack decorator. Importing it is all it takes for the attack
+# to be listed, contract-tested (the checks above) and evaluated as a suite cell.
+MODULE = '''
+"""Random-sign noise: x + eps * s with one random sign per voxel (a test attack)."""
+
+from dataclasses import dataclass
+
+import torch
+
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.base import Attack, AttackParams, register_attack
+from napari_cryoguard.registry import number
+
+
+@dataclass
+class SignNoiseParams(AttackParams):
+    """Parameters of :class:`SignNoise`.
+
+    Attributes
+    ----------
+    eps
+        L-inf budget in the data's units.
+    seed
+        Seed of the signs (None: torch's global RNG).
+    """
+
+    eps: float = number(0.03)
+    seed: int | None = None
+
+
+@register_attack("sign-noise", SignNoiseParams)
+class SignNoise(Attack):
+    """One random vertex of the L-inf ball: ``x + eps * s``, ``s`` in {-1, 1}."""
+
+    uses_gradients = False
+    norms = ("linf",)
+    quick_params = {"eps": 0.5, "seed": 0}
+
+    def _run(self, model, x, y, box, logits0):
+        p = self.params
+        gen = ops.make_generator(p.seed, x.device)
+        s = torch.randint(0, 2, x.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1
+        return ops.clamp(x + p.eps * s, box), 1, {}
+'''
+
+
+@pytest.fixture
+def sign_noise(tmp_path, monkeypatch):
+    """The new attack's module, imported from a temporary folder; unregistered after."""
+    (tmp_path / "sign_noise_attack.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield importlib.import_module("sign_noise_attack")
+    finally:
+        ATTACKS.entries.pop("sign_noise", None)
+        sys.modules.pop("sign_noise_attack", None)
+    assert "sign_noise" not in available_attacks()
+
+
+def test_a_new_attack_module_is_registered_and_contract_tested(sign_noise, trained_model, batch):
+    assert "sign_noise" in available_attacks()
+    cls = get_attack_class("Sign-Noise")
+    assert cls is sign_noise.SignNoise and cls.params_cls is sign_noise.SignNoiseParams
+    params = quick_params("sign_noise")
+    for start_training in (True, False):
+        check_model_state_and_input("sign_noise", params, start_training)
+    x, y = batch
+    check_bounds(trained_model, x, y, "sign_noise", params)
+    res = run_attack("sign_noise", trained_model, x, y, **params)
+    assert torch.allclose(res.norm_linf, torch.full((len(x),), 0.5))
+
+
+def test_a_new_attack_is_a_suite_cell(sign_noise, trained_model, batch):
+    (spec,) = normalize_suite([{"name": "sign_noise", "budgets": [0.3, 0.1]}])
+    assert spec["mode"] == attack_mode(spec) == "bounded"
+    assert spec["budgets"] == [0.1, 0.3] and spec["label"] == "sign_noise"
+    assert budget_unit(spec) == "eps (L-inf, normalised units)"
+    cell = cell_params(spec, spec["variants"][0], 0.3)
+    assert cell == {"eps": 0.3}
+    x, y = batch
+    res = run_attack(spec["name"], trained_model, x, y, seed=0, **cell)
+    assert float(res.norm_linf.max()) == pytest.approx(0.3)
+
+
+def test_an_attack_without_quick_params_fails_the_contract_tests(sign_noise):
+    @ATTACKS.register("no_quick", sign_noise.SignNoiseParams)
+    class NoQuick(sign_noise.SignNoise):
+        quick_params = None
+
+    try:
+        with pytest.raises(pytest.fail.Exception, match="no_quick.*quick_params"):
+            quick_params("no_quick")
+    finally:
+        ATTACKS.entries.pop("no_quick", None)

@@ -95,7 +95,7 @@ def test_register_a_new_model():
         assert isinstance(model, Linear)
         assert model.arch_params == {"hidden": 5, "drop_max": False}
         assert model(torch.zeros(2, 1, 16, 16, 16)).shape == (2, 3)
-        with pytest.raises(ValueError):
+        with pytest.raises(CryoGuardError):
             register_model("test_linear", LinearParams)(type("Other", (Linear,), {}))
     finally:
         registry_module._REGISTRY.pop("test_linear", None)

@@ -12,9 +12,6 @@ tensors that ride along in the checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -24,11 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.registry import Registry
 
 if TYPE_CHECKING:
     from napari_cryoguard.defenses.trainer import Trainer
 
 __all__ = [
+    "DEFENSES",
     "Batch",
     "Defense",
     "ModelHandle",
@@ -41,9 +40,6 @@ __all__ = [
     "unwrap",
 ]
 
-_REGISTRY: dict[str, tuple[type[Defense], type]] = {}
-#: Modules of this package that are infrastructure, not defenses.
-_NOT_DEFENSES = {"base", "trainer", "events", "distributed"}
 _T = TypeVar("_T", bound=type)
 
 
@@ -158,6 +154,18 @@ class Defense:
         return f"{type(self).__name__}({self.params!r})"
 
 
+#: Every defense, by name. Built-in defenses live one per module of this package and
+#: are found by importing its modules (all but the infrastructure ones named here).
+DEFENSES: Registry[type[Defense]] = Registry(
+    "defense",
+    package="napari_cryoguard.defenses",
+    private=("base", "trainer", "events", "distributed", "state", "training_data"),
+    base=Defense,
+    need_defaults=True,
+)
+_REGISTRY = DEFENSES.entries
+
+
 def register_defense(name: str, params_cls: type) -> Callable[[_T], _T]:
     """Class decorator: register a :class:`Defense` subclass under ``name``.
 
@@ -168,94 +176,25 @@ def register_defense(name: str, params_cls: type) -> Callable[[_T], _T]:
     params_cls
         A dataclass whose fields all have defaults (from the paper).
     """
-    if not dataclasses.is_dataclass(params_cls):
-        raise TypeError(f"params_cls for defense {name!r} must be a dataclass")
-    for f in dataclasses.fields(params_cls):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise TypeError(f"field {f.name!r} of {params_cls.__name__} needs a default")
-    key = _norm(name)
-
-    def decorator(cls: _T) -> _T:
-        if not (isinstance(cls, type) and issubclass(cls, Defense)):
-            raise TypeError(f"{cls!r} must subclass Defense")
-        if key in _REGISTRY and _REGISTRY[key][0] is not cls:
-            raise ValueError(f"a defense named {key!r} is already registered")
-        cls.name = key
-        cls.params_cls = params_cls
-        _REGISTRY[key] = (cls, params_cls)
-        return cls
-
-    return decorator
-
-
-def _norm(name: str) -> str:
-    return str(name).strip().lower().replace("-", "_")
-
-
-_discovered = False
-
-
-def _ensure_builtin() -> None:
-    """Import every module of this package once, so their decorators run."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import napari_cryoguard.defenses as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_") or info.name in _NOT_DEFENSES:
-            continue
-        try:
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
-        except Exception as exc:  # a broken optional defense must not hide the others
-            warnings.warn(
-                f"defense module {info.name!r} could not be imported: {type(exc).__name__}: {exc}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    return DEFENSES.register(name, params_cls)
 
 
 def available_defenses() -> list[str]:
     """Names of all registered defenses, sorted."""
-    _ensure_builtin()
-    return sorted(_REGISTRY)
-
-
-def _lookup(name: str) -> tuple[type[Defense], type]:
-    _ensure_builtin()
-    key = _norm(name)
-    if key not in _REGISTRY:
-        raise CryoGuardError(f"unknown defense {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[key]
+    return DEFENSES.names()
 
 
 def defense_params_class(name: str) -> type:
     """The parameter dataclass of defense ``name`` (for forms and CLI options)."""
-    return _lookup(name)[1]
+    return DEFENSES.params_class(name)
 
 
 def make_defense_params(name: str, **params: Any) -> Any:
     """Build defense ``name``'s parameter dataclass; unknown keys raise, listing valid ones.
 
-    JSON lists become tuples where the field's default is a tuple.
+    JSON lists become tuples (unless the field's default is a list).
     """
-    _, params_cls = _lookup(name)
-    fields = {f.name: f for f in dataclasses.fields(params_cls)}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        raise CryoGuardError(
-            f"unknown parameter(s) {', '.join(unknown)} for defense {_norm(name)!r}; "
-            f"valid: {', '.join(fields) or '(none)'}"
-        )
-    clean = {
-        k: tuple(v) if isinstance(v, list) and isinstance(fields[k].default, tuple) else v
-        for k, v in params.items()
-    }
-    try:
-        return params_cls(**clean)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"invalid parameters for defense {_norm(name)!r}: {exc}") from exc
+    return DEFENSES.make_params(name, **params)
 
 
 def get_defense(name: str, **params: Any) -> Defense:
@@ -267,8 +206,7 @@ def get_defense(name: str, **params: Any) -> Defense:
         Unknown name (the message lists the known defenses) or parameter (it lists
         the valid ones), or a value the dataclass rejects.
     """
-    cls, _ = _lookup(name)
-    return cls(make_defense_params(name, **params))
+    return DEFENSES.get(name)(make_defense_params(name, **params))
 
 
 # --------------------------------------------------------------------------- models

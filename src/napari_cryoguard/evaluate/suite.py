@@ -9,14 +9,21 @@ An attack spec is a plain dict::
      "variants": [{"loss": "ce"}, {"loss": "margin"}],  # optional: worst case over these
      "mode": "bounded" | "minimal"} # optional, see below
 
-* ``bounded`` attacks (fgsm, pgd, bim, cw_linf, and cw with norm linf) run once per
-  budget with the budget as their ``eps``.
-* ``minimal`` attacks (deepfool, cw L2, uniform_noise, salt_pepper, bpgd) look for the
-  smallest perturbation that fools the model; they run once and a sample counts as
-  fooled at budget ``b`` when the attack succeeded with a distance ``<= b`` (foolbox's
-  convention for minimisation attacks). The distance is the perturbation norm in the
-  attack's norm, the noise amplitude (``uniform_noise``), the fraction of voxels
-  replaced (``salt_pepper``) or the margin (``bpgd``).
+What an attack is, the suite reads from its class (:class:`~napari_cryoguard.attacks.
+base.Attack`), never from its name, so a newly registered attack takes part unchanged:
+
+* ``bounded`` attacks (``minimal = False``: fgsm, pgd, bim, cw_linf, apgd, square, and
+  cw with norm linf, ``Attack.is_minimal``) run once per budget with the budget as
+  their ``Attack.budget_field`` (``eps``).
+* ``minimal`` attacks (``minimal = True``: deepfool, cw L2, uniform_noise, salt_pepper,
+  bpgd) look for the smallest perturbation that fools the model; they run once (their
+  ``Attack.search_limit`` set to the largest budget) and a sample counts as fooled at
+  budget ``b`` when the attack succeeded with a distance ``<= b`` (foolbox's
+  convention for minimisation attacks). The distance (``Attack.distance``) is the
+  perturbation norm in the attack's norm, the noise level that worked
+  (``distance_key = "level"`` of the noise attacks) or the margin (``bpgd``).
+* The budget axis is named by ``Attack.budget_label`` (``budget_name``, the norm and
+  the unit).
 * ``variants``: every variant runs (with ``params`` updated by it) and a sample counts
   as robust only if it survives all of them, e.g. IMA's 100-PGD "run twice, with the
   margin loss and the cross-entropy loss"
@@ -50,13 +57,13 @@ Budgets are in normalised units (z-scored subtomograms, DESIGN.md conventions).
 from __future__ import annotations
 
 import copy
-import json
-from typing import Any
+from typing import Any, get_args
 
+from napari_cryoguard.checks import check_choice
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.params import Norm, parse_value
 
 __all__ = [
-    "MINIMAL_ATTACKS",
     "SUITES",
     "WORST_CASE",
     "attack_mode",
@@ -64,14 +71,12 @@ __all__ = [
     "budget_unit",
     "default_suite",
     "member_params",
+    "minimal_distance",
     "named_suite",
     "normalize_suite",
     "parse_attack_option",
     "quick_suite",
 ]
-
-#: Attacks that search for a minimal perturbation (one run gives the whole curve).
-MINIMAL_ATTACKS = ("deepfool", "cw", "uniform_noise", "salt_pepper", "bpgd")
 
 #: FGSM budgets of Wu et al., RAT (IEEE BIBM 2019) Table II.
 RAT_FGSM_EPS = (0.01, 0.03, 0.06, 0.12)
@@ -199,7 +204,7 @@ def autoattack_suite(
     budgets: list[float] | None = None,
     *,
     quick: bool = False,
-    norm: str = "linf",
+    norm: Norm = "linf",
     eps_unit: str = "normalized",
 ) -> list[dict[str, Any]]:
     """AutoAttack: the per-sample worst case over APGD-CE, APGD-T and Square.
@@ -226,10 +231,10 @@ def autoattack_suite(
         sample's intensity range (:mod:`napari_cryoguard.attacks.units`), given to every
         member.
     """
-    if norm not in ("linf", "l2"):
-        raise CryoGuardError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if eps_unit not in ("normalized", "range"):
-        raise CryoGuardError(f"eps_unit must be 'normalized' or 'range', got {eps_unit!r}")
+    from napari_cryoguard.attacks.units import EPS_UNITS
+
+    check_choice("norm", norm, get_args(Norm))
+    check_choice("eps_unit", eps_unit, EPS_UNITS)
     if budgets is None:
         if norm == "l2":
             raise CryoGuardError("an L2 autoattack suite needs its budgets (L2 norms)")
@@ -279,22 +284,25 @@ def named_suite(name: str, *, quick: bool = False) -> list[dict[str, Any]]:
     raise CryoGuardError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
 
 
+def _attack(name: str):
+    """The attack class of a spec's name (its facts: mode, budget, norm, distance)."""
+    from napari_cryoguard.attacks import get_attack_class
+
+    return get_attack_class(name)
+
+
 def member_params(member: dict[str, Any], budget: float) -> dict[str, Any]:
-    """The parameters of one member of a worst-case spec at ``budget`` (its ``eps``)."""
-    return {**member["params"], "eps": float(budget)}
+    """The parameters of one member of a worst-case spec at ``budget`` (a bounded
+    attack: the budget in its ``budget_field``)."""
+    return _attack(member["name"]).cell_params(member["params"], budget, minimal=False)
 
 
 def _member_norm(member: dict[str, Any]) -> str:
-    from napari_cryoguard.attacks import get_attack_params
-
-    default = getattr(get_attack_params(member["name"]), "norm", "linf")
-    return str(member["params"].get("norm", default))
+    return _attack(member["name"]).norm_of(member["params"])
 
 
 def _normalize_worst_case(spec: dict[str, Any]) -> None:
     """Validate and fill the members of a worst-case spec in place."""
-    from napari_cryoguard.attacks import get_attack_class
-
     label = spec["label"]
     keep = spec.setdefault("keep", "first")
     if keep not in ("first", "smallest"):
@@ -313,13 +321,13 @@ def _normalize_worst_case(spec: dict[str, Any]) -> None:
         unknown = set(m) - {"name", "label", "params"}
         if unknown:
             raise CryoGuardError(f"unknown member key(s) {sorted(unknown)} in {m!r}")
-        cls = get_attack_class(m["name"])
+        cls = _attack(m["name"])
         mm = {
             "name": cls.name,
             "label": str(m.get("label") or cls.name),
             "params": dict(m.get("params") or {}),
         }
-        if attack_mode({"name": cls.name, "params": mm["params"]}) != "bounded":
+        if cls.is_minimal(mm["params"]) or cls.budget_field is None:
             raise CryoGuardError(
                 f"member {mm['label']!r} of {label!r} is a minimal attack; a worst case "
                 "combines bounded attacks (they take the budget as eps)"
@@ -342,44 +350,27 @@ def _normalize_worst_case(spec: dict[str, Any]) -> None:
 
 
 def attack_mode(spec: dict[str, Any]) -> str:
-    """``"bounded"`` or ``"minimal"`` for a normalised spec (see the module docstring)."""
+    """``"bounded"`` or ``"minimal"`` for a normalised spec (see the module docstring):
+    the spec's own ``mode``, else what its attack class says."""
     if spec.get("mode"):
         return str(spec["mode"])
-    name = spec["name"]
-    if name == WORST_CASE:
+    if spec["name"] == WORST_CASE:
         return "bounded"
-    if name == "cw" and spec.get("params", {}).get("norm", "l2") == "linf":
-        return "bounded"
-    return "minimal" if name in MINIMAL_ATTACKS else "bounded"
+    return "minimal" if _attack(spec["name"]).is_minimal(spec.get("params", {})) else "bounded"
 
 
 def budget_unit(spec: dict[str, Any]) -> str:
-    """A human-readable name of the budget axis of ``spec``."""
-    name = spec["name"]
-    if name == WORST_CASE:
+    """A human-readable name of the budget axis of ``spec`` (``Attack.budget_label``)."""
+    if spec["name"] == WORST_CASE:
         first = spec["members"][0]
-        norm = _member_norm(first)
-        return f"eps ({'L2' if norm == 'l2' else 'L-inf'}, {_unit_words(first['params'])})"
-    if name == "uniform_noise":
-        return f"noise amplitude (L-inf, {_unit_words(spec.get('params', {}))})"
-    if name == "salt_pepper":
-        return "fraction of voxels replaced"
-    from napari_cryoguard.attacks import get_attack_params
-
-    default = getattr(get_attack_params(name), "norm", "linf")
-    params = spec.get("params", {})
-    norm = params.get("norm", default)
-    unit = _unit_words(params)
-    if name == "bpgd":
-        return f"margin ({'L2' if norm == 'l2' else 'L-inf'}, {unit})"
-    return f"eps ({'L2' if norm == 'l2' else 'L-inf'}, {unit})"
+        return _attack(first["name"]).budget_label(first["params"])
+    return _attack(spec["name"]).budget_label(spec.get("params", {}))
 
 
-def _unit_words(params: dict[str, Any]) -> str:
-    """How a budget is measured: normalised units, or a fraction of the intensity range."""
-    if params.get("eps_unit") == "range":
-        return "fraction of each sample's intensity range"
-    return "normalised units"
+def minimal_distance(spec: dict[str, Any], res: Any) -> Any:
+    """Per sample, the distance (a float64 numpy array) a minimal attack's result
+    reached: what is compared with each budget (``Attack.distance``)."""
+    return _attack(spec["name"]).distance(res).double().cpu().numpy()
 
 
 def normalize_suite(
@@ -394,7 +385,7 @@ def normalize_suite(
     CryoGuardError
         Unknown attack or parameter, missing or negative budgets, duplicate labels.
     """
-    from napari_cryoguard.attacks import get_attack_class, make_attack
+    from napari_cryoguard.attacks import make_attack
 
     if isinstance(attacks, str):
         attacks = named_suite(attacks, quick=quick)
@@ -420,7 +411,7 @@ def normalize_suite(
             spec["name"] = WORST_CASE
             spec["label"] = str(spec.get("label") or "worst case")
         else:
-            cls = get_attack_class(spec["name"])
+            cls = _attack(spec["name"])
             spec["name"] = cls.name
             spec["label"] = str(spec.get("label") or cls.name)
         spec["params"] = dict(spec.get("params") or {})
@@ -443,6 +434,11 @@ def normalize_suite(
             raise CryoGuardError(f"a worst-case spec is bounded; {spec['label']!r} says {mode!r}")
         if mode not in ("bounded", "minimal"):
             raise CryoGuardError(f"mode of {spec['label']!r} must be 'bounded' or 'minimal'")
+        if mode == "bounded" and not wc and _attack(spec["name"]).budget_field is None:
+            raise CryoGuardError(
+                f"{spec['label']!r}: the attack {spec['name']!r} takes no budget; run it "
+                "as a minimal attack"
+            )
         spec["mode"] = mode
         if spec["label"] in seen:
             raise CryoGuardError(f"two attacks are labelled {spec['label']!r}; give them labels")
@@ -459,25 +455,10 @@ def normalize_suite(
 
 
 def cell_params(spec: dict[str, Any], variant: dict[str, Any], budget: float) -> dict[str, Any]:
-    """The attack parameters of one run: ``params`` + ``variant`` + the budget."""
+    """The attack parameters of one run: ``params`` + ``variant`` + the budget
+    (``Attack.cell_params``: a bounded run takes the budget, a minimal one its cap)."""
     p = {**spec["params"], **variant}
-    name = spec["name"]
-    if attack_mode(spec) == "bounded":
-        p["eps"] = float(budget)
-    elif name == "uniform_noise":
-        p.setdefault("eps_max", float(budget))
-    elif name == "salt_pepper":
-        p.setdefault("max_fraction", min(float(budget), 1.0))
-    elif name == "bpgd":
-        p.setdefault("eps", float(budget))
-    return p
-
-
-def _value(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
+    return _attack(spec["name"]).cell_params(p, budget, minimal=attack_mode(spec) == "minimal")
 
 
 def parse_attack_option(text: str) -> dict[str, Any]:
@@ -506,7 +487,7 @@ def parse_attack_option(text: str) -> dict[str, Any]:
         elif key == "mode":
             spec["mode"] = raw.strip()
         else:
-            spec["params"][key] = _value(raw.strip())
+            spec["params"][key] = parse_value(raw)
     if "budgets" not in spec:
         for d in default_suite():
             if d["name"] == spec["name"]:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.models.base import CryoGuardModel, check_prob, check_widths
+from napari_cryoguard.checks import check_prob, check_widths
+from napari_cryoguard.models.base import CryoGuardModel
 from napari_cryoguard.models.layers import make_pool3d
 from napari_cryoguard.models.registry import register_model
 

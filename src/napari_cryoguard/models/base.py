@@ -15,25 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from napari_cryoguard.checks import check_prob, check_widths
 from napari_cryoguard.errors import CryoGuardError
 
-__all__ = ["MIN_CUBE", "CryoGuardModel", "check_prob", "check_widths", "fc_head"]
+__all__ = [
+    "MIN_CUBE",
+    "CryoGuardModel",
+    "FeatureClassifier",
+    "check_prob",
+    "check_widths",
+    "fc_head",
+    "kaiming_init",
+]
 
 MIN_CUBE = 16
-
-
-def check_widths(name: str, widths: Sequence[int], length: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``widths`` is a sequence of positive ints of ``length``."""
-    if isinstance(widths, int) or not all(isinstance(w, int) and w > 0 for w in widths):
-        raise ValueError(f"{name} must be positive integers, got {widths!r}")
-    if length is not None and len(widths) != length:
-        raise ValueError(f"{name} needs {length} values, got {len(widths)}")
-
-
-def check_prob(name: str, value: float) -> None:
-    """Raise ``ValueError`` unless ``0 <= value < 1`` (a dropout rate)."""
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
 def fc_head(
@@ -144,3 +139,23 @@ class CryoGuardModel(nn.Module):
         if out.numel() == 0:
             raise CryoGuardError(f"cube {self.cube} is too small for {self.arch_name}")
         return out.shape
+
+
+class FeatureClassifier(CryoGuardModel):
+    """A :class:`CryoGuardModel` that is ``features`` (convolutions and pools), flatten,
+    then a fully connected head (:func:`fc_head`): CB3D, DSRF3D-v2 and RB3D.
+
+    Subclasses build their ``features`` layers and call :meth:`_finish`.
+    """
+
+    def _finish(self, layers: list[nn.Module], fc_widths: Sequence[int], dropout: float) -> None:
+        """Set ``features`` and ``classifier`` (flatten size measured on a dummy cube)
+        and initialise every weight (:func:`kaiming_init`)."""
+        self.features = nn.Sequential(*layers)
+        flat = int(torch.Size(self._feature_shape(self.features)[1:]).numel())
+        self.classifier = fc_head(flat, fc_widths, self.num_classes, dropout)
+        kaiming_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.classifier(torch.flatten(self.features(x), 1))

@@ -12,16 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from napari_cryoguard.models.base import (
-    CryoGuardModel,
-    check_prob,
-    check_widths,
-    fc_head,
-    kaiming_init,
-)
+from napari_cryoguard.checks import check_prob, check_widths
+from napari_cryoguard.models.base import FeatureClassifier
 from napari_cryoguard.models.layers import make_pool3d
 from napari_cryoguard.models.registry import register_model
 
@@ -60,7 +54,7 @@ class CB3DParams:
 
 
 @register_model("cb3d", CB3DParams)
-class CB3D(CryoGuardModel):
+class CB3D(FeatureClassifier):
     """CB3D classifier (CB3D paper 2.1.3 / Fig. 3; RAT paper III.B).
 
     Input (N, 1, cube, cube, cube), output logits (N, num_classes).
@@ -88,11 +82,4 @@ class CB3D(CryoGuardModel):
             layers.append(
                 make_pool3d(kernel, kernel, ceil_mode=True, drop_max=p.drop_max and group == 0)
             )
-        self.features = nn.Sequential(*layers)
-        flat = int(torch.Size(self._feature_shape(self.features)[1:]).numel())
-        self.classifier = fc_head(flat, p.fc_widths, num_classes, p.dropout)
-        kaiming_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.classifier(torch.flatten(self.features(x), 1))
+        self._finish(layers, p.fc_widths, p.dropout)

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from napari_cryoguard.models.base import (
-    CryoGuardModel,
-    check_prob,
-    check_widths,
-    fc_head,
-    kaiming_init,
-)
+from napari_cryoguard.checks import check_prob, check_widths
+from napari_cryoguard.models.base import FeatureClassifier
 from napari_cryoguard.models.layers import make_pool3d
 from napari_cryoguard.models.registry import register_model
 
@@ -56,7 +50,7 @@ class DSRF3DV2Params:
 
 
 @register_model("dsrf3d_v2", DSRF3DV2Params)
-class DSRF3DV2(CryoGuardModel):
+class DSRF3DV2(FeatureClassifier):
     """DSRF3D-v2 classifier (section 2.1.1, Fig. 1).
 
     Input (N, 1, cube, cube, cube), output logits (N, num_classes). Convolutions use
@@ -77,11 +71,4 @@ class DSRF3DV2(CryoGuardModel):
                 layers += [nn.Conv3d(prev, width, 3, padding=1), nn.ReLU(inplace=True)]
                 prev = width
             layers.append(make_pool3d(2, 2, drop_max=p.drop_max and i == 0))
-        self.features = nn.Sequential(*layers)
-        flat = int(torch.Size(self._feature_shape(self.features)[1:]).numel())
-        self.classifier = fc_head(flat, p.fc_widths, num_classes, p.dropout)
-        kaiming_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.classifier(torch.flatten(self.features(x), 1))
+        self._finish(layers, p.fc_widths, p.dropout)

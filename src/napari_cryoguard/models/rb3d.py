@@ -37,14 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from napari_cryoguard.checks import check_prob, check_widths
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.models.base import (
-    CryoGuardModel,
-    check_prob,
-    check_widths,
-    fc_head,
-    kaiming_init,
-)
+from napari_cryoguard.models.base import FeatureClassifier
 from napari_cryoguard.models.layers import make_pool3d
 from napari_cryoguard.models.registry import register_model
 
@@ -215,7 +210,7 @@ class BottleneckBlock3d(nn.Module):
 
 
 @register_model("rb3d", RB3DParams)
-class RB3D(CryoGuardModel):
+class RB3D(FeatureClassifier):
     """RB3D classifier (section 2.1.2, Fig. 2), block variant ``params.variant``.
 
     Input (N, 1, cube, cube, cube), output logits (N, num_classes). The stem pool
@@ -244,11 +239,4 @@ class RB3D(CryoGuardModel):
                 block = BottleneckBlock3d(prev, mid, width, stride, p.batch_norm, merge="sum")
             layers.append(block)
             prev = width
-        self.features = nn.Sequential(*layers)
-        flat = int(torch.Size(self._feature_shape(self.features)[1:]).numel())
-        self.classifier = fc_head(flat, p.fc_widths, num_classes, p.dropout)
-        kaiming_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.classifier(torch.flatten(self.features(x), 1))
+        self._finish(layers, p.fc_widths, p.dropout)

@@ -9,7 +9,6 @@ parameters stored in their metadata (:func:`build_model`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,8 +16,10 @@ from typing import Any, TypeVar
 from torch import nn
 
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.registry import Registry
 
 __all__ = [
+    "MODELS",
     "SIZE_PRESETS",
     "TINY_PARAMS",
     "available_models",
@@ -29,8 +30,6 @@ __all__ = [
     "size_preset",
     "tiny_params",
 ]
-
-_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
 
 #: Narrow versions of the built-in architectures (same structure, few channels) for
 #: tests and quick CPU runs; pass as ``build_model(name, n, cube, **tiny_params(name))``.
@@ -76,50 +75,22 @@ def register_model(name: str, params_cls: type) -> Callable[[_T], _T]:
     The class must accept ``(num_classes, cube, params)`` in its constructor. The
     decorator sets ``cls.arch_name = name`` and ``cls.params_cls = params_cls``.
     """
-    if not dataclasses.is_dataclass(params_cls):
-        raise TypeError(f"params_cls for model {name!r} must be a dataclass")
-
-    def decorator(cls: _T) -> _T:
-        if name in _REGISTRY and _REGISTRY[name][0] is not cls:
-            raise ValueError(f"a model named {name!r} is already registered")
-        cls.arch_name = name  # type: ignore[attr-defined]
-        cls.params_cls = params_cls  # type: ignore[attr-defined]
-        _REGISTRY[name] = (cls, params_cls)
-        return cls
-
-    return decorator
-
-
-def _ensure_builtin() -> None:
-    # importing the modules runs their @register_model decorators
-    from napari_cryoguard.models import autoencoder, cb3d, dsrf3d, rb3d  # noqa: F401
+    return MODELS.register(name, params_cls)
 
 
 def available_models() -> list[str]:
     """Names of all registered architectures, sorted."""
-    _ensure_builtin()
-    return sorted(_REGISTRY)
-
-
-def _lookup(name: str) -> tuple[type[nn.Module], type]:
-    _ensure_builtin()
-    key = str(name).strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise CryoGuardError(
-            f"unknown model architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        )
-    return _REGISTRY[key]
+    return MODELS.names()
 
 
 def model_params_class(name: str) -> type:
     """The parameter dataclass of architecture ``name`` (for forms and CLI options)."""
-    return _lookup(name)[1]
+    return MODELS.params_class(name)
 
 
 def tiny_params(name: str) -> dict[str, Any]:
     """A copy of the small-width preset of architecture ``name`` (see ``TINY_PARAMS``)."""
-    _lookup(name)
-    key = str(name).strip().lower().replace("-", "_")
+    key = MODELS.get(name).arch_name
     if key not in TINY_PARAMS:
         raise CryoGuardError(
             f"no tiny preset for model {name!r}; presets: {', '.join(TINY_PARAMS)}"
@@ -134,12 +105,11 @@ def size_preset(preset: str, name: str) -> dict[str, Any]:
     its defaults (the paper's size). Raises :class:`CryoGuardError` for an unknown preset
     or architecture.
     """
-    _lookup(name)
+    key = MODELS.get(name).arch_name
     if preset not in SIZE_PRESETS:
         raise CryoGuardError(
             f"unknown model size {preset!r}; known: {', '.join(SIZE_PRESETS)}"
         )
-    key = str(name).strip().lower().replace("-", "_")
     return dict(SIZE_PRESETS[preset].get(key, {}))
 
 
@@ -206,32 +176,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: Every classifier architecture, by name: one module of this package each (all but the
+#: infrastructure modules named here), checked by :func:`_check_bounds` before a build.
+MODELS: Registry[type[nn.Module]] = Registry(
+    "model architecture",
+    package="napari_cryoguard.models",
+    private=("base", "checkpoint", "layers", "registry"),
+    name_attr="arch_name",
+    check=_check_bounds,
+)
+_REGISTRY = MODELS.entries
+
+
 def make_params(name: str, **params: Any) -> Any:
     """Build the parameter dataclass of ``name``, rejecting unknown keys clearly.
 
-    Lists (from JSON metadata) are turned back into tuples where the default is a tuple.
+    Lists (from JSON metadata) are turned back into tuples; every value is checked
+    against the bounds above before the dataclass sees it.
     """
-    _, params_cls = _lookup(name)
-    fields = {f.name: f for f in dataclasses.fields(params_cls)}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        raise CryoGuardError(
-            f"unknown parameter(s) {', '.join(unknown)} for model {name!r}; "
-            f"valid: {', '.join(fields)}"
-        )
-    clean: dict[str, Any] = {}
-    for key, value in params.items():
-        default = fields[key].default
-        if isinstance(value, list) and (
-            isinstance(default, tuple) or default is dataclasses.MISSING
-        ):
-            value = tuple(value)
-        clean[key] = value
-    _check_bounds(name, fields, clean)
-    try:
-        return params_cls(**clean)
-    except (TypeError, ValueError) as exc:
-        raise CryoGuardError(f"invalid parameters for model {name!r}: {exc}") from exc
+    return MODELS.make_params(name, **params)
 
 
 def build_model(name: str, num_classes: int, cube: int = 28, **params: Any) -> nn.Module:
@@ -268,7 +231,7 @@ def build_model(name: str, num_classes: int, cube: int = 28, **params: Any) -> n
         bounds (widths 1 .. ``MAX_WIDTH`` = 8192, at most ``MAX_LAYERS`` = 64 layers,
         other numbers finite and at most ``MAX_NUMBER`` = 1e6 in magnitude).
     """
-    cls, _ = _lookup(name)
+    cls = MODELS.get(name)
     if _is_int(num_classes) and num_classes > MAX_CLASSES:
         raise CryoGuardError(
             f"num_classes must be an integer from 2 to {MAX_CLASSES}, got {num_classes!r}"
