@@ -18,6 +18,7 @@ from napari_cryoguard.layerdata import (
     class_colors,
     evaluation_features,
     extraction_size,
+    label_names,
     labelled_dataset,
     particle_cube,
     particle_source,
@@ -55,6 +56,13 @@ def test_labelled_dataset_keeps_labelled_rows_and_their_picks():
     assert ds.voxel_size == 10.0 and ds.normalized
     assert ds.meta["pick_index"] == [0, 2, 4]
     assert ds.meta["labels"] == labels.source
+
+
+def test_label_names_of_any_column():
+    column = pd.Series(pd.Categorical(["a", None, "b"]))
+    assert label_names(column).tolist() == ["a", "", "b"]
+    assert label_names(np.array([1.0, np.nan], dtype=object)).tolist() == ["1.0", ""]
+    assert label_names(pd.array(["x", pd.NA], dtype="string")).tolist() == ["x", ""]
 
 
 def test_labelled_dataset_refuses_what_cannot_be_learned():

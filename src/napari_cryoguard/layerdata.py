@@ -29,6 +29,7 @@ __all__ = [
     "class_colors",
     "evaluation_features",
     "extraction_size",
+    "label_names",
     "labelled_dataset",
     "particle_cube",
     "particle_for_model",
@@ -60,6 +61,14 @@ class Labels:
     def score_word(self) -> str:
         """``accuracy``, or ``agreement with the model's own predictions``."""
         return "agreement with the model's own predictions" if self.predictions else "accuracy"
+
+
+def label_names(values) -> np.ndarray:
+    """A feature column (any dtype) as per-pick class names: ``""`` where it is missing
+    (``None``, NaN, ``<NA>``)."""
+    values = np.asarray(values, dtype=object)
+    return np.array(["" if (v is None or (isinstance(v, float) and np.isnan(v))
+                            or str(v) in ("nan", "<NA>")) else str(v) for v in values], dtype=str)
 
 
 def class_colors(n: int) -> np.ndarray:

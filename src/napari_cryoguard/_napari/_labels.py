@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_cryoguard._napari._layers import PICKS_LAYER, SUBTOMOGRAMS_LAYER
-from napari_cryoguard.layerdata import Labels
+from napari_cryoguard.layerdata import Labels, label_names
 
 TRUTH_LAYER = "truth"
 NONE = "none"
@@ -79,9 +79,7 @@ def resolve_labels(viewer, choice: str) -> Labels:
     column = choice[len("picks: "):].removesuffix(PREDICTIONS_SUFFIX)
     if column not in picks.features.columns:
         raise CryoGuardError(f"the picks have no '{column}' feature any more: choose other labels")
-    values = picks.features[column].astype(object).to_numpy()
-    names = np.array(["" if (v is None or (isinstance(v, float) and np.isnan(v)) or str(v) in ("nan", "<NA>"))
-                      else str(v) for v in values], dtype=str)
+    names = label_names(picks.features[column])
     is_pred = column in predicted_columns(picks)
     source = f"the picks' '{column}' feature" + (PREDICTIONS_SUFFIX if is_pred else "")
     return Labels(names, source, predictions=is_pred)

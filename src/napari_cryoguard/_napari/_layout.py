@@ -51,13 +51,19 @@ def _scroll_area_class():
 
 
 class DockWidget(Container):
-    """A dock widget root: controls in ``self.body`` inside a vertical scroll area."""
+    """A dock widget root: controls in ``self.body`` inside a vertical scroll area.
 
-    def __init__(self) -> None:
+    ``viewer`` is kept as ``self._viewer``; ``self._worker`` is the widget's running
+    worker (set by ``_workers.start_worker``; Cancel and the tests use it).
+    """
+
+    def __init__(self, viewer=None) -> None:
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QFrame, QSizePolicy
 
         super().__init__(labels=False)
+        self._viewer = viewer
+        self._worker = None
         self.body = Container(labels=True)
         scroll = _scroll_area_class()()
         scroll.setWidgetResizable(True)

@@ -13,6 +13,11 @@ perturbation's L-inf and L2 norms and the number of steps.
 progress bar and a Cancel button, and writes per-pick outcome features (``flipped``,
 ``adv_class``, ``adv_norm``) to ``picks`` that colour the points (red: flipped, green:
 held). A cancelled run writes nothing, so the layers stay as they were.
+
+The widget only wires controls: the jobs are
+:func:`napari_cryoguard.interactive.attack_one_job` and
+:func:`~napari_cryoguard.interactive.attack_picks_job`, the picks' new features
+:func:`napari_cryoguard.layerdata.attack_outcome_update`.
 """
 
 from __future__ import annotations
@@ -56,9 +61,7 @@ class AttackWidget(DockWidget):
     """Attack the classifier on picked particles and look at what the attack did."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self._worker = None
+        super().__init__(viewer)
         self.last = None  # the last single-particle result (dict)
         self.picker = ModelPicker(viewer)
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")

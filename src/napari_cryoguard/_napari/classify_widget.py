@@ -6,6 +6,10 @@ class, ``confidence``), colour the points by class with a legend, and the select
 particle's probabilities show in a small table with bars. "Reconstruct" puts
 ``particle <i>`` and, for models with an autoencoder branch, ``reconstruction <i>``
 side by side.
+
+The jobs are :func:`napari_cryoguard.interactive.classify_job` and
+:func:`~napari_cryoguard.interactive.reconstruct_job`; the picks' features come from
+:func:`napari_cryoguard.layerdata.prediction_update`.
 """
 
 from __future__ import annotations
@@ -43,9 +47,7 @@ class ClassifyWidget(DockWidget):
     """Classify the ``subtomograms`` layer, or the ``picks`` of a tomogram extracted on the fly."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self._worker = None
+        super().__init__(viewer)
         self.loaded = None  # the LoadedModel last used
         self.picker = ModelPicker(viewer)
         self.model, self.checkpoint = self.picker.widgets

@@ -20,7 +20,8 @@ the table, not in the panels. The result line names the models, the labels used,
 when the labels are the model's own predictions -- says "agreement with the model's own
 predictions" instead of "accuracy", without a sanity verdict. Per-pick results of the
 first model go to ``picks``: ``eval_correct`` and ``robust_<attack>`` (at the largest
-budget).
+budget; :func:`napari_cryoguard.layerdata.evaluation_features`). The labelled dataset is
+:func:`napari_cryoguard.layerdata.labelled_dataset`'s, as in the Train widget.
 """
 
 from __future__ import annotations
@@ -78,9 +79,7 @@ class EvaluateWidget(DockWidget):
     """Accuracy under attack vs budget for the models the user added, on the subtomograms."""
 
     def __init__(self, viewer: napari.viewer.Viewer, out_dir: str | Path | None = None) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self._worker = None
+        super().__init__(viewer)
         self.out_dir = out_dir
         self.models: list[str] = []
         self.metrics: dict | None = None

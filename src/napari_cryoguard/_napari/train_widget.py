@@ -17,6 +17,11 @@ preset's values and stays editable. After an ``ima`` run the per-sample margins 
 the ``margins`` Points layer (size and colour by margin, at the picks' positions when
 the data came from them) with a histogram here that stays; "Export margins" writes the
 picks with a ``margin`` column.
+
+The recipe controls take their defaults from the ``Recipe`` dataclass. Starting a run is
+:func:`napari_cryoguard.interactive.start_training_run` (the ``subtomograms`` layer's
+dataset built by :func:`napari_cryoguard.layerdata.labelled_dataset`), reading the
+margins :func:`~napari_cryoguard.interactive.margins_job`.
 """
 
 from __future__ import annotations
@@ -41,14 +46,7 @@ from magicgui.widgets import (
 from napari_cryoguard._napari._forms import DataclassForm
 from napari_cryoguard._napari._labels import LabelsChoice, subtomogram_stack
 from napari_cryoguard._napari._layers import PICKS_LAYER, apply_stepwise
-from napari_cryoguard._napari._layout import (
-    DockWidget,
-    Group,
-    button_row,
-    plot_label,
-    show_rgba,
-    status_label,
-)
+from napari_cryoguard._napari._layout import DockWidget, Group, button_row, status_label
 from napari_cryoguard._napari._models import chosen_file, device_combo
 from napari_cryoguard._napari._state import state_for
 from napari_cryoguard._napari._workers import show_error, start_worker
@@ -116,6 +114,8 @@ class _Plots:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from qtpy.QtCore import QTimer
+
+        from napari_cryoguard._napari._layout import plot_label
 
         self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100)
         FigureCanvasAgg(self.figure)
@@ -193,6 +193,8 @@ class _Plots:
         except Exception:  # noqa: BLE001 - a plot that fails to render must not take napari down
             rgba = None
         if rgba is not None:
+            from napari_cryoguard._napari._layout import show_rgba
+
             show_rgba(self.canvas, rgba, ratio)
         self._submit()
 
@@ -252,9 +254,7 @@ class TrainWidget(DockWidget):
 
         from napari_cryoguard.models.registry import default_size_preset
 
-        super().__init__()
-        self._viewer = viewer
-        self._worker = None
+        super().__init__(viewer)
         self.runs_dir = runs_dir
         self.runs: dict[str, object] = {}
         self.margins_by_run: dict[str, np.ndarray] = {}
