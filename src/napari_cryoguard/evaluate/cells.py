@@ -32,7 +32,7 @@ from napari_cryoguard.evaluate.metrics import (
     margin_summary,
     robust_predictions,
 )
-from napari_cryoguard.evaluate.suite import cell_params, member_params
+from napari_cryoguard.evaluate.suite import cell_params, member_params, minimal_distance
 
 __all__ = [
     "attack_cell",
@@ -175,15 +175,6 @@ def clean_cell(
     """Clean metrics and the per-sample predictions (``pred``, kept for the attacks)."""
     pred = predict(model, vols, device, batch_size)
     return {**classification_metrics(y, pred, names), "pred": pred.tolist()}
-
-
-def _distance(res: Any) -> np.ndarray:
-    """Per sample the distance a minimal attack needed (the budget it is read against)."""
-    if "level" in res.extras:  # noise attacks: the amplitude that worked
-        return res.extras["level"].double().cpu().numpy()
-    if res.margins is not None:
-        return res.margins.double().cpu().numpy()
-    return res.norm.double().cpu().numpy()
 
 
 def _point(
@@ -341,7 +332,7 @@ def attack_cell(
     if spec["mode"] == "bounded":
         fooled = [p != y for p in pa]
         return {"points": [_point(top, y, clean_pred, pa, fooled, linf, l2, class_names, zero)]}
-    dist = [_distance(r) for r in runs]
+    dist = [minimal_distance(spec, r) for r in runs]
     succ = [r.success.cpu().numpy().astype(bool) for r in runs]
     points = []
     for b in spec["budgets"]:
