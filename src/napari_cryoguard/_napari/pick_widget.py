@@ -11,7 +11,8 @@ that does not fit) show as napari notifications and in the status line.
 The main input is the particle diameter in Angstrom, which is what a biologist knows;
 the DoG's sigma1 is derived from it (``sigma1 = diameter / (2 sqrt(3) voxel size)``,
 see :func:`~napari_cryoguard.picking.sigma_from_diameter`) and shown, and can be set
-directly under *advanced parameters*.
+directly under *advanced parameters*. The other defaults, choices and help texts are
+:class:`~napari_cryoguard.picking.DoGParams`'s, the picker's one declaration of them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from napari_cryoguard._napari._common import (
     voxel_size_of,
 )
 from napari_cryoguard._napari._layout import DockWidget, Group, status_label
+from napari_cryoguard.params import fields_of
+from napari_cryoguard.picking.params import PAPER_SIGMA1, POLARITIES, DoGParams
+from napari_cryoguard.picking.polarity import POLARITY_WORDS
 
 if TYPE_CHECKING:
     import napari
@@ -50,9 +54,15 @@ if TYPE_CHECKING:
 #: give sigma1 = 4.9 voxels, about :data:`~napari_cryoguard.picking.SIMULATED_SIGMA1`.
 DEFAULT_DIAMETER = 170.0
 
-#: polarity choices as the user sees them in the viewer -> the core's value
-POLARITY_CHOICES = [("auto (try both)", "auto"), ("protein white (bright)", "bright"),
-                    ("protein black (dark)", "dark")]
+#: the picker's defaults and help texts (DoGParams declares them once)
+_DEFAULTS = DoGParams()
+_HELP = {f.name: f.help for f in fields_of(DoGParams)}
+#: the widget starts at polarity "auto", not the core's "bright" (which suits the
+#: simulator): a tomogram just opened has not been looked at yet
+WIDGET_POLARITY = "auto"
+#: polarity choices (DoGParams's) as the user sees them in the viewer -> the core's value
+POLARITY_CHOICES = [("auto (try both)", WIDGET_POLARITY),
+                    *((POLARITY_WORDS[v], v) for v in POLARITIES if v != WIDGET_POLARITY)]
 
 
 def _pick_job(data, polarity: str, params: dict):
@@ -124,7 +134,7 @@ class PickWidget(DockWidget):
                     "it (sigma1 = diameter / (2 sqrt(3) voxel size)) and the picks are drawn "
                     "this size")
         self.polarity = ComboBox(
-            choices=POLARITY_CHOICES, value="auto", label="protein looks",
+            choices=POLARITY_CHOICES, value=WIDGET_POLARITY, label="protein looks",
             tooltip="how particles look in the viewer: white (bright) or black (dark); auto "
                     "tries both and keeps the sign whose best peaks stand out more")
         self.sigma_info = status_label("")
@@ -132,19 +142,19 @@ class PickWidget(DockWidget):
         self.sigma1 = FloatSpinBox(
             value=0.0, min=0.0, max=500.0, step=0.5, label="sigma1 (voxels)",
             tooltip="0 = derived from the particle diameter; otherwise the DoG's smaller "
-                    "sigma in voxels (RAT paper: 7.0)")
-        self.k = FloatSpinBox(value=1.1, min=1.01, max=10.0, step=0.05, label="k",
-                              tooltip="sigma2 = k * sigma1 (RAT paper: 1.1)")
+                    f"sigma in voxels (RAT paper: {PAPER_SIGMA1})")
+        self.k = FloatSpinBox(value=_DEFAULTS.k, min=1.01, max=10.0, step=0.05, label="k",
+                              tooltip=_HELP["k"])
         self.threshold = FloatSpinBox(
-            value=3.0, min=-50.0, max=1000.0, step=0.25, label="threshold",
-            tooltip="z-score: keep peaks with DoG >= mean + threshold * std")
+            value=_DEFAULTS.threshold, min=-50.0, max=1000.0, step=0.25, label="threshold",
+            tooltip=_HELP["threshold"])
         self.min_distance = FloatSpinBox(
             value=0.0, min=0.0, max=1000.0, step=1.0, label="min distance",
-            tooltip="voxels between picks; 0 = automatic (2 * sigma1)")
+            tooltip=_HELP["min_distance"] + "; 0 = automatic (2 * sigma1)")
         self.max_picks = SpinBox(value=0, min=0, max=10_000_000, label="max picks",
-                                 tooltip="0 = no limit")
-        self.border = SpinBox(value=14, min=0, max=10_000, label="border",
-                              tooltip="exclude picks closer than this to the edge (voxels)")
+                                 tooltip=_HELP["max_picks"] + "; 0 = no limit")
+        self.border = SpinBox(value=_DEFAULTS.border_voxels, min=0, max=10_000, label="border",
+                              tooltip=_HELP["border"])
         self.bin = SpinBox(value=0, min=0, max=64, label="bin",
                            tooltip="bin the volume by this factor before filtering; "
                                    "0 = automatic (sigma1 / 1.6)")
@@ -204,14 +214,16 @@ class PickWidget(DockWidget):
         self.sigma_info.value = text
 
     def pick_parameters(self) -> dict:
-        """The keyword arguments for :func:`pick_particles` (polarity apart) from the form."""
-        return dict(
+        """The keyword arguments for :func:`pick_particles` (polarity apart) from the form,
+        checked by :class:`~napari_cryoguard.picking.DoGParams`."""
+        params = DoGParams(
             sigma1=self.sigma_voxels(), k=float(self.k.value), sigma_unit="voxel",
-            voxel_size=self.voxel_size(), threshold=float(self.threshold.value),
+            threshold=float(self.threshold.value),
             min_distance=float(self.min_distance.value) or None,
-            max_picks=int(self.max_picks.value) or None,
-            border=int(self.border.value), bin_factor=int(self.bin.value) or "auto",
-        )
+            max_picks=int(self.max_picks.value) or None, border=int(self.border.value))
+        kwargs = {f.name: getattr(params, f.name) for f in fields_of(DoGParams, skip=["polarity"])}
+        return dict(kwargs, voxel_size=self.voxel_size(),
+                    bin_factor=int(self.bin.value) or "auto")
 
     def _start(self, fn, *args, on_return, on_yield=None, **kwargs) -> None:
         start_worker(self, fn, *args, on_return=on_return, on_yield=on_yield,

@@ -62,13 +62,13 @@ class DoGParams:
     Attributes
     ----------
     sigma1
-        smaller Gaussian sigma, in --sigma-unit (RAT paper, section IV.A: 7.0 voxels)
+        smaller Gaussian sigma, in sigma_unit (RAT paper, section IV.A: 7.0 voxels)
     k
         ratio of the two sigmas, sigma2 = k * sigma1, > 1 (RAT paper, section IV.A: 1.1)
     sigma_unit
         unit of sigma1 (angstrom uses each tomogram's voxel size)
     threshold
-        keep peaks whose DoG response is at least mean + THRESHOLD * std of the DoG
+        keep peaks whose DoG response is at least mean + threshold * std of the DoG
         (a z-score)
     min_distance
         minimum distance between picks in voxels (non-maximum suppression)
