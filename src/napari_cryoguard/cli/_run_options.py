@@ -1,17 +1,15 @@
 """What ``cryoguard evaluate`` and ``cryoguard reproduce`` share: the run options
-(``--device``, ``--seed``, ``--no-resume``, ``--threads``, ``--json``, ``--quiet``), the
-thread setting, and the error exit (message on stderr, status 2, the JSON line with
-``--json``). Imports no torch until :func:`set_threads` runs."""
+(``--device``, ``--seed``, ``--no-resume``, ``--threads``, ``--json``, ``--quiet``) and
+the thread setting (the error exit is :func:`._common.fail`). Imports no torch until
+:func:`set_threads` runs."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from napari_cryoguard.errors import CryoGuardError
 
-__all__ = ["add_run_options", "fail", "set_threads"]
+__all__ = ["add_run_options", "set_threads"]
 
 _THREADS = "CPU threads for torch (0: torch's default)"
 
@@ -35,11 +33,3 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def fail(command: str, exc: Exception, *, as_json: bool) -> int:
-    """Report a user error of ``cryoguard <command>``; returns the exit status 2."""
-    print(f"cryoguard {command}: error: {exc}", file=sys.stderr, flush=True)
-    if as_json:
-        print(json.dumps({"command": command, "ok": False, "error": str(exc)}), flush=True)
-    return 2

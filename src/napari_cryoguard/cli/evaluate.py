@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_cryoguard.cli._run_options import add_run_options, fail, set_threads
+from napari_cryoguard.cli._common import fail
+from napari_cryoguard.cli._run_options import add_run_options, set_threads
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = ["SUITES", "build_parser", "main", "suite_from_args"]
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             margin_samples=args.margin_samples,
         )
     except CryoGuardError as exc:
-        return fail("evaluate", exc, as_json=args.json and main_rank)
+        return fail("evaluate", exc, args.json and main_rank)
     out = Path(args.out)
     log(f"verdict {metrics['verdict']}; report: {out / 'report.html'}")
     if args.json and main_rank:

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_cryoguard.cli._run_options import add_run_options, fail, set_threads
+from napari_cryoguard.cli._common import fail
+from napari_cryoguard.cli._run_options import add_run_options, set_threads
 from napari_cryoguard.errors import CryoGuardError
 
 __all__ = ["build_parser", "main"]
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=not args.no_resume,
         )
     except CryoGuardError as exc:
-        return fail("reproduce", exc, as_json=args.json)
+        return fail("reproduce", exc, args.json)
     out = Path(args.out)
     if not args.quiet:
         print(f"report: {out / 'report.html'}", file=sys.stderr, flush=True)
