@@ -175,18 +175,11 @@ def _small_result(small: dict, idx: np.ndarray) -> AttackResult:
 
 
 def attack_dataset(
-    model: nn.Module,
-    volumes: Any,
-    labels: Any,
-    name: str,
-    *,
-    batch_size: int = 32,
-    device: str | torch.device | None = "auto",
-    indices: Sequence[int] | np.ndarray | None = None,
-    progress: Any = None,
-    **params: Any,
+    model: nn.Module, volumes: Any, labels: Any, name: str, *, progress: Any = None, **kwargs: Any
 ) -> AttackResult:
-    """Attack a whole dataset in batches; see :func:`iter_attack_dataset`.
+    """Attack a whole dataset in batches; see :func:`iter_attack_dataset`, whose keywords
+    (``batch_size``, ``device``, ``indices``, ``on_batch``, ``keep_inputs`` and the
+    attack's parameters) it takes.
 
     ``progress``: a tqdm-like object (``update(n)`` is called with the samples done in
     each batch) or a callable ``progress(done, total)``.
@@ -196,17 +189,7 @@ def attack_dataset(
     >>> res = attack_dataset(model, volumes, labels, "fgsm", eps=0.03, device="cpu")  # doctest: +SKIP
     >>> res.summary()["accuracy_after"]  # doctest: +SKIP
     """
-    gen = iter_attack_dataset(
-        model,
-        volumes,
-        labels,
-        name,
-        batch_size=batch_size,
-        device=device,
-        indices=indices,
-        **params,
-    )
-    return drain(gen, progress)
+    return drain(iter_attack_dataset(model, volumes, labels, name, **kwargs), progress)
 
 
 class AttackResultWriter:

@@ -76,12 +76,7 @@ class FGSM(Attack):
     def _clean_logits(self, model, x, y):  # type: ignore[override]
         # one forward pass gives both the clean logits and the gradient at x
         p: FGSMParams = self.params  # type: ignore[assignment]
-        xg = x.detach().requires_grad_(True)
-        logits = model(xg)
-        ops.check_logits(logits, x.shape[0], y)
-        (grad,) = torch.autograd.grad(ops.objective(logits.float(), y, "ce", p.targeted).sum(), xg)
-        self._grad0 = grad
-        return logits.detach().float()
+        return first_step(self, model, x, y, lambda z: ops.objective(z.float(), y, "ce", p.targeted))
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: FGSMParams = self.params  # type: ignore[assignment]

@@ -160,41 +160,24 @@ class Square(Attack):
         return loss, margin
 
     def _search(self, model, x, y, box, gen):
-        """One run on a batch: (x_adv, fooled, queries per sample)."""
-        if self.params.norm == "l2":  # type: ignore[attr-defined]
-            return self._search_l2(model, x, y, box, gen)
+        """One run on a batch: (x_adv, fooled, queries per sample).
+
+        Random search (Algorithm 1 of the paper): a start, then per query one candidate
+        per sample not yet fooled (:meth:`_linf_search` / :meth:`_l2_search` draw them),
+        kept when it lowers the loss.
+        """
         p: SquareParams = self.params  # type: ignore[assignment]
-        n = x.shape[0]
-        dev, dt = x.device, x.dtype
-        d, h, w = x.shape[-3:]
-        eps = float(p.eps)
-        signs = torch.randint(0, 2, (n, 1, d, 1, w), generator=gen, device=dev).to(dt) * 2 - 1
-        x_best = ops.clamp(x + eps * signs, box)
+        shape = tuple(x.shape[-3:])
+        draw = self._l2_search if p.norm == "l2" else self._linf_search
+        x_best, propose = draw(x, box, gen, _aranges(shape, x.device))
         loss, margin = self._loss(model(x_best).float(), y)
-        used = torch.ones(n, dtype=torch.long, device=dev)
-        ar = [torch.arange(k, device=dev).view(*([1] * (2 + i)), k, *([1] * (2 - i)))
-              for i, k in enumerate((d, h, w))]
-        upper = ops.clamp(x + eps, box)
-        lower = ops.clamp(x - eps, box)
+        used = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
         for it in range(p.n_queries - 1):
             act = torch.nonzero(margin > 0).flatten()
             if act.numel() == 0:
                 break
-            k = act.numel()
-            s = square_side(square_fraction(p.p_init, it, p.n_queries), (d, h, w))
-            corner = [torch.randint(0, size - s + 1, (k,), generator=gen, device=dev)
-                      for size in (d, h, w)]
-            mask = torch.ones((k, 1, 1, 1, 1), dtype=torch.bool, device=dev)
-            for a, c in zip(ar, corner, strict=True):
-                c5 = c.view(k, 1, 1, 1, 1)
-                mask = mask & (a >= c5) & (a < c5 + s)
-            up = torch.randint(0, 2, (k,), generator=gen, device=dev).bool().view(k, 1, 1, 1, 1)
-            cur = x_best[act]
-            cand = torch.where(mask, torch.where(up, upper[act], lower[act]), cur)
-            same = (cand == cur).flatten(1).all(1).view(k, 1, 1, 1, 1)
-            if bool(same.any()):  # nothing would change: the other sign
-                flip = torch.where(mask, torch.where(up, lower[act], upper[act]), cur)
-                cand = torch.where(same, flip, cand)
+            cand = propose(x_best, act, square_side(square_fraction(p.p_init, it, p.n_queries),
+                                                    shape))
             l_new, m_new = self._loss(model(cand).float(), y[act])
             used[act] += 1
             better = l_new < loss[act]
@@ -204,24 +187,40 @@ class Square(Attack):
             margin[rows] = m_new[better]
         return x_best, margin <= 0, used
 
-    def _search_l2(self, model, x, y, box, gen):
-        """One L2 run on a batch (section 3.2 of the paper, with cube windows)."""
-        p: SquareParams = self.params  # type: ignore[assignment]
+    def _linf_search(self, x, box, gen, ar):
+        """The L-inf start (stripes) and candidates (one window at ``x +- eps``)."""
         n = x.shape[0]
         dev, dt = x.device, x.dtype
-        shape = tuple(x.shape[-3:])
-        eps = float(p.eps)
-        delta = _l2_start(x, eps, gen)
-        x_best = ops.clamp(x + delta, box)
-        loss, margin = self._loss(model(x_best).float(), y)
-        used = torch.ones(n, dtype=torch.long, device=dev)
-        ar = _aranges(shape, dev)
-        for it in range(p.n_queries - 1):
-            act = torch.nonzero(margin > 0).flatten()
-            if act.numel() == 0:
-                break
+        d, h, w = shape = tuple(x.shape[-3:])
+        eps = float(self.params.eps)  # type: ignore[attr-defined]
+        signs = torch.randint(0, 2, (n, 1, d, 1, w), generator=gen, device=dev).to(dt) * 2 - 1
+        upper = ops.clamp(x + eps, box)
+        lower = ops.clamp(x - eps, box)
+
+        def propose(x_best, act, s):
             k = act.numel()
-            s = square_side(square_fraction(p.p_init, it, p.n_queries), shape)
+            mask = _window_mask(ar, shape, s, k, gen, dev)
+            up = torch.randint(0, 2, (k,), generator=gen, device=dev).bool().view(k, 1, 1, 1, 1)
+            cur = x_best[act]
+            cand = torch.where(mask, torch.where(up, upper[act], lower[act]), cur)
+            same = (cand == cur).flatten(1).all(1).view(k, 1, 1, 1, 1)
+            if bool(same.any()):  # nothing would change: the other sign
+                flip = torch.where(mask, torch.where(up, lower[act], upper[act]), cur)
+                cand = torch.where(same, flip, cand)
+            return cand
+
+        return ops.clamp(x + eps * signs, box), propose
+
+    def _l2_search(self, x, box, gen, ar):
+        """The L2 start (a grid of patterns) and candidates (section 3.2 of the paper,
+        with cube windows)."""
+        dev, dt = x.device, x.dtype
+        shape = tuple(x.shape[-3:])
+        eps = float(self.params.eps)  # type: ignore[attr-defined]
+        start = ops.clamp(x + _l2_start(x, eps, gen), box)
+
+        def propose(x_best, act, s):
+            k = act.numel()
             m1 = _window_mask(ar, shape, s, k, gen, dev)
             m2 = _window_mask(ar, shape, s, k, gen, dev)
             cur = x_best[act] - x[act]
@@ -236,15 +235,9 @@ class Square(Attack):
             new = new / (_l2(new) + 1e-12) * target
             cand_d = torch.where(m1, new, torch.where(m2, torch.zeros_like(cur), cur))
             cand_d = cand_d * eps / _l2(cand_d).clamp_min(1e-12)  # the total at norm eps
-            cand = ops.clamp(x[act] + ops.project(cand_d, "l2", eps), ops.box_rows(box, act))
-            l_new, m_new = self._loss(model(cand).float(), y[act])
-            used[act] += 1
-            better = l_new < loss[act]
-            rows = act[better]
-            x_best[rows] = cand[better]
-            loss[rows] = l_new[better]
-            margin[rows] = m_new[better]
-        return x_best, margin <= 0, used
+            return ops.clamp(x[act] + ops.project(cand_d, "l2", eps), ops.box_rows(box, act))
+
+        return start, propose
 
 
 # --------------------------------------------------------------------------- L2 helpers
