@@ -157,6 +157,7 @@ def simulate_subtomograms(
     CryoGuardError
         Unknown class, SNR <= 0, tilt range outside (0, 90], bad counts or sizes.
     """
+    # locals() here are exactly the arguments: one signature for both functions
     return next(iter_simulated_blocks(**locals(), block_size=None))
 
 
