@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_cryoguard.checks import check_prob, check_widths
+from napari_cryoguard.checks import check_number, check_prob, check_widths
+from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.models.base import CryoGuardModel
 from napari_cryoguard.models.layers import make_pool3d
 from napari_cryoguard.models.registry import register_model
@@ -69,12 +70,11 @@ class AutoencoderParams:
     def __post_init__(self) -> None:
         check_widths("conv_widths", self.conv_widths)
         if not self.conv_widths:
-            raise ValueError("conv_widths needs at least one block")
+            raise CryoGuardError("conv_widths needs at least one block")
         check_widths("code_size", (self.code_size,))
         check_widths("classifier_widths", self.classifier_widths)
         check_prob("classifier_dropout", self.classifier_dropout)
-        if float(self.sparsity_weight) < 0:
-            raise ValueError(f"sparsity_weight must be >= 0, got {self.sparsity_weight!r}")
+        check_number("sparsity_weight", self.sparsity_weight)
 
 
 @register_model("autoencoder", AutoencoderParams)
