@@ -148,8 +148,16 @@ def add_outputs(p: argparse.ArgumentParser, out_help: str, suffix: str) -> None:
                    "(--shard $SLURM_ARRAY_TASK_ID/N)")
 
 
-def add_resample_option(p: argparse.ArgumentParser) -> None:
-    """``--no-resample`` of the commands that feed subtomograms to a model."""
+def add_model_inputs(p: argparse.ArgumentParser, datasets_help: str, batch_help: str) -> None:
+    """The dataset files, ``--model``, ``--device``, ``--batch-size`` and ``--no-resample``
+    of the commands that feed subtomograms to a model (classify, attack)."""
+    p.add_argument("datasets", nargs="+", metavar="dataset", help=datasets_help)
+    p.add_argument("--model", default="default",
+                   help="bundled weights (default = cb3d-default, ae-default) or a .safetensors "
+                   "checkpoint")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=32, help=batch_help)
     p.add_argument("--no-resample", action="store_true",
                    help="refuse subtomograms whose voxel size differs from the model's training "
                    "voxel size by more than 1 %% (by default they are resampled trilinearly to "

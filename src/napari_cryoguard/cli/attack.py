@@ -14,8 +14,8 @@ from pathlib import Path
 from napari_cryoguard.cli._common import (
     AddCommand,
     Progress,
+    add_model_inputs,
     add_outputs,
-    add_resample_option,
     log,
     log_domain,
     per_dataset,
@@ -152,10 +152,9 @@ def cmd_attack(args: argparse.Namespace) -> dict:
 def add_commands(add: AddCommand) -> None:
     p = add("attack", "attack a classifier on the subtomograms of dataset files (runs under "
             "torchrun too)", cmd_attack)
-    p.add_argument("datasets", nargs="+", metavar="dataset",
-                   help="dataset file(s) (.npz) or glob patterns (quoted); labelled samples are "
-                   "attacked against their label, unlabelled ones against the model's prediction")
-    p.add_argument("--model", default="default", help="bundled weights or a .safetensors checkpoint")
+    add_model_inputs(p, "dataset file(s) (.npz) or glob patterns (quoted); labelled samples "
+                     "are attacked against their label, unlabelled ones against the model's "
+                     "prediction", "samples per batch")
     p.add_argument("--attack", required=True,
                    help="attack name; `cryoguard attacks` lists the registered attacks with "
                    "their parameters and defaults")
@@ -175,8 +174,5 @@ def add_commands(add: AddCommand) -> None:
                    "JSON (e.g. --set loss=\"margin\" --set bounds=\"sample\"); repeatable")
     p.add_argument("--indices", type=int, nargs="+", default=None,
                    help="attack only these samples (0-based rows of the dataset)")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per batch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    add_resample_option(p)
     add_outputs(p, "result file (.npz: x_adv, perturbation, predictions, success, norms, "
                 "indices, and a JSON metadata string)", ".npz")

@@ -11,8 +11,8 @@ from pathlib import Path
 from napari_cryoguard.cli._common import (
     AddCommand,
     Progress,
+    add_model_inputs,
     add_outputs,
-    add_resample_option,
     log,
     log_domain,
     per_dataset,
@@ -103,17 +103,8 @@ def cmd_classify(args: argparse.Namespace) -> dict:
 def add_commands(add: AddCommand) -> None:
     p = add("classify", "classify the subtomograms of dataset files with a trained 3D CNN (runs "
             "under torchrun too)", cmd_classify)
-    p.add_argument("datasets", nargs="+", metavar="dataset",
-                   help="dataset file(s) (.npz) from `cryoguard extract` or `simulate-dataset`, "
-                   "or glob patterns (quoted)")
-    p.add_argument("--model", default="default",
-                   help="bundled weights (default = cb3d-default, ae-default) or a .safetensors "
-                   "checkpoint")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="subtomograms per forward pass (halved automatically on CUDA "
-                   "out-of-memory)")
+    add_model_inputs(p, "dataset file(s) (.npz) from `cryoguard extract` or `simulate-dataset`, "
+                     "or glob patterns (quoted)",
+                     "subtomograms per forward pass (halved automatically on CUDA out-of-memory)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    add_resample_option(p)
     add_outputs(p, "predictions CSV: index, predicted class, per-class probabilities", ".csv")

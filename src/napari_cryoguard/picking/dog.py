@@ -267,15 +267,14 @@ def dog_filter(
     -------
     ndarray, float32
         The DoG response, same shape as the volume (or the binned shape).
+
+    Raises
+    ------
+    CryoGuardError
+        A volume that is not 3D, or holds non-finite voxels (their number is given).
     """
-    sigma1, k = _check_sigma(sigma1, k)
-    b = _resolve_bin(bin_factor, sigma1)
     vol = np.asarray(volume, dtype=np.float32)
-    if vol.ndim != 3:
-        raise CryoGuardError(f"DoG needs a 3D ZYX volume, got shape {vol.shape}")
-    if b > 1:
-        vol = _block_mean(vol, b)
-    return _dog_block(vol, _binned_sigma(sigma1, b), k)
+    return binned_dog(vol, sigma1, k, bin_factor=bin_factor, chunk_size=max(1, len(vol)))
 
 
 def iter_pick_particles(
@@ -646,10 +645,10 @@ def binned_dog(volume: Any, sigma1: float, k: float = _DEFAULTS.k, *, bin_factor
                chunk_size: int = 64) -> np.ndarray:
     """The DoG (bright blobs positive) on the grid binned by ``bin_factor``.
 
-    Like :func:`dog_filter`, but the volume is read and block-mean binned
-    ``chunk_size`` Z-slices at a time (a memory-mapped tomogram is never read whole),
-    and non-finite voxels raise a :class:`CryoGuardError` giving their number.
-    ``sigma1`` is in full-resolution voxels.
+    :func:`dog_filter` with the volume read and block-mean binned ``chunk_size``
+    Z-slices at a time (a memory-mapped tomogram is never read whole); non-finite voxels
+    raise a :class:`CryoGuardError` giving their number. ``sigma1`` is in
+    full-resolution voxels.
     """
     sigma1, k = _check_sigma(sigma1, k)
     shape = _shape_of(volume)
