@@ -44,6 +44,7 @@ Other formats
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -71,7 +72,15 @@ TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 EM_SUFFIXES: tuple[str, ...] = (".em",)
 """Suffixes read as TOM / AITom EM files."""
 
-TOMOGRAM_SUFFIXES: tuple[str, ...] = MRC_SUFFIXES + OMEZARR_SUFFIXES + TIFF_SUFFIXES + EM_SUFFIXES
+_OTHER_READERS: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(OMEZARR_SUFFIXES, ("napari_cryoguard.io.omezarr", "read_omezarr")),
+    **dict.fromkeys(TIFF_SUFFIXES, ("napari_cryoguard.io.tiff", "read_tiff")),
+    **dict.fromkeys(EM_SUFFIXES, ("napari_cryoguard.io.em", "read_em")),
+}
+"""Suffix -> (module, function) of the tomogram formats other than MRC; each function is
+called as ``read(path, voxel_size=...)`` and returns a :class:`Tomogram`."""
+
+TOMOGRAM_SUFFIXES: tuple[str, ...] = MRC_SUFFIXES + tuple(_OTHER_READERS)
 """File suffixes read as tomograms (lower case; matching is case-insensitive)."""
 
 STACK_SUFFIXES: tuple[str, ...] = (".mrcs",)
@@ -424,18 +433,9 @@ def read_tomogram(
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in OMEZARR_SUFFIXES:
-        from napari_cryoguard.io.omezarr import read_omezarr
-
-        return read_omezarr(path, voxel_size=voxel_size)
-    if suffix in TIFF_SUFFIXES:
-        from napari_cryoguard.io.tiff import read_tiff
-
-        return read_tiff(path, voxel_size=voxel_size)
-    if suffix in EM_SUFFIXES:
-        from napari_cryoguard.io.em import read_em
-
-        return read_em(path, voxel_size=voxel_size)
+    if suffix in _OTHER_READERS:
+        module, func = _OTHER_READERS[suffix]
+        return getattr(importlib.import_module(module), func)(path, voxel_size=voxel_size)
     if suffix in STACK_SUFFIXES and not allow_stack:
         raise CryoGuardError(
             f"{path.name} is an image stack ({suffix}), not a tomogram; "
