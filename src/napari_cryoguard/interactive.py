@@ -256,8 +256,9 @@ def summary_line(res, index, labels: Labels | None, true, model_name: str) -> st
         return (f"{head}; no true labels were used: agreement with the model's own predictions "
                 f"{right_before.mean():.2f} -> {right_after.mean():.2f}")
     y = res.labels.numpy()[known]
-    before = float(np.mean(res.pred_before.numpy()[known] == y))
-    after = float(np.mean((res.pred_before.numpy()[known] == y) & (res.pred_after.numpy()[known] == y)))
+    right_before = res.pred_before.numpy()[known] == y
+    before = float(np.mean(right_before))
+    after = float(np.mean(right_before & (res.pred_after.numpy()[known] == y)))
     rest = int((~known).sum())
     tail = (f"; {rest} picks without a label were attacked against the model's own prediction"
             if rest else "")

@@ -18,7 +18,8 @@ the ``margins`` Points layer (size and colour by margin, at the picks' positions
 the data came from them) with a histogram here that stays; "Export margins" writes the
 picks with a ``margin`` column.
 
-The recipe controls take their defaults from the ``Recipe`` dataclass. Starting a run is
+The recipe controls take their defaults and choices from
+:class:`napari_cryoguard.recipe.Recipe`. Starting a run is
 :func:`napari_cryoguard.interactive.start_training_run` (the ``subtomograms`` layer's
 dataset built by :func:`napari_cryoguard.layerdata.labelled_dataset`), reading the
 margins :func:`~napari_cryoguard.interactive.margins_job`.
@@ -27,7 +28,6 @@ margins :func:`~napari_cryoguard.interactive.margins_job`.
 from __future__ import annotations
 
 import json
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +52,8 @@ from napari_cryoguard._napari._state import state_for
 from napari_cryoguard._napari._workers import show_error, start_worker
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.interactive import margins_job, start_training_run
-from napari_cryoguard.params import Optimizer, fields_of
+from napari_cryoguard.params import fields_of
+from napari_cryoguard.recipe import DEFAULT_LR, Recipe
 
 if TYPE_CHECKING:
     import napari
@@ -79,13 +80,6 @@ def _size_names(widget=None) -> list[str]:
     from napari_cryoguard.models.registry import SIZE_PRESETS
 
     return list(SIZE_PRESETS)
-
-
-def _recipe_class():
-    """The training recipe dataclass: the one place the recipe's defaults are declared."""
-    from napari_cryoguard.defenses.trainer import Recipe
-
-    return Recipe
 
 
 # ---------------------------------------------------------------------- plots
@@ -280,15 +274,19 @@ class TrainWidget(DockWidget):
         self.defense_form = DataclassForm()
         self.defense_group = Group("defense parameters", [self.defense_form])
         # recipe: the defaults are the Recipe dataclass's
-        recipe = _recipe_class()()
-        self.epochs = SpinBox(value=recipe.epochs, min=1, max=100_000, label="epochs")
-        self.batch_size = SpinBox(value=recipe.batch_size, min=1, max=4096, label="batch size")
-        self.optimizer = ComboBox(choices=list(typing.get_args(Optimizer)),
-                                  value=recipe.optimizer, label="optimizer")
+        recipe = {f.name: f for f in fields_of(Recipe)}
+        self.epochs = SpinBox(value=recipe["epochs"].default, min=1, max=100_000, label="epochs")
+        self.batch_size = SpinBox(value=recipe["batch_size"].default, min=1, max=4096,
+                                  label="batch size")
+        self.optimizer = ComboBox(choices=list(recipe["optimizer"].choices),
+                                  value=recipe["optimizer"].default, label="optimizer")
         self.lr = LineEdit(value="", label="learning rate",
-                           tooltip="empty: the optimizer's default (1e-4 adam, 0.005 sgd)")
-        self.robust_every = SpinBox(value=recipe.robust_every, min=0, max=1000, label="robust every",
-                                    tooltip="robust validation accuracy (PGD) every n epochs; 0 = off")
+                           tooltip="empty: the optimizer's default ("
+                                   + ", ".join(f"{v:g} {k}" for k, v in DEFAULT_LR.items()) + ")")
+        self.robust_every = SpinBox(value=recipe["robust_every"].default, min=0, max=1000,
+                                    label="robust every",
+                                    tooltip="robust validation accuracy (PGD) every n epochs; "
+                                            "0 = off")
         self.device = device_combo()
         self.keep_state = CheckBox(value=False, label="resumable",
                                    tooltip="also keep the optimizer state beside the checkpoint "
@@ -383,7 +381,7 @@ class TrainWidget(DockWidget):
             lr = float(text) if text else None
         except ValueError:
             raise CryoGuardError(f"the learning rate must be a number or empty, not {text!r}") from None
-        _recipe_class()(epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
+        Recipe(epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
                optimizer=self.optimizer.value, lr=lr, robust_every=int(self.robust_every.value))
         settings = dict(model=self.model.value, defense=self.defense.value,
                         model_params=self._changed_params(self.model_form),
