@@ -74,14 +74,14 @@ def run_pipeline(out: str | Path = "demo-output", seed: int = 0,
     write_picks(out / "picks.star", picks)
 
     t0 = time.perf_counter()
-    sub = extract_subtomograms(sim.volume, picks.coords, size=28)
+    sub = extract_subtomograms(sim.volume, picks.coords)  # the papers' 28^3 cubes
     t["extract"] = time.perf_counter() - t0
     ds = SubtomogramDataset(volumes=sub.volumes, labels=None, class_names=None,
                             coords=picks.coords[sub.index], tomo_names="tomogram",
                             voxel_size=sim.voxel_size, normalized=sub.normalized,
                             meta={"source": "demo", "n_skipped": int(sub.n_skipped)})
     save_dataset(out / "subtomograms.npz", ds)
-    log(f"extracted {len(sub.volumes)} subtomograms of 28^3 ({sub.n_skipped} skipped)")
+    log(f"extracted {len(sub.volumes)} subtomograms of {sub.size}^3 ({sub.n_skipped} skipped)")
     result = DemoResult(sim=sim, picks=picks, subtomograms=sub, summary={})
     classified = _classify_and_attack(sim, picks, sub, t, log, result)
     summary = {

@@ -44,7 +44,8 @@ from napari_cryoguard._napari._common import (
 )
 from napari_cryoguard._napari._layout import DockWidget, Group, status_label
 from napari_cryoguard.params import fields_of
-from napari_cryoguard.picking.params import PAPER_SIGMA1, POLARITIES, DoGParams
+from napari_cryoguard.picking.extract import BORDER_MODES
+from napari_cryoguard.picking.params import PAPER_CUBE, PAPER_SIGMA1, POLARITIES, DoGParams
 from napari_cryoguard.picking.polarity import POLARITY_WORDS
 
 if TYPE_CHECKING:
@@ -164,9 +165,10 @@ class PickWidget(DockWidget):
         self.preview_button = PushButton(text="Preview DoG")
         self.pick_button = PushButton(text="Pick")
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
-        self.cube = SpinBox(value=28, min=4, max=512, label="cube size")
+        self.cube = SpinBox(value=PAPER_CUBE, min=4, max=512, label="cube size")
         self.normalize = CheckBox(value=True, text="normalise per sample")
-        self.border_mode = ComboBox(choices=["skip", "pad"], value="skip", label="at border")
+        self.border_mode = ComboBox(choices=list(BORDER_MODES), value=BORDER_MODES[0],
+                                    label="at border")
         self.extract_button = PushButton(text="Extract subtomograms")
         self.status = status_label("")
         self.selection = status_label("")

@@ -21,7 +21,8 @@ from napari_cryoguard.cli._common import (
 )
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.params import add_options, options_from_args
-from napari_cryoguard.picking.params import HELP_DEFAULTS, DoGParams
+from napari_cryoguard.picking.extract import BORDER_MODES
+from napari_cryoguard.picking.params import HELP_DEFAULTS, PAPER_CUBE, DoGParams
 
 # --------------------------------------------------------------------------- pick
 
@@ -269,8 +270,9 @@ def add_commands(add: AddCommand) -> None:
                    "folder of per-tomogram pick files <tomogram stem>.star (from pick --out-dir)")
     _add_picks_options(p)
     add_outputs(p, "output dataset file (.npz)", ".npz")
-    p.add_argument("--size", type=int, default=28, help="cube edge in voxels (even or odd)")
-    p.add_argument("--border", choices=["skip", "pad"], default="skip",
+    p.add_argument("--size", type=int, default=PAPER_CUBE,
+                   help="cube edge in voxels (even or odd)")
+    p.add_argument("--border", choices=list(BORDER_MODES), default=BORDER_MODES[0],
                    help="particles whose cube crosses the border: skip them (counted) or pad "
                    "the cube")
     p.add_argument("--no-normalize", action="store_true",

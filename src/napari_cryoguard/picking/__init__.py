@@ -20,9 +20,10 @@ from napari_cryoguard.picking.dog import (
     pick_particles,
     sigma_from_diameter,
 )
-from napari_cryoguard.picking.extract import Subtomograms, extract_subtomograms
+from napari_cryoguard.picking.extract import BORDER_MODES, Subtomograms, extract_subtomograms
 from napari_cryoguard.picking.metrics import match_picks
 from napari_cryoguard.picking.params import (
+    PAPER_CUBE,
     PAPER_K,
     PAPER_SIGMA1,
     POLARITIES,
@@ -34,7 +35,9 @@ from napari_cryoguard.picking.polarity import POLARITY_WORDS, PolarityChoice, ch
 
 __all__ = [
     "BLOB_RADIUS_PER_SIGMA",
+    "BORDER_MODES",
     "DoGParams",
+    "PAPER_CUBE",
     "PAPER_K",
     "PAPER_SIGMA1",
     "SIMULATED_SIGMA1",

@@ -116,11 +116,8 @@ def sigma_from_diameter(diameter: float, voxel_size: float = 1.0) -> float:
     The DoG responds best to blobs of radius ``sqrt(3) * sigma1`` (module docstring), so
     a 170 A particle at 10 A per voxel gets sigma1 = 4.9 voxels.
     """
-    diameter, voxel_size = float(diameter), float(voxel_size)
-    if not np.isfinite(diameter) or diameter <= 0:
-        raise CryoGuardError(f"the particle diameter must be > 0, got {diameter}")
-    if not np.isfinite(voxel_size) or voxel_size <= 0:
-        raise CryoGuardError(f"voxel_size must be > 0 Angstrom, got {voxel_size}")
+    diameter = check_float("the particle diameter", diameter, minimum=0, strict=True)
+    voxel_size = check_float("voxel_size", voxel_size, minimum=0, strict=True)
     return diameter / (2.0 * BLOB_RADIUS_PER_SIGMA * voxel_size)
 
 

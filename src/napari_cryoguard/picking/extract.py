@@ -20,13 +20,21 @@ Picks whose rounded centre lies outside the volume are always skipped and counte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from napari_cryoguard.checks import check_choice, check_positive_int
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.params import choices_of
+from napari_cryoguard.picking.params import PAPER_CUBE
 
-__all__ = ["Subtomograms", "extract_subtomograms"]
+__all__ = ["BORDER_MODES", "BorderMode", "Subtomograms", "extract_subtomograms"]
+
+#: what to do with a particle whose cube crosses the tomogram's border
+BorderMode = Literal["skip", "pad"]
+#: the values of ``border`` (the CLI's ``extract --border`` and the widget read them)
+BORDER_MODES: tuple[str, ...] = choices_of(BorderMode)  # type: ignore[assignment]
 
 
 @dataclass
@@ -102,10 +110,10 @@ def _all_finite(stack: np.ndarray) -> bool:
 def extract_subtomograms(
     volume: Any,
     coords: Any,
-    size: int = 28,
+    size: int = PAPER_CUBE,
     *,
     normalize: bool = True,
-    border: str = "skip",
+    border: BorderMode = "skip",
     pad_value: float = 0.0,
     return_index: bool = True,
 ) -> Subtomograms:
@@ -149,11 +157,8 @@ def extract_subtomograms(
         Bad size, unknown border mode, coordinates not (N, 3), a volume that is not 3D,
         or non-finite voxels inside the extracted cubes.
     """
-    if border not in ("skip", "pad"):
-        raise CryoGuardError(f"border must be 'skip' or 'pad', got {border!r}")
-    if int(size) != size or size < 1:
-        raise CryoGuardError(f"cube size must be a positive integer, got {size!r}")
-    size = int(size)
+    check_choice("border", border, BORDER_MODES)
+    size = check_positive_int("cube size", size)
     shape = tuple(int(s) for s in getattr(volume, "shape", ()))
     if len(shape) != 3:
         raise CryoGuardError(f"extraction needs a 3D ZYX volume, got shape {shape}")

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_BORDER",
     "DoGParams",
     "HELP_DEFAULTS",
+    "PAPER_CUBE",
     "PAPER_K",
     "PAPER_SIGMA1",
     "POLARITIES",
@@ -36,8 +37,11 @@ PAPER_K = 1.1
 SIMULATED_SIGMA1 = 5.0
 #: Threshold (z-score) used with :data:`SIMULATED_SIGMA1` on simulated tomograms.
 SIMULATED_THRESHOLD = 3.5
-#: The border (voxels) that ``border=None`` means: half of the papers' 28^3 cube.
-DEFAULT_BORDER = 14
+#: The papers' subtomogram cube edge in voxels (RAT, section IV.A; CB3D): 28.
+PAPER_CUBE = 28
+#: The border (voxels) that ``border=None`` means: half of the papers' cube, so that
+#: every pick can be extracted whole at the default cube size.
+DEFAULT_BORDER = PAPER_CUBE // 2
 
 #: particle contrast: protein bright (white), protein dark (black), or try both
 Polarity = Literal["bright", "dark", "auto"]
@@ -125,4 +129,4 @@ class DoGParams:
 
 #: shown in place of ``None`` in the command line's help
 HELP_DEFAULTS = {"min_distance": "2 * sigma1", "max_picks": "no limit",
-                 "border": f"{DEFAULT_BORDER}, half a 28^3 cube"}
+                 "border": f"{DEFAULT_BORDER}, half a {PAPER_CUBE}^3 cube"}
