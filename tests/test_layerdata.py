@@ -15,6 +15,7 @@ from napari_cryoguard.classify import Predictions, zscore
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.layerdata import (
     Labels,
+    accuracy_note,
     class_colors,
     evaluation_features,
     extraction_size,
@@ -142,6 +143,14 @@ def test_prediction_update_writes_classes_colours_and_accuracy():
     again, _ = prediction_update(feats.drop(columns="file_class"), update["metadata"], 4, preds,
                                  [0, 1, 3])
     assert "file_class" not in again["features"]
+
+
+def test_accuracy_note_only_against_true_labels():
+    labels = Labels(np.array(["a", "", "b", "b"]), "the truth layer")
+    assert accuracy_note(labels, ["a", "a", "a"], [0, 1, 3]) == \
+        "; accuracy 0.500 on 2 picks against the truth layer"
+    assert accuracy_note(Labels(labels.names, "x", predictions=True), ["a"], [0]) == ""
+    assert accuracy_note(labels, ["a"], [1]) == "" and accuracy_note(None, ["a"], [0]) == ""
 
 
 def test_evaluation_features_at_the_largest_budget():

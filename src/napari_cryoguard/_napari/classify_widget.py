@@ -35,7 +35,7 @@ from napari_cryoguard._napari._warmup import schedule_warm_up
 from napari_cryoguard._napari._workers import show_error, start_worker
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.interactive import classify_job, domain_line, reconstruct_job
-from napari_cryoguard.layerdata import class_colors
+from napari_cryoguard.layerdata import accuracy_note, class_colors
 
 if TYPE_CHECKING:
     import napari
@@ -141,13 +141,7 @@ class ClassifyWidget(DockWidget):
                 labels = None
             apply_predictions(layer, preds, index)
             self.pick.fit()
-            if labels is not None and not labels.predictions:
-                true = labels.names[np.asarray(index)]
-                known = true != ""
-                if known.any():
-                    acc = float(np.mean(np.asarray(preds.predicted_names)[known] == true[known]))
-                    note = (f"; accuracy {acc:.3f} on {int(known.sum())} picks against "
-                            f"{labels.source}")
+            note = accuracy_note(labels, preds.predicted_names, index)
         self.legend.value = self._legend_html(preds.class_names, preds)
         self.status.value = (f"classified {len(preds.probabilities)} subtomograms with {name}{note}"
                              + domain_line(getattr(preds, "notes", []),
