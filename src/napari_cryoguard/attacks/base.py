@@ -1,4 +1,4 @@
-"""The attack contract: parameters, the result object, the base class and the registry.
+"""The attack contract: parameters, the result object, the base class, its facts and the registry.
 
 Contract
 --------
@@ -37,6 +37,20 @@ check that the input gradient of the first step is non-zero for every sample; sa
 whose gradient is exactly zero are flagged in ``AttackResult.zero_grad`` and a
 ``RuntimeWarning`` is issued, since a "robust" verdict for them may only mean the
 gradient is masked.
+
+Facts
+-----
+Each attack class declares what an evaluation needs to know about it, as class
+attributes (:class:`Attack`): ``norms``, ``minimal`` (a minimal-perturbation search or
+a bounded attack; :meth:`Attack.is_minimal` where it depends on the parameters, as for
+``cw``), ``budget_field`` (the parameter a bounded run takes its budget in),
+``search_limit`` / ``search_max`` (what caps a minimal search), ``budget_name`` and
+``budget_unit`` (the axis label), ``distance_key`` (the per-sample distance of a minimal
+attack) and ``quick_params`` (small, effective settings for the contract tests).
+:mod:`napari_cryoguard.evaluate.suite` reads these, never the attack's name.
+
+The tensor helpers the attacks are built from are in :mod:`napari_cryoguard.attacks.ops`;
+the registry is :data:`ATTACKS`, a :class:`napari_cryoguard.registry.Registry`.
 
 Example
 -------
