@@ -486,3 +486,18 @@ def test_an_attack_without_quick_params_fails_the_contract_tests(sign_noise):
             quick_params("no_quick")
     finally:
         ATTACKS.entries.pop("no_quick", None)
+
+
+def test_a_new_attack_is_evaluated(sign_noise, tiny_checkpoint, test_npz, tmp_path):
+    from napari_cryoguard.evaluate import evaluate
+
+    m = evaluate(
+        [tiny_checkpoint], test_npz, attacks=[{"name": "sign_noise", "budgets": [0.0, 0.5]}],
+        out=tmp_path / "eval", device="cpu", margins=False, max_samples=6,
+    )
+    (r,) = m["models"].values()
+    curve = r["attacks"]["sign_noise"]
+    assert curve["budget_unit"] == "eps (L-inf, normalised units)"
+    zero, half = curve["points"]
+    assert zero["robust_accuracy"] == pytest.approx(r["clean"]["accuracy"])
+    assert half["robust_accuracy"] <= zero["robust_accuracy"] + 1e-12
