@@ -117,7 +117,9 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return out
 
 
-def _apgd_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator | None) -> torch.Tensor:
+def _apgd_start(
+    x: torch.Tensor, norm: str, eps: float, gen: torch.Generator | None
+) -> torch.Tensor:
     """A random start on the boundary: L-inf cube corner direction or L2 sphere."""
     if norm == "linf":
         t = 2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1
@@ -385,8 +387,9 @@ class _APGDBase(Attack):
                 keep = ok | (loss > best_loss[rows])
                 idx = rows[keep]
                 best_x[idx] = x_adv[keep]
-                best_loss[idx] = torch.where(ok[keep], torch.full_like(loss[keep], math.inf),
-                                             loss[keep])
+                best_loss[idx] = torch.where(
+                    ok[keep], torch.full_like(loss[keep], math.inf), loss[keep]
+                )
                 found[rows[ok]] = True
         return best_x, max(runs, 1) * p.steps, {}
 
@@ -467,4 +470,3 @@ class APGDT(_APGDBase):
             return z.argmax(1) != y[rows]
 
         return loss_fn, success_fn
-

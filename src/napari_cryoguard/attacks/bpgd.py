@@ -89,8 +89,17 @@ class BPGD(Attack):
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: BPGDParams = self.params  # type: ignore[assignment]
         out = bpgd_search(
-            model, x, y, p.eps, norm=p.norm, n_pgd=p.n_pgd, alpha=p.alpha,
-            n_binary=p.n_binary, loss=p.loss, box=box, already=logits0.argmax(1) != y,
+            model,
+            x,
+            y,
+            p.eps,
+            norm=p.norm,
+            n_pgd=p.n_pgd,
+            alpha=p.alpha,
+            n_binary=p.n_binary,
+            loss=p.loss,
+            box=box,
+            already=logits0.argmax(1) != y,
             on_first_grad=self._note_gradient,
         )
         extras = {

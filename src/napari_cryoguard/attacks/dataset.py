@@ -148,11 +148,16 @@ def _store_small(small: dict | None, res: AttackResult, start: int, total: int) 
         values["margins"] = res.margins
     values.update({f"extra:{k}": v for k, v in res.extras.items()})
     if small is None:
-        small = {"first": res, "steps": res.steps, "rows": 0,
-                 "arrays": {k: torch.empty((total, *v.shape[1:]), dtype=v.dtype)
-                            for k, v in values.items()}}
+        small = {
+            "first": res,
+            "steps": res.steps,
+            "rows": 0,
+            "arrays": {
+                k: torch.empty((total, *v.shape[1:]), dtype=v.dtype) for k, v in values.items()
+            },
+        }
     for k, v in values.items():
-        small["arrays"][k][start:start + len(v)] = v
+        small["arrays"][k][start : start + len(v)] = v
     small["steps"] = max(small["steps"], res.steps)
     small["rows"] = start + len(res)
     return small

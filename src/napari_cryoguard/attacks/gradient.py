@@ -76,7 +76,9 @@ class FGSM(Attack):
     def _clean_logits(self, model, x, y):  # type: ignore[override]
         # one forward pass gives both the clean logits and the gradient at x
         p: FGSMParams = self.params  # type: ignore[assignment]
-        return first_step(self, model, x, y, lambda z: ops.objective(z.float(), y, "ce", p.targeted))
+        return first_step(
+            self, model, x, y, lambda z: ops.objective(z.float(), y, "ce", p.targeted)
+        )
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: FGSMParams = self.params  # type: ignore[assignment]

@@ -176,8 +176,9 @@ class Square(Attack):
             act = torch.nonzero(margin > 0).flatten()
             if act.numel() == 0:
                 break
-            cand = propose(x_best, act, square_side(square_fraction(p.p_init, it, p.n_queries),
-                                                    shape))
+            cand = propose(
+                x_best, act, square_side(square_fraction(p.p_init, it, p.n_queries), shape)
+            )
             l_new, m_new = self._loss(model(cand).float(), y[act])
             used[act] += 1
             better = l_new < loss[act]
@@ -229,7 +230,7 @@ class Square(Attack):
             norm_u = _l2(cur * (m1 | m2))
             # the new pattern in window 1, on top of its old direction (unit norm each)
             pat = _pattern_in_window(m1, s, gen)
-            sign = (torch.randint(0, 2, (k,), generator=gen, device=dev).to(dt) * 2 - 1)
+            sign = torch.randint(0, 2, (k,), generator=gen, device=dev).to(dt) * 2 - 1
             new = pat * sign.view(k, 1, 1, 1, 1) + cur * m1 / (norm_1 + 1e-12)
             target = (torch.clamp(eps**2 - norm_all**2, min=0.0) + norm_u**2).sqrt()
             new = new / (_l2(new) + 1e-12) * target
@@ -269,6 +270,7 @@ def l2_pattern(s: int, axis: int = 0, device: torch.device | None = None) -> tor
     each, voxel value ``sum_{r >= c}^{R} 1 / (r + 1)^2`` with ``c`` the Chebyshev
     distance to the half's centre voxel and ``R`` the largest such distance.
     """
+
     def half(shape: tuple[int, int, int]) -> torch.Tensor:
         grids = torch.meshgrid(
             *[torch.arange(k, device=device, dtype=torch.float64) for k in shape], indexing="ij"

@@ -179,8 +179,15 @@ def bpgd_per_sample(
     from napari_cryoguard.attacks.bpgd import bpgd_search
 
     out = bpgd_search(
-        model, x, y, eps.reshape(x.shape[0]), norm=norm, n_pgd=int(n_pgd), alpha=float(alpha),
-        n_binary=int(n_binary), loss=loss,
+        model,
+        x,
+        y,
+        eps.reshape(x.shape[0]),
+        norm=norm,
+        n_pgd=int(n_pgd),
+        alpha=float(alpha),
+        n_binary=int(n_binary),
+        loss=loss,
     )
     return out.x_n, out.found, out.margins
 

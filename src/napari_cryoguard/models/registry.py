@@ -60,8 +60,11 @@ SIZE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "bottleneck_widths": (4, 8, 8, 16),
             "fc_widths": (256, 256),
         },
-        "autoencoder": {"conv_widths": (16, 16, 16, 16), "code_size": 128,
-                        "classifier_widths": (64,)},
+        "autoencoder": {
+            "conv_widths": (16, 16, 16, 16),
+            "code_size": 128,
+            "classifier_widths": (64,),
+        },
     },
     "paper": {},
     "tiny (quick check)": TINY_PARAMS,
@@ -107,9 +110,7 @@ def size_preset(preset: str, name: str) -> dict[str, Any]:
     """
     key = MODELS.get(name).arch_name
     if preset not in SIZE_PRESETS:
-        raise CryoGuardError(
-            f"unknown model size {preset!r}; known: {', '.join(SIZE_PRESETS)}"
-        )
+        raise CryoGuardError(f"unknown model size {preset!r}; known: {', '.join(SIZE_PRESETS)}")
     return dict(SIZE_PRESETS[preset].get(key, {}))
 
 
@@ -142,9 +143,7 @@ def _check_bounds(name: str, fields: dict, clean: dict[str, Any]) -> None:
         text = repr(value)
         if len(text) > 80:
             text = text[:77] + "..."
-        return CryoGuardError(
-            f"model {name!r} parameter {key!r} is {text}; expected {expected}"
-        )
+        return CryoGuardError(f"model {name!r} parameter {key!r} is {text}; expected {expected}")
 
     for key, value in clean.items():
         default = fields[key].default
