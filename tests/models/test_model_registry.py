@@ -105,3 +105,41 @@ def test_register_a_new_model():
 def test_register_requires_a_dataclass():
     with pytest.raises(TypeError):
         register_model("nope", dict)
+
+
+def test_a_new_model_declares_its_sizes_on_its_class():
+    from napari_cryoguard.models.registry import SIZE_PRESETS, size_preset
+
+    @dataclasses.dataclass
+    class WideParams:
+        width: int = 64
+        drop_max: bool = False
+
+    try:
+
+        @register_model("test_wide", WideParams)
+        class Wide(CryoGuardModel):
+            size_presets = {"tiny (quick check)": {"width": 2}, "small (CPU-friendly)": {"width": 8}}
+
+            def __init__(self, num_classes, cube=28, params=None):
+                super().__init__(num_classes, cube, params or WideParams())
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(cube**3, self.params.width),
+                                         nn.Linear(self.params.width, num_classes))
+
+            def forward(self, x):
+                return self.net(x)
+
+        assert tiny_params("test-wide") == {"width": 2}
+        assert size_preset("small (CPU-friendly)", "test_wide") == {"width": 8}
+        assert size_preset("paper", "test_wide") == {}
+        for preset in SIZE_PRESETS:
+            build_model("test_wide", 2, 16, **size_preset(preset, "test_wide"))
+        assert build_model("test_wide", 2, 16, **tiny_params("test_wide")).params.width == 2
+    finally:
+        registry_module._REGISTRY.pop("test_wide", None)
+    with pytest.raises(CryoGuardError, match="tiny preset"):
+        register_model("test_plain", WideParams)(type("Plain", (CryoGuardModel,), {}))
+        try:
+            tiny_params("test_plain")
+        finally:
+            registry_module._REGISTRY.pop("test_plain", None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -93,6 +93,10 @@ class CryoGuardModel(nn.Module):
 
     arch_name: str = ""
     params_cls: type | None = None
+    #: parameter overrides per size preset (``"tiny (quick check)"``, ``"small
+    #: (CPU-friendly)"``) for an architecture the built-in table of
+    #: :mod:`napari_cryoguard.models.registry` does not list
+    size_presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, num_classes: int, cube: int, params: Any) -> None:
         super().__init__()

@@ -45,6 +45,9 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "autoencoder": {"conv_widths": (4, 4), "code_size": 8, "classifier_widths": (8,)},
 }
 
+#: The name of the tiny preset (:func:`tiny_params`).
+TINY = "tiny (quick check)"
+
 #: Model sizes a user chooses from (the Train widget's "size"): parameter overrides per
 #: architecture on top of the dataclass defaults. "paper" is the dataclass defaults (the
 #: papers' widths: the CB3D first step takes minutes on a CPU); "small (CPU-friendly)"
@@ -67,7 +70,7 @@ SIZE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "paper": {},
-    "tiny (quick check)": TINY_PARAMS,
+    TINY: TINY_PARAMS,
 }
 _T = TypeVar("_T", bound=type)
 
@@ -92,26 +95,31 @@ def model_params_class(name: str) -> type:
 
 
 def tiny_params(name: str) -> dict[str, Any]:
-    """A copy of the small-width preset of architecture ``name`` (see ``TINY_PARAMS``)."""
-    key = MODELS.get(name).arch_name
-    if key not in TINY_PARAMS:
+    """A copy of the small-width preset of architecture ``name``: its class's
+    ``size_presets["tiny (quick check)"]``, else its entry of ``TINY_PARAMS``."""
+    cls = MODELS.get(name)
+    found = getattr(cls, "size_presets", {}).get(TINY, TINY_PARAMS.get(cls.arch_name))
+    if found is None:
         raise CryoGuardError(
-            f"no tiny preset for model {name!r}; presets: {', '.join(TINY_PARAMS)}"
+            f"no tiny preset for model {name!r}; presets: {', '.join(TINY_PARAMS)} (declare "
+            f"size_presets[{TINY!r}] on the model class)"
         )
-    return dict(TINY_PARAMS[key])
+    return dict(found)
 
 
 def size_preset(preset: str, name: str) -> dict[str, Any]:
     """The parameters of architecture ``name`` at size ``preset`` (see ``SIZE_PRESETS``).
 
-    Only the fields the preset changes; an architecture the preset does not list keeps
-    its defaults (the paper's size). Raises :class:`CryoGuardError` for an unknown preset
-    or architecture.
+    Only the fields the preset changes: the built-in table's entry, updated by the
+    class's own ``size_presets[preset]`` (how a new architecture declares its sizes); an
+    architecture neither lists keeps its defaults (the paper's size). Raises
+    :class:`CryoGuardError` for an unknown preset or architecture.
     """
-    key = MODELS.get(name).arch_name
+    cls = MODELS.get(name)
     if preset not in SIZE_PRESETS:
         raise CryoGuardError(f"unknown model size {preset!r}; known: {', '.join(SIZE_PRESETS)}")
-    return dict(SIZE_PRESETS[preset].get(key, {}))
+    own = getattr(cls, "size_presets", {}).get(preset, {})
+    return {**SIZE_PRESETS[preset].get(cls.arch_name, {}), **own}
 
 
 def default_size_preset(device: str = "auto") -> str:
