@@ -3,8 +3,8 @@ and the command-line options generated from them.
 
 Every tunable of the package lives in one dataclass (an attack's ``*Params``, a model's
 config, :class:`~napari_cryoguard.defenses.recipe.Recipe`, the picker's ``DoGParams``).
-The napari forms (``_napari/_forms.py``) and the command line (``cli/``) are both built
-from :func:`fields_of`, so a default, a choice list or a help text is written in one
+The napari forms (``_napari/_forms.py``) and the command-line options
+(``cli/_options.py``) are both built from :func:`fields_of`, so a default, a choice list or a help text is written in one
 place only. Choices are ``typing.Literal`` types (:data:`Norm`, :data:`Loss`, ...) that
 both read.
 
@@ -16,12 +16,11 @@ This module imports neither torch nor Qt.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from napari_cryoguard.errors import CryoGuardError
@@ -32,10 +31,8 @@ __all__ = [
     "Norm",
     "Optimizer",
     "Schedule",
-    "add_options",
     "choices_of",
     "fields_of",
-    "options_from_args",
     "parse_sets",
     "parse_value",
 ]
@@ -118,7 +115,11 @@ def fields_of(cls: type, skip: Iterable[str] = ()) -> list[Field]:
         hints = typing.get_type_hints(cls)
     except Exception:  # unresolved forward references: fall back to the defaults' types
         hints = {}
-    docs = _docstring_help(cls)
+    docs: dict[str, str] = {}
+    for klass in cls.__mro__:  # a field inherited from a base is described there
+        if dataclasses.is_dataclass(klass):
+            for name, text in _docstring_help(klass).items():
+                docs.setdefault(name, text)
     out = []
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
@@ -132,58 +133,6 @@ def fields_of(cls: type, skip: Iterable[str] = ()) -> list[Field]:
         hint = hints.get(f.name, type(default))
         out.append(Field(f.name, default, hint, f.metadata.get("help") or docs.get(f.name, ""),
                          choices_of(hint)))
-    return out
-
-
-def _scalar_type(f: Field):
-    if f.choices is not None:
-        return str
-    if isinstance(f.default, bool):
-        return None
-    for t in (int, float, str):
-        if f.hint in (t, t.__name__) or (f.default is not None and type(f.default) is t):
-            return t
-    return parse_value
-
-
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-                skip: Iterable[str] = (), defaults: Mapping[str, Any] | None = None,
-                dest_prefix: str = "") -> list[Field]:
-    """Add one ``--option`` per field of ``cls`` (booleans as ``--flag/--no-flag``).
-
-    Values that are not given stay ``None`` in the namespace, so
-    :func:`options_from_args` passes on only what the user set and the dataclass keeps
-    its own defaults; the help shows the dataclass's default. Returns the fields added.
-    """
-    defaults = dict(defaults or {})
-    fields = fields_of(cls, skip)
-    for f in fields:
-        shown = defaults.get(f.name, f.default)
-        text = f.help.rstrip(".") if f.help else f.name.replace("_", " ")
-        kw: dict[str, Any] = {"dest": dest_prefix + f.name, "default": None}
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-            text += f" (default: {'on' if shown else 'off'})"
-        else:
-            kw["type"] = _scalar_type(f)
-            kw["metavar"] = f.name.upper() if f.choices is None else None
-            if f.choices is not None:
-                kw["choices"] = list(f.choices)
-            text += f" (default: {json.dumps(shown) if not isinstance(shown, str) else shown})"
-        kw = {k: v for k, v in kw.items() if v is not None or k == "default"}
-        parser.add_argument(f.option, help=text.replace("%", "%%"), **kw)
-    return fields
-
-
-def options_from_args(args: argparse.Namespace, cls: type, *, skip: Iterable[str] = (),
-                      dest_prefix: str = "") -> dict[str, Any]:
-    """The fields of ``cls`` the user gave on the command line (lists as tuples)."""
-    out = {}
-    for f in fields_of(cls, skip):
-        v = getattr(args, dest_prefix + f.name, None)
-        if v is None:
-            continue
-        out[f.name] = tuple(v) if isinstance(v, list) else v
     return out
 
 

@@ -2,7 +2,7 @@
 
 :class:`Recipe` is read by the training loop (:func:`napari_cryoguard.defenses.trainer.train`),
 the ``cryoguard train`` options (generated from its fields by
-:func:`napari_cryoguard.params.add_options`), the background runs
+:func:`napari_cryoguard.cli._options.add_options`), the background runs
 (:func:`napari_cryoguard.runs.train_command`) and the Train widget, so a default such as
 ``epochs`` is written here and nowhere else.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from napari_cryoguard.cli import build_parser, main
-from napari_cryoguard.params import fields_of, options_from_args
+from napari_cryoguard.cli._options import options_from_args
+from napari_cryoguard.params import fields_of
 from napari_cryoguard.picking import DoGParams
 
 

@@ -19,8 +19,8 @@ from napari_cryoguard.cli._common import (
     want_picks,
     want_tomogram,
 )
+from napari_cryoguard.cli._options import add_options, options_from_args
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.params import add_options, options_from_args
 from napari_cryoguard.picking.extract import BORDER_MODES
 from napari_cryoguard.picking.params import HELP_DEFAULTS, PAPER_CUBE, DoGParams
 

@@ -25,8 +25,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from napari_cryoguard.cli._options import add_options, options_from_args
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.params import add_options, options_from_args, parse_value
+from napari_cryoguard.params import parse_value
 from napari_cryoguard.recipe import Recipe
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """The picker's parameters, declared once: :class:`DoGParams`.
 
 :func:`~napari_cryoguard.picking.pick_particles` takes its defaults from it, ``cryoguard
-pick`` generates its options from it (:func:`napari_cryoguard.params.add_options`) and
+pick`` generates its options from it (:func:`napari_cryoguard.cli._options.add_options`) and
 the *Pick particles* widget reads its defaults and choices from it. This module imports
 neither numpy, scipy, torch nor Qt, so the command line's help stays fast.
 """
