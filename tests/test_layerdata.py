@@ -21,6 +21,7 @@ from napari_cryoguard.layerdata import (
     extraction_size,
     label_names,
     labelled_dataset,
+    margin_features,
     particle_cube,
     particle_source,
     picks_for_image,
@@ -151,6 +152,13 @@ def test_accuracy_note_only_against_true_labels():
         "; accuracy 0.500 on 2 picks against the truth layer"
     assert accuracy_note(Labels(labels.names, "x", predictions=True), ["a"], [0]) == ""
     assert accuracy_note(labels, ["a"], [1]) == "" and accuracy_note(None, ["a"], [0]) == ""
+
+
+def test_margin_features_on_the_picks_they_came_from():
+    feats = margin_features(pd.DataFrame({"score": [1.0, 2.0, 3.0]}), 3, [2, 0, 7],
+                            [0.5, 0.25, 9.0])
+    np.testing.assert_array_equal(feats["margin"].to_numpy(), [0.25, np.nan, 0.5])
+    assert list(feats["score"]) == [1.0, 2.0, 3.0]
 
 
 def test_evaluation_features_at_the_largest_budget():

@@ -32,6 +32,7 @@ __all__ = [
     "extraction_size",
     "label_names",
     "labelled_dataset",
+    "margin_features",
     "particle_cube",
     "particle_for_model",
     "particle_source",
@@ -343,6 +344,16 @@ def attack_outcome_update(features, n: int, res, index, class_names) -> dict:
     rgba[attacked & flipped] = FLIPPED_RGBA
     rgba[attacked & ~flipped] = HELD_RGBA
     return {"features": feats, "border_color": rgba, "face_color": rgba}
+
+
+def margin_features(features, n: int, pick_index, margins):
+    """IMA margins of a run's samples as the picks' ``margin`` feature (NaN for picks
+    without one; samples whose pick index is past the ``n`` picks are dropped)."""
+    pick_index = np.asarray(pick_index, dtype=np.int64)
+    ok = pick_index < n
+    feats = features.copy()
+    feats["margin"] = _column(n, pick_index[ok], np.asarray(margins, dtype=float)[ok])
+    return feats
 
 
 def evaluation_features(features, n: int, metrics: dict, index):

@@ -52,6 +52,7 @@ from napari_cryoguard._napari._state import state_for
 from napari_cryoguard._napari._workers import show_error, start_worker
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.interactive import margins_job, start_training_run
+from napari_cryoguard.layerdata import margin_features
 from napari_cryoguard.params import fields_of
 from napari_cryoguard.recipe import DEFAULT_LR, Recipe
 
@@ -537,12 +538,7 @@ class TrainWidget(DockWidget):
         yield
         if pick_index is not None and PICKS_LAYER in layers:
             picks = layers[PICKS_LAYER]
-            feats = picks.features.copy()
-            col = np.full(len(picks.data), np.nan)
-            ok = pick_index < len(col)
-            col[pick_index[ok]] = margins[ok]
-            feats["margin"] = col
-            picks.features = feats
+            picks.features = margin_features(picks.features, len(picks.data), pick_index, margins)
 
     def export_margins(self) -> None:
         """Write the picks (with their ``margin`` column) to a STAR file."""
