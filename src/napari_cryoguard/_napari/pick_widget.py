@@ -30,19 +30,17 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from napari_cryoguard._napari._common import (
+from napari_cryoguard._napari._layers import (
     PICKS_LAYER,
     SUBTOMOGRAMS_LAYER,
     apply_stepwise,
-    connect_pick_selection,
     iter_add_layer,
-    iter_picks_layer,
-    schedule_warm_up,
-    show_error,
-    start_worker,
     voxel_size_of,
 )
 from napari_cryoguard._napari._layout import DockWidget, Group, status_label
+from napari_cryoguard._napari._picks import connect_pick_selection, iter_picks_layer
+from napari_cryoguard._napari._warmup import schedule_warm_up
+from napari_cryoguard._napari._workers import show_error, start_worker
 from napari_cryoguard.params import fields_of
 from napari_cryoguard.picking.extract import BORDER_MODES
 from napari_cryoguard.picking.params import PAPER_CUBE, PAPER_SIGMA1, POLARITIES, DoGParams
