@@ -31,6 +31,7 @@ __all__ = [
     "Norm",
     "Optimizer",
     "Schedule",
+    "Suite",
     "choices_of",
     "fields_of",
     "parse_sets",
@@ -45,6 +46,8 @@ Loss = Literal["ce", "margin"]
 Optimizer = Literal["adam", "sgd"]
 #: learning-rate schedules the trainer offers
 Schedule = Literal["none", "cosine", "step"]
+#: the named attack suites of ``cryoguard evaluate --suite`` (:mod:`napari_cryoguard.evaluate.suite`)
+Suite = Literal["default", "autoattack"]
 
 
 def choices_of(hint: Any) -> tuple[str, ...] | None:

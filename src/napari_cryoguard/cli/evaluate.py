@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,12 @@ from typing import Any
 from napari_cryoguard.cli._common import fail
 from napari_cryoguard.cli._run_options import add_run_options, set_threads
 from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.params import Suite
 
 __all__ = ["SUITES", "build_parser", "main", "suite_from_args"]
 
-#: the named attack suites of ``--suite`` (:data:`napari_cryoguard.evaluate.suite.SUITES`,
-#: repeated here so that ``--help`` needs no torch; a test checks that the two agree)
-SUITES = ("default", "autoattack")
+#: the named attack suites of ``--suite`` (:data:`napari_cryoguard.params.Suite`)
+SUITES: tuple[str, ...] = typing.get_args(Suite)
 
 
 #: what ``cryoguard evaluate --help`` says first
@@ -69,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[@B1,B2][:K=V,...]",
         help="an attack of the suite, repeatable, replacing the default suite: name, "
         "budgets after @, parameters after : (e.g. pgd@0.01,0.03:steps=100,loss=margin,"
-        "label=PGD-margin). Bounded attacks (fgsm, pgd, bim, cw_linf) run once per "
-        "budget; minimal ones (deepfool, cw, uniform_noise, salt_pepper, bpgd) once, "
-        "read at each budget",
+        "label=PGD-margin). A bounded attack runs once per budget, a minimal one (it "
+        "finds the smallest perturbation) once, read at each budget; `cryoguard attacks` "
+        "lists the attacks, their parameters and which kind each is",
     )
     p.add_argument(
         "--attacks-json",

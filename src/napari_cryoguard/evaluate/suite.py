@@ -57,11 +57,12 @@ Budgets are in normalised units (z-scored subtomograms, DESIGN.md conventions).
 from __future__ import annotations
 
 import copy
+import typing
 from typing import Any, get_args
 
 from napari_cryoguard.checks import check_choice
 from napari_cryoguard.errors import CryoGuardError
-from napari_cryoguard.params import Norm, parse_value
+from napari_cryoguard.params import Norm, Suite, parse_value
 
 __all__ = [
     "SUITES",
@@ -85,7 +86,7 @@ RAT_FGSM_EPS = (0.01, 0.03, 0.06, 0.12)
 WORST_CASE = "worst_case"
 
 #: The named suites of :func:`named_suite` (``cryoguard evaluate --suite``).
-SUITES = ("default", "autoattack")
+SUITES: tuple[str, ...] = typing.get_args(Suite)
 
 
 def default_suite() -> list[dict[str, Any]]:
