@@ -37,12 +37,35 @@ SPEC = "n_per_class=6,cube=16,snr=1,seed=2,classes=1bxn+6pxm"
 
 
 def _command(out: Path, *, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "napari_cryoguard.cli", "train", "--device", "cpu",
-           "--events", "-", "--step-interval", "0", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_cryoguard.cli",
+        "train",
+        "--device",
+        "cpu",
+        "--events",
+        "-",
+        "--step-interval",
+        "0",
+        "--quiet",
+    ]
     if resume:
         return [*cmd, "--resume", str(out)]
-    return [*cmd, "--simulate", SPEC, "--tiny", "--epochs", str(EPOCHS), "--batch-size", "4",
-            "--lr", "0.002", "--out", str(out)]
+    return [
+        *cmd,
+        "--simulate",
+        SPEC,
+        "--tiny",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.002",
+        "--out",
+        str(out),
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -56,8 +79,13 @@ def _run(out: Path, *, resume: bool, kill=None) -> tuple[list[dict], int | None]
 
     Returns the events read and the exit status (None when killed).
     """
-    child = subprocess.Popen(_command(out, resume=resume), stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=_env())
+    child = subprocess.Popen(
+        _command(out, resume=resume),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+    )
     events: list[dict] = []
     killed = False
     try:
@@ -123,8 +151,10 @@ def test_6_random_sigkills_during_training_then_resume_equal_the_uninterrupted_r
         kinds_hit.append(f"{plan}@{events[-1]['event']}")
         if out.is_file():  # the checkpoint on disk always has its optimizer state
             token = load_checkpoint(out)[1]["state_token"]
-            assert token in {_state_token(state_path_for(out)),
-                             _state_token(pending_state_path_for(out))}
+            assert token in {
+                _state_token(state_path_for(out)),
+                _state_token(pending_state_path_for(out)),
+            }
     if "finished" not in kinds_hit:
         events, rc = _run(out, resume=out.is_file())
         runs += 1
@@ -138,8 +168,11 @@ def test_6_random_sigkills_during_training_then_resume_equal_the_uninterrupted_r
     diff = max((got[k].double() - want[k].double()).abs().max().item() for k in got)
     assert diff <= 1e-6, (diff, kinds_hit)
     assert len(meta["history"]) == EPOCHS and not meta["cancelled"]
-    left = [p.name for p in out.parent.iterdir()
-            if p.name.endswith(".tmp") or p.name.endswith(".pending.safetensors")]
+    left = [
+        p.name
+        for p in out.parent.iterdir()
+        if p.name.endswith(".tmp") or p.name.endswith(".pending.safetensors")
+    ]
     assert not left, left
     assert _state_token(state_path_for(out)) == meta["state_token"]
     assert len([k for k in kinds_hit if k != "finished"]) >= 4, kinds_hit
