@@ -576,6 +576,11 @@ def read_star_picks(
     if voxel_size is not None:
         voxel_size = positive_voxel_size(voxel_size, source=path.name)
     blocks = {k: v for k, v in _coords.read_star_blocks(path).items() if v}
+    from napari_cryoguard.io import stopgap  # a .star may be a STOPGAP motive list
+
+    if stopgap.stopgap_block(blocks) is not None:
+        return stopgap.read_stopgap_picks(path, voxel_size=voxel_size, blocks=blocks,
+                                          apply_shifts=apply_origins)
     table, kind = _particle_table(path, blocks)
     notes: list[str] = []
     n = len(table[next(iter(table))])
