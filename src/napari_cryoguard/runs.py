@@ -20,6 +20,7 @@ run folder (its working directory), say ``numpy.py``, cannot shadow a module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_cryoguard.errors import CryoGuardError
+from napari_cryoguard.errors import CryoGuardError, os_error
 from napari_cryoguard.recipe import Recipe
 
 #: Where runs go unless told otherwise (override with the environment variable).
@@ -162,7 +163,10 @@ class TrainRun:
         return run
 
     def _write_command(self) -> None:
-        (self.folder / "command.json").write_text(json.dumps(self.argv))
+        from napari_cryoguard._atomic import atomic_output
+
+        with atomic_output(self.folder / "command.json") as tmp:
+            tmp.write_text(json.dumps(self.argv))
 
     def set_data(self, path: str | Path) -> None:
         """Point the command at the dataset file ``path`` (a run created with ``data=``)."""
@@ -195,13 +199,17 @@ class TrainRun:
         # -I also does, and drops PYTHON* variables, for older interpreters
         safe = "-P" if sys.version_info >= (3, 11) else "-I"
         cmd = [sys.executable, safe, "-m", "napari_cryoguard.cli", *self.argv]
-        self._write_command()  # exactly what runs
         env = None
         if threads:
             env = dict(os.environ)
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[var] = str(int(threads))
-        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self._write_command()  # exactly what runs
+            log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+        except OSError as exc:  # disk full, read-only: nothing starts, no empty run is left
+            self._discard()
+            raise os_error(exc) from exc
         try:
             self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
                                             cwd=self.folder, env=env)
@@ -213,6 +221,16 @@ class TrainRun:
             except OSError:  # not permitted here: run at normal priority
                 pass
         self.status = "running"
+
+    def _discard(self) -> None:
+        """Remove what :meth:`start` made of a run that could not start (and the run
+        folder when nothing else is in it)."""
+        for p in (self.log_path, self.folder / "command.json"):
+            with contextlib.suppress(OSError):
+                if p.is_file():
+                    p.unlink()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only when empty
 
     @property
     def running(self) -> bool:
