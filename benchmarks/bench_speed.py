@@ -20,7 +20,9 @@ steadier one):
    both given the plain contiguous model as a user would; CW-L-inf (10 steps, MIRST-DM)
    vs the same plain loop on the margin loss; CW-L2 (one search step of 10 Adam
    iterations) vs torchattacks CW and foolbox L2CarliniWagnerAttack with the same
-   settings; APGD-CE (10 steps) when ``apgd-ce`` is registered, vs torchattacks APGD.
+   settings (the forward passes each made are counted and the time per pass compared
+   too: torchattacks' CW returns as soon as its loss rises at a check, which it does
+   every step when ``steps <= 10``, so it may stop after a few of the 10 steps); APGD-CE (10 steps) when ``apgd-ce`` is registered, vs torchattacks APGD.
    Target for ours: <= 0.8x the plain loop.
 
 torchattacks clamps to [0, 1]: it gets ``model(lo + (hi - lo) * u)`` with the data clipped
@@ -71,6 +73,22 @@ EPS, STEP = 0.03, 0.003
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+def count_passes(models: list[nn.Module], fn: Callable[[], object]) -> int:
+    """Forward passes of ``models`` (their top-level ``forward`` calls) made by ``fn()``."""
+    calls = [0]
+
+    def hook(module, inputs):
+        calls[0] += 1
+
+    handles = [m.register_forward_pre_hook(hook) for m in models]
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls[0]
 
 
 def interleaved(
@@ -296,7 +314,15 @@ def bench_attacks(args, dev: torch.device, preset: str) -> None:
             fcw = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=1, steps=10,
                                                    initial_const=1.0, abort_early=False)
             runners["foolbox L2CarliniWagner"] = lambda: fcw(fmodel, x, y, epsilons=None)
-        report("CW-L2, 1 x 10 Adam steps", interleaved(runners, args.reps, dev), "ours cw (L2)")
+        times = interleaved(runners, args.reps, dev)
+        report("CW-L2, 1 x 10 Adam steps", times, "ours cw (L2)")
+        passes = {k: count_passes([ours, plain], fn) for k, fn in runners.items()}
+        c0 = min(t[1] for t in times["ours cw (L2)"]) / max(passes["ours cw (L2)"], 1)
+        print("  per forward pass (each runner's forward passes counted with a hook):")
+        for name, k in passes.items():
+            c = min(t[1] for t in times[name]) / max(k, 1)
+            print(f"  {name:<30} {k:3d} forward passes  cpu {1e3 * c:7.1f} ms per pass"
+                  f"   ratio {c / c0:5.2f}x")
 
     if "apgd_ce" in available_attacks() or "apgd-ce" in available_attacks():
         runners = {

@@ -96,6 +96,7 @@ class CW(Attack):
     minimal = True
     quick_params = {"steps": 10, "binary_search_steps": 2, "initial_const": 1.0, "lr": 0.05}
     _grad0: torch.Tensor | None = None
+    _logits_after: torch.Tensor | None = None
 
     @classmethod
     def is_minimal(cls, params):  # type: ignore[override]
@@ -109,15 +110,21 @@ class CW(Attack):
     def _clean_logits(self, model, x, y):  # type: ignore[override]
         p: CWParams = self.params  # type: ignore[assignment]
         self._grad0 = None
+        self._logits_after = None
         if not self._pgd_from_x():
             return super()._clean_logits(model, x, y)
         return first_step(self, model, x, y, _clipped_margin(y, p.targeted, p.confidence))
+
+    def _adv_logits(self, model, x_adv):  # type: ignore[override]
+        # CW-L2 keeps the logits of the iterate it returns: no further forward pass
+        logits, self._logits_after = self._logits_after, None
+        return logits if logits is not None else super()._adv_logits(model, x_adv)
 
     def _run(self, model, x, y, box, logits0):  # type: ignore[override]
         p: CWParams = self.params  # type: ignore[assignment]
         if p.norm == "linf":
             return _cw_linf(self, logits0, model, x, y, box, p)
-        return _cw_l2(self, model, x, y, box, p)
+        return _cw_l2(self, model, x, y, box, p, logits0)
 
 
 @dataclass
@@ -233,7 +240,17 @@ def _adam(step: int, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: floa
     return lr * mhat / (vhat.sqrt() + 1e-8)
 
 
-def _cw_l2(attack, model, x, y, box, p: CWParams):
+def _cw_l2(attack, model, x, y, box, p: CWParams, logits0: torch.Tensor):
+    """Carlini-Wagner L2 with Adam and the binary search on c (see :class:`CW`).
+
+    Cost: one forward + backward pass per Adam step, plus the clean forward pass; the
+    logits of the returned iterate are kept from the step that found it (the clean
+    ones where nothing was found), so no forward pass follows. The zero-gradient check
+    reads the first step's gradient where the hinge is active (there the distance
+    term's gradient is exactly 0 and the loss gradient is ``-c`` times the margin's);
+    only when some sample already satisfies the margin does it take one more backward
+    pass of the margin itself.
+    """
     n = x.shape[0]
     dev = x.device
     kappa = float(p.confidence)
@@ -258,6 +275,7 @@ def _cw_l2(attack, model, x, y, box, p: CWParams):
     lower = torch.zeros(n, device=dev)
     upper = torch.full((n,), math.inf, device=dev)
     best_x = x.clone()
+    best_logits = logits0.detach().float().clone()
     best_norm = torch.full((n,), math.inf, device=dev)
     total = 0
     first = True
@@ -278,12 +296,17 @@ def _cw_l2(attack, model, x, y, box, p: CWParams):
             hinge = (kappa - mg).clamp_min(0)
             dist = (xa - x_ref).flatten(1).square().sum(1)
             loss = (dist + const * hinge).sum()
+            check_g = False
             if first:
-                # the hinge may be zero at the start: check the classifier's own gradient
-                (gm,) = torch.autograd.grad(mg.sum(), wg, retain_graph=True)
-                attack._note_gradient(gm)
                 first = False
+                if bool((hinge > 0).all()):
+                    check_g = True  # g = -const * grad(margin) at w0 (docstring)
+                else:  # the hinge is zero somewhere: check the classifier's own gradient
+                    (gm,) = torch.autograd.grad(mg.sum(), wg, retain_graph=True)
+                    attack._note_gradient(gm)
             (g,) = torch.autograd.grad(loss, wg)
+            if check_g:
+                attack._note_gradient(g)
             total += 1
             with torch.no_grad():
                 ok = (mg >= kappa) if kappa > 0 else (mg > 0)
@@ -292,6 +315,7 @@ def _cw_l2(attack, model, x, y, box, p: CWParams):
                 nrm = ops.flat_norm(xa_d - x, "l2")
                 better = ok & (nrm < best_norm)
                 best_x = torch.where(ops.per_sample(better), xa_d, best_x)
+                best_logits = torch.where(better[:, None], logits.detach().float(), best_logits)
                 best_norm = torch.where(better, nrm, best_norm)
                 found |= ok
                 w = w - _adam(step + 1, g, m, v, p.lr)
@@ -303,6 +327,7 @@ def _cw_l2(attack, model, x, y, box, p: CWParams):
         upper = torch.where(found, torch.minimum(upper, const), upper)
         lower = torch.where(found, lower, torch.maximum(lower, const))
         const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
+    attack._logits_after = best_logits
     return best_x, total, {"const": upper}
 
 
