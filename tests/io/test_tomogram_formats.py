@@ -176,7 +176,7 @@ def test_real_data_portal_fixture_tomogram(tmp_path):
     assert any("order x, y, z" in n for n in tomo.notes)
 
 
-def test_omezarr_translation_is_kept_and_noted_not_applied(tmp_path):
+def test_omezarr_translation_is_kept_noted_and_applied(tmp_path):
     def shifted(ms):
         for ds in ms["datasets"]:
             ds["coordinateTransformations"].append(
@@ -185,7 +185,8 @@ def test_omezarr_translation_is_kept_and_noted_not_applied(tmp_path):
     tomo = read_tomogram(_copy_with(tmp_path, shifted))
     assert tomo.origin_zyx == (15.0, 0.0, -7.5)
     _check_bright(tomo.data)  # voxel indices unchanged
-    assert any("translation of 15, 0, -7.5" in n and "not applied" in n for n in tomo.notes)
+    assert tomo.translate_zyx == (15.0, 0.0, -7.5)  # applied: the layer is drawn there
+    assert any("translation of 15, 0, -7.5" in n and "drawn there" in n for n in tomo.notes)
     plain = read_tomogram(ZARR)
     assert not any("translation" in n for n in plain.notes)
 

@@ -13,8 +13,10 @@ of a tomogram, ``scale`` its voxel size in Angstrom, metadata ``voxel_size``,
 ``tomo_name``, ``class_names``, ``source`` (the file) and ``notes``. When tomograms are
 open in the current viewer, each one whose name matches the file's tomogram names
 (:meth:`~napari_cryoguard.io.Picks.for_tomogram`) gets the rows of that tomogram,
-converted to its voxel size (:meth:`~napari_cryoguard.io.Picks.at_voxel_size`) and drawn
-with its scale and translate, so points lie on the particles in world coordinates. A file
+converted to its voxel size (:meth:`~napari_cryoguard.io.Picks.at_voxel_size`; Angstrom
+picks such as copick's also relative to the image's ``translate``, an OME-Zarr
+translation) and drawn with its scale and translate, so points lie on the particles in
+world coordinates. A file
 that cannot be read alone is read again with the open tomograms' shapes and voxel sizes
 as ``tomograms=`` (what RELION 5 centred coordinates need) and the active tomogram's
 voxel size as ``voxel_size=`` (what copick's Angstrom coordinates need); with no
@@ -93,7 +95,8 @@ def tomogram_layer_data(tomo) -> tuple:
 
     The data stays memory-mapped; the Tomogram object rides along in the layer metadata
     so that its file handle lives as long as the layer. The layer's scale is the voxel
-    size in Angstrom (ZYX), so picks and subtomograms line up in physical units.
+    size in Angstrom (ZYX), and its translate the tomogram's ``translate_zyx`` (an
+    OME-Zarr translation), so picks and subtomograms line up in physical units.
     """
     kwargs = {
         "name": tomo.name,
@@ -102,6 +105,9 @@ def tomogram_layer_data(tomo) -> tuple:
                      "voxel_size": float(tomo.voxel_size)},
         "colormap": "gray",
     }
+    translate = tuple(float(v) for v in getattr(tomo, "translate_zyx", (0.0, 0.0, 0.0)))
+    if any(translate):  # an OME-Zarr translation: the first voxel's centre in Angstrom
+        kwargs["translate"] = translate
     return (tomo.data, kwargs, "image")
 
 
@@ -240,7 +246,9 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
 
     def on_image(part, image) -> tuple:
         vs = voxel_size_of(image)
-        part = part.at_voxel_size(vs, source=path.name)
+        # Angstrom picks (copick) are placed relative to the image's first voxel
+        part = part.at_voxel_size(vs, source=path.name,
+                                  origin_zyx=tuple(float(v) for v in image.translate[-3:]))
         return part, picks_layer_data(part, stem, source=path, tomo_name=image.name,
                                       voxel_size=vs, scale=image.scale[-3:],
                                       translate=image.translate[-3:])
@@ -264,7 +272,8 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
         for tomo in names:
             part = picks.for_tomogram(tomo, source=path.name)
             layers.append(picks_layer_data(part, f"{stem} {tomo}", source=path, tomo_name=tomo,
-                                           voxel_size=part.voxel_size))
+                                           voxel_size=part.voxel_size,
+                                           translate=part.origin_zyx))
         messages.extend(picks.notes)
         opened = ", ".join(repr(i.name) for i in images) or "none"
         messages.append(
@@ -276,7 +285,8 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
     else:
         tomo = names[0] if names else ""
         layers.append(picks_layer_data(picks, stem, source=path, tomo_name=tomo,
-                                       voxel_size=picks.voxel_size))
+                                       voxel_size=picks.voxel_size,
+                                       translate=picks.origin_zyx))
         messages.extend(picks.notes)
     return layers, messages
 

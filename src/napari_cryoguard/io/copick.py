@@ -21,8 +21,15 @@ Conventions implemented here:
   ``ingestion_tools/scripts/common/point_converter.py``, ``_from_copick``, commit
   f8782213: voxel = location / spacing, rotation = ``transformation_[:3, :3]``).
 * ``voxel_size=`` is the voxel size of the tomogram the coordinates should index; when
-  it is not given the file's ``voxel_spacing`` is used, with a note; when neither is
-  there the reader refuses (a guess would misplace every pick).
+  it is not given, that of the tomogram given as ``tomograms=`` (a
+  :class:`~napari_cryoguard.io.Tomogram` or a tomogram file, e.g. the run's OME-Zarr),
+  else the file's ``voxel_spacing`` is used, with a note; when none is there the
+  reader refuses (a guess would misplace every pick).
+* The picks' :attr:`~napari_cryoguard.io.Picks.origin_zyx` is ``(0, 0, 0)``: copick's
+  frame (its ``docs/geometry.md``: physical = voxel x spacing). A tomogram given as
+  ``tomograms=`` whose OME-Zarr level has a ``translation`` gets the picks at
+  ``(location - translation) / voxel size`` (:meth:`~napari_cryoguard.io.Picks.on_tomogram`
+  does the same later for picks read without it), with a note.
 * ``transformation_`` is the orientation of the object; it is not applied to the
   position. When some point's matrix is not the identity the 16 matrix values are kept
   as the feature ``copick_transformation`` (N, 16), and a non-zero translation part is
@@ -126,6 +133,26 @@ def _run_from_folder(path: Path) -> str | None:
     return None
 
 
+def _project_spacings(path: Path) -> list[float]:
+    """The voxel sizes of the ``VoxelSpacing<size>`` folders of the copick run a file at
+    ``ExperimentRuns/<run>/Picks/`` belongs to (empty elsewhere)."""
+    if _run_from_folder(path) is None:
+        return []
+    out = []
+    try:
+        for d in path.resolve().parent.parent.iterdir():
+            if d.is_dir() and d.name.startswith("VoxelSpacing"):
+                try:
+                    v = float(d.name[len("VoxelSpacing"):])
+                except ValueError:
+                    continue
+                if np.isfinite(v) and v > 0:
+                    out.append(v)
+    except OSError:
+        return []
+    return sorted(out)
+
+
 def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
                       tomograms: Any = None) -> Picks:
     """Read a copick picks JSON file (Angstrom) as voxel picks.
@@ -133,10 +160,12 @@ def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
     Parameters
     ----------
     path, voxel_size, tomograms
-        As for :func:`~napari_cryoguard.io.read_picks` (``tomograms`` is not used): the
-        ``.json`` picks file (one object, or a list of them); ``voxel_size`` of the
-        tomogram to index into defaults to the file's ``voxel_spacing`` (one of the two
-        is required).
+        As for :func:`~napari_cryoguard.io.read_picks`: the ``.json`` picks file (one
+        object, or a list of them); ``voxel_size`` of the tomogram to index into
+        defaults to that of ``tomograms`` when it is one tomogram (a ``Tomogram`` or a
+        tomogram file; other values are not used), else to the file's
+        ``voxel_spacing`` (one of them is required). A tomogram's OME-Zarr translation
+        is applied.
 
     Returns
     -------
@@ -150,8 +179,8 @@ def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
         Not JSON, not copick picks, non-numeric or non-finite values, unit not Angstrom,
         no voxel size known.
     """
-    del tomograms
     path = Path(path)
+    tomo = _one_tomogram(tomograms)
     raw = read_limited(path, MAX_FILE_BYTES, "a picks file")
     try:
         data = json.loads(raw.decode("utf-8-sig"))
@@ -161,18 +190,31 @@ def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
         _one_object(path, data, -1)
     ]
     notes: list[str] = []
+    if voxel_size is None and tomo is not None:
+        voxel_size = float(tomo.voxel_size)
+        notes.append(f"{path.name}: voxel size {voxel_size:g} A taken from tomogram "
+                     f"{tomo.name!r}")
     if voxel_size is None:
         spacings = {float(o["spacing"]) for o in objs if isinstance(o["spacing"], (int, float))}
+        folders = _project_spacings(path)
         if len(spacings) == 1:
             voxel_size = spacings.pop()
             notes.append(
                 f"{path.name}: voxel size {voxel_size:g} A taken from the file's voxel_spacing"
             )
+        elif not spacings and len(folders) == 1:
+            voxel_size = folders[0]
+            notes.append(
+                f"{path.name}: voxel size {voxel_size:g} A taken from the run's only "
+                f"tomogram folder VoxelSpacing{voxel_size:.3f} (copick project layout)"
+            )
         else:
+            seen = (f" (its run has tomograms at {', '.join(f'{v:g}' for v in folders)} A)"
+                    if folders else "")
             raise CryoGuardError(
                 f"{path.name}: copick picks are in Angstrom and the file gives "
-                f"{'no' if not spacings else 'several'} voxel_spacing; pass voxel_size= "
-                "(Angstrom per voxel of the tomogram) to convert them to voxels"
+                f"{'no' if not spacings else 'several'} voxel_spacing{seen}; pass "
+                "voxel_size= (Angstrom per voxel of the tomogram) to convert them to voxels"
             )
     voxel_size = positive_voxel_size(voxel_size, source=path.name)
     class_names = list(dict.fromkeys(o["name"] for o in objs))
@@ -218,5 +260,28 @@ def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
                 f"{path.name}: {int(shifted.sum())} transformation(s) have a translation part; "
                 "positions are the 'location' values only"
             )
-    return Picks(coords=coords, scores=scores, labels=labels, class_names=class_names,
-                 tomo_names=tomo_names, features=features, voxel_size=voxel_size, notes=notes)
+    picks = Picks(coords=coords, scores=scores, labels=labels, class_names=class_names,
+                  tomo_names=tomo_names, features=features, voxel_size=voxel_size,
+                  notes=notes, origin_zyx=(0.0, 0.0, 0.0))
+    if tomo is not None:
+        picks = picks.at_voxel_size(voxel_size, origin_zyx=getattr(tomo, "translate_zyx", None),
+                                    source=path.name)
+    return picks
+
+
+def _one_tomogram(tomograms: Any):
+    """The tomogram ``tomograms=`` names when it is one (a Tomogram or a tomogram file),
+    else None (a mapping or a tomograms.star, which copick picks do not need)."""
+    from napari_cryoguard.io.relion import _is_tomogram, _is_tomogram_file
+
+    if tomograms is None or isinstance(tomograms, (dict, list, tuple)):
+        return None
+    if _is_tomogram(tomograms):
+        return tomograms
+    if isinstance(tomograms, (str, os.PathLike)) and _is_tomogram_file(Path(tomograms)):
+        from napari_cryoguard.io.mrc import read_tomogram
+
+        tomo = read_tomogram(tomograms)
+        tomo.close()  # only its voxel size, name and translation are used
+        return tomo
+    return None

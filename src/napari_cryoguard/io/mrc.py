@@ -186,7 +186,15 @@ class Tomogram:
     shape : tuple of int
         ``(Z, Y, X)``.
     origin_zyx : tuple of float
-        The header origin in Angstrom, ZYX (MRC2014 ``origin`` field).
+        The header origin in Angstrom, ZYX (MRC2014 ``origin`` field; for OME-Zarr the
+        level's ``translation``).
+    translate_zyx : tuple of float
+        Where the first voxel's centre lies, in Angstrom (ZYX), in the physical frame
+        that Angstrom pick files (copick) and the other levels of a multiscale image
+        share: the OME-Zarr ``translation``. The napari layer is drawn there and
+        :meth:`~napari_cryoguard.io.Picks.on_tomogram` places Angstrom picks relative
+        to it. ``(0, 0, 0)`` for MRC, TIFF and ``.em``, whose header origins tools
+        write inconsistently (kept in ``origin_zyx``, not applied).
     mode : int
         The MRC mode of the file (2 = float32); 2 for other formats.
     notes : list of str
@@ -202,6 +210,7 @@ class Tomogram:
     shape: tuple[int, int, int]
     origin_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0)
     mode: int = 2
+    translate_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0)
     notes: list[str] = field(default_factory=list)
     _handle: Any = field(default=None, repr=False)
 

@@ -20,12 +20,17 @@ What we read
     Portal's unit) and a note says so.
 
 Translations
-    A ``translation`` (the position of the first voxel's centre in world units) is kept
-    as :attr:`Tomogram.origin_zyx` (Angstrom) and **not applied**: picks index the
-    array from its first voxel (voxel 0 at 0 Angstrom), as the Portal's and copick's
-    tools do, so shifting the image alone would move it off its picks. When a
-    translation is not zero, a note gives its value and says it was not applied; the
-    napari layer is likewise drawn from 0.
+    A ``translation`` (the position of the first voxel's centre in world units, NGFF
+    ``scale`` then ``translation``: world = index x scale + translation) is applied as
+    :attr:`Tomogram.translate_zyx` (Angstrom; also kept as ``origin_zyx``): the napari
+    layer is drawn there, so every level of a pyramid (whose binned levels are shifted
+    by half a voxel, as ome-zarr-py and ngff-zarr write them) and the Angstrom pick
+    files lie on one another in world coordinates, and
+    :meth:`~napari_cryoguard.io.Picks.on_tomogram` turns Angstrom picks (copick: 0
+    Angstrom at the centre of voxel 0 of the un-translated array) into this level's
+    indices as ``(position - translation) / voxel size``. Picks given in voxels (RELION,
+    Dynamo, ...) index the array they were made on and are not shifted. A note gives a
+    non-zero translation. The CryoET Data Portal and copick write no translation.
 
 Which level
     ``voxel_size=None`` opens level 0 (full resolution). A requested voxel size opens
@@ -292,13 +297,21 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
     if any(v != 0.0 for v in origin):
         notes.append(
             f"{name}: level {lpath!r} has a translation of {', '.join(f'{v:g}' for v in origin)} "
-            "Angstrom (z, y, x); not applied: voxel indices, picks and the napari layer count "
-            "from the array's first voxel"
+            "Angstrom (z, y, x): its first voxel's centre lies there; the napari layer is "
+            "drawn there and Angstrom picks are placed relative to it (voxel picks are not "
+            "shifted)"
         )
     stem = name
     for suf in (".zarr", ".ome"):
         if stem.lower().endswith(suf):
             stem = stem[: -len(suf)]
+    parts = path.resolve().parts
+    if (len(parts) >= 4 and parts[-2].startswith("VoxelSpacing")
+            and parts[-4] == "ExperimentRuns"):
+        # a copick project: ExperimentRuns/<run>/VoxelSpacing<size>/<type>.zarr
+        notes.append(f"{name}: in a copick project; named after its run {parts[-3]!r} "
+                     f"(tomogram type {stem!r}), the name copick picks give")
+        stem = parts[-3]
     return Tomogram(
         data=data,
         voxel_size=vs[2],
@@ -307,6 +320,7 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
         name=stem,
         shape=tuple(int(s) for s in arr.shape[-3:]),  # type: ignore[arg-type]
         origin_zyx=origin,  # type: ignore[arg-type]
+        translate_zyx=origin,  # type: ignore[arg-type]
         notes=notes,
     )
 

@@ -35,6 +35,13 @@ class Picks:
         What a reader assumed or converted (voxel size guessed, origins applied, units
         converted, ...), in words for the user; commands and widgets show them with the
         result so that nothing is guessed silently.
+    origin_zyx : tuple of float or None
+        Where voxel (0, 0, 0) of the coordinates lies, in Angstrom (ZYX), in the
+        physical frame of Angstrom pick files: ``(0, 0, 0)`` for picks read from
+        Angstrom (copick), a tomogram's :attr:`~napari_cryoguard.io.Tomogram.translate_zyx`
+        once placed on it by :meth:`on_tomogram`. ``None`` (voxel formats: RELION,
+        Dynamo, STOPGAP, ...): the coordinates index the array of whichever tomogram
+        they are put on, and no translation is applied to them.
     """
 
     coords: np.ndarray
@@ -45,6 +52,7 @@ class Picks:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     voxel_size: float = 1.0
     notes: list[str] = field(default_factory=list)
+    origin_zyx: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords, dtype=np.float64)
@@ -62,6 +70,12 @@ class Picks:
             self.tomo_names = self._column("tomo_names", self.tomo_names, str, n)
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
+        if self.origin_zyx is not None:
+            origin = np.asarray(self.origin_zyx, dtype=np.float64)
+            if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+                raise CryoGuardError(f"picks origin must be 3 finite numbers (z, y, x in "
+                                     f"Angstrom), got {self.origin_zyx!r}")
+            self.origin_zyx = tuple(float(v) for v in origin)  # type: ignore[assignment]
         self.features = {k: np.asarray(v) for k, v in self.features.items()}
         for k, v in self.features.items():
             if v.shape[:1] != (n,):
@@ -89,6 +103,7 @@ class Picks:
             features={k: v[index] for k, v in self.features.items()},
             voxel_size=self.voxel_size,
             notes=list(self.notes),
+            origin_zyx=self.origin_zyx,
         )
 
     def class_of(self) -> list[str] | None:
@@ -139,25 +154,65 @@ class Picks:
             f"{name!r}; open one of those tomograms or pick its name"
         )
 
-    def at_voxel_size(self, voxel_size: float, *, source: str = "the picks") -> Picks:
+    def at_voxel_size(self, voxel_size: float, *, origin_zyx=None,
+                      source: str = "the picks") -> Picks:
         """The same positions in Angstrom, as voxel indices of a tomogram at ``voxel_size``.
 
         A pick at voxel ``c`` of a tomogram at ``v`` Angstrom lies at ``c * v`` Angstrom
         from the first voxel's centre; on a tomogram at ``w`` Angstrom that is voxel
         ``c * v / w`` (both tomograms covering the same volume from the same origin, as
         binned versions of one reconstruction do). A note records the conversion.
+
+        ``origin_zyx`` is where the target tomogram's first voxel lies in Angstrom (its
+        :attr:`~napari_cryoguard.io.Tomogram.translate_zyx`). When these picks have an
+        :attr:`origin_zyx` too (Angstrom formats), the position is taken in that
+        physical frame: voxel ``(c * v + origin - origin_zyx) / w``, with a note when
+        the shift is not zero. Either origin ``None``: no shift (the first formula).
         """
         voxel_size = positive_voxel_size(voxel_size)
-        if np.isclose(voxel_size, self.voxel_size, rtol=1e-4, atol=0.0):
+        shift = np.zeros(3)
+        new_origin = self.origin_zyx
+        if origin_zyx is not None and self.origin_zyx is not None:
+            target = np.asarray(origin_zyx, dtype=np.float64)
+            if target.shape != (3,) or not np.all(np.isfinite(target)):
+                raise CryoGuardError(f"{source}: a tomogram origin must be 3 finite numbers "
+                                     f"(z, y, x in Angstrom), got {origin_zyx!r}")
+            shift = np.asarray(self.origin_zyx) - target
+            new_origin = tuple(float(v) for v in target)
+        same_size = np.isclose(voxel_size, self.voxel_size, rtol=1e-4, atol=0.0)
+        if same_size and not shift.any():
             return self
         out = self.subset(np.ones(len(self), dtype=bool))
-        out.coords = self.coords * (self.voxel_size / voxel_size)
+        if shift.any():
+            out.coords = (self.coords * self.voxel_size + shift) / voxel_size
+        else:
+            out.coords = self.coords * (self.voxel_size / voxel_size)
         out.voxel_size = voxel_size
-        out.notes.append(
-            f"converted {source} from {self.voxel_size:g} to {voxel_size:g} Angstrom voxels "
-            f"(coordinates x {self.voxel_size / voxel_size:g})"
-        )
+        out.origin_zyx = new_origin
+        if not same_size:
+            out.notes.append(
+                f"converted {source} from {self.voxel_size:g} to {voxel_size:g} Angstrom voxels "
+                f"(coordinates x {self.voxel_size / voxel_size:g})"
+            )
+        else:
+            out.voxel_size = self.voxel_size
+        if shift.any():
+            out.notes.append(
+                f"placed {source} on a tomogram whose first voxel lies at "
+                f"{', '.join(f'{v:g}' for v in new_origin)} Angstrom (z, y, x; its OME-Zarr "
+                f"translation): positions moved by {', '.join(f'{v:g}' for v in shift)} "
+                "Angstrom before dividing by the voxel size"
+            )
         return out
+
+    def on_tomogram(self, tomo: Any, *, source: str = "the pick file") -> Picks:
+        """The rows of tomogram ``tomo`` (a :class:`~napari_cryoguard.io.Tomogram`) as its
+        voxel indices: :meth:`for_tomogram` by its name, then :meth:`at_voxel_size` at its
+        voxel size and its ``translate_zyx`` (so Angstrom picks land on a translated
+        OME-Zarr level at the same place in Angstrom). Notes say what was done."""
+        part = self.for_tomogram(tomo.name, source=source)
+        return part.at_voxel_size(tomo.voxel_size, source=source,
+                                  origin_zyx=getattr(tomo, "translate_zyx", None))
 
 
 def positive_voxel_size(value: Any, what: str = "voxel size", source: str = "") -> float:
