@@ -190,3 +190,60 @@ def test_attack_all_uses_only_the_picks_of_the_image(setup, small_sim):
     assert f"{n}/{n} picks" in status or f"/{n} picks flipped" in status, status
     assert f"{n} of {2 * n} picks" in status
     assert "model's training voxel size unknown" in status
+
+
+def _ink(viewer) -> np.ndarray:
+    """The canvas pixels something is drawn on (the background is black)."""
+    from napari_cryoguard._napari._probe import pump
+
+    pump(0.05)
+    shot = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
+    return shot.max(axis=-1) > 40
+
+
+def _box(mask: np.ndarray):
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    assert len(rows) and len(cols), "nothing drawn"
+    return rows[0], rows[-1], cols[0], cols[-1]
+
+
+def test_attack_captions_keep_apart_at_every_zoom(setup):
+    """The frames' captions, each rendered alone: their boxes on the screen never overlap,
+    at the zoom the view went to, zoomed in, and zoomed far out (where captions of a
+    fixed screen size ran into each other); nor do they touch the frames."""
+    docked, widget = setup
+    viewer = docked.viewer
+    widget.attack.value = "fgsm"
+    widget.index.value = 2
+    docked.click(widget, "Attack particle")
+    docked.wait_idle(widget)
+    frames = viewer.layers["particle 2 frames"]
+    captions = list(frames.features["caption"])
+    assert captions == ["particle", "adversarial", "perturbation x50", "reconstruction",
+                        "adv. reconstruction"]
+    for layer in viewer.layers:
+        layer.visible = layer is frames
+    edges = frames.edge_color.copy()
+    fitted = float(viewer.scene.camera.zoom)
+    for factor in (1.0, 2.0, 0.25):
+        viewer.scene.camera.zoom = fitted * factor
+        frames.edge_color = edges
+        frames.text.visible = False
+        outline = _ink(viewer)
+        frames.text.visible = True
+        frames.edge_color = "transparent"  # only the captions are drawn
+        boxes, inks = [], []
+        for k in range(len(captions)):
+            frames.features = {"caption": [c if j == k else "" for j, c in enumerate(captions)]}
+            inks.append(_ink(viewer))
+            boxes.append(_box(inks[-1]))
+        frames.features = {"caption": captions}
+        for a in range(len(boxes)):
+            for b in range(a + 1, len(boxes)):
+                (t0, b0, l0, r0), (t1, b1, l1, r1) = boxes[a], boxes[b]
+                apart = b0 < t1 or b1 < t0 or r0 < l1 or r1 < l0
+                assert apart, (factor, captions[a], boxes[a], captions[b], boxes[b])
+        if factor >= 1.0:  # far out, a caption is a few pixels over its frame's edge
+            for caption, ink in zip(captions, inks, strict=True):
+                assert not (ink & outline).any(), (factor, caption)
+    frames.edge_color = edges

@@ -39,7 +39,11 @@ def iter_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
     c = np.zeros(3) if center is None else np.asarray(center, dtype=float)[-3:]
     cz, cy, cx = origin + c * scale
     out = []
-    rects, captions = [], []
+    rects = []
+    captions = [_caption(name) for name in layers]
+    shapes = [np.shape(vol)[-3:] for vol in layers.values()]
+    em = caption_em(captions, min(w for _, _, w in shapes)) if frames else 0.0
+    band = CAPTION_BAND * em + CAPTION_LIFT if frames else 0.0  # voxels above each frame
     lo_y = hi_y = cy
     lo_x = hi_x = cx
     for j, (name, vol) in enumerate(layers.items()):
@@ -47,16 +51,14 @@ def iter_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
         d, h, w = vol.shape[-3:]
         row, col = divmod(j, columns)
         x0 = cx + (w / 2 + gap) * scale[2] + col * (w + gap) * scale[2]
-        y0 = cy - (h / 2) * scale[1] + row * (h + gap) * scale[1]
+        y0 = cy - (h / 2) * scale[1] + row * (h + gap + band) * scale[1]
         translate = (cz - (d - 1) / 2 * scale[0], y0, x0)
         lo_x, hi_x = min(lo_x, cx - w / 2 * scale[2]), max(hi_x, x0 + w * scale[2])
-        lo_y, hi_y = min(lo_y, y0), max(hi_y, y0 + h * scale[1])
+        lo_y, hi_y = min(lo_y, y0 - band * scale[1]), max(hi_y, y0 + h * scale[1])
         y1, x1 = y0 + (h - 1) * scale[1], x0 + (w - 1) * scale[2]
         half = (scale[1] / 2, scale[2] / 2)
         rects.append(np.array([[cz, y0 - half[0], x0 - half[1]], [cz, y0 - half[0], x1 + half[1]],
                                [cz, y1 + half[0], x1 + half[1]], [cz, y1 + half[0], x0 - half[1]]]))
-        caption = " ".join(t for t in name.split() if not t.isdigit())
-        captions.append(caption.replace("adversarial reconstruction", "adv. reconstruction"))
         style = {"colormap": "gray", **styles.get(name, {})}
         if "contrast_limits" not in style:
             lo, hi = float(vol.min()), float(vol.max())
@@ -91,7 +93,7 @@ def iter_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
         # particle only moves the layer (rebuilding a Shapes layer's data costs ~60 ms)
         anchor = np.array([cz, cy, cx])
         yield from _show_frames(viewer, frames, [(r - anchor) / scale for r in rects], captions,
-                                scale, translate=tuple(anchor))
+                                scale, translate=tuple(anchor), em=em)
     if go_to and out:
         yield from iter_go_to_region(viewer, cz, ((lo_y + hi_y) / 2, (lo_x + hi_x) / 2),
                                      width=(hi_x - lo_x) * 1.15, height=(hi_y - lo_y) * 1.15)
@@ -99,6 +101,28 @@ def iter_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
 
 
 INSPECTION = "cryoguard_inspection"  # layer metadata key: the role of an inspection layer
+
+# Captions are drawn at a size in world units (napari's ``text.scaling``): they grow and
+# shrink with the frames, so captions that keep apart at one zoom keep apart at every zoom.
+CHAR_EM = 0.72  # widest average advance of a caption's characters, in em (OpenSans, measured)
+CAPTION_FILL = 0.9  # the longest caption spans at most this fraction of its frame's width
+CAPTION_MAX_EM = 0.12  # ... and its em is at most this fraction of the frame's width
+CAPTION_BAND = 1.3  # the band above a frame holding its caption, in em ...
+CAPTION_LIFT = 0.5  # ... plus this many voxels between the caption and the frame's top edge
+PT_PER_EM = 0.75  # napari draws text of size s at 96/72 s pixels: em = s / 0.75
+
+
+def _caption(name: str) -> str:
+    """The caption of an inspection layer: its name without the particle number."""
+    caption = " ".join(t for t in name.split() if not t.isdigit())
+    return caption.replace("adversarial reconstruction", "adv. reconstruction")
+
+
+def caption_em(captions, width: float) -> float:
+    """The captions' em in voxels: the longest one fits in :data:`CAPTION_FILL` of a frame
+    ``width`` voxels wide (so it ends before the next frame's caption begins)."""
+    longest = max((len(c) for c in captions), default=1) or 1
+    return float(min(CAPTION_FILL * width / (CHAR_EM * longest), CAPTION_MAX_EM * width))
 
 
 def _role(name: str) -> str:
@@ -122,15 +146,21 @@ def _recycle(viewer, name: str) -> None:
             return
 
 
-def _show_frames(viewer, name: str, rects: list, captions: list, scale, translate=None):
+def _show_frames(viewer, name: str, rects: list, captions: list, scale, translate=None,
+                 em: float = 2.0):
     """Rectangles (voxels at ``scale``, then shifted by ``translate`` in world units) with
     a caption above each, as the Shapes layer ``name``.
+
+    Each caption sits above its frame's top edge, left-aligned with it, ``em`` voxels
+    high and scaled with the zoom (so captions never run into each other, whatever the
+    zoom: :func:`caption_em` sizes them to their frames).
 
     The active layer stays what it was (clicking picks keeps working). An existing layer
     whose rectangles and captions are the same is only moved. A generator of Qt-thread
     steps."""
-    text = {"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": 8,
-            "translation": [0, -1.5, 0]}
+    size = max(float(em) * float(scale[-1]) * PT_PER_EM, 1e-3)  # world units (scaling)
+    text = {"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": size,
+            "scaling": True, "translation": [0, -CAPTION_LIFT, 0]}
     translate = (0.0, 0.0, 0.0) if translate is None else tuple(float(t) for t in translate)
     _recycle(viewer, name)
     if name in viewer.layers and viewer.layers[name].ndim == 3:
