@@ -4,7 +4,8 @@
 sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; :func:`init_distributed` then joins
 the process group (backend ``nccl`` on CUDA, ``gloo`` on CPU), each rank trains on
 its shard of every epoch (``DistributedSampler``), metrics are summed across ranks
-with :func:`all_reduce_sum`, and only rank 0 writes checkpoints and events.
+with :func:`all_reduce_sum`, and only rank 0 writes checkpoints and events (with every
+rank's random-generator states, gathered by :func:`gather_objects`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "env_world_size",
+    "gather_objects",
     "init_distributed",
     "shutdown_distributed",
 ]
@@ -139,6 +141,20 @@ def all_reduce_max(ctx: DistContext, value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(ctx))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def gather_objects(ctx: DistContext, obj: object) -> list | None:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the others.
+
+    Used to store each rank's random-generator states in the one state file rank 0
+    writes, so a mid-epoch resume continues every rank's stream exactly. In one
+    process: ``[obj]``.
+    """
+    if not ctx.distributed:
+        return [obj]
+    out: list | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def _comm_device(ctx: DistContext) -> torch.device:

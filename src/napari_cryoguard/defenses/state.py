@@ -2,8 +2,9 @@
 
 ``<stem>.state.safetensors`` holds what a checkpoint does not and an exact resume
 needs: the optimizer's state, the early-stopping state and best weights, and the
-random-number generators' states (torch, CUDA, numpy, Python). It is a safetensors file
-(never unpickled) with a JSON header under :data:`STATE_KEY`.
+random-number generators' states (torch, CUDA, numpy, Python) of every rank
+(:func:`pack_rank_streams`, :func:`rank_streams`). It is a safetensors file (never
+unpickled) with a JSON header under :data:`STATE_KEY`.
 
 The checkpoint and its state file are one consistent pair: both carry the same
 ``state_token``. The state is written first to ``<stem>.state.pending.safetensors``
@@ -36,7 +37,9 @@ __all__ = [
     "checkpoint_path",
     "flatten_optimizer",
     "load_training_state",
+    "pack_rank_streams",
     "pending_state_path_for",
+    "rank_streams",
     "rng_state",
     "save_state_file",
     "set_rng_state",
@@ -120,6 +123,45 @@ def set_rng_state(
     if "python" in meta:
         py = meta["python"]
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+
+
+def _rank_prefix(rank: int) -> str:
+    return f"rank{int(rank)}."
+
+
+def pack_rank_streams(
+    tensors: dict[str, torch.Tensor],
+    streams: list[tuple[dict[str, torch.Tensor], dict[str, Any]]],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Add every rank's generator states (:func:`rng_state`, in rank order) to ``tensors``.
+
+    Rank 0's go under their plain names (``rng.torch``...), rank ``r``'s under
+    ``rank<r>.rng.torch``...; returns (rank 0's JSON part, ``{"<r>": JSON part}``).
+    """
+    for rank, (t, _) in enumerate(streams):
+        prefix = _rank_prefix(rank) if rank else ""
+        tensors.update({prefix + k: v for k, v in t.items()})
+    return dict(streams[0][1]), {str(r): dict(m) for r, (_, m) in enumerate(streams) if r}
+
+
+def rank_streams(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], rank: int, world_size: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """This rank's generator states from a state file's (tensors, metadata), for
+    :func:`set_rng_state`; None when the file was saved by another number of processes
+    (or before the ranks' states were stored) and holds none for this rank."""
+    if int(meta.get("world_size", 1) or 1) != int(world_size):
+        return None
+    if rank == 0:
+        t = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+        m = meta.get("rng")
+    else:
+        prefix = _rank_prefix(rank)
+        t = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix + "rng.")}
+        m = (meta.get("rng_ranks") or {}).get(str(rank))
+    if not t or not isinstance(m, Mapping):
+        return None
+    return t, dict(m)
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

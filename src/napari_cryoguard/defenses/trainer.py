@@ -19,7 +19,9 @@ a seeded, resumable, cancellable loop over the settings of a
   generators' states in the state file beside the checkpoint
   (:mod:`~napari_cryoguard.defenses.state`), so ``resume=`` continues exactly where a
   run stopped (even mid-epoch after a cancel, by skipping the steps already done and
-  restoring the generators and the partial epoch sums of the cancelled step).
+  restoring the generators and the partial epoch sums of the cancelled step; under DDP
+  every rank's generators are gathered into the one state file and each rank takes its
+  own back).
 
 Orphan temporary files of killed writes in the output folder are removed when a run
 starts, and the output path is checked (not a folder, writable) before any data is
@@ -51,7 +53,9 @@ from napari_cryoguard.defenses.state import (
     checkpoint_path,
     flatten_optimizer,
     load_training_state,
+    pack_rank_streams,
     pending_state_path_for,
+    rank_streams,
     rng_state,
     save_state_file,
     set_rng_state,
@@ -260,6 +264,7 @@ class Trainer:
             if token is not None and smeta.get("state_token") == token:
                 chosen = candidate
                 break
+        ddp.barrier(self.ctx)  # every rank has read its state before rank 0 renames files
         if chosen is None:
             self.note(f"{spath.name} does not belong to this checkpoint; optimizer starts afresh")
             return
@@ -288,13 +293,16 @@ class Trainer:
         scaler = smeta.get("scaler")
         if scaler and self.scaler.is_enabled():
             self.scaler.load_state_dict(scaler)
-        rng_t = {k: v for k, v in tensors.items() if k.startswith("rng.")}
-        if self.skip_steps and rng_t and smeta.get("rng") is not None:
-            if self.world_size > 1:
-                self.note("resuming mid-epoch under DDP: the random streams of the ranks "
-                          "restart from their epoch seed, so the run may differ slightly")
+        if self.skip_steps and smeta.get("rng") is not None:
+            mine = rank_streams(tensors, smeta, self.rank, self.world_size)
+            if mine is None:
+                self.note(
+                    f"resuming mid-epoch with {self.world_size} process(es) from a state saved "
+                    f"by {smeta.get('world_size', 1)} without this rank's random streams: "
+                    "they restart from their epoch seed, so the run may differ slightly"
+                )
             else:
-                self._resume_rng = (rng_t, dict(smeta["rng"]))
+                self._resume_rng = mine
 
     # -- checkpointing --------------------------------------------------------
     def _metadata(self, cancelled: bool, step_in_epoch: int, weights_epoch: int) -> dict:
@@ -348,14 +356,16 @@ class Trainer:
         exactly. The state goes to the pending file first and is renamed over the
         state file once the checkpoint is in place (see the module docstring).
         """
+        # every rank's generators, gathered before rank 0 writes alone (a collective call:
+        # every rank reaches save() at the same step)
+        streams = ddp.gather_objects(self.ctx, rng_state(self.device)) if self.save_state else None
         if not self.ctx.is_main:
             return self.out
         from napari_cryoguard.models import save_checkpoint
 
         token = f"{self.run_id}:{self.epoch_done}:{step_in_epoch}:{time.time_ns()}"
         tensors, ometa = flatten_optimizer(self.optimizer)
-        rng_t, rng_meta = rng_state(self.device)
-        tensors.update(rng_t)
+        rng_meta, ranks_meta = pack_rank_streams(tensors, streams or [rng_state(self.device)])
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         smeta = {
@@ -367,6 +377,8 @@ class Trainer:
                 "bad_epochs": self.bad_epochs,
             },
             "rng": rng_meta,
+            "rng_ranks": ranks_meta,
+            "world_size": self.world_size,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
         meta = self._metadata(
