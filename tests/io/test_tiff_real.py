@@ -37,7 +37,7 @@ def test_cylindra_tiff_given_voxel_size_does_not_override_the_file():
     tomo = read_tomogram(TIF, voxel_size=20.0)
     # the file says 10.52 Angstrom (first found wins: metadata, then voxel_size=)
     assert tomo.voxel_size == pytest.approx(10.52, abs=1e-6)
-    assert any("voxel_size 20 given was not used" in n for n in tomo.notes)
+    assert any("20.0 given was not used" in n for n in tomo.notes)
 
 
 def test_napari_layer_of_the_cylindra_tiff_is_scaled():
