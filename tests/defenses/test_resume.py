@@ -226,3 +226,18 @@ def test_state_file_holds_the_generators(data, tmp_path):
     meta = load_checkpoint(out)[1]
     assert meta["partial_epoch"]["count"] == 4.0  # one step of batch 4
     assert smeta["state_token"] == meta["state_token"]
+
+
+def test_resume_of_an_early_stopped_run_trains_nothing_more(data, tmp_path):
+    """A run killed after its final (early-stopped) write is complete: --resume keeps it."""
+    out = tmp_path / "e.safetensors"
+    first = train(data, "cb3d", "standard", out=out, epochs=12, patience=1, lr=3e-3,
+                  batch_size=4, device="cpu", model_params=tiny_params("cb3d"))
+    assert first.stopped_early and len(first.history) < 12
+    before = _weights(out)
+    seen: list[dict] = []
+    again = train(data, out=out, resume=out, device="cpu", events=seen.append)
+    assert again.epochs_run == 0 and again.stopped_early
+    assert len(again.history) == len(first.history)
+    assert _max_diff(before, _weights(out)) == 0.0
+    assert any("stopped early" in e.get("message", "") for e in seen if e["event"] == "note")

@@ -192,6 +192,8 @@ class Trainer:
         #: the cancelled epoch's loss sums so far (summed over ranks), for its history
         self._resume_partial: dict[str, Any] | None = None
         self._robust_disabled = False
+        #: the resumed checkpoint is the final one of a run that stopped early
+        self._stopped_early = False
         lr = recipe.resolved_lr()
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
         if recipe.optimizer == "adam":
@@ -242,6 +244,11 @@ class Trainer:
         self.start_epoch = int(meta.get("epoch", len(self.history)))
         self.skip_steps = int(meta.get("step_in_epoch", 0))
         self.run_id = str(meta.get("run_id", self.run_id))
+        if meta.get("stopped_early"):  # e.g. killed after its last write: nothing is left
+            self._stopped_early = True
+            self.start_epoch, self.skip_steps = max(self.start_epoch, self.recipe.epochs), 0
+            self.note(f"the run stopped early after epoch {len(self.history)}; "
+                      "nothing left to train")
         extra = meta.get("extra_tensors", {}) or {}
         prefix = "defense."
         dstate = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
@@ -524,7 +531,7 @@ class Trainer:
         base_lr = r.resolved_lr()
         epoch_times: list[float] = []
         epochs_run = 0
-        stopped_early = False
+        stopped_early = self._stopped_early
         for epoch in range(self.start_epoch, r.epochs):
             self.epoch = epoch
             t0 = time.monotonic()
@@ -647,7 +654,8 @@ class Trainer:
             weights_epoch = int(self.best_epoch or self.epoch_done)
         restored = weights_epoch != self.epoch_done
         path = self.save(
-            weights_epoch=weights_epoch, extra_meta={"restored_best": True} if restored else None
+            weights_epoch=weights_epoch,
+            extra_meta={"restored_best": restored, "stopped_early": stopped_early},
         )
         final = dict(self.history[-1]) if self.history else {}
         final["best_epoch"] = self.best_epoch
