@@ -10,6 +10,8 @@ format                  module                                 suffixes / conten
 ======================  =====================================  ==============================
 RELION 3/4/5, Warp,     :mod:`napari_cryoguard.io.relion`       ``.star`` (any STAR content)
 cryoguard STAR
+STOPGAP motive list     :mod:`napari_cryoguard.io.stopgap`      ``.star`` with
+                                                               ``data_stopgap_motivelist``
 CSV / TSV / text        :mod:`napari_cryoguard.io.table`        ``.csv``, ``.tsv``, ``.txt``
 copick JSON             :mod:`napari_cryoguard.io.copick`       ``.json``
 Dynamo table            :mod:`napari_cryoguard.io.dynamo`       ``.tbl``
@@ -77,7 +79,7 @@ def read_picks(
     tomograms: Any = None,
     **options: Any,
 ) -> Picks:
-    """Read particle picks written by RELION, Warp, copick, Dynamo, IMOD, crYOLO or us.
+    """Read particle picks written by RELION, Warp, copick, Dynamo, STOPGAP, IMOD, crYOLO or us.
 
     Parameters
     ----------

@@ -546,6 +546,10 @@ def read_star_picks(
 ) -> Picks:
     """Read a RELION 3/4/5, Warp, pytom-match-pick or cryoguard particle STAR file.
 
+    A STOPGAP motive list (``data_stopgap_motivelist``) is read by
+    :func:`~napari_cryoguard.io.stopgap.read_stopgap_picks` instead (``apply_origins``
+    is then its ``apply_shifts``).
+
     Parameters
     ----------
     path : str or PathLike
