@@ -132,10 +132,11 @@ def picks_for_tomogram(picks, tomo, source: str):
     Rows are matched by tomogram name (:meth:`~napari_cryoguard.io.Picks.for_tomogram`,
     a clear error listing the names when none match) and converted to the tomogram's
     voxel size (:meth:`~napari_cryoguard.io.Picks.at_voxel_size`), so picks at 10 A on
-    a 20 A tomogram land at the same place in Angstrom. Notes say what was done.
+    a 20 A tomogram land at the same place in Angstrom, and Angstrom picks on a
+    translated OME-Zarr level by its translation (:meth:`~napari_cryoguard.io.Picks.on_tomogram`).
+    Notes say what was done.
     """
-    picks = picks.for_tomogram(tomo.name, source=source)
-    return picks.at_voxel_size(tomo.voxel_size, source=source)
+    return picks.on_tomogram(tomo, source=source)
 
 
 def _picks_for(args: argparse.Namespace, tomogram_path, cache: dict):
