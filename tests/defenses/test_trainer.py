@@ -281,3 +281,18 @@ def test_train_errors_are_clear(tiny_data, tmp_path):
     unlabelled = SubtomogramDataset(volumes=tiny_data.volumes[:4])
     with pytest.raises(CryoGuardError, match="no labels"):
         train(unlabelled, out=tmp_path / "x", **_cpu())
+
+
+def test_event_writer_ends_a_torn_last_line_of_a_killed_run(tmp_path):
+    """A run killed mid-append leaves a partial last line; the next writer appending to
+    the same file starts on a new line, so its first event is not lost with the torn one."""
+    from napari_cryoguard.defenses.events import EventWriter, read_events
+
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event": "start", "time": 1}\n{"event": "step", "ti', encoding="utf-8")
+    writer = EventWriter(path)
+    writer.emit("start", run=2)
+    writer.close()
+    events = read_events(path)
+    assert [e["event"] for e in events] == ["start", "start"]
+    assert events[-1]["run"] == 2

@@ -100,8 +100,12 @@ class EventWriter:
         else:
             self.path = Path(target)  # type: ignore[arg-type]
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = _ends_torn(self.path)
             self._stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._owns_stream = True
+            if torn:  # a killed run's half-written last line: end it, so ours stay whole
+                self._stream.write("\n")
+                self._stream.flush()
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any] | None:
         """Write one event; returns the dict written (None when disabled)."""
@@ -148,6 +152,19 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether ``path`` exists and its last byte is not a newline (a killed writer)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
