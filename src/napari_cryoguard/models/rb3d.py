@@ -140,6 +140,19 @@ class RB3DParams:
             )
 
 
+def _relu_then_pool(pool: nn.Module) -> list[nn.Module]:
+    """``[ReLU, pool]`` for a drop-max pool, ``[pool, ReLU]`` for a max pool.
+
+    ReLU is monotonic, so ``maxpool(relu(x)) == relu(maxpool(x))`` exactly, with the same
+    input gradient (the same argmax wins; a non-positive maximum gets none either way);
+    after the pool the ReLU runs on 4-8x fewer voxels of the largest activation map.
+    DropMax3d (the second largest value) keeps the paper's order.
+    """
+    if type(pool) is nn.MaxPool3d:
+        return [pool, nn.ReLU(inplace=True)]
+    return [nn.ReLU(inplace=True), pool]
+
+
 def _conv(cin: int, cout: int, k: int, stride: int, bn: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)]
     if bn:
@@ -224,8 +237,7 @@ class RB3D(FeatureClassifier):
         p: RB3DParams = self.params
         layers: list[nn.Module] = [
             nn.Conv3d(1, p.stem_width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            make_pool3d(2, 2, drop_max=p.drop_max),
+            *_relu_then_pool(make_pool3d(2, 2, drop_max=p.drop_max)),
         ]
         prev = p.stem_width
         for width, mid, stride in zip(
