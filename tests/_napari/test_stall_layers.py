@@ -5,6 +5,8 @@
   costly part on the Qt thread).
 - A new layer is added in steps: appended hidden and not active, its visual, its Qt
   controls, then shown, then made active (napari's behaviour for a new layer is kept).
+- The first 4-D layer (the subtomograms) gets its dims slider a turn before it is
+  appended, and the dims end as napari's own add leaves them; the camera stays.
 - Docking the widgets warms up the visuals they will add once per viewer, at idle,
   and leaves no layer behind.
 - :func:`quiet_gc` takes what exists out of the collector's full passes, and gives it
@@ -20,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryoguard._napari._layers import iter_add_layer
+from napari_cryoguard._napari._layers import iter_add_layer, iter_prepare_dims
 from napari_cryoguard._napari._picks import set_picks_layer
 from napari_cryoguard._napari._workers import quiet_gc
 from napari_cryoguard.models import build_model, save_checkpoint, tiny_params
@@ -130,6 +132,35 @@ def test_a_new_layer_is_added_hidden_then_shown_then_made_active(docked):
     assert controls.currentWidget() is controls.widgets[hidden]
     viewer.layers.remove("hidden")
     assert hidden not in controls.widgets and hidden not in canvas.layer_to_visual
+
+
+def test_first_4d_layer_gets_its_dims_a_turn_before_the_append(docked):
+    from napari.layers import Image
+
+    viewer = docked.viewer
+    tomo = viewer.add_image(np.zeros((20, 40, 40), np.float32), name="tomo", scale=(10.0,) * 3)
+    viewer.scene.camera.zoom = 3.0
+    viewer.scene.camera.center = (150.0, 120.0)
+    camera = (tuple(viewer.scene.camera.center), viewer.scene.camera.zoom)
+    point = tuple(viewer.dims.point)
+    layer = Image(np.ones((6, 8, 8, 8), np.float32), name="cubes", scale=(1.0, *tomo.scale))
+    steps = iter_prepare_dims(viewer, layer)
+    assert next(steps) == "dims"
+    assert viewer.dims.ndim == 4 and "cubes" not in viewer.layers
+    qt_dims = viewer.window._qt_viewer.dims
+    assert len(qt_dims.slider_widgets) == 4  # the new slider is built ...
+    assert not qt_dims._displayed_sliders[0]  # ... and shown at the next step
+    assert next(steps) == "ranges"
+    assert qt_dims._displayed_sliders[0]
+    with pytest.raises(StopIteration):
+        next(steps)
+    assert list(iter_add_layer(viewer, layer))[0] == "added"
+    # the dims as napari's own add leaves them, the slider at the first cube, view kept
+    assert tuple(viewer.dims.range) == tuple(viewer.layers._ranges)
+    assert tuple(viewer.dims.point) == (0.0, *point)
+    assert (tuple(viewer.scene.camera.center), viewer.scene.camera.zoom) == camera
+    # a layer that needs no new axis: nothing to do
+    assert list(iter_prepare_dims(viewer, Image(np.ones((6, 8, 8, 8), np.float32)))) == []
 
 
 def test_docking_warms_up_once_per_viewer_and_leaves_no_layer(docked, sampled, monkeypatch):

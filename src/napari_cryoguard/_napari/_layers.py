@@ -8,6 +8,8 @@ turn.
 
 from __future__ import annotations
 
+import numpy as np
+
 PICKS_LAYER = "picks"
 SUBTOMOGRAMS_LAYER = "subtomograms"
 
@@ -147,3 +149,54 @@ def apply_stepwise(widget, steps, on_done=None) -> None:
         QTimer.singleShot(STEP_GAP_MS, step)
 
     QTimer.singleShot(0, step)
+
+
+def iter_prepare_dims(viewer, layer):
+    """Give the viewer the dimensions ``layer`` will need, a turn before it is appended
+    (a generator of Qt-thread steps; nothing when it needs no new axis).
+
+    The first 4-D layer (the subtomograms) makes napari add a dims slider and lay the
+    window out again, in the turn that appends the layer, on top of the append itself.
+    Here the axes come first, in napari's own order (``dims.ndim``, then ``dims.range``,
+    then the cursor's position: what the viewer does when a layer is inserted): one step
+    for the new slider ("dims"), and the append finds the dims as it will leave them.
+    """
+    from napari_cryoguard._napari._state import _unwrap
+
+    real = _unwrap(viewer)
+    dims = real.dims
+    old = int(dims.ndim)
+    new = int(layer.ndim)
+    if new <= old or not len(real.layers):
+        return
+    try:
+        extent = layer.extent
+        world, step = np.asarray(extent.world, dtype=float), np.asarray(extent.step, dtype=float)
+        ranges = [tuple(r) for r in dims.range]
+        lead = [(world[0, k], world[1, k], step[k]) for k in range(new - old)]
+        tail = []
+        for k, (start, stop, size) in enumerate(ranges):
+            j = new - old + k
+            tail.append((min(start, world[0, j]), max(stop, world[1, j]), min(size, step[j])))
+        fit = real.fit_to_view
+        order = dims.events.order
+    except Exception:  # noqa: BLE001 - a napari without these attributes: the append does it
+        return
+    point = list(dims.point)
+    # a new order refits the camera to the layers' extents, which lack the axis until the
+    # layer is in (IndexError): held back, the camera stays where the user left it
+    order.block(fit)
+    try:
+        # the new axes first with one step each: their sliders are built hidden ...
+        dims.update({"ndim": new, "range": [(r[0], r[0], r[2]) for r in lead] + ranges})
+    finally:
+        order.unblock(fit)
+    position = list(real.cursor.position)
+    if len(position) < new:
+        real.cursor.position = tuple([0.0] * (new - len(position)) + position)
+    yield "dims"
+    # ... and shown with their real ranges at the next turn (the window's new layout
+    # and repaint come at the turns after)
+    dims.range = lead + tail
+    dims.point = [r[0] for r in lead] + point  # the slider at the first cube
+    yield "ranges"

@@ -35,6 +35,7 @@ from napari_cryoguard._napari._layers import (
     SUBTOMOGRAMS_LAYER,
     apply_stepwise,
     iter_add_layer,
+    iter_prepare_dims,
     voxel_size_of,
 )
 from napari_cryoguard._napari._layout import DockWidget, Group, status_label
@@ -372,6 +373,8 @@ class PickWidget(DockWidget):
                 yield "removed"
             new = Image(sub.volumes, name=SUBTOMOGRAMS_LAYER, scale=scale, colormap="gray",
                         metadata=metadata, contrast_limits=(lo, hi))
+            # the first 4-D layer: its dims slider a turn before the append
+            yield from iter_prepare_dims(self._viewer, new)
             yield from iter_add_layer(self._viewer, new)
 
         apply_stepwise(self, steps(), on_done=lambda _: setattr(self.status, "value", status))
