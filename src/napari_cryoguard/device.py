@@ -271,7 +271,8 @@ class _StemInputGrad(torch.autograd.Function):
     def forward(ctx, out, x, weight, padding, dilation):  # type: ignore[override]
         ctx.save_for_backward(weight)
         ctx.padding, ctx.dilation = padding, dilation
-        return out.clone()
+        ctx.mark_dirty(out)  # returned in place (no copy), so a later in-place ReLU is allowed
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
