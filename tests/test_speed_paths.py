@@ -274,3 +274,46 @@ def test_pgd_random_start_is_the_plain_loop_from_that_start():
     start = random_start(x, "linf", 0.05, make_generator(4, x.device))
     ref = _plain_pgd(fast, x, y, 0.05, 0.01, 5, start=start)
     assert float((res.x_adv - ref).abs().max()) <= 1e-6
+
+
+# ------------------------------------------------------------------ the stem's input gradient
+def test_stem_conv_is_swapped_in_and_out_with_the_format():
+    from napari_cryoguard.device import StemConv3d
+
+    fast, plain = _pair("cb3d")
+    stems = [m for m in fast.modules() if isinstance(m, StemConv3d)]
+    assert len(stems) == 1 and stems[0].in_channels == 1
+    assert not any(isinstance(m, StemConv3d) for m in plain.modules())
+    assert set(fast.state_dict()) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("arch", ["cb3d", "rb3d", "autoencoder"])
+def test_stem_conv_gradients_equal_the_plain_conv_also_twice(arch):
+    fast, plain = _pair(arch)
+    x, y = _batch()
+    grads = []
+    for m in (fast, plain):
+        m.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(m(xg), y), xg, create_graph=True)
+        (g * g).sum().backward()  # the double backward of a gradient penalty (gr)
+        grads.append((g.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    (gf, wf), (gp, wp) = grads
+    assert float((gf - gp).abs().max()) <= 1e-5 * max(1.0, float(gp.abs().max()))
+    for name, g in wp.items():
+        if g is not None:
+            assert float((wf[name] - g).abs().max()) <= 1e-5 * max(1.0, float(g.abs().max()))
+
+
+def test_cw_l2_passes_and_result_logits(counted):
+    model, c = counted
+    x, y = _batch()
+    res = run_attack("cw", model, x, y, steps=5, binary_search_steps=2, initial_const=1.0,
+                     abort_early=False)
+    # the clean logits, then one forward + backward pass per Adam step; the logits of
+    # the returned iterate are kept from the step that found it
+    assert (c.grad, c.nograd) == (10, 1)
+    with torch.no_grad():
+        probs = torch.softmax(model(res.x_adv), 1)
+    assert torch.allclose(res.probs_after, probs, atol=1e-5)
+    assert torch.equal(res.pred_after, probs.argmax(1))

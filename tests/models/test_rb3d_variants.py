@@ -109,3 +109,35 @@ def test_bundled_checkpoints_are_not_rb3d_and_still_load():
     for name in bundled_models():
         model, meta = load_default(name)
         assert meta["arch"] != "rb3d"
+
+
+@pytest.mark.parametrize("arch, extra", [("rb3d", {}), ("rb3d", {"variant": "residual-bn"}),
+                                         ("autoencoder", {})])
+def test_pool_before_relu_is_the_papers_relu_then_pool(arch, extra):
+    """The stem's max pool runs before its ReLU: the same values and input gradients as
+    the paper's ReLU-then-pool order (ReLU is monotonic)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model(arch, 3, 17, **{**tiny_params(arch), **extra}).eval()
+    ref = copy.deepcopy(model)
+    swapped = 0
+    for seq in ref.modules():  # put ref back into the paper's order
+        if isinstance(seq, nn.Sequential):
+            keys = list(seq._modules)
+            for a, b in zip(keys, keys[1:], strict=False):
+                if type(seq._modules[a]) is nn.MaxPool3d and isinstance(seq._modules[b], nn.ReLU):
+                    seq._modules[a], seq._modules[b] = seq._modules[b], seq._modules[a]
+                    swapped += 1
+    assert swapped >= 1
+    x, y = torch.randn(5, 1, 17, 17, 17), torch.arange(5) % 3
+    out = []
+    for m in (model, ref):
+        xg = x.clone().requires_grad_(True)
+        logits = m(xg)
+        (g,) = torch.autograd.grad(F.cross_entropy(logits, y), xg)
+        out.append((logits.detach(), g))
+    assert torch.equal(out[0][0], out[1][0])
+    assert torch.equal(out[0][1], out[1][1])
