@@ -28,23 +28,10 @@ from torch import nn
 from napari_cryoguard.checks import check_number, check_prob, check_widths
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.models.base import CryoGuardModel
-from napari_cryoguard.models.layers import make_pool3d
+from napari_cryoguard.models.layers import make_pool3d, relu_then_pool
 from napari_cryoguard.models.registry import register_model
 
 __all__ = ["AutoencoderClassifier3D", "AutoencoderParams"]
-
-
-def _relu_then_pool(pool: nn.Module) -> list[nn.Module]:
-    """``[ReLU, pool]`` for a drop-max pool, ``[pool, ReLU]`` for a max pool.
-
-    ReLU is monotonic, so ``maxpool(relu(x)) == relu(maxpool(x))`` exactly, with the same
-    input gradient (the same argmax wins; a non-positive maximum gets none either way);
-    after the pool the ReLU runs on 4-8x fewer voxels of the largest activation map.
-    DropMax3d (the second largest value) keeps the paper's order.
-    """
-    if type(pool) is nn.MaxPool3d:
-        return [pool, nn.ReLU(inplace=True)]
-    return [nn.ReLU(inplace=True), pool]
 
 
 @dataclass
@@ -117,7 +104,7 @@ class AutoencoderClassifier3D(CryoGuardModel):
         for i, width in enumerate(p.conv_widths):
             pool = make_pool3d(2, 2, ceil_mode=True, drop_max=p.drop_max and i == 0)
             blocks.append(nn.Sequential(nn.Conv3d(prev, width, 3, padding=1),
-                                        *_relu_then_pool(pool)))
+                                        *relu_then_pool(pool)))
             prev = width
             sizes.append(-(-sizes[-1] // 2))
         self.encoder_blocks = nn.Sequential(*blocks)

@@ -17,7 +17,7 @@ from torch import nn
 
 from napari_cryoguard.errors import CryoGuardError
 
-__all__ = ["DropMax3d", "drop_max_pool3d", "make_pool3d"]
+__all__ = ["DropMax3d", "drop_max_pool3d", "make_pool3d", "relu_then_pool"]
 
 _IntOr3 = int | Sequence[int]
 
@@ -172,3 +172,16 @@ def make_pool3d(
     if drop_max:
         return DropMax3d(kernel_size, stride, ceil_mode=ceil_mode)
     return nn.MaxPool3d(kernel_size, stride, ceil_mode=ceil_mode)
+
+
+def relu_then_pool(pool: nn.Module) -> list[nn.Module]:
+    """``[ReLU, pool]`` for a drop-max pool, ``[pool, ReLU]`` for a max pool.
+
+    ReLU is monotonic, so ``maxpool(relu(x)) == relu(maxpool(x))`` exactly, with the same
+    input gradient (the same argmax wins; a non-positive maximum gets none either way);
+    after the pool the ReLU runs on 4-8x fewer voxels of the largest activation map.
+    DropMax3d (the second largest value) keeps the paper's order.
+    """
+    if type(pool) is nn.MaxPool3d:
+        return [pool, nn.ReLU(inplace=True)]
+    return [nn.ReLU(inplace=True), pool]

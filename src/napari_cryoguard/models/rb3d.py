@@ -40,7 +40,7 @@ from torch import nn
 from napari_cryoguard.checks import check_prob, check_widths
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.models.base import FeatureClassifier
-from napari_cryoguard.models.layers import make_pool3d
+from napari_cryoguard.models.layers import make_pool3d, relu_then_pool
 from napari_cryoguard.models.registry import register_model
 
 __all__ = ["RB3D", "RB3DParams", "BottleneckBlock3d", "RB3D_VARIANTS"]
@@ -140,19 +140,6 @@ class RB3DParams:
             )
 
 
-def _relu_then_pool(pool: nn.Module) -> list[nn.Module]:
-    """``[ReLU, pool]`` for a drop-max pool, ``[pool, ReLU]`` for a max pool.
-
-    ReLU is monotonic, so ``maxpool(relu(x)) == relu(maxpool(x))`` exactly, with the same
-    input gradient (the same argmax wins; a non-positive maximum gets none either way);
-    after the pool the ReLU runs on 4-8x fewer voxels of the largest activation map.
-    DropMax3d (the second largest value) keeps the paper's order.
-    """
-    if type(pool) is nn.MaxPool3d:
-        return [pool, nn.ReLU(inplace=True)]
-    return [nn.ReLU(inplace=True), pool]
-
-
 def _conv(cin: int, cout: int, k: int, stride: int, bn: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)]
     if bn:
@@ -237,7 +224,7 @@ class RB3D(FeatureClassifier):
         p: RB3DParams = self.params
         layers: list[nn.Module] = [
             nn.Conv3d(1, p.stem_width, 3, padding=1),
-            *_relu_then_pool(make_pool3d(2, 2, drop_max=p.drop_max)),
+            *relu_then_pool(make_pool3d(2, 2, drop_max=p.drop_max)),
         ]
         prev = p.stem_width
         for width, mid, stride in zip(
