@@ -62,3 +62,13 @@ def test_statements_of_section_3_1():
         for q in SNRS
     ]
     assert sum(d < 0.1 for d in diffs) >= 6
+
+
+def test_part_c_trains_with_rat_papers_absolute_budget():
+    """RAT section IV.B clips its training PGD to [-0.01, 0.01] on normalised data; 0.01 of
+    each sample's range (13x that here) collapsed RAT in the full run."""
+    from napari_cryoguard.evaluate.reproduction.part_c import training_attack
+
+    pgd = training_attack(10)
+    assert pgd["eps_unit"] == "normalized"
+    assert pgd["eps"] == 0.01 and pgd["steps"] == 10 and pgd["step_size"] == 0.001
