@@ -5,6 +5,8 @@ order, resumes finished ones from ``<out>/parts/<part>.json`` and writes
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 import json
 import shutil
 import time
@@ -18,6 +20,7 @@ from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.evaluate.inputs import sha
 from napari_cryoguard.evaluate.metrics import json_clean
 from napari_cryoguard.evaluate.report import write_json
+from napari_cryoguard.evaluate.reproduction import common, papers
 from napari_cryoguard.evaluate.reproduction.common import Context
 from napari_cryoguard.evaluate.reproduction.part_a import part_a
 from napari_cryoguard.evaluate.reproduction.part_b import part_b
@@ -31,6 +34,26 @@ from napari_cryoguard.evaluate.reproduction.sizes import FULL, QUICK
 PARTS = "abcde"
 
 _PART_FUNCS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}
+
+#: the version of a part's resume key; bump it when the key's recipe changes
+_KEY_VERSION = 3
+
+
+def code_key(func: Callable) -> str:
+    """A hash of the code a part's result depends on beyond its sizes: the source of the
+    module that defines the part function (its settings, e.g. part (c)'s training attack,
+    live there as code), of :mod:`.common` and of :mod:`.papers`.
+
+    A stored ``parts/<x>.json`` whose key differs is recomputed, so a changed setting in
+    a part's code is never answered with an older result. The part then reuses only the
+    checkpoints and attack cells whose own keys (which hash their settings) still match.
+    Changes elsewhere in the package (an attack's or a defense's implementation) are not
+    covered: use ``--no-resume`` after those.
+    """
+    h = hashlib.sha256()
+    for mod in (inspect.getmodule(func), common, papers):
+        h.update(inspect.getsource(mod).encode())
+    return h.hexdigest()
 
 
 def reproduce(
@@ -88,7 +111,7 @@ def reproduce(
     results: dict[str, Any] = {}
     timing: dict[str, float] = {}
     for p in wanted:
-        key = sha(p, sizes, seed, device, 2)
+        key = sha(p, sizes, seed, device, _KEY_VERSION, code_key(_PART_FUNCS[p]))
         path = out / "parts" / f"{p}.json"
         if resume and path.is_file():
             try:
