@@ -212,10 +212,16 @@ def test_copick_orientation_kept_and_bad_values_refused(tmp_path):
         ' "transformation_": [[0,-1,0,5],[1,0,0,0],[0,0,1,0],[0,0,0,1]]}]}'
     )
     picks = read_picks(p, voxel_size=10)
-    np.testing.assert_allclose(picks.coords, [[3.0, 2.0, 1.0]])
+    # copick's particle centre is location + the matrix's translation column (its
+    # docs/geometry.md 2.3; its RELION exporter adds it): x = 10 + 5 = 15 A, y = 20 A,
+    # z = 30 A, at 10 A per voxel ZYX (3.0, 2.0, 1.5); the rotation is not applied
+    np.testing.assert_allclose(picks.coords, [[3.0, 2.0, 1.5]])
     assert picks.features["copick_transformation"].shape == (1, 16)
     assert picks.tomo_names is None and picks.scores.tolist() == [0.5]
-    assert _has_note(picks, "translation")
+    assert _has_note(picks, "translation", "added to location")
+    raw = read_picks(p, voxel_size=10, apply_shifts=False)
+    np.testing.assert_allclose(raw.coords, [[3.0, 2.0, 1.0]])
+    assert _has_note(raw, "translation", "not applied")
     p.write_text(
         '{"pickable_object_name": "a", "points": [{"location": {"x": "1", "y": 2, "z": 3}}]}'
     )

@@ -30,10 +30,18 @@ Conventions implemented here:
   ``tomograms=`` whose OME-Zarr level has a ``translation`` gets the picks at
   ``(location - translation) / voxel size`` (:meth:`~napari_cryoguard.io.Picks.on_tomogram`
   does the same later for picks read without it), with a note.
-* ``transformation_`` is the orientation of the object; it is not applied to the
-  position. When some point's matrix is not the identity the 16 matrix values are kept
-  as the feature ``copick_transformation`` (N, 16), and a non-zero translation part is
-  named in a note.
+* ``transformation_`` (row-major 4x4, object space -> tomogram space) holds the
+  orientation ``R = T[:3, :3]`` and a translation ``t = T[:3, 3]`` in Angstrom. copick's
+  own convention (its ``docs/geometry.md``, section 2.3 "Relationship Between Position
+  and Transform", commit 369fb631) is that the particle centre is ``location + t`` (the
+  translation carries refined shifts, e.g. Dynamo's ``dx dy dz`` that copick's
+  ``dynamo_to_copick_transform`` stores there), and copick's RELION exporter
+  (``copick/util/relion.py``, ``picks_to_df_relion``, commit eaa2ec68) writes
+  ``points += transforms[:, :3, 3]``. This reader does the same: the voxel position is
+  ``(location + t) / voxel size``, with a note naming how many points were shifted;
+  ``apply_shifts=False`` keeps ``location`` alone. The rotation is never applied to the
+  position: when some point's matrix is not the identity the 16 values (as in the file)
+  are kept as the feature ``copick_transformation`` (N, 16).
 * The object name is the class (``class_names = [pickable_object_name]``, labels 0);
   ``run_name`` fills ``tomo_names`` (when it is null, as in files the CryoET Data
   Portal ingests, and the file lies in a copick project at
@@ -154,7 +162,7 @@ def _project_spacings(path: Path) -> list[float]:
 
 
 def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
-                      tomograms: Any = None) -> Picks:
+                      tomograms: Any = None, apply_shifts: bool = True) -> Picks:
     """Read a copick picks JSON file (Angstrom) as voxel picks.
 
     Parameters
@@ -166,6 +174,10 @@ def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
         tomogram file; other values are not used), else to the file's
         ``voxel_spacing`` (one of them is required). A tomogram's OME-Zarr translation
         is applied.
+    apply_shifts : bool
+        Add the translation column of each ``transformation_`` (Angstrom) to its
+        ``location``, copick's convention for the particle centre (default); False
+        reads ``location`` alone.
 
     Returns
     -------
@@ -240,26 +252,34 @@ def read_copick_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
         tomo_names = np.concatenate(
             [np.full(len(o["xyz"]), o["run"] or "", dtype=object) for o in objs]
         ).astype(str)
+    features: dict[str, np.ndarray] = {"instance_id": inst}
+    not_identity = ~np.isclose(mats, _IDENTITY).all(axis=1)
+    shift = mats[:, [3, 7, 11]]
+    shifted = np.abs(shift).max(axis=1) > 0 if len(mats) else np.zeros(0, bool)
+    if not_identity.any():
+        features["copick_transformation"] = mats
+        notes.append(
+            f"{path.name}: {int(not_identity.sum())} point(s) carry an orientation "
+            "(transformation_); kept as feature copick_transformation (row-major 4x4); the "
+            "rotation is not applied to the positions"
+        )
+    if shifted.any() and apply_shifts:
+        xyz = xyz + shift
+        notes.append(
+            f"{path.name}: {int(shifted.sum())} transformation(s) have a translation part; "
+            "added to location (copick's particle centre is location + translation, in "
+            "Angstrom); apply_shifts=False reads location alone"
+        )
+    elif shifted.any():
+        notes.append(
+            f"{path.name}: {int(shifted.sum())} transformation(s) have a translation part; "
+            "not applied (apply_shifts=False): positions are the 'location' values only"
+        )
     coords = xyz[:, ::-1] / voxel_size
     notes.append(
         f"{path.name}: copick locations in Angstrom divided by {voxel_size:g} A per voxel "
         "(x, y, z -> z, y, x voxel indices)"
     )
-    features: dict[str, np.ndarray] = {"instance_id": inst}
-    not_identity = ~np.isclose(mats, _IDENTITY).all(axis=1)
-    if not_identity.any():
-        features["copick_transformation"] = mats
-        notes.append(
-            f"{path.name}: {int(not_identity.sum())} point(s) carry an orientation "
-            "(transformation_); kept as feature copick_transformation (row-major 4x4), not "
-            "applied to the positions"
-        )
-        shifted = np.abs(mats[:, [3, 7, 11]]).max(axis=1) > 0
-        if shifted.any():
-            notes.append(
-                f"{path.name}: {int(shifted.sum())} transformation(s) have a translation part; "
-                "positions are the 'location' values only"
-            )
     picks = Picks(coords=coords, scores=scores, labels=labels, class_names=class_names,
                   tomo_names=tomo_names, features=features, voxel_size=voxel_size,
                   notes=notes, origin_zyx=(0.0, 0.0, 0.0))
