@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="which parts to run, letters from 'abcde' (default: all), e.g. --parts c",
     )
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RUN",
+        default=None,
+        help="instead of running: put the claims of two or more finished runs that differ "
+        "only in --seed side by side (each seed's verdict and a count), written to "
+        "<out>/seeds.md, seeds.html and seeds.json",
+    )
     add_run_options(
         p,
         device="cpu",
@@ -69,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quiet:
             print(f"[{ev['part']}] {ev['message']}", file=sys.stderr, flush=True)
 
+    if args.combine is not None:
+        return _combine(args)
     try:
         set_threads(args.threads)
         from napari_cryoguard.evaluate.reproduction import PARTS, reproduce
@@ -103,4 +114,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - t0, 2),
         }
         print(json.dumps(json_clean(summary)), flush=True)
+    return 0
+
+
+def _combine(args: argparse.Namespace) -> int:
+    """``--combine``: the seeds' claims side by side (no training, no torch)."""
+    from napari_cryoguard.evaluate.reproduction.seeds import combine_seeds
+
+    try:
+        res = combine_seeds(args.combine, args.out)
+    except CryoGuardError as exc:
+        return fail("reproduce", exc, args.json)
+    out = Path(args.out)
+    if not args.quiet:
+        print(f"seeds {res['seeds']}: {out / 'seeds.md'}", file=sys.stderr, flush=True)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "command": "reproduce",
+                    "ok": True,
+                    "seeds": res["seeds"],
+                    "parts": list(res["parts"]),
+                    "report": str(out / "seeds.md"),
+                }
+            ),
+            flush=True,
+        )
     return 0

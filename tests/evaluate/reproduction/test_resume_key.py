@@ -9,7 +9,7 @@ import sys
 
 from napari_cryoguard.evaluate.reproduction import driver
 
-PART = '''
+PART = """
 CALLS = []
 SETTING = {setting!r}
 
@@ -22,7 +22,7 @@ def part_fake(ctx):
         "claims": [],
         "collapse": {{}},
     }}
-'''
+"""
 
 
 def _load(tmp_path, name, setting):
