@@ -175,3 +175,65 @@ def test_evaluation_features_at_the_largest_budget():
     np.testing.assert_array_equal(feats["robust_pgd"].to_numpy(), [0, np.nan, 0, np.nan, 1])
     assert "robust_deepfool" not in feats
     assert evaluation_features(pd.DataFrame(), 0, {"models": {}}, []) is None
+
+
+def test_picks_for_image_places_picks_through_world_coordinates():
+    """An OME-Zarr pyramid: level 0 at 7.5 A (translate 0), level 1 at 15 A translated by
+    3.75 A (half a level-0 voxel, as ome-zarr-py writes binned levels). Picks made on one
+    level are cut at the same place in Angstrom on the other."""
+    bright = np.array([(4, 6, 8), (10, 16, 20), (12, 8, 26)], dtype=float)
+    on1 = picks_for_image(bright, image_name="TS", image_voxel_size=15.0,
+                          metadata={"voxel_size": 7.5}, translate=(0.0, 0.0, 0.0),
+                          image_translate=(3.75, 3.75, 3.75))
+    # by hand: (4 * 7.5 - 3.75) / 15 = 1.75, (6 * 7.5 - 3.75) / 15 = 2.75, ...
+    np.testing.assert_allclose(on1["coords"][0], [1.75, 2.75, 3.75])
+    np.testing.assert_allclose(on1["coords"], (bright * 7.5 - 3.75) / 15.0)
+    assert any("3.75" in n and "translation" in n for n in on1["notes"])
+    back = picks_for_image(on1["coords"], image_name="TS", image_voxel_size=7.5,
+                           metadata={"voxel_size": 15.0}, translate=(0, 0, 3.75, 3.75, 3.75),
+                           image_translate=np.zeros(3))
+    np.testing.assert_allclose(back["coords"], bright)
+    # one translate unknown: the coordinates index the image's array (scaled only)
+    plain = picks_for_image(bright, image_name="TS", image_voxel_size=15.0,
+                            metadata={"voxel_size": 7.5}, translate=(0, 0, 0))
+    np.testing.assert_allclose(plain["coords"], bright / 2)
+    # equal translates: nothing moves, nothing said about a translation
+    same = picks_for_image(bright, image_name="TS", image_voxel_size=7.5,
+                           translate=(3.75,) * 3, image_translate=(3.75,) * 3)
+    np.testing.assert_allclose(same["coords"], bright)
+    assert not any("translation" in n for n in same["notes"])
+    with pytest.raises(CryoGuardError, match="translate"):
+        picks_for_image(bright, image_name="TS", image_voxel_size=7.5,
+                        translate=(np.nan, 0, 0), image_translate=(0, 0, 0))
+
+
+def test_layer_picks_reads_both_layers_translate():
+    from napari_cryoguard.layerdata import layer_picks
+
+    picks_layer = SimpleNamespace(
+        data=np.array([[1.75, 2.75, 3.75], [5.0, 5.0, 5.0]]), name="picks",
+        features=pd.DataFrame({"tomo_name": ["TS", "other"]}),
+        metadata={"voxel_size": 15.0}, translate=np.array([3.75, 3.75, 3.75]))
+    image = SimpleNamespace(name="TS.zarr", translate=np.zeros(3))
+    out = layer_picks(picks_layer, image, image_voxel_size=7.5)
+    assert out["rows"].tolist() == [0]
+    np.testing.assert_allclose(out["coords"], [[4.0, 6.0, 8.0]])
+
+
+def test_particle_for_model_moves_a_pick_by_the_layers_translate_difference(tiny_checkpoint):
+    from napari_cryoguard.classify import load_model
+    from napari_cryoguard.layerdata import particle_for_model
+
+    loaded = load_model(tiny_checkpoint, device="cpu")
+    vs = loaded.voxel_size or 10.0
+    volume = np.random.default_rng(3).normal(size=(40, 40, 40)).astype(np.float32)
+    volume[18, 19, 20] = 50.0
+    direct = particle_for_model({**particle_source(0, points=np.array([[18.0, 19.0, 20.0]]),
+                                                   volume=volume), "voxel_size": vs}, loaded)
+    # picks layer translated by (1, 0, -2) voxels relative to the image
+    notes: list[str] = []
+    src = particle_source(0, points=np.array([[17.0, 19.0, 22.0]]), volume=volume)
+    src.update(scale=1.0, voxel_size=vs, translate=(vs, 0.0, -2 * vs), image_translate=(0, 0, 0))
+    moved = particle_for_model(src, loaded, notes)
+    np.testing.assert_allclose(moved, direct)
+    assert any("moved the pick by 1, 0, -2 voxels" in n for n in notes)

@@ -32,6 +32,7 @@ __all__ = [
     "extraction_size",
     "label_names",
     "labelled_dataset",
+    "layer_picks",
     "margin_features",
     "particle_cube",
     "particle_for_model",
@@ -139,8 +140,20 @@ def labelled_dataset(volumes, index, labels: Labels, *, coords=None, voxel_size:
 # ---------------------------------------------------------------------- picks
 
 
+def _zyx3(value, what: str) -> tuple[float, float, float] | None:
+    """The last three entries of a layer's ``translate`` (Angstrom, ZYX), or None."""
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=float).reshape(-1)
+    if arr.size < 3 or not np.all(np.isfinite(arr[-3:])):
+        raise CryoGuardError(f"{what} must end in 3 finite numbers (z, y, x in Angstrom), "
+                             f"got {value!r}")
+    return tuple(float(v) for v in arr[-3:])
+
+
 def picks_for_image(points, *, image_name: str, image_voxel_size: float, features=None,
-                    metadata: dict | None = None, layer_name: str = "picks") -> dict:
+                    metadata: dict | None = None, layer_name: str = "picks",
+                    translate=None, image_translate=None) -> dict:
     """The picks (``points``, ZYX voxels of their own layer) that belong to one tomogram,
     in its voxels.
 
@@ -148,6 +161,17 @@ def picks_for_image(points, *, image_name: str, image_voxel_size: float, feature
     ``metadata["tomo_name"]``) with :meth:`~napari_cryoguard.io.Picks.for_tomogram`, and
     converted from ``metadata["voxel_size"]`` to ``image_voxel_size`` with
     :meth:`~napari_cryoguard.io.Picks.at_voxel_size`.
+
+    ``translate`` and ``image_translate`` are the picks layer's and the image layer's
+    ``translate`` (Angstrom, ZYX; an OME-Zarr level's translation, which the readers
+    and :func:`~napari_cryoguard._napari._picks.set_picks_layer` give the layers). When
+    both are given the conversion goes through world coordinates, the place napari
+    draws each point: a point at ``c`` of a layer at ``v`` Angstrom translated by ``t``
+    lies at ``c * v + t`` Angstrom, i.e. at voxel ``(c * v + t - t_image) / w`` of an
+    image at ``w`` Angstrom (a note says so when ``t != t_image``). So picks made or
+    opened over one level of an OME-Zarr pyramid are cut at the same place from a level
+    translated by half a voxel. Without them (either ``None``) no shift is applied: the
+    coordinates are taken to index the image's array (scaled by the voxel sizes).
 
     Returns
     -------
@@ -166,14 +190,32 @@ def picks_for_image(points, *, image_name: str, image_voxel_size: float, feature
         names = np.asarray(features["tomo_name"]).astype(str)
     elif meta.get("tomo_name"):
         names = np.array([str(meta["tomo_name"])] * n)
+    where = f"the {layer_name!r} layer"
+    own = _zyx3(translate, f"{where}'s translate")
+    target = _zyx3(image_translate, f"image {image_name!r}'s translate")
+    if own is None or target is None:
+        own = target = None
     picks = Picks(coords=data, tomo_names=names, features={"_row": np.arange(n)},
                   voxel_size=float(meta.get("voxel_size", image_voxel_size)),
-                  notes=[str(x) for x in meta.get("notes", [])])
-    where = f"the {layer_name!r} layer"
-    picks = picks.for_tomogram(image_name, source=where).at_voxel_size(image_voxel_size,
-                                                                     source=where)
+                  notes=[str(x) for x in meta.get("notes", [])], origin_zyx=own)
+    picks = picks.for_tomogram(image_name, source=where).at_voxel_size(
+        image_voxel_size, source=where, origin_zyx=target)
     return {"coords": picks.coords, "rows": np.asarray(picks.features["_row"], dtype=np.int64),
             "notes": list(picks.notes), "voxel_size": float(image_voxel_size)}
+
+
+def layer_picks(picks_layer, image_layer, *, image_voxel_size: float) -> dict:
+    """:func:`picks_for_image` of a picks Points layer over an image layer (any objects
+    with napari's ``data``, ``name``, ``features``, ``metadata`` and ``translate``):
+    the rows of the image's tomogram, in its voxels, placed through world coordinates
+    (both layers' ``translate``). ``image_voxel_size`` is the image's (Angstrom)."""
+    return picks_for_image(picks_layer.data, image_name=image_layer.name,
+                           image_voxel_size=image_voxel_size,
+                           features=getattr(picks_layer, "features", None),
+                           metadata=getattr(picks_layer, "metadata", None),
+                           layer_name=picks_layer.name,
+                           translate=getattr(picks_layer, "translate", None),
+                           image_translate=getattr(image_layer, "translate", None))
 
 
 # ---------------------------------------------------------------------- one particle
@@ -247,7 +289,9 @@ def particle_for_model(source: dict, loaded, notes: list[str] | None = None) -> 
     field of view, resampled to its voxel size and cube when they differ.
 
     ``source`` is :func:`particle_source`'s, with ``scale`` (picks voxels -> image
-    voxels) and ``voxel_size`` (the image's) when known.
+    voxels) and ``voxel_size`` (the image's) when known, and ``translate`` /
+    ``image_translate`` (the two layers' translate, Angstrom ZYX) when known: the pick
+    is then placed through world coordinates as in :func:`picks_for_image`.
     """
     from napari_cryoguard.classify import prepare_volumes
 
@@ -258,6 +302,17 @@ def particle_for_model(source: dict, loaded, notes: list[str] | None = None) -> 
         if notes is not None:
             notes.append(f"converted the pick from the picks layer's voxels to the image's "
                          f"(x {scale:g})")
+    own = _zyx3(src.get("translate"), "the picks layer's translate")
+    target = _zyx3(src.get("image_translate"), "the image's translate")
+    vs0 = src.get("voxel_size")
+    if src.get("center") is not None and own is not None and target is not None and vs0:
+        shift = (np.asarray(own) - np.asarray(target)) / float(vs0)
+        if np.abs(shift).max() > 1e-9:
+            src["center"] = np.asarray(src["center"], dtype=float) + shift
+            if notes is not None:
+                notes.append("moved the pick by " + ", ".join(f"{v:g}" for v in shift)
+                             + " voxels (z, y, x): the picks layer and the image have "
+                             "different translates (OME-Zarr levels)")
     vs = src.get("voxel_size")
     vol = particle_cube(src, extraction_size(loaded, vs))
     return prepare_volumes(loaded, vol[None], True, voxel_size=vs, notes=notes)[0]
