@@ -21,9 +21,17 @@ that cannot be read alone is read again with the open tomograms' shapes and voxe
 as ``tomograms=`` (what RELION 5 centred coordinates need) and the active tomogram's
 voxel size as ``voxel_size=`` (what copick's Angstrom coordinates need); with no
 tomogram open, Angstrom files are shown at 1 Angstrom voxels (world units stay Angstrom),
-with a note. A file of several tomograms with no matching
-open tomogram gives one layer per tomogram, ``<file stem> <tomogram>`` (never mixed in
-one layer), and a notification saying so.
+with a note.
+
+A file of several tomograms never mixes them. When an open image layer's name matches
+some of them (:func:`~napari_cryoguard.io.tomo_key`: ``TS_01`` = ``TS_01.mrc`` =
+``TS_01.tomostar``), only those tomograms' rows are opened, on their images, and the
+others are left out (a note says how many rows were used). When none matches, there is
+one Points layer per tomogram, ``<file stem> <tomogram>``, each with only its rows: with
+image layers open they are all added **hidden** and a warning notification names the
+file's tomograms and the open image layers (a modal "which tomogram?" dialog is not
+used: it could not be answered in scripts or headless sessions); with no image open,
+only the first tomogram's layer is shown, with a note.
 
 Errors come first, in the plugin's own words. napari 0.9 wraps any exception a reader
 function raises in a ``ReaderPluginError`` whose message starts "Tried opening with
@@ -53,6 +61,10 @@ from napari_cryoguard.io.mrc import OMEZARR_SUFFIXES
 
 #: what a reader returns to say "read, on purpose no layers" (npe2 / napari convention)
 NO_LAYERS = [(None,)]
+
+
+class TomogramWarning(str):
+    """A message of :func:`_picks_layers` shown as a warning (not an info) notification."""
 
 PICK_FILE_SUFFIXES: tuple[str, ...] = (
     ".star", ".csv", ".tsv", ".tbl", ".mod", ".cbox", ".coords", ".json",
@@ -269,19 +281,32 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
         layers.append(layer)
         messages.extend(part.notes)
     elif len(names) > 1:
-        for tomo in names:
+        # several tomograms, none open: one layer each, never mixed, never silently drawn
+        # over an unrelated tomogram (a modal "which tomogram?" dialog cannot be answered
+        # in scripts or headless tests: the layers are opened hidden and a warning names
+        # both sides, so the user shows the right one or opens its tomogram)
+        for i, tomo in enumerate(names):
             part = picks.for_tomogram(tomo, source=path.name)
-            layers.append(picks_layer_data(part, f"{stem} {tomo}", source=path, tomo_name=tomo,
-                                           voxel_size=part.voxel_size,
-                                           translate=part.origin_zyx))
+            layer = picks_layer_data(part, f"{stem} {tomo}", source=path, tomo_name=tomo,
+                                     voxel_size=part.voxel_size, translate=part.origin_zyx)
+            layer[1]["visible"] = not images and i == 0
+            layers.append(layer)
         messages.extend(picks.notes)
-        opened = ", ".join(repr(i.name) for i in images) or "none"
-        messages.append(
-            f"{path.name} holds picks of {len(names)} tomograms "
-            f"({', '.join(repr(n) for n in names)}) and none matches an open tomogram "
-            f"(open: {opened}); opened one Points layer per tomogram at "
-            f"{picks.voxel_size:g} Angstrom voxels"
-        )
+        listed = ", ".join(repr(n) for n in names)
+        if images:
+            opened = ", ".join(repr(i.name) for i in images)
+            messages.append(TomogramWarning(
+                f"{path.name} holds picks of {len(names)} tomograms ({listed}) and none "
+                f"matches an open image layer ({opened}); opened one Points layer per "
+                f"tomogram at {picks.voxel_size:g} Angstrom voxels, all hidden so that no "
+                "tomogram's picks are drawn over another tomogram: open the matching "
+                "tomogram (or rename its layer) and open the file again, or show a layer"))
+        else:
+            messages.append(
+                f"{path.name} holds picks of {len(names)} tomograms ({listed}) and no "
+                f"tomogram is open; opened one Points layer per tomogram at "
+                f"{picks.voxel_size:g} Angstrom voxels, only {names[0]!r} shown (the others "
+                "hidden, so that tomograms are not mixed)")
     else:
         tomo = names[0] if names else ""
         layers.append(picks_layer_data(picks, stem, source=path, tomo_name=tomo,
@@ -298,7 +323,7 @@ def read_picks_layers(path, **_) -> list[tuple]:
     sentence and adds no layer; the readers' notes are an info notification.
     """
     import napari
-    from napari.utils.notifications import show_error, show_info
+    from napari.utils.notifications import show_error, show_info, show_warning
 
     from napari_cryoguard.errors import CryoGuardError
 
@@ -312,6 +337,9 @@ def read_picks_layers(path, **_) -> list[tuple]:
             show_error(str(exc))
             continue
         layers.extend(found)
-        if messages:
-            show_info(" ".join(dict.fromkeys(messages)))
+        for warning in dict.fromkeys(m for m in messages if isinstance(m, TomogramWarning)):
+            show_warning(str(warning))
+        infos = [m for m in messages if not isinstance(m, TomogramWarning)]
+        if infos:
+            show_info(" ".join(dict.fromkeys(infos)))
     return layers or NO_LAYERS
