@@ -54,6 +54,9 @@ def main(argv=None) -> int:
                         help="print each Qt-thread layer step and canvas draw slower than MS")
     parser.add_argument("--stacks", type=float, default=0.0, metavar="MS",
                         help="dump the threads' stacks whenever the loop stalls this long")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="MS",
+                        help="sample the main thread's stack every 2 ms; print what ran in "
+                             "each event-loop turn longer than MS")
     args = parser.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-gui-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
         return not (getattr(w, "_busy", False) or getattr(w, "_applying", False))
 
     def measure(step: str, action, done, timeout: float = 600.0) -> None:
-        with StallMeter() as meter, _Watchdog(out, step, args.stacks), _GcPauses() as gcp:
+        with StallMeter() as meter, _Watchdog(out, step, args.stacks), _GcPauses() as gcp, \
+                _TurnProfiler(step, args.profile):
             t0 = time.perf_counter()
             action()
             wait_until(done, timeout=timeout)
@@ -247,6 +251,105 @@ class _GcPauses:
         import gc
 
         gc.callbacks.remove(self._cb)
+
+
+class _TurnProfiler:
+    """What the main thread ran in each long turn of the event loop (``ms`` 0: off).
+
+    A thread samples the main thread's Python stack every 2 ms (``sys._current_frames``;
+    the switch interval is lowered to 1 ms so that it gets the GIL while the main thread
+    runs Python) and a 10 ms QTimer marks the turns. On exit, for each gap between ticks
+    longer than ``ms``: its start and length (``time.perf_counter``, i.e. CLOCK_MONOTONIC,
+    to match a ``perf record -k CLOCK_MONOTONIC``) and its samples grouped by stack, each
+    stack as its innermost frames of the plugin, napari, vispy and Qt (a stack ending in
+    napari's ``event`` or the probe's ``pump`` is C++ work inside Qt: painting, layout).
+    """
+
+    SAMPLE_S = 0.002
+
+    def __init__(self, step: str, ms: float) -> None:
+        self.step, self.ms = step, ms
+
+    def __enter__(self):
+        if self.ms <= 0:
+            return self
+        import threading
+
+        from qtpy.QtCore import QTimer
+
+        self._main = threading.main_thread().ident
+        self._samples: list = []
+        self._ticks = [time.perf_counter()]
+        self._stop = threading.Event()
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(0.001)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(lambda: self._ticks.append(time.perf_counter()))
+        self._timer.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            frame = sys._current_frames().get(self._main)
+            stack = []
+            while frame is not None:
+                code = frame.f_code
+                name = code.co_name
+                if name == "draw" and code.co_filename.endswith("visuals/visual.py"):
+                    # which visual: its class (read from the frame, as a debugger does)
+                    name = f"draw {type(frame.f_locals.get('self')).__name__}"
+                stack.append((code.co_filename, frame.f_lineno, name))
+                frame = frame.f_back
+            self._samples.append((time.perf_counter(), stack))
+            time.sleep(self.SAMPLE_S)
+
+    @staticmethod
+    def _kind(stack) -> str:
+        """What a sample was doing, coarsely: one of the plugin's Qt-thread steps (its
+        innermost plugin frame), the canvas drawing (the visual being drawn), Qt's own
+        C++ work (no Python frame below the event loop), or the innermost napari frame."""
+        inner = None
+        for filename, line, name in stack:  # innermost first
+            if "napari_cryoguard" in filename and inner is None:
+                inner = f"{filename.rsplit('/', 1)[-1]}:{line} {name}"
+            if name in ("paintGL", "on_draw", "_draw_scene"):
+                visual = next((n for f, _, n in stack if n.startswith("draw ")), "")
+                return f"canvas draw {visual}".strip()
+        if inner and not inner.endswith((" pump", " wait_until")):
+            return f"plugin {inner}"
+        for filename, line, name in stack:
+            if "bench_gui" in filename or "/_probe.py" in filename:
+                break
+            if "site-packages/" in filename:
+                short = filename.split("site-packages/")[-1]
+                if short == "napari/_qt/qt_main_window.py" and name == "event":
+                    continue
+                return f"{short}:{line} {name}"
+        return "Qt C++ (no Python frame below the loop: painting, layout)"
+
+    def __exit__(self, *exc) -> None:
+        if self.ms <= 0:
+            return
+        from collections import Counter
+
+        self._timer.stop()
+        self._ticks.append(time.perf_counter())
+        self._stop.set()
+        self._thread.join()
+        sys.setswitchinterval(self._switch)
+        ticks, samples = self._ticks, self._samples
+        for a, b in zip(ticks[:-1], ticks[1:], strict=True):
+            gap = 1000.0 * (b - a)
+            if gap <= self.ms:
+                continue
+            inside = [s for t, s in samples if a <= t <= b]
+            per = gap / max(len(inside), 1)
+            print(f"  [{self.step}] turn {gap:6.1f} ms at t={a:.4f}:")
+            for kind, n in Counter(self._kind(s) for s in inside).most_common(7):
+                print(f"      {n * per:5.0f} ms  {kind}")
 
 
 class _Watchdog:
