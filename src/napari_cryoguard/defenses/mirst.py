@@ -34,26 +34,65 @@ does not print the training step ``gamma``: its attacks use 0.001, with which 10
 could not leave a 0.01-ball, so we use 0.002 (our choice) to let the last instance reach
 the eps boundary. The drop-max layer ("DM") is a model parameter (``drop_max=True``);
 SimCLR pre-training is the ``simclr`` defense. Instances are generated in eval mode (see
-:mod:`napari_cryoguard.defenses.at`).
+:mod:`napari_cryoguard.defenses.at`); the paper does not say which mode its PGD runs in.
+
+Cost, and the one exact saving (``fuse``)
+-----------------------------------------
+Eq. (2) scores ``m + 1`` batches (the clean one and ``m`` instances: 5N for MIRST) in the
+training forward pass, in the mode the trainer set (train mode), on top of the ``T``
+forward + backward passes of the PGD run (eval mode). At most ``T + m + 1`` standard
+passes, not the ``T + 1`` of single-instance adversarial training. The weight gradient
+of the instance terms can *not* be taken from the PGD passes at those iterates: on a
+model with dropout (CB3D's and RB3D's ``nn.Dropout`` layers) Eq. (2)'s terms are
+``CE(f_train(x_bar_j), y)`` with random dropout masks and the 1/(1-p) scaling, while
+PGD differentiates ``CE(f_eval(x_bar_j), y)`` (no dropout); their gradients differ at
+every layer below the dropout, and batch norm differs the same way (batch statistics,
+running-statistics update). Only the computation *before* the first layer whose
+behaviour depends on the mode is shared: the *trunk* (CB3D: every convolution, pool and
+the first fully connected layer with its ReLU; a model with no mode-dependent layer, or
+one already in eval mode: all of it). With ``fuse=True`` (default) the PGD run keeps the
+trunk's graph at the clean batch and at each instance it visits (iterates after fewer
+than ``T`` steps; the clean batch when there is no random start), and the training pass
+runs only the trunk of the points PGD did not visit (the last instance, after ``T``
+steps) and the head, once, on all ``(m + 1) N`` trunk outputs, in train mode: the same
+function, the same dropout draws (one call on the same (m + 1) N rows) and the same
+weight gradient as the separate pass, up to float rounding, with ``m`` fewer trunk
+forward passes (``T + 1`` forward and ``T + m + 1`` backward passes per batch). Not
+fused (the separate pass, exactly as without it): under DistributedDataParallel (which
+synchronises only the gradients of work done through its own forward), or a model that
+is not a :class:`~napari_cryoguard.models.base.FeatureClassifier` with a mode-dependent
+layer in train mode.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from napari_cryoguard.attacks import ops
+from napari_cryoguard.attacks.units import check_eps_unit, range_coordinates
 from napari_cryoguard.checks import check_number
 from napari_cryoguard.defenses.at import (
     InnerMaxParams,
+    Objective,
     adversarial_ce_objective,
     attack_mode,
     masked_accuracy,
     pgd_trajectory,
     random_start,
 )
-from napari_cryoguard.defenses.base import Batch, Defense, masked_cross_entropy, register_defense
+from napari_cryoguard.defenses.base import (
+    Batch,
+    Defense,
+    ModelHandle,
+    masked_cross_entropy,
+    register_defense,
+    unwrap,
+)
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.registry import number
 
@@ -63,6 +102,7 @@ __all__ = [
     "MIRSTParams",
     "RSTParams",
     "mirst_loss",
+    "mode_dependent",
     "multi_instance_loss",
     "rst_loss",
 ]
@@ -83,12 +123,23 @@ class RSTParams(InnerMaxParams):
         Weight of the adversarial loss: 1.0 (section 4.1).
     random_start
         Eq. (3) starts at the clean image: False.
+    fuse
+        Reuse the PGD run's forward passes of the model's mode-independent trunk at the
+        clean batch and the instances it visits, instead of a second forward pass over
+        them (the same loss and gradient up to float rounding; see the module
+        docstring): True. False: always the separate training pass.
     """
 
     eps: float = number(_EPS_5_255, help="L-inf budget (MIRST-DM 4.1: 5/255)")
     step_size: float = number(0.002, help="PGD step gamma of Eq. (3): 0.002")
     alpha: float = number(1.0)
     random_start: bool = False
+    fuse: bool = field(
+        default=True,
+        metadata={
+            "help": "reuse the PGD passes' trunk forward at the instances (exact up to rounding)"
+        },
+    )
 
     def instances(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
         """(weights, step counts) of the adversarial instances: RST's one, the last iterate."""
@@ -139,14 +190,289 @@ class MIRSTParams(RSTParams):
             return tuple(min(3 * j, self.steps) for j in range(1, m + 1))
         steps = tuple(self.instance_steps)
         if len(steps) != m:
-            raise CryoGuardError(
-                f"instance_steps needs {m} values (one per weight), got {steps!r}"
-            )
+            raise CryoGuardError(f"instance_steps needs {m} values (one per weight), got {steps!r}")
         if any(s < 0 or s > self.steps for s in steps) or list(steps) != sorted(steps):
             raise CryoGuardError(
                 f"instance_steps must be non-decreasing in [0, steps={self.steps}], got {steps!r}"
             )
         return steps
+
+
+# --------------------------------------------------------------------------- the trunk
+
+#: torch.nn layer modules that compute the same in train and eval mode (the others, and
+#: dropout with p > 0, batch norm, instance norm with running statistics, RReLU, count
+#: as mode-dependent)
+_MODE_FREE_TORCH = (
+    "torch.nn.modules.activation",
+    "torch.nn.modules.container",
+    "torch.nn.modules.conv",
+    "torch.nn.modules.flatten",
+    "torch.nn.modules.linear",
+    "torch.nn.modules.normalization",
+    "torch.nn.modules.padding",
+    "torch.nn.modules.pixelshuffle",
+    "torch.nn.modules.pooling",
+    "torch.nn.modules.upsampling",
+)
+#: words in a custom module's ``forward`` source that make it count as mode-dependent
+_MODE_WORDS = ("training", "dropout", "rand", "bernoulli", "normal_")
+
+
+def _forward_is_mode_free(cls: type) -> bool:
+    for klass in cls.__mro__:
+        if "forward" not in vars(klass) or klass.__module__.startswith("torch."):
+            continue
+        try:
+            src = inspect.getsource(vars(klass)["forward"])
+        except (OSError, TypeError):
+            return False
+        if any(w in src for w in _MODE_WORDS):
+            return False
+    return True
+
+
+def mode_dependent(module: nn.Module) -> bool:
+    """Whether ``module``, in its current modes, may compute something else than in eval
+    mode (or draw random numbers): a submodule in train mode that is dropout with
+    ``p > 0``, batch norm, instance norm with running statistics, RReLU or another torch
+    layer outside the known mode-free families, or a custom module whose ``forward``
+    mentions ``training``, dropout or random draws. Conservative: False is a guarantee
+    for every torch layer, a source check for custom modules."""
+    for m in module.modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            if m.p > 0:
+                return True
+            continue
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+            if m.track_running_stats:
+                return True
+            continue
+        cls = type(m)
+        if cls.__module__.startswith("torch."):
+            if cls.__module__ not in _MODE_FREE_TORCH or isinstance(
+                m, (nn.RReLU, nn.MultiheadAttention)
+            ):
+                return True
+            continue
+        if not _forward_is_mode_free(cls):
+            return True
+    return False
+
+
+def _run(layers: Sequence[Callable[[torch.Tensor], torch.Tensor]], h: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        h = layer(h)
+    return h
+
+
+def _flatten(h: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(h, 1)
+
+
+def trunk_and_head(
+    plain: nn.Module,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None:
+    """``(trunk, head)`` with ``plain(x) == head(trunk(x))`` and ``trunk`` computing the
+    same in the model's current modes as in eval mode; None when no such split with a
+    non-empty trunk is known. A model with no mode-dependent layer (or in eval mode) is
+    all trunk; a :class:`~napari_cryoguard.models.base.FeatureClassifier` (``features``,
+    flatten, ``classifier``) is cut before its first mode-dependent layer."""
+    from napari_cryoguard.models.base import FeatureClassifier
+
+    if not mode_dependent(plain):
+        return plain, _identity
+    if not (
+        isinstance(plain, FeatureClassifier)
+        and type(plain).forward is FeatureClassifier.forward
+        and isinstance(getattr(plain, "features", None), nn.Sequential)
+        and isinstance(getattr(plain, "classifier", None), nn.Sequential)
+    ):
+        return None
+    seq: list[Callable[[torch.Tensor], torch.Tensor]] = [
+        *plain.features,
+        _flatten,
+        *plain.classifier,
+    ]
+    k = next(i for i, m in enumerate(seq) if isinstance(m, nn.Module) and mode_dependent(m))
+    if k == 0:
+        return None
+    first, rest = seq[:k], seq[k:]
+
+    def trunk(x: torch.Tensor) -> torch.Tensor:
+        plain.check_input(x)  # type: ignore[operator]
+        return _run(first, x)
+
+    return trunk, lambda h: _run(rest, h)
+
+
+def _identity(h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+def _distributed(model: nn.Module) -> bool:
+    """Whether ``model`` (a handle, DDP or dispatch wrapper) runs through DDP."""
+    for _ in range(8):
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return True
+        if isinstance(model, ModelHandle):
+            model = model.engine
+        elif hasattr(model, "inner") and not isinstance(model.inner, torch.Tensor):
+            model = model.inner  # the DDP dispatch wrapper
+        else:
+            return False
+    return False
+
+
+# --------------------------------------------------------------------------- the trajectory
+
+
+def _segment(
+    trunk: Callable[[torch.Tensor], torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    fn: Objective,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    start: torch.Tensor | None,
+    first: int,
+    keep: set[int],
+    kept: dict[int, torch.Tensor],
+) -> torch.Tensor:
+    """:func:`~napari_cryoguard.attacks.gradient.pgd_perturb` (no box), the same float
+    operations, with the model split into ``head(trunk(.))``; at global step
+    ``first + t`` in ``keep`` the trunk output keeps its graph in ``kept``."""
+    delta = torch.zeros_like(x) if start is None else ops.project(start, norm, eps)
+    x_adv = x + delta
+    del delta
+    if steps <= 0:
+        return x_adv.detach()
+    if norm == "linf":
+        lo, hi = x - eps, x + eps
+    for t in range(steps):
+        retain = first + t in keep
+        # a kept graph holds its input for the weight gradient: a copy, not the iterate
+        # that the step below updates in place
+        xg = (x_adv.clone() if retain else x_adv).detach().requires_grad_(True)
+        h = trunk(xg)
+        (grad,) = torch.autograd.grad(fn(head(h)).sum(), xg, retain_graph=retain)
+        if retain:
+            kept[first + t] = h
+        with torch.no_grad():
+            if norm == "linf":
+                x_adv.add_(grad.sign(), alpha=step_size).clamp_(lo, hi)
+            else:
+                x_adv.add_(ops.normalized_step(grad, norm), alpha=step_size)
+                x_adv = x + ops.project(x_adv.sub_(x), norm, eps)
+    return x_adv.detach()
+
+
+def _fused_trajectory(
+    trunk: Callable[[torch.Tensor], torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    fn: Objective,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    checkpoints: tuple[int, ...],
+    start: torch.Tensor | None,
+    keep: set[int],
+) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+    """:func:`~napari_cryoguard.defenses.at.pgd_trajectory` (normalised units: the same
+    segments, the same iterates) that also returns the trunk outputs, with their graphs,
+    at the step counts in ``keep`` that the run visits."""
+    out: list[torch.Tensor] = []
+    kept: dict[int, torch.Tensor] = {}
+    done = 0
+    cur_start = start
+    x_cur: torch.Tensor | None = None
+    for c in checkpoints:
+        c = int(c)
+        if x_cur is None or c > done:
+            x_cur = _segment(
+                trunk,
+                head,
+                x,
+                fn,
+                norm=norm,
+                eps=float(eps),
+                step_size=float(step_size),
+                steps=c - done,
+                start=cur_start,
+                first=done,
+                keep=keep,
+                kept=kept,
+            )
+            cur_start = x_cur - x
+            done = c
+        out.append(x_cur)
+    return out, kept
+
+
+def _fused_logits(
+    model: nn.Module, batch: Batch, params: RSTParams, instance_steps: tuple[int, ...]
+) -> torch.Tensor | None:
+    """The training logits of ``[x, *instances]`` (the separate pass's, up to rounding)
+    with the trunk's forward passes shared with the PGD run; None where not exact."""
+    if _distributed(model):
+        return None
+    plain = unwrap(model)
+    split = trunk_and_head(plain)
+    if split is None:
+        return None
+    trunk, head = split
+    x = batch.x
+    range_unit = check_eps_unit(params.eps_unit) == "range"
+    keep = set(instance_steps)
+    clean_visited = not (params.random_start and params.eps > 0)
+    if clean_visited:
+        keep.add(0)
+    with attack_mode(model) as eval_model:
+        start = None
+        if params.random_start and params.eps > 0:
+            start = random_start(x, params.norm, params.eps)
+        fn = adversarial_ce_objective(batch.y)
+        if range_unit:
+            rc = range_coordinates(eval_model, x)
+            s = rc.scale.reshape(-1, *([1] * (x.dim() - 1)))
+            outs, kept = _fused_trajectory(
+                lambda u: trunk(u * s.to(u.dtype)),
+                head,
+                rc.u,
+                fn,
+                norm=params.norm,
+                eps=params.eps,
+                step_size=params.step_size,
+                checkpoints=tuple(instance_steps),
+                start=start,
+                keep=keep,
+            )
+            instances = [rc.to_data(o) for o in outs]
+        else:
+            instances, kept = _fused_trajectory(
+                trunk,
+                head,
+                x,
+                fn,
+                norm=params.norm,
+                eps=params.eps,
+                step_size=params.step_size,
+                checkpoints=tuple(instance_steps),
+                start=start,
+                keep=keep,
+            )
+    # train mode again (the trainer's): the points PGD did not visit, then the head once
+    feats = [kept[0] if clean_visited and 0 in kept else trunk(x)]
+    for step, inst in zip(instance_steps, instances, strict=True):
+        feats.append(kept[step] if step in kept else trunk(inst))
+    return head(torch.cat(feats))
 
 
 def multi_instance_loss(
@@ -156,7 +482,8 @@ def multi_instance_loss(
 
     The instances ``x_bar_j`` (weights and step counts from ``params.instances()``)
     are the iterates of one PGD run (Eq. (3), eval mode) after ``instance_steps[j]``
-    steps; one forward pass (train mode) scores the clean batch and all instances.
+    steps; one forward pass (train mode) scores the clean batch and all instances, its
+    trunk shared with the PGD run where ``params.fuse`` and exact (module docstring).
     RST (Eq. (1)) is the case of one instance, the last iterate, of weight 1.
 
     Returns
@@ -168,22 +495,27 @@ def multi_instance_loss(
     weights, instance_steps = params.instances()
     x = batch.x
     n = x.shape[0]
-    with attack_mode(model) as plain:
-        start = None
-        if params.random_start and params.eps > 0:
-            start = random_start(x, params.norm, params.eps)
-        instances = pgd_trajectory(
-            plain,
-            x,
-            adversarial_ce_objective(batch.y),
-            norm=params.norm,
-            eps=params.eps,
-            step_size=params.step_size,
-            checkpoints=tuple(instance_steps),
-            start=start,
-            eps_unit=params.eps_unit,
-        )
-    logits = model(torch.cat([x, *instances])).float()
+    logits = None
+    if params.fuse:
+        logits = _fused_logits(model, batch, params, tuple(instance_steps))
+    if logits is None:
+        with attack_mode(model) as plain:
+            start = None
+            if params.random_start and params.eps > 0:
+                start = random_start(x, params.norm, params.eps)
+            instances = pgd_trajectory(
+                plain,
+                x,
+                adversarial_ce_objective(batch.y),
+                norm=params.norm,
+                eps=params.eps,
+                step_size=params.step_size,
+                checkpoints=tuple(instance_steps),
+                start=start,
+                eps_unit=params.eps_unit,
+            )
+        logits = model(torch.cat([x, *instances]))
+    logits = logits.float()
     ce, _ = masked_cross_entropy(logits[:n], batch.y)
     adv = logits.new_zeros(())
     for j, w in enumerate(weights):
