@@ -373,3 +373,16 @@ def test_failed_write_keeps_old_file(tmp_path, suffix):
         write_picks(path, bad)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("name", ["_x", "x_", "Coord-Z", "axis_0", "LABEL_", "tomo-name", "conf_idence"])
+def test_csv_features_that_look_like_known_columns_read_back_as_features(tmp_path, name):
+    """Found by the hostile-input probe: a feature '_x' was written but read back as a
+    second x column ("columns 'x' and '_x' both name the x coordinate")."""
+    picks = Picks(coords=np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+                  features={name: np.array([7.5, 8.5])}, voxel_size=10.0)
+    back = read_picks(write_picks(tmp_path / "f.csv", picks))
+    np.testing.assert_array_equal(back.coords, picks.coords)
+    assert back.scores is None and back.labels is None and back.tomo_names is None
+    assert list(back.features) == [name]
+    np.testing.assert_array_equal(back.features[name], [7.5, 8.5])

@@ -372,11 +372,16 @@ def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None
     n = len(body)
     columns = list(zip(*body, strict=True)) if body else [() for _ in names]
     table = {h: np.array(col, dtype=object) for h, col in zip(names, columns, strict=True)}
+    # columns the '# features:' line declares are features, whatever their names look like
+    # (a feature '_x' or 'Score' written by write_picks must not be read as x or the score)
+    feature_meta = _features_meta(meta["features"], path, len(names)) if "features" in meta else {}
+    declared = {c for name, (_, width) in feature_meta.items()
+                for c in ([name] if width == 0 else [f"{name}[{j}]" for j in range(width)])}
 
     # ---- coordinates
     axes: dict[str, tuple[str, float | None]] = {}
     for h in names:
-        hit = _axis_of(h)
+        hit = None if h in declared else _axis_of(h)
         if hit is None:
             continue
         axis, ang = hit
@@ -411,7 +416,7 @@ def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None
     )
     check_finite_coords(coords, path)
 
-    lower = {_norm(h): h for h in reversed(names) if h not in used}
+    lower = {_norm(h): h for h in reversed(names) if h not in used and h not in declared}
 
     def take(candidates: tuple[str, ...]) -> tuple[str, np.ndarray] | tuple[None, None]:
         for cand in candidates:
@@ -425,7 +430,6 @@ def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None
     class_names = None
     if "class_names" in meta:
         class_names = _class_names_meta(meta["class_names"], path)
-    feature_meta = _features_meta(meta["features"], path, len(names)) if "features" in meta else {}
 
     # ---- scores, labels, names
     col, s = take(_SCORE_NAMES)
