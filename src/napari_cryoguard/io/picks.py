@@ -123,6 +123,10 @@ class Picks:
     def for_tomogram(self, name: str, *, source: str = "the pick file") -> Picks:
         """The rows of the tomogram called ``name``, matched by :func:`tomo_key`.
 
+        When no name matches, ``rec_<name>`` matches ``<name>`` and back (RELION 5's
+        reconstruction of tilt series ``TS_01`` is ``rec_TS_01.mrc``; pytom-match-pick
+        writes ``rec_TS_01``), with a note.
+
         Files that name no tomogram are returned whole. A file naming exactly one
         tomogram that does not match is also returned whole, with a note saying so (the
         common case of ``TS_01`` picks on ``TS_01_bin4.mrc``). A file naming several
@@ -132,9 +136,20 @@ class Picks:
         if not names:
             return self
         key = tomo_key(name)
-        mask = np.array([tomo_key(n) == key for n in self.tomo_names.tolist()], dtype=bool)
+        keys = [tomo_key(n) for n in self.tomo_names.tolist()]
+        mask = np.array([k == key for k in keys], dtype=bool)
+        alias = key[4:] if key.startswith("rec_") else "rec_" + key
+        matched_alias = not mask.any() and alias in keys
+        if matched_alias:
+            # RELION 5 writes tomogram rec_TS_01.mrc for rlnTomoName TS_01 (its
+            # rlnTomoReconstructedTomogram), pytom-match-pick rec_TS_01 for it: the same one
+            mask = np.array([k == alias for k in keys], dtype=bool)
         if mask.any():
             out = self.subset(mask)
+            if matched_alias:
+                out.notes.append(
+                    f"tomogram {name!r} matched to {alias!r} of {source} (RELION 5 names "
+                    "the reconstruction of tilt series TS_01 rec_TS_01.mrc)")
             if len(names) > 1:
                 out.notes.append(
                     f"used the {int(mask.sum())} of {len(self)} picks of {source} that belong "

@@ -63,8 +63,8 @@ RELION 3/4 and Warp
     with it it drops the ``rec_`` and writes ``rlnTomoName TS_01``; when looking a name
     up in ``tomograms=`` this reader tries both spellings and says so in a note.
     The voxel size is ``voxel_size=`` if given, else the optics group's
-    ``rlnImagePixelSize`` (per ``rlnOpticsGroup``; one value for the whole file), else
-    ``rlnPixelSize``, else ``rlnDetectorPixelSize`` (micrometres) * 1e4 /
+    ``rlnImagePixelSize`` (per ``rlnOpticsGroup``; rows of several sizes need
+    ``voxel_size=`` and are converted to it), else ``rlnPixelSize`` (likewise), else ``rlnDetectorPixelSize`` (micrometres) * 1e4 /
     ``rlnMagnification``, else ``rlnDetectorPixelSize`` alone (Angstrom, as
     pytom-match-pick writes it), else our ``cryoguardVoxelSize``, else
     ``rlnTomoTiltSeriesPixelSize`` * ``rlnTomoTomogramBinning``, else 1.0 with a note.
@@ -266,6 +266,31 @@ def _column_value(path: Path, blocks: dict, table: dict, label: str) -> np.ndarr
             n = len(table[next(iter(table))])
             return np.full(n, _numbers(cols[label], f"data_{name} {label}", path)[0])
     return None
+
+
+def _mixed_pixel_sizes(path: Path, blocks: dict, table: dict, notes: list[str], voxel_size):
+    """Rows of several pixel sizes (optics ``rlnImagePixelSize``, else ``rlnPixelSize``),
+    each in its own pixels: ``(rescale, voxel_size, pixel per row)`` converting every row
+    to ``voxel_size`` (None: refused, asking for it), else Nones."""
+    n = len(table[XYZ[0]])
+    if not n or _coords.STAR_META_BLOCK in blocks:
+        return None, None, None
+    per_row = _optics_per_row(path, blocks, table, "rlnImagePixelSize")
+    label = "the optics groups' rlnImagePixelSize"
+    if per_row is None and "rlnPixelSize" in table:
+        per_row, label = _numbers(table["rlnPixelSize"], "rlnPixelSize", path), "rlnPixelSize"
+    distinct = [] if per_row is None else sorted(set(np.round(per_row, 9).tolist()))
+    if len(distinct) < 2:
+        return None, None, None
+    sizes = f"{len(distinct)} pixel sizes in {label} ({', '.join(f'{v:g}' for v in distinct[:5])} A)"
+    if voxel_size is None:
+        raise CryoGuardError(
+            f"{path.name}: the particles have {sizes}, each row in its own pixels; pass "
+            f"voxel_size= (e.g. {distinct[0]:g}) to convert every row to voxels of that size")
+    vs = positive_voxel_size(voxel_size, source=path.name)
+    notes.append(f"{path.name}: the particles have {sizes}; each row converted from its own "
+                 f"pixels to {vs:g} A voxels (voxel_size=; the same place in Angstrom)")
+    return per_row / vs, vs, per_row
 
 
 def _voxel_size_of_voxel_star(
@@ -608,6 +633,7 @@ def read_star_picks(
             "reconstructions rec_<tilt series>); kept as written"
         )
 
+    rescale = None
     if kind == "centred":
         coords_xyz, vs = _centred_to_voxels(path, table, tomo_names, tomograms, voxel_size, notes)
         used.update(CENTRED)
@@ -627,18 +653,23 @@ def read_star_picks(
             coords_xyz, vs = _normalized_to_voxels(
                 path, coords_xyz, tomo_names, tomograms, voxel_size, notes
             )
+        elif (mixed := _mixed_pixel_sizes(path, blocks, table, notes, voxel_size))[0] is not None:
+            rescale, vs, pixel_per_row = mixed
         elif voxel_size is None:
             vs = _voxel_size_of_voxel_star(path, blocks, table, notes)
         else:
             vs = voxel_size
             notes.append(f"voxel size {vs:g} A as given (voxel_size=), not read from the file")
-        pixel_per_row = np.full(n, vs)
+        if rescale is None:
+            pixel_per_row = np.full(n, vs)
 
     if apply_origins:
         shift_xyz, used_cols = _origin_shifts(path, table, kind, pixel_per_row, coords_xyz, notes)
         if used_cols:
             coords_xyz = coords_xyz - shift_xyz
             used.update(used_cols)
+    if rescale is not None:  # rows in pixels of their own optics group -> one voxel size
+        coords_xyz = coords_xyz * rescale[:, None]
     if kind == "centred" and _coords.STAR_META_BLOCK in blocks and "rlnOpticsGroup" in table:
         used.add("rlnOpticsGroup")  # written by write_picks(convention="relion5")
     coords_zyx = coords_xyz[:, ::-1].copy() if n else np.zeros((0, 3))
