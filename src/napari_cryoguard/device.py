@@ -52,6 +52,17 @@ device use PyTorch's own kernels, and a double backward (``create_graph=True``)
 recomputes through the plain convolution. ``apply_memory_format(model,
 "contiguous")`` turns it back into a plain ``Conv3d``.
 
+Speed: model fast paths
+-----------------------
+A model class may declare a boolean class attribute ``fast_paths`` (off by default);
+:func:`apply_memory_format` switches it on with ``channels_last_3d`` and off with
+``contiguous``, on every submodule that declares it, exactly as it swaps
+:class:`StemConv3d` in and out. RB3D uses it for its first fully connected layer and
+its in-block dropout (:mod:`napari_cryoguard.models.layers`: ``flatten_linear``,
+``dropout_as_contiguous``): the same parameters and ``state_dict``, values to float32
+rounding and the same dropout masks as the contiguous model from the same seed. A
+contiguous model (the plain one) runs the modules as written.
+
 On CUDA, :func:`prepare_model` also turns on ``torch.backends.cudnn.benchmark``
 (autotuned kernels for the fixed batch shapes; ``CRYOGUARD_CUDNN_BENCHMARK=0`` keeps
 it off), batches are copied from pinned host memory with ``non_blocking=True``
@@ -260,7 +271,15 @@ def apply_memory_format(model: nn.Module, fmt: torch.memory_format | str) -> nn.
     if model_memory_format(model) != fmt:
         model.to(memory_format=fmt)
     _set_stems(model, fast=fmt == torch.channels_last_3d)
+    _set_fast_paths(model, fast=fmt == torch.channels_last_3d)
     return model
+
+
+def _set_fast_paths(model: nn.Module, fast: bool) -> None:
+    """Switch the ``fast_paths`` flag of every submodule whose class declares one."""
+    for m in model.modules():
+        if isinstance(getattr(type(m), "fast_paths", None), bool):
+            m.fast_paths = fast
 
 
 class _StemInputGrad(torch.autograd.Function):

@@ -40,7 +40,12 @@ from torch import nn
 from napari_cryoguard.checks import check_prob, check_widths
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.models.base import FeatureClassifier
-from napari_cryoguard.models.layers import make_pool3d, relu_then_pool
+from napari_cryoguard.models.layers import (
+    dropout_as_contiguous,
+    flatten_linear,
+    make_pool3d,
+    relu_then_pool,
+)
 from napari_cryoguard.models.registry import register_model
 
 __all__ = ["RB3D", "RB3DParams", "BottleneckBlock3d", "RB3D_VARIANTS"]
@@ -160,7 +165,14 @@ class BottleneckBlock3d(nn.Module):
     as the authors), ReLU. No batch norm.
 
     (N, cin, D, H, W) -> (N, cout, ceil(D/stride), ceil(H/stride), ceil(W/stride)).
+
+    ``fast_paths`` (set by :func:`napari_cryoguard.device.apply_memory_format`: on in
+    ``channels_last_3d``): the in-block dropout draws its mask as for a contiguous
+    tensor (:func:`~napari_cryoguard.models.layers.dropout_as_contiguous`), so the
+    channels-last model uses the contiguous model's masks.
     """
+
+    fast_paths = False
 
     def __init__(
         self,
@@ -206,7 +218,16 @@ class BottleneckBlock3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merge == "sum":
             return self.act(self.path(x) + self.shortcut(x))
-        return self.act(torch.cat([self.shortcut(x), self.path(x)], dim=1))
+        if not self.fast_paths:
+            return self.act(torch.cat([self.shortcut(x), self.path(x)], dim=1))
+        short = self.shortcut(x)
+        h = x
+        for layer in self.path:
+            if type(layer) is nn.Dropout:  # the mask of the contiguous model, in any format
+                h = dropout_as_contiguous(h, layer.p, layer.training)
+            else:
+                h = layer(h)
+        return self.act(torch.cat([short, h], dim=1))
 
 
 @register_model("rb3d", RB3DParams)
@@ -217,7 +238,13 @@ class RB3D(FeatureClassifier):
     uses floor rounding (as in the paper) and the strided blocks round up (padding
     1), so no cube >= 16 collapses; the flatten size comes from a dummy forward at
     construction. Departures from the paper: see the module docstring.
+
+    ``fast_paths`` (on in ``channels_last_3d``, see
+    :func:`napari_cryoguard.device.apply_memory_format`): the flatten and the first fully
+    connected layer run as :func:`~napari_cryoguard.models.layers.flatten_linear`.
     """
+
+    fast_paths = False
 
     def __init__(self, num_classes: int, cube: int = 28, params: RB3DParams | None = None) -> None:
         super().__init__(num_classes, cube, params if params is not None else RB3DParams())
@@ -239,3 +266,15 @@ class RB3D(FeatureClassifier):
             layers.append(block)
             prev = width
         self._finish(layers, p.fc_widths, p.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits; the large first fully connected layer through
+        :func:`~napari_cryoguard.models.layers.flatten_linear` (the CPU's fast path)."""
+        if not self.fast_paths:
+            return super().forward(x)
+        self.check_input(x)
+        first, *rest = self.classifier
+        h = flatten_linear(self.features(x), first)
+        for layer in rest:
+            h = layer(h)
+        return h
