@@ -269,8 +269,8 @@ class _FlattenLinear(torch.autograd.Function):
         flat = h.reshape(h.shape[0], -1)  # a channels-last h: the copy flatten makes too
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
-        ctx.channels_last = h.dim() == 5 and not h.is_contiguous() and h.is_contiguous(
-            memory_format=_CL
+        ctx.channels_last = (
+            h.dim() == 5 and not h.is_contiguous() and h.is_contiguous(memory_format=_CL)
         )
         return _LINEAR_POINTWISE(flat, weight, bias, "none", [], "")  # type: ignore[misc]
 
