@@ -253,6 +253,32 @@ def test_header_claiming_more_than_the_file_holds_is_refused_without_allocating(
         load_dataset(bad)
 
 
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_header_claiming_a_negative_shape_is_one_clear_error(tmp_path, mmap):
+    """Found by the hostile-input probe: shape (-20, 28, 28, 28) passed the size check
+    (a negative byte count) and np.memmap raised OverflowError."""
+    import io
+    import zipfile
+
+    path = save_dataset(tmp_path / "ok.npz", _small_dataset())
+    bad = tmp_path / "negative.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "volumes.npy":
+                with src.open(info) as fh:
+                    np.lib.format.read_magic(fh)
+                    shape, _, _ = np.lib.format.read_array_header_1_0(fh)
+                    body = fh.read()
+                buf = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    buf, {"descr": "<f4", "fortran_order": False, "shape": (-shape[0], *shape[1:])})
+                data = buf.getvalue() + body
+            dst.writestr(info.filename, data)
+    with pytest.raises(CryoGuardError, match="negative shape"):
+        load_dataset(bad, mmap=mmap)
+
 def test_object_member_is_refused(tmp_path):
     path = save_dataset(tmp_path / "ok.npz", _small_dataset())
     with np.load(path) as z:

@@ -678,6 +678,11 @@ def _check_members(path: Path) -> None:
                         f"{path}: member {info.filename!r} holds Python objects "
                         f"(dtype {dtype}); datasets hold only numbers and strings"
                     )
+                if any(int(d) < 0 for d in shape):
+                    raise CryoGuardError(
+                        f"{path}: member {info.filename!r} claims the negative shape "
+                        f"{tuple(shape)}; the file is corrupt"
+                    )
                 count = 1
                 for d in shape:
                     count *= int(d)
