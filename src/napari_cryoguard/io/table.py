@@ -19,7 +19,10 @@ What is read
   (``axis-0``, ``axis-1``, ``axis-2``) is ZYX. Whatever the column order, :class:`Picks`
   coordinates are ZYX.
 * **Units**: ``units="voxel"`` (default) or ``units="angstrom"``; Angstrom are divided by
-  ``voxel_size``, which is then required. Voxel coordinates are taken as 0-based voxel
+  ``voxel_size``, which is then required. copick's CSV (``run_name,x,y,z,transform_00``
+  ... ``transform_33,score,instance_id``, copick's ``write_picks_csv``) is Angstrom by
+  default, and each row's translation ``transform_03/13/23`` is added to ``x y z``
+  (copick's centre, as for its JSON; ``apply_shifts=False`` keeps x y z alone). Voxel coordinates are taken as 0-based voxel
   indices (a centre at an integer), as this package writes them.
 * **Other columns**: score (``score``, ``confidence``, ``rlnAutopickFigureOfMerit``),
   label (``label``: 0-based, -1 unknown; ``rlnClassNumber``: 1-based), class name
@@ -77,6 +80,7 @@ _TOMO_NAMES = (
     "tiltseries", "tsname",
 )
 _NAPARI_AXES = {"axis0": "z", "axis1": "y", "axis2": "x"}
+_COPICK_SHIFTS = ("transform_03", "transform_13", "transform_23")  # x, y, z translation
 
 
 def _norm(name: str) -> str:
@@ -291,8 +295,9 @@ def _check_labels(path: Path, labels: np.ndarray, class_names: list[str] | None)
 
 
 def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
-                     tomograms: Any = None, units: str = "voxel", delimiter: str | None = None,
-                     header: bool | None = None) -> Picks:
+                     tomograms: Any = None, units: str | None = None,
+                     delimiter: str | None = None, header: bool | None = None,
+                     apply_shifts: bool = True) -> Picks:
     """Read picks from a CSV, TSV or whitespace table (the package's own or another tool's).
 
     Parameters
@@ -302,8 +307,11 @@ def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None
         columns understood are in the module docstring. ``voxel_size`` overrides the
         file's ``# voxel_size:`` line and is required with ``units="angstrom"`` (or
         Angstrom column names); without either, 1.0 is assumed, with a warning and a note.
-    units : {"voxel", "angstrom"}
-        What the coordinate columns hold.
+    units : {"voxel", "angstrom"}, optional
+        What the coordinate columns hold; default voxels, except copick's CSV (Angstrom).
+    apply_shifts : bool
+        copick CSV: add each row's ``transform_03/13/23`` (Angstrom) to ``x y z``
+        (default, copick's particle centre); False reads ``x y z`` alone.
     delimiter : str, optional
         ``","``, ``"\\t"``, ``"|"``, ``";"`` or ``"whitespace"``; sniffed when not given.
     header : bool, optional
@@ -325,7 +333,7 @@ def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None
     """
     del tomograms
     path = Path(path)
-    if units not in ("voxel", "angstrom"):
+    if units not in (None, "voxel", "angstrom"):
         raise CryoGuardError(f"units must be 'voxel' or 'angstrom', got {units!r}")
     if voxel_size is not None:
         voxel_size = positive_voxel_size(voxel_size, source=path.name)
@@ -407,6 +415,11 @@ def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None
             f"({', '.join(zyx)})"
         )
     factor = factors.pop()
+    copick = set(_COPICK_SHIFTS) <= set(names) and "run_name" in names
+    if copick and units is None:
+        units = "angstrom"
+        notes.append(f"{path.name}: copick CSV (run_name, x, y, z, transform_00..33): "
+                     "coordinates in Angstrom")
     in_angstrom = units == "angstrom" or factor is not None
     used = set(zyx)
     coords = (
@@ -414,6 +427,17 @@ def read_table_picks(path: str | os.PathLike, *, voxel_size: float | None = None
         if n
         else np.zeros((0, 3))
     )
+    if copick and not in_angstrom:
+        notes.append(f"{path.name}: copick CSV read in voxels (units='voxel'): its "
+                     "transform_03/13/23 translations (Angstrom) are not applied")
+    elif copick and apply_shifts and n:
+        shift = np.stack([_numbers(table[c], np.float64, c, path) for c in _COPICK_SHIFTS[::-1]],
+                         axis=1)
+        if np.any(shift != 0):
+            coords = coords + shift  # copick: centre = location + translation (docs/geometry.md)
+            notes.append(f"{path.name}: {int(np.any(shift != 0, axis=1).sum())} row(s) moved "
+                         "by their transform_03/13/23 (copick's centre is x y z + the "
+                         "matrix's translation, Angstrom); apply_shifts=False reads x y z alone")
     check_finite_coords(coords, path)
 
     lower = {_norm(h): h for h in reversed(names) if h not in used and h not in declared}
