@@ -152,6 +152,30 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path):
         load_checkpoint(missing)
 
 
+
+def test_weights_that_do_not_fit_are_named_in_one_line(tmp_path):
+    """Found by the hostile-input probe: num_classes 7 over 5-class weights gave torch's
+    multi-line "size mismatch" text, so the CLI error spanned several lines."""
+    model = _tiny(num_classes=3)
+    good = save_checkpoint(tmp_path / "good.safetensors", model, {})
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as f:
+        header = dict(f.metadata())
+    meta = json.loads(header["cryoguard"])
+    meta.update(num_classes=5, class_names=list("abcde"))
+    header["cryoguard"] = json.dumps(meta)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["bogus.weight"] = torch.zeros(2)
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata=header)
+    with pytest.raises(CryoGuardError) as info:
+        load_checkpoint(bad)
+    text = str(info.value)
+    assert "\n" not in text and "\t" not in text
+    assert "wrong shapes: classifier.6.bias (3,) (the model has (5,))" in text
+    assert "unexpected tensors: bogus.weight" in text
+
 def test_legacy_pt_file_is_read_weights_only_with_a_warning(tmp_path):
     model = _tiny()
     model.eval()

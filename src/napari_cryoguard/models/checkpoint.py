@@ -315,7 +315,8 @@ def load_checkpoint(
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CryoGuardError(
-            f"{path}: the weights do not fit a {arch!r} model with the stored parameters: {exc}"
+            f"{path}: the weights do not fit a {arch!r} model with the stored parameters: "
+            f"{_state_mismatch(model, state)}"
         ) from exc
 
     from napari_cryoguard.device import resolve_device
@@ -324,6 +325,22 @@ def load_checkpoint(
     model.eval()
     meta["extra_tensors"] = extra
     return model, meta
+
+
+def _state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into ``model``, in one line (torch's is several)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} (the model has {tuple(own[k].shape)})"
+              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    parts = []
+    for what, items in (("missing tensors", missing), ("unexpected tensors", unexpected),
+                        ("wrong shapes", shapes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{what}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts) or "the tensors do not match"
 
 
 def _is_int(value: Any) -> bool:
