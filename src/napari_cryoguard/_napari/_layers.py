@@ -8,6 +8,8 @@ turn.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 PICKS_LAYER = "picks"
@@ -68,10 +70,11 @@ def iter_add_layer(viewer, layer, *, activate: bool = True):
         for cb in deferred:
             layers.events.inserted.unblock(cb)
     yield "added"
+    canvas = getattr(qt_viewer, "canvas", None)
     if add_visual is not None and layer in layers:
-        canvas = getattr(qt_viewer, "canvas", None)
         if layer not in getattr(canvas, "layer_to_visual", {}):
             qt_viewer._add_layer(layer)
+            hide_placeholders(canvas.layer_to_visual.get(layer), layer)
             yield "visual"
     if add_controls is not None and layer in layers and layer not in controls.widgets:
         from types import SimpleNamespace
@@ -79,11 +82,120 @@ def iter_add_layer(viewer, layer, *, activate: bool = True):
         add_controls(SimpleNamespace(value=layer))
         yield "controls"
     if visible:
+        if layer in layers:
+            yield from iter_build_shaders(canvas, layer)
         layer.visible = True
         yield "shown"
     if activate and layer in layers:
         layers.selection.active = layer
         yield "active"
+
+
+def iter_build_shaders(canvas, layer):
+    """Build the shaders of a new Points or Shapes layer's parts, one part per event-loop
+    turn, before the layer is shown (a generator of Qt-thread steps, "shaders").
+
+    A Points or Shapes visual is several vispy visuals (markers, meshes, lines, text),
+    each with its own GL program, built at its first draw: 10-80 ms each under software
+    OpenGL (vispy parses the code, Mesa compiles and links it), all in the repaint that
+    first shows the layer. Here each part that will draw is drawn once into a tiny
+    offscreen framebuffer (:func:`draw_offscreen`, no repaint of the canvas), a part per
+    turn; the repaint that shows the layer then finds them built. A layer of another
+    kind (an Image: one program) is left to its first repaint.
+    """
+    node = getattr((getattr(canvas, "layer_to_visual", None) or {}).get(layer), "node", None)
+    parts = getattr(node, "_subvisuals", None)
+    if not parts:
+        return
+    text = getattr(node, "text", None)
+    for part in parts:
+        wanted = part.visible or (part is text and _has_text_string(layer))
+        if wanted and draw_offscreen(canvas, part):
+            yield "shaders"
+
+
+_OFFSCREEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # scene canvas -> FBO
+
+
+def draw_offscreen(canvas, visual) -> bool:
+    """Draw one vispy visual (hidden or not) into a tiny offscreen framebuffer of the
+    canvas's GL context: its GL program is built, nothing shows and the canvas is not
+    repainted. ``True`` when a program was built; ``False`` when there was none to build
+    (already built, or nothing to draw yet), no shown canvas (no GL context yet) or it
+    failed (a napari or vispy without these internals): the first repaint builds it."""
+    scene_canvas = getattr(canvas, "_scene_canvas", None)
+    native = getattr(canvas, "native", None)
+    program = getattr(visual, "_program", None)
+    if not getattr(program, "_need_build", False):
+        return False
+    if scene_canvas is None or native is None or not native.isVisible():
+        return False
+    try:
+        from vispy import gloo
+
+        scene_canvas.set_current()
+        fbo = _OFFSCREEN.get(scene_canvas)
+        if fbo is None:  # one per canvas, kept (GL objects are not freed by Python)
+            fbo = _OFFSCREEN[scene_canvas] = gloo.FrameBuffer(
+                color=gloo.RenderBuffer((4, 4)), depth=gloo.RenderBuffer((4, 4)))
+        was = visual._visible
+        visual._visible = True  # the flag only: the setter would ask for a repaint
+        scene_canvas.push_fbo(fbo, (0, 0), (4, 4))
+        try:
+            visual.draw()
+        finally:
+            scene_canvas.pop_fbo()
+            visual._visible = was
+            scene_canvas.context.flush_commands()
+    except Exception:  # noqa: BLE001 - an optimisation: the repaint does it instead
+        return False
+    return not program._need_build
+
+
+def _has_text_string(layer) -> bool:
+    """Whether a Points/Shapes layer has text to draw (visible or not yet): a string
+    other than napari's default empty constant."""
+    text = getattr(layer, "text", None)
+    string = getattr(text, "string", None)
+    constant = getattr(string, "constant", None)
+    return string is not None and not (constant is not None and constant == "")
+
+
+def hide_placeholders(vispy_layer, layer) -> None:
+    """Hide the parts of a Points or Shapes visual that only draw napari's placeholders,
+    until they have something to draw.
+
+    napari gives every Points and Shapes visual a text part (an empty string when the
+    layer has no text) and Shapes visuals highlight parts (one degenerate triangle and a
+    marker of size 0 when nothing is selected); each is a GL program built and drawn at
+    every repaint (the first draw 10-80 ms under software OpenGL) for nothing to see.
+    Here the text part is shown only while the layer has visible text, and the Shapes
+    highlights only while a shape is selected or hovered (napari's ``highlight`` event).
+    """
+    node = getattr(vispy_layer, "node", None)
+    if node is None or not getattr(node, "_subvisuals", None):
+        return
+    text = getattr(node, "text", None)
+    if text is not None and hasattr(layer, "text") and hasattr(layer.text, "events"):
+        def sync_text(event=None) -> None:
+            text.visible = bool(layer.text.visible) and _has_text_string(layer)
+
+        layer.text.events.connect(sync_text)
+        sync_text()
+    parts = [getattr(node, name, None) for name in ("shape_highlights", "highlight_vertices")]
+    parts = [p for p in parts if p is not None]
+    if parts and hasattr(layer, "selected_data") and hasattr(layer.events, "highlight"):
+        def sync_highlight(event=None) -> None:
+            value = getattr(layer, "_value", None)
+            hovered = isinstance(value, tuple) and len(value) > 0 and value[0] is not None
+            shown = bool(len(layer.selected_data)) or hovered or bool(
+                getattr(layer, "_is_selecting", False))
+            for part in parts:
+                if part.visible != shown:
+                    part.visible = shown
+
+        layer.events.highlight.connect(sync_highlight)
+        sync_highlight()
 
 
 def _qt_viewer(viewer):
@@ -149,6 +261,39 @@ def apply_stepwise(widget, steps, on_done=None) -> None:
         QTimer.singleShot(STEP_GAP_MS, step)
 
     QTimer.singleShot(0, step)
+
+
+SLICE_BUDGET_MS = 20.0  # layers sliced in one turn of the event loop, at most about this long
+
+
+def iter_slice_layers(viewer, layers=None, budget_ms: float = SLICE_BUDGET_MS):
+    """Slice ``layers`` (default: all) again for the viewer's dims, a few per event-loop
+    turn (a generator of Qt-thread steps).
+
+    napari slices every layer in one call when the dims change (``_update_layers``):
+    with a dozen layers, 40-100 ms, and the repaint comes on top of it in the same
+    turn. Here the layers are sliced one at a time, visible ones first, and a step ends
+    once ``budget_ms`` is spent, so each turn holds its share and a repaint.
+    """
+    import time
+
+    from napari_cryoguard._napari._state import _unwrap
+
+    real = _unwrap(viewer)
+    update = getattr(real, "_update_layers", None)
+    todo = list(real.layers if layers is None else layers)
+    if update is None:
+        return
+    todo.sort(key=lambda lay: not lay.visible)  # what the user sees first
+    start = time.perf_counter()
+    for k, layer in enumerate(todo):
+        if layer not in real.layers:
+            continue
+        update(layers=[layer])
+        if k + 1 < len(todo) and 1000.0 * (time.perf_counter() - start) > budget_ms:
+            yield "sliced"
+            start = time.perf_counter()
+    yield "sliced"
 
 
 def iter_prepare_dims(viewer, layer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cryoguard._napari._layers import iter_add_layer, run_steps
+from napari_cryoguard._napari._layers import iter_add_layer, iter_slice_layers, run_steps
 
 
 def show_particle_layers(viewer, layers: dict, **kwargs) -> list:
@@ -210,8 +210,7 @@ def iter_go_to_region(viewer, z_world: float, center_yx, width: float, height: f
         axis = viewer.dims.ndim - 3
         step = float(viewer.dims.range[axis].step or 1.0)
         if abs(float(viewer.dims.point[axis]) - float(z_world)) > step / 2:
-            _set_point_slicing_once(viewer, axis, float(z_world))
-            yield "slice"
+            yield from _iter_set_point(viewer, axis, float(z_world))
     scene = getattr(viewer, "scene", None)
     camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
     center = (float(center_yx[0]), float(center_yx[1]))
@@ -229,11 +228,18 @@ def iter_go_to_region(viewer, z_world: float, center_yx, width: float, height: f
 
 
 def _set_point_slicing_once(viewer, axis: int, value: float) -> None:
-    """``viewer.dims.set_point(axis, value)``, with every layer sliced once.
+    """``viewer.dims.set_point(axis, value)``, with every layer sliced once (all at once)."""
+    run_steps(_iter_set_point(viewer, axis, value))
+
+
+def _iter_set_point(viewer, axis: int, value: float):
+    """``viewer.dims.set_point(axis, value)`` with every layer sliced once, a few layers
+    per event-loop turn (a generator of Qt-thread steps: "slice", then "sliced" ones).
 
     napari slices every layer for each of the events a new point emits (``point``, then
     ``current_step``): two full passes, 40-90 ms with a dozen layers under load. Here the
-    viewer's slicing callback is held back while the point is set and run once after.
+    viewer's slicing callback is held back while the point is set, and the layers are
+    sliced after it by :func:`iter_slice_layers` (visible layers first, ~20 ms a turn).
     """
     from napari_cryoguard._napari._state import _unwrap
 
@@ -243,6 +249,7 @@ def _set_point_slicing_once(viewer, axis: int, value: float) -> None:
     emitters = [e for e in emitters if e is not None and hasattr(e, "block")]
     if update is None or not emitters:
         viewer.dims.set_point(axis, value)
+        yield "slice"
         return
     for emitter in emitters:
         emitter.block(update)
@@ -251,4 +258,5 @@ def _set_point_slicing_once(viewer, axis: int, value: float) -> None:
     finally:
         for emitter in emitters:
             emitter.unblock(update)
-    update()
+    yield "slice"
+    yield from iter_slice_layers(real)

@@ -72,6 +72,9 @@ def _canvas_of(viewer):
 
 WARM_UP_CAPTIONS = ("particle", "adversarial", "perturbation x50", "reconstruction",
                     "adv. reconstruction", "0123456789")
+# vispy's text measures these for every text's line height (their glyphs are rendered then)
+METRIC_CHARS = "ÅÉÑŐjgpqy "
+GLYPHS_PER_STEP = 2  # each glyph 5-15 ms under load (rendered on the CPU at 256 pt)
 
 
 def iter_warm_up(viewer):
@@ -79,17 +82,21 @@ def iter_warm_up(viewer):
 
     Under software OpenGL the first draw of a kind of visual costs 130-350 ms (its
     shaders are built and compiled; the first text also renders its glyphs), on top of
-    adding the layer. Here napari's own vispy layers for a picks-like Points layer (disc
-    markers drawn out of slice) and a captioned Shapes layer (the attack frames, with
-    the captions' glyphs, rendered beforehand a few at a time) are built for throwaway layers that are never added to the
-    viewer, drawn once far outside the view, and thrown away: no layer is added or
-    removed, the layer list, dims and camera are untouched. Steps: build one visual;
-    wait for the canvas to draw it; remove it.
+    adding the layer. Here, a small piece per event-loop turn: the captions' glyphs (a
+    few at a time), then napari's own vispy layers for a picks-like Points layer (disc
+    markers drawn out of slice) and a captioned Shapes layer (the attack frames), built
+    for throwaway layers that are never added to the viewer; each part of them (markers,
+    mesh, text) is drawn once into a tiny offscreen framebuffer, a part per turn (its GL
+    program built without a repaint of the canvas), then the visual is drawn once on the
+    canvas far outside the view, and thrown away. No layer is added or removed; the
+    layer list, dims and camera are untouched. vispy's parsing of shader code is
+    memoised first (:func:`install_shader_parse_cache`).
     """
     canvas = _canvas_of(viewer)
     if canvas is None:
         return
     try:
+        install_shader_parse_cache()
         yield from _warm_up_visuals(viewer, canvas)
     finally:
         _WARM_DONE.add(id(viewer))
@@ -97,6 +104,8 @@ def iter_warm_up(viewer):
 
 def _warm_up_visuals(viewer, canvas):
     from napari.layers import Points, Shapes
+
+    from napari_cryoguard._napari._layers import draw_offscreen, hide_placeholders
 
     dims = viewer.dims
     nd = max(int(dims.ndim), 2)
@@ -110,15 +119,18 @@ def _warm_up_visuals(viewer, canvas):
     from napari._vispy.utils.visual import create_vispy_layer
 
     def layer_visual(layer):
-        # napari's own vispy layer for a layer that is never added to the viewer
+        # napari's own vispy layer for a layer that is never added to the viewer, in the
+        # scene but not drawn on the canvas yet
         layer._slice_dims(dims)
         try:
             vispy_layer = create_vispy_layer(layer, font_info=canvas.font_info())
         except TypeError:  # a napari whose create_vispy_layer takes no font
             vispy_layer = create_vispy_layer(layer)
+        hide_placeholders(vispy_layer, layer)
+        vispy_layer.node._visible = False
         vispy_layer.node.parent = canvas.view.scene
         vispy_layer._on_matrix_change()
-        return vispy_layer.node, vispy_layer.close
+        return vispy_layer
 
     makers = [
         lambda: layer_visual(Points(
@@ -132,15 +144,15 @@ def _warm_up_visuals(viewer, canvas):
     ]
 
     def glyphs():
-        # the captions' glyphs, rendered on the CPU a few at a time (6-15 ms each)
+        # the glyphs, rendered on the CPU a few at a time
         try:
             info = canvas.font_info()
             font = info.font_manager.get_font(info.face)
         except Exception:  # noqa: BLE001 - a napari with another text machinery
             return
-        chars = sorted(set("".join(WARM_UP_CAPTIONS)) - {" "})
-        for k in range(0, len(chars), 4):
-            for ch in chars[k:k + 4]:
+        chars = list(METRIC_CHARS) + sorted(set("".join(WARM_UP_CAPTIONS)) - set(METRIC_CHARS))
+        for k in range(0, len(chars), GLYPHS_PER_STEP):
+            for ch in chars[k:k + GLYPHS_PER_STEP]:
                 font[ch]
             yield "glyphs"
 
@@ -153,20 +165,66 @@ def _warm_up_visuals(viewer, canvas):
     if scene_canvas is not None:
         scene_canvas.events.draw.connect(counted)
     try:
-        for j, make in enumerate(makers):
-            if j == 1:
-                yield from glyphs()
-            node, close = make()
-            seen = draws[0]
-            canvas.view.scene.update()
+        yield from glyphs()
+        for make in makers:
+            vispy_layer = make()
+            node = vispy_layer.node
             yield "built"
+            for part in getattr(node, "_subvisuals", None) or [node]:
+                if part.visible and draw_offscreen(canvas, part):
+                    yield "shaders"
+            seen = draws[0]
+            node.visible = True  # drawn on the canvas once, far outside the view
+            yield "shown"
             for _ in range(50):  # the canvas draws at its next repaint
                 if scene_canvas is None or draws[0] > seen or not canvas.native.isVisible():
                     break
                 yield "waiting"
             node.parent = None
-            close()
+            vispy_layer.close()
             yield "drawn"
     finally:
         if scene_canvas is not None:
             scene_canvas.events.draw.disconnect(counted)
+
+
+_PARSED: dict = {}  # shader code -> the variables vispy parsed from it
+_PARSED_MAX = 512
+
+
+def install_shader_parse_cache() -> bool:
+    """Memoise vispy's parsing of a GL program's code for its variables (once per process;
+    returns whether it was installed now).
+
+    vispy parses the code of every new GL program with a regular expression that strips
+    comments (``(.*)(//.*)``, quadratic in a line's length): 10-25 ms per program under
+    load, 45 ms for a markers and a text program, on the Qt thread at the first draw of
+    every new visual. The variables found depend on the code only, and napari's visuals
+    of one kind share their code, so the second and later programs with the same code
+    reuse the first one's variables (a copy); the rest is vispy's own code.
+    """
+    try:
+        from vispy.gloo.program import Program
+    except ImportError:
+        return False
+    original = Program._parse_variables_from_code
+    if getattr(original, "_cryoguard_memo", False):
+        return False
+
+    def parse(self, update_variables=True):
+        key = tuple(shader.code for shader in self._shaders)
+        found = _PARSED.get(key)
+        if found is None:
+            original(self, update_variables=False)
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.pop(next(iter(_PARSED)))
+            _PARSED[key] = dict(self._code_variables)
+        else:
+            self._code_variables = dict(found)
+        if update_variables:
+            self._process_pending_variables()
+
+    parse._cryoguard_memo = True
+    parse.__wrapped__ = original
+    Program._parse_variables_from_code = parse
+    return True
