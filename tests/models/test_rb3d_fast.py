@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cryoguard.device import apply_memory_format
-from napari_cryoguard.models import build_model, tiny_params
+from napari_cryoguard.models import build_model, layers, tiny_params
 from napari_cryoguard.models.layers import (
     FAST_LINEAR_MIN_FEATURES,
     dropout_as_contiguous,
@@ -131,6 +131,21 @@ def test_a_held_gradient_is_not_overwritten_by_the_next_step():
     assert torch.equal(held, first)  # the old gradient kept its values
     assert w.grad.data_ptr() != held.data_ptr()
     assert not torch.equal(w.grad, first)
+
+
+def test_a_released_gradient_buffer_is_reused():
+    fast, _ = _pair("paper")
+    fast.train()
+    x, y = _batch()
+    w = fast.classifier[0].weight
+    ptrs = []
+    for seed in (1, 2, 3):
+        fast.zero_grad(set_to_none=True)  # the previous gradient let go of
+        torch.manual_seed(seed)
+        F.cross_entropy(fast(x), y).backward()
+        ptrs.append(w.grad.data_ptr())
+    _, buffer, _ = layers._GRAD_BUFFERS[id(w)]
+    assert ptrs == [buffer.data_ptr()] * 3  # the kept buffer each time, no fresh memory
 
 
 def test_gradients_accumulate_like_the_plain_layer():

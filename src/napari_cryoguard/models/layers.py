@@ -311,6 +311,7 @@ def _fast_linear_ok(h: torch.Tensor, linear: nn.Linear) -> bool:
         and w.dtype == torch.float32
         and w.is_contiguous()
         and linear.in_features >= FAST_LINEAR_MIN_FEATURES
+        and h.shape[0] >= 2  # one sample: MKL's product was the faster one
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
@@ -321,9 +322,10 @@ def flatten_linear(h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``linear(torch.flatten(h, 1))``, on the CPU's fast path for a large layer.
 
     The same parameters and the same sums (float32, in oneDNN's order: about 1e-7
-    relative to ``F.linear``). For a float32 CPU tensor and a layer of at least
-    :data:`FAST_LINEAR_MIN_FEATURES` inputs it runs oneDNN's inner product (forward and
-    input gradient 0.5x MKL's time for RB3D's 87808 x 256 layer at batch 16), hands the
+    relative to ``F.linear``). For a float32 CPU batch of two or more and a layer of at
+    least :data:`FAST_LINEAR_MIN_FEATURES` inputs it runs oneDNN's inner product
+    (forward and input gradient 0.4-0.7x MKL's time for 4096-87808 inputs, 256-1024
+    outputs, batch 16-64, one thread, torch 2.13; slower for a single sample), hands the
     input gradient back in ``h``'s memory format (a ``channels_last_3d`` activation
     otherwise gets a contiguous gradient, and the ReLU that made it then runs its
     backward 40x slower on the mismatched strides), and writes the weight gradient into
