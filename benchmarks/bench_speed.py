@@ -9,10 +9,12 @@ steadier one):
 1. **forward + backward of each architecture** (``cb3d``, ``dsrf3d_v2``, ``rb3d``,
    ``autoencoder`` at the ``small (CPU-friendly)`` widths on the CPU, the paper's on a
    GPU): the plain fp32 contiguous model vs ours (``build_model`` + ``prepare_model``:
-   ``channels_last_3d`` weights where the device's decision says so; on CUDA also ours
-   with bf16 autocast). Two workloads: the attack's (eval mode, gradient w.r.t. the
+   ``channels_last_3d`` weights where the device's decision says so, with the models'
+   fast paths that come with that format, see ``napari_cryoguard.device``; on CUDA also
+   ours with bf16 autocast). Two workloads: the attack's (eval mode, gradient w.r.t. the
    input only) and training's (train mode, weight gradients). Target <= 0.7x on CPU.
-   The largest difference of logits and input gradients to the plain model is printed.
+   The largest difference of logits and input gradients to the plain model is printed,
+   and in train mode (the same dropout seed for both) that of the weight gradients.
 2. **attacks on the bundled ``cb3d-default``** (or a cb3d at the preset's widths):
    PGD-10 (L-inf, random start): ours (``run_attack``, which also returns the clean and
    adversarial predictions) vs the plain 12-line fp32 loop below (the baseline: ten
@@ -197,6 +199,22 @@ def bench_models(args, dev: torch.device, archs: list[str], preset: str) -> None
         times = interleaved(runners, args.reps, dev)
         report(f"  {arch} forward + backward with weight gradients (train)", times,
                "plain fp32", "<= 0.7x" if dev.type == "cpu" else "")
+        print(f"  train: weight gradient relative difference to plain <= "
+              f"{_train_grad_difference(ours, plain, x, y):.1e} (the same dropout seed)")
+
+
+def _train_grad_difference(ours: nn.Module, plain: nn.Module, x, y) -> float:
+    """Largest relative difference of the weight gradients of one seeded train pass."""
+    grads = []
+    for m in (ours, plain):
+        torch.manual_seed(123)
+        _train_pass(m, x, y)
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    worst = 0.0
+    for name, g in grads[1].items():
+        scale = max(float(g.abs().max()), 1e-30)
+        worst = max(worst, float((grads[0][name] - g).abs().max()) / scale)
+    return worst
 
 
 # --------------------------------------------------------------------------- 2. attacks
