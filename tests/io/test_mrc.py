@@ -231,6 +231,26 @@ def test_zero_voxel_size_warns_naming_file_and_uses_one(tmp_path):
         assert tomo.voxel_size_zyx == (1.0, 1.0, 1.0)
 
 
+
+def test_picks_are_not_rescaled_by_an_assumed_tomogram_voxel_size(tmp_path):
+    """Found by the hostile-input probe: a header with cella = 0 made `extract` rescale
+    10 Angstrom picks to the assumed 1 Angstrom (coordinates x 10), so every pick fell
+    outside and it wrote 0 subtomograms with exit 0."""
+    from napari_cryoguard.io import Picks
+
+    path = _write_raw(tmp_path / "novox.mrc", np.zeros((8, 40, 40), np.float32), voxel_size=0.0)
+    known = _write_raw(tmp_path / "known.mrc", np.zeros((8, 40, 40), np.float32), voxel_size=5.0)
+    picks = Picks(coords=np.array([[4.0, 20.0, 30.0]]), voxel_size=10.0)
+    with pytest.warns(UserWarning, match="voxel size"), read_tomogram(path) as tomo:
+        assert tomo.voxel_size_assumed
+        placed = picks.on_tomogram(tomo)
+    np.testing.assert_array_equal(placed.coords, picks.coords)
+    assert placed.voxel_size == 1.0 and placed.voxel_size_assumed
+    assert any("does not say its voxel size" in n for n in placed.notes)
+    with read_tomogram(known) as tomo:  # a stored voxel size still converts
+        assert not tomo.voxel_size_assumed
+        np.testing.assert_array_equal(picks.on_tomogram(tomo).coords, [[8.0, 40.0, 60.0]])
+
 def test_truncated_file_reports_expected_and_actual_bytes(tmp_path):
     path = _write_raw(tmp_path / "cut.mrc", np.zeros((4, 5, 6), np.float32))
     full = path.stat().st_size

@@ -136,6 +136,7 @@ def read_em(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | No
         name=path.stem,
         shape=(nz, ny, nx),
         notes=notes,
+        voxel_size_assumed=voxel_size is None,
     )
 
 

@@ -200,6 +200,10 @@ class Tomogram:
     notes : list of str
         What the reader assumed or chose, in words for the user (a voxel size not in
         the file, the multiscale level taken, a unit converted).
+    voxel_size_assumed : bool
+        True when the file stores no usable voxel size and 1 Angstrom was assumed; picks
+        placed on it (:meth:`~napari_cryoguard.io.Picks.on_tomogram`) then keep their
+        voxel coordinates instead of being rescaled by a guess.
     """
 
     data: Any = field(repr=False)
@@ -212,6 +216,7 @@ class Tomogram:
     mode: int = 2
     translate_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0)
     notes: list[str] = field(default_factory=list)
+    voxel_size_assumed: bool = False
     _handle: Any = field(default=None, repr=False)
 
     @classmethod
@@ -552,6 +557,7 @@ def _tomogram_from_mrc(mrc: Any, path: Path, info: dict[str, Any]) -> Tomogram:
     if info.get("is_stack"):
         found = (found[2],) + found[1:]  # sections of a stack are images: no z spacing
     valid = [v for v in found if v > 0]
+    assumed = not valid
     if len(valid) < 3:
         fill = float(np.median(valid)) if valid else 1.0
         voxel_zyx = tuple(v if v > 0 else fill for v in found)
@@ -579,6 +585,7 @@ def _tomogram_from_mrc(mrc: Any, path: Path, info: dict[str, Any]) -> Tomogram:
         shape=tuple(int(s) for s in raw.shape),  # type: ignore[arg-type]
         origin_zyx=origin_zyx,  # type: ignore[arg-type]
         mode=info["mode"],
+        voxel_size_assumed=assumed,
         _handle=mrc,
     )
 

@@ -42,6 +42,13 @@ class Picks:
         once placed on it by :meth:`on_tomogram`. ``None`` (voxel formats: RELION,
         Dynamo, STOPGAP, ...): the coordinates index the array of whichever tomogram
         they are put on, and no translation is applied to them.
+    voxel_size_assumed : bool
+        The file did not say its voxel size and ``voxel_size`` is the 1.0 Angstrom a
+        reader assumed (set when a note says ``assumed 1.0 A``, the readers' wording).
+        :meth:`at_voxel_size` then takes the coordinates as voxel indices of the target
+        tomogram instead of scaling them from 1 Angstrom: TomoTwin ``.coords``, IMOD
+        models in pixels, Dynamo tables without ``apix`` index the tomogram they were
+        picked on, and shrinking them by its voxel size would misplace every pick.
     """
 
     coords: np.ndarray
@@ -53,6 +60,7 @@ class Picks:
     voxel_size: float = 1.0
     notes: list[str] = field(default_factory=list)
     origin_zyx: tuple[float, float, float] | None = None
+    voxel_size_assumed: bool = False
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords, dtype=np.float64)
@@ -76,6 +84,8 @@ class Picks:
                 raise CryoGuardError(f"picks origin must be 3 finite numbers (z, y, x in "
                                      f"Angstrom), got {self.origin_zyx!r}")
             self.origin_zyx = tuple(float(v) for v in origin)  # type: ignore[assignment]
+        if not self.voxel_size_assumed and self.voxel_size == 1.0 and self.origin_zyx is None:
+            self.voxel_size_assumed = any(ASSUMED_VOXEL_NOTE in str(n) for n in self.notes)
         self.features = {k: np.asarray(v) for k, v in self.features.items()}
         for k, v in self.features.items():
             if v.shape[:1] != (n,):
@@ -104,6 +114,7 @@ class Picks:
             voxel_size=self.voxel_size,
             notes=list(self.notes),
             origin_zyx=self.origin_zyx,
+            voxel_size_assumed=self.voxel_size_assumed,
         )
 
     def class_of(self) -> list[str] | None:
@@ -185,6 +196,14 @@ class Picks:
         the shift is not zero. Either origin ``None``: no shift (the first formula).
         """
         voxel_size = positive_voxel_size(voxel_size)
+        if self.voxel_size_assumed:
+            out = self.subset(np.ones(len(self), dtype=bool))
+            out.voxel_size, out.voxel_size_assumed = voxel_size, False
+            out.notes.append(
+                f"{source} does not say its voxel size: its coordinates are taken as voxel "
+                f"indices of this tomogram ({voxel_size:g} Angstrom), not converted from the "
+                "1.0 Angstrom assumed (pass voxel_size= to convert them)")
+            return out
         shift = np.zeros(3)
         new_origin = self.origin_zyx
         if origin_zyx is not None and self.origin_zyx is not None:
@@ -226,8 +245,25 @@ class Picks:
         voxel size and its ``translate_zyx`` (so Angstrom picks land on a translated
         OME-Zarr level at the same place in Angstrom). Notes say what was done."""
         part = self.for_tomogram(tomo.name, source=source)
+        if getattr(tomo, "voxel_size_assumed", False) and not part.voxel_size_assumed:
+            # the tomogram's 1 Angstrom is a guess: rescaling by it would move every pick
+            # (10 Angstrom picks x 10); take them as its voxel indices, as at_voxel_size
+            # does for picks whose own voxel size is the guess
+            out = part.subset(np.ones(len(part), dtype=bool))
+            out.voxel_size, out.voxel_size_assumed, out.origin_zyx = tomo.voxel_size, True, None
+            out.notes.append(
+                f"tomogram {tomo.name!r} does not say its voxel size: the coordinates of "
+                f"{source} ({part.voxel_size:g} Angstrom voxels) are taken as its voxel "
+                "indices, not converted to the 1.0 Angstrom assumed (give the tomogram's "
+                "voxel size to convert them)")
+            return out
         return part.at_voxel_size(tomo.voxel_size, source=source,
                                   origin_zyx=getattr(tomo, "translate_zyx", None))
+
+
+ASSUMED_VOXEL_NOTE = "assumed 1.0 A"
+"""What every reader's note says when a file gives no voxel size (``... assumed 1.0 A``,
+``... assumed 1.0 Angstrom``): :class:`Picks` marks itself ``voxel_size_assumed``."""
 
 
 def positive_voxel_size(value: Any, what: str = "voxel size", source: str = "") -> float:

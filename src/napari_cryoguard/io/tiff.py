@@ -148,6 +148,7 @@ def read_tiff(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | 
                 "Z, Y, X stack"
             )
         found = None
+        assumed = False
         if tif.is_ome and tif.ome_metadata:
             found = _ome_voxel_size(tif.ome_metadata, notes, name)
         if found is None and tif.is_imagej:
@@ -164,6 +165,7 @@ def read_tiff(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | 
         else:
             vs = assumed_voxel_size(f"{name}: no voxel size in the TIFF metadata; assumed 1.0 "
                                     "Angstrom (give voxel_size= to set it)", notes)
+            assumed = True
         try:
             raw: Any = tifffile.memmap(path, mode="r")
             handle = None
@@ -194,6 +196,7 @@ def read_tiff(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | 
         name=path.stem.removesuffix(".ome"),
         shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
         notes=notes,
+        voxel_size_assumed=assumed,
     )
     if handle is not None:
         tomo._handle = handle
