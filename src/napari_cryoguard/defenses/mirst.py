@@ -59,9 +59,9 @@ function, the same dropout draws (one call on the same (m + 1) N rows) and the s
 weight gradient as the separate pass, up to float rounding, with ``m`` fewer trunk
 forward passes (``T + 1`` forward and ``T + m + 1`` backward passes per batch). Not
 fused (the separate pass, exactly as without it): under DistributedDataParallel (which
-synchronises only the gradients of work done through its own forward), or a model that
-is not a :class:`~napari_cryoguard.models.base.FeatureClassifier` with a mode-dependent
-layer in train mode.
+synchronises only the gradients of work done through its own forward), or a model with
+a mode-dependent layer in train mode outside its ``classifier`` (RB3D's in-block
+dropout) or no ``classifier`` to cut.
 """
 
 from __future__ import annotations
@@ -232,6 +232,22 @@ def _forward_is_mode_free(cls: type) -> bool:
     return True
 
 
+def _own_mode_dependent(m: nn.Module) -> bool:
+    """:func:`mode_dependent` for ``m`` alone (not its submodules)."""
+    if not m.training:
+        return False
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return m.p > 0
+    if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        return m.track_running_stats
+    cls = type(m)
+    if cls.__module__.startswith("torch."):
+        return cls.__module__ not in _MODE_FREE_TORCH or isinstance(
+            m, (nn.RReLU, nn.MultiheadAttention)
+        )
+    return not _forward_is_mode_free(cls)
+
+
 def mode_dependent(module: nn.Module) -> bool:
     """Whether ``module``, in its current modes, may compute something else than in eval
     mode (or draw random numbers): a submodule in train mode that is dropout with
@@ -239,37 +255,21 @@ def mode_dependent(module: nn.Module) -> bool:
     layer outside the known mode-free families, or a custom module whose ``forward``
     mentions ``training``, dropout or random draws. Conservative: False is a guarantee
     for every torch layer, a source check for custom modules."""
-    for m in module.modules():
-        if not m.training:
-            continue
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            if m.p > 0:
-                return True
-            continue
-        if isinstance(m, nn.modules.instancenorm._InstanceNorm):
-            if m.track_running_stats:
-                return True
-            continue
-        cls = type(m)
-        if cls.__module__.startswith("torch."):
-            if cls.__module__ not in _MODE_FREE_TORCH or isinstance(
-                m, (nn.RReLU, nn.MultiheadAttention)
-            ):
-                return True
-            continue
-        if not _forward_is_mode_free(cls):
-            return True
-    return False
+    return any(_own_mode_dependent(m) for m in module.modules())
 
 
-def _run(layers: Sequence[Callable[[torch.Tensor], torch.Tensor]], h: torch.Tensor) -> torch.Tensor:
+def _run(layers: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         h = layer(h)
     return h
 
 
-def _flatten(h: torch.Tensor) -> torch.Tensor:
-    return torch.flatten(h, 1)
+class _Cut(Exception):
+    """Internal: the trunk's forward pass stopped at the head's input."""
+
+
+class _NoCut(Exception):
+    """Internal: the model's forward did not call its ``classifier`` (no split)."""
 
 
 def trunk_and_head(
@@ -277,33 +277,44 @@ def trunk_and_head(
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None:
     """``(trunk, head)`` with ``plain(x) == head(trunk(x))`` and ``trunk`` computing the
     same in the model's current modes as in eval mode; None when no such split with a
-    non-empty trunk is known. A model with no mode-dependent layer (or in eval mode) is
-    all trunk; a :class:`~napari_cryoguard.models.base.FeatureClassifier` (``features``,
-    flatten, ``classifier``) is cut before its first mode-dependent layer."""
-    from napari_cryoguard.models.base import FeatureClassifier
+    non-empty trunk is known.
 
+    A model with no mode-dependent layer (or in eval mode) is all trunk. A model whose
+    forward ends in a ``classifier`` (``nn.Sequential``: CB3D, DSRF3D-v2, RB3D), with no
+    mode-dependent layer outside it, is cut before the classifier's first mode-dependent
+    layer: the trunk runs the model's own forward (its fast paths included) up to the
+    classifier's input, stopped there by a forward pre-hook, then the classifier's
+    layers before the cut (:class:`_NoCut` when the forward never calls the classifier).
+    """
     if not mode_dependent(plain):
         return plain, _identity
-    if not (
-        isinstance(plain, FeatureClassifier)
-        and type(plain).forward is FeatureClassifier.forward
-        and isinstance(getattr(plain, "features", None), nn.Sequential)
-        and isinstance(getattr(plain, "classifier", None), nn.Sequential)
-    ):
+    classifier = getattr(plain, "classifier", None)
+    if not isinstance(classifier, nn.Sequential):
         return None
-    seq: list[Callable[[torch.Tensor], torch.Tensor]] = [
-        *plain.features,
-        _flatten,
-        *plain.classifier,
-    ]
-    k = next(i for i, m in enumerate(seq) if isinstance(m, nn.Module) and mode_dependent(m))
-    if k == 0:
+    inside = set(classifier.modules())
+    if any(_own_mode_dependent(m) for m in plain.modules() if m not in inside):
         return None
-    first, rest = seq[:k], seq[k:]
+    layers = list(classifier)
+    k = next(i for i, m in enumerate(layers) if mode_dependent(m))
+    first, rest = layers[:k], layers[k:]
 
     def trunk(x: torch.Tensor) -> torch.Tensor:
-        plain.check_input(x)  # type: ignore[operator]
-        return _run(first, x)
+        seen: list[torch.Tensor] = []
+
+        def stop(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            seen.append(args[0])
+            raise _Cut
+
+        hook = classifier.register_forward_pre_hook(stop)
+        try:
+            plain(x)
+        except _Cut:
+            pass
+        finally:
+            hook.remove()
+        if not seen:
+            raise _NoCut
+        return _run(first, seen[0])
 
     return trunk, lambda h: _run(rest, h)
 
@@ -427,7 +438,26 @@ def _fused_logits(
     split = trunk_and_head(plain)
     if split is None:
         return None
-    trunk, head = split
+    x = batch.x
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+    try:
+        return _shared_trunk_logits(model, batch, params, instance_steps, *split)
+    except _NoCut:  # the forward did not run its classifier: the separate pass, same draws
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, x.device)
+        return None
+
+
+def _shared_trunk_logits(
+    model: nn.Module,
+    batch: Batch,
+    params: RSTParams,
+    instance_steps: tuple[int, ...],
+    trunk: Callable[[torch.Tensor], torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     x = batch.x
     range_unit = check_eps_unit(params.eps_unit) == "range"
     keep = set(instance_steps)
@@ -471,7 +501,9 @@ def _fused_logits(
     # train mode again (the trainer's): the points PGD did not visit, then the head once
     feats = [kept[0] if clean_visited and 0 in kept else trunk(x)]
     for step, inst in zip(instance_steps, instances, strict=True):
-        feats.append(kept[step] if step in kept else trunk(inst))
+        if step not in kept:  # one pass per distinct point (equal steps: one iterate)
+            kept[step] = trunk(inst)
+        feats.append(kept[step])
     return head(torch.cat(feats))
 
 
