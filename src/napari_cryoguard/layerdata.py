@@ -160,7 +160,8 @@ def picks_for_image(points, *, image_name: str, image_voxel_size: float, feature
     Rows are matched by tomogram name (a ``tomo_name`` feature per point, else
     ``metadata["tomo_name"]``) with :meth:`~napari_cryoguard.io.Picks.for_tomogram`, and
     converted from ``metadata["voxel_size"]`` to ``image_voxel_size`` with
-    :meth:`~napari_cryoguard.io.Picks.at_voxel_size`.
+    :meth:`~napari_cryoguard.io.Picks.at_voxel_size` (not converted when
+    ``metadata["voxel_size_assumed"]``: a file without a voxel size indexes the image).
 
     ``translate`` and ``image_translate`` are the picks layer's and the image layer's
     ``translate`` (Angstrom, ZYX; an OME-Zarr level's translation, which the readers
@@ -197,7 +198,8 @@ def picks_for_image(points, *, image_name: str, image_voxel_size: float, feature
         own = target = None
     picks = Picks(coords=data, tomo_names=names, features={"_row": np.arange(n)},
                   voxel_size=float(meta.get("voxel_size", image_voxel_size)),
-                  notes=[str(x) for x in meta.get("notes", [])], origin_zyx=own)
+                  notes=[str(x) for x in meta.get("notes", [])], origin_zyx=own,
+                  voxel_size_assumed=bool(meta.get("voxel_size_assumed", False)))
     picks = picks.for_tomogram(image_name, source=where).at_voxel_size(
         image_voxel_size, source=where, origin_zyx=target)
     return {"coords": picks.coords, "rows": np.asarray(picks.features["_row"], dtype=np.int64),

@@ -210,6 +210,7 @@ def picks_layer_data(picks, name: str, *, source, tomo_name: str, voxel_size: fl
             "source": str(source),
             "notes": list(picks.notes),
             "diameter": 14.0 * float(voxel_size),
+            "voxel_size_assumed": bool(getattr(picks, "voxel_size_assumed", False)),
         },
         "size": 14.0,
         "symbol": "disc",

@@ -234,6 +234,7 @@ def read_coords_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
         notes.append(f"{path.name}: tomogram name {name!r} taken from the file name")
     picks.tomo_names = np.full(len(picks), name, dtype=object).astype(str)
     picks.voxel_size = vs
+    picks.voxel_size_assumed = voxel_size is None
     picks.notes = [
         n for n in picks.notes if "separated table" not in n
     ] + [f"{path.name}: .coords columns are x y z voxel centres (0-based)"] + notes

@@ -30,7 +30,7 @@ from typing import Any
 
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.io._reading import pick_file
-from napari_cryoguard.io.picks import Picks
+from napari_cryoguard.io.picks import ASSUMED_VOXEL_NOTE, Picks
 
 # suffix -> (module, function); the function is called as read(path, voxel_size=...,
 # tomograms=..., **options) and returns Picks.
@@ -88,7 +88,10 @@ def read_picks(
     voxel_size : float, optional
         Angstrom per voxel of the tomogram the coordinates should index into. For formats
         in voxels it overrides what the file says; for formats in Angstrom (RELION 5,
-        copick) it is the voxel size the coordinates are converted to.
+        copick) it is the voxel size the coordinates are converted to. A voxel file
+        that gives none is read at 1.0 Angstrom with a note and marked
+        ``voxel_size_assumed``: put on a tomogram (:meth:`Picks.on_tomogram`), its
+        coordinates are taken as that tomogram's voxel indices, not rescaled.
     tomograms : str, PathLike, mapping or Tomogram, optional
         The sizes that RELION 5 centred coordinates and WarpTools normalised (0..1)
         coordinates need: a ``tomograms.star``, an ``optimisation_set.star`` naming one,
@@ -123,10 +126,14 @@ def read_picks(
     if isinstance(tomograms, Mapping):
         tomograms = dict(tomograms)
     try:
-        return reader(path, voxel_size=voxel_size, tomograms=tomograms, **options)
+        picks = reader(path, voxel_size=voxel_size, tomograms=tomograms, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
             raise CryoGuardError(
                 f"{path.name}: option not understood for this format: {err}"
             ) from err
         raise
+    if (voxel_size is None and picks.voxel_size == 1.0 and picks.origin_zyx is None
+            and any(ASSUMED_VOXEL_NOTE in str(n) for n in picks.notes)):
+        picks.voxel_size_assumed = True  # placed on a tomogram, its indices are that one's
+    return picks
