@@ -92,16 +92,16 @@ def iter_add_layer(viewer, layer, *, activate: bool = True):
 
 
 def iter_build_shaders(canvas, layer):
-    """Build the shaders of a new Points or Shapes layer's parts, one part per event-loop
-    turn, before the layer is shown (a generator of Qt-thread steps, "shaders").
+    """Build the shaders of a new Points or Shapes layer's parts before the layer is
+    shown, a small piece per event-loop turn (a generator of Qt-thread steps, "shaders").
 
     A Points or Shapes visual is several vispy visuals (markers, meshes, lines, text),
     each with its own GL program, built at its first draw: 10-80 ms each under software
     OpenGL (vispy parses the code, Mesa compiles and links it), all in the repaint that
-    first shows the layer. Here each part that will draw is drawn once into a tiny
-    offscreen framebuffer (:func:`draw_offscreen`, no repaint of the canvas), a part per
-    turn; the repaint that shows the layer then finds them built. A layer of another
-    kind (an Image: one program) is left to its first repaint.
+    first shows the layer. Here each part that will draw gets its program built by
+    :func:`iter_draw_offscreen` (three turns a part, no repaint of the canvas); the
+    repaint that shows the layer then finds them built. A layer of another kind (an
+    Image: one program) is left to its first repaint.
     """
     node = getattr((getattr(canvas, "layer_to_visual", None) or {}).get(layer), "node", None)
     parts = getattr(node, "_subvisuals", None)
@@ -109,25 +109,54 @@ def iter_build_shaders(canvas, layer):
         return
     text = getattr(node, "text", None)
     for part in parts:
-        wanted = part.visible or (part is text and _has_text_string(layer))
-        if wanted and draw_offscreen(canvas, part):
-            yield "shaders"
+        if part.visible or (part is text and _has_text_string(layer)):
+            yield from iter_draw_offscreen(canvas, part)
 
 
 _OFFSCREEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # scene canvas -> FBO
 
 
-def draw_offscreen(canvas, visual) -> bool:
-    """Draw one vispy visual (hidden or not) into a tiny offscreen framebuffer of the
-    canvas's GL context: its GL program is built, nothing shows and the canvas is not
-    repainted. ``True`` when a program was built; ``False`` when there was none to build
-    (already built, or nothing to draw yet), no shown canvas (no GL context yet) or it
-    failed (a napari or vispy without these internals): the first repaint builds it."""
+def iter_draw_offscreen(canvas, visual):
+    """Build one vispy visual's GL program (hidden or not) without a repaint of the
+    canvas, in three event-loop turns (a generator of Qt-thread steps, "shaders"):
+    vispy prepares the visual's data and writes and parses its program's code (Python),
+    then GL compiles and links it (Mesa), then the visual is drawn once into a tiny
+    offscreen framebuffer of the canvas's GL context (its first draw: Mesa's code for
+    the draw, the data's upload); nothing shows. Nothing happens when the program is
+    built already, when the visual has nothing to draw yet, or without a shown canvas
+    (no GL context yet); a failure (a napari or vispy without these internals) ends it:
+    the first repaint builds it instead."""
     scene_canvas = getattr(canvas, "_scene_canvas", None)
     native = getattr(canvas, "native", None)
     program = getattr(visual, "_program", None)
-    if not getattr(program, "_need_build", False):
-        return False
+    if not getattr(program, "_need_build", False) or not hasattr(program, "build_if_needed"):
+        return
+    if scene_canvas is None or native is None or not native.isVisible():
+        return
+    try:
+        if visual._prepare_draw(view=visual) is False:  # nothing to draw (yet)
+            return
+        program.build_if_needed()
+    except Exception:  # noqa: BLE001 - an optimisation: the repaint does it instead
+        return
+    yield "shaders"
+    try:
+        scene_canvas.set_current()
+        scene_canvas.context.flush_commands()  # GL: compile and link
+    except Exception:  # noqa: BLE001
+        return
+    yield "shaders"
+    if draw_offscreen(canvas, visual):
+        yield "shaders"
+
+
+def draw_offscreen(canvas, visual) -> bool:
+    """Draw one vispy visual (hidden or not) into a tiny offscreen framebuffer of the
+    canvas's GL context: its GL program is built and drawn once, nothing shows and the
+    canvas is not repainted. ``False`` without a shown canvas (no GL context yet) or
+    when it failed (a napari or vispy without these internals)."""
+    scene_canvas = getattr(canvas, "_scene_canvas", None)
+    native = getattr(canvas, "native", None)
     if scene_canvas is None or native is None or not native.isVisible():
         return False
     try:
@@ -149,7 +178,7 @@ def draw_offscreen(canvas, visual) -> bool:
             scene_canvas.context.flush_commands()
     except Exception:  # noqa: BLE001 - an optimisation: the repaint does it instead
         return False
-    return not program._need_build
+    return True
 
 
 def _has_text_string(layer) -> bool:
@@ -330,10 +359,15 @@ def iter_prepare_dims(viewer, layer):
     point = list(dims.point)
     # a new order refits the camera to the layers' extents, which lack the axis until the
     # layer is in (IndexError): held back, the camera stays where the user left it
+    # napari builds all the sliders anew, shown, and hides some after: the slider area
+    # grows for a moment, and each change of its height resizes the canvas, which
+    # repaints at once, inside this call (20-40 ms each); those paints are held back and
+    # the canvas repaints once, at the next turn
     order.block(fit)
     try:
-        # the new axes first with one step each: their sliders are built hidden ...
-        dims.update({"ndim": new, "range": [(r[0], r[0], r[2]) for r in lead] + ranges})
+        with _canvas_draws_held(real):
+            # the new axes first with one step each: their sliders are built hidden ...
+            dims.update({"ndim": new, "range": [(r[0], r[0], r[2]) for r in lead] + ranges})
     finally:
         order.unblock(fit)
     position = list(real.cursor.position)
@@ -342,6 +376,28 @@ def iter_prepare_dims(viewer, layer):
     yield "dims"
     # ... and shown with their real ranges at the next turn (the window's new layout
     # and repaint come at the turns after)
-    dims.range = lead + tail
-    dims.point = [r[0] for r in lead] + point  # the slider at the first cube
+    with _canvas_draws_held(real):
+        dims.range = lead + tail
+        dims.point = [r[0] for r in lead] + point  # the slider at the first cube
     yield "ranges"
+
+
+class _canvas_draws_held:
+    """Within the block the canvas does not draw (a resize repaints it at once, inside
+    the call that resized it); on exit it asks for one repaint, at a later turn."""
+
+    def __init__(self, viewer) -> None:
+        canvas = getattr(_qt_viewer(viewer), "canvas", None)
+        scene_canvas = getattr(canvas, "_scene_canvas", None)
+        self._draw = getattr(getattr(scene_canvas, "events", None), "draw", None)
+        self._canvas = scene_canvas
+
+    def __enter__(self):
+        if self._draw is not None:
+            self._draw.block()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._draw is not None:
+            self._draw.unblock()
+            self._canvas.update()

@@ -74,7 +74,7 @@ WARM_UP_CAPTIONS = ("particle", "adversarial", "perturbation x50", "reconstructi
                     "adv. reconstruction", "0123456789")
 # vispy's text measures these for every text's line height (their glyphs are rendered then)
 METRIC_CHARS = "ÅÉÑŐjgpqy "
-GLYPHS_PER_STEP = 2  # each glyph 5-15 ms under load (rendered on the CPU at 256 pt)
+GLYPHS_PER_STEP = 1  # each glyph 5-30 ms under load (rendered on the CPU at 256 pt)
 
 
 def iter_warm_up(viewer):
@@ -105,7 +105,7 @@ def iter_warm_up(viewer):
 def _warm_up_visuals(viewer, canvas):
     from napari.layers import Points, Shapes
 
-    from napari_cryoguard._napari._layers import draw_offscreen, hide_placeholders
+    from napari_cryoguard._napari._layers import hide_placeholders, iter_draw_offscreen
 
     dims = viewer.dims
     nd = max(int(dims.ndim), 2)
@@ -133,14 +133,14 @@ def _warm_up_visuals(viewer, canvas):
         return vispy_layer
 
     makers = [
-        lambda: layer_visual(Points(
+        lambda: Points(
             base[None], size=14, symbol="disc", border_color="yellow", name="warm-up",
-            face_color="transparent", border_width=0.12, projection_mode="rescale_spherical")),
-        lambda: layer_visual(Shapes(
+            face_color="transparent", border_width=0.12, projection_mode="rescale_spherical"),
+        lambda: Shapes(
             [rect] * len(WARM_UP_CAPTIONS), shape_type="polygon", edge_color="yellow",
             face_color="transparent", edge_width=0.6, name="warm-up",
             features={"caption": list(WARM_UP_CAPTIONS)},
-            text={"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": 8})),
+            text={"string": "{caption}", "anchor": "upper_left", "color": "yellow", "size": 8}),
     ]
 
     def glyphs():
@@ -167,12 +167,14 @@ def _warm_up_visuals(viewer, canvas):
     try:
         yield from glyphs()
         for make in makers:
-            vispy_layer = make()
+            layer = make()
+            yield "layer"
+            vispy_layer = layer_visual(layer)
             node = vispy_layer.node
             yield "built"
             for part in getattr(node, "_subvisuals", None) or [node]:
-                if part.visible and draw_offscreen(canvas, part):
-                    yield "shaders"
+                if part.visible:
+                    yield from iter_draw_offscreen(canvas, part)
             seen = draws[0]
             node.visible = True  # drawn on the canvas once, far outside the view
             yield "shown"
