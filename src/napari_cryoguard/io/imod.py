@@ -150,6 +150,26 @@ def _check_structure(path: Path, raw: bytes) -> None:
             pos += n
 
 
+def _outside_notes(path: Path, xyz: np.ndarray, header: Any, minx: Any) -> list[str]:
+    """Notes for points outside the image the model was saved on (``xmax ymax zmax`` of
+    the header; x, y in [0, max], z in [-0.5, max - 0.5]) and for 3dmod's model-to-image
+    rotation (``MINX`` ``crot``), which this reader does not apply."""
+    out = []
+    size = [int(getattr(header, k, 0) or 0) for k in ("xmax", "ymax", "zmax")]
+    if len(xyz) and all(v > 0 for v in size):
+        lo, hi = np.array([0.0, 0.0, -0.5]), np.array(size, dtype=float) - [0.0, 0.0, 0.5]
+        bad = int(np.sum(np.any((xyz < lo) | (xyz > hi), axis=1)))
+        if bad:
+            out.append(f"{path.name}: {bad} of {len(xyz)} points lie outside the image the "
+                       f"model was saved on ({size[0]} x {size[1]} x {size[2]}, x y z)")
+    crot = np.asarray(getattr(minx, "crot", (0.0, 0.0, 0.0)) or (0.0, 0.0, 0.0), dtype=float)
+    if minx is not None and np.all(np.isfinite(crot)) and np.any(np.abs(crot) > 1e-6):
+        out.append(f"{path.name}: the model was saved on an image rotated by "
+                   f"{', '.join(f'{v:g}' for v in crot)} degrees (3dmod MINX crot, x y z); "
+                   "points are read as stored, not rotated back")
+    return out
+
+
 def read_imod_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
                     tomograms: Any = None, pixel_centres: bool = True) -> Picks:
     """Read the points of an IMOD model as voxel picks.
@@ -214,6 +234,7 @@ def read_imod_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
             "centre; voxel index = (z, y - 0.5, x - 0.5)"
         )
     header = model.header
+    notes.extend(_outside_notes(path, xyz, header, getattr(model, "minx", None)))
     zscale = float(getattr(header, "zscale", 1.0) or 1.0)
     if not np.isclose(zscale, 1.0):
         notes.append(
