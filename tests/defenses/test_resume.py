@@ -241,3 +241,31 @@ def test_resume_of_an_early_stopped_run_trains_nothing_more(data, tmp_path):
     assert len(again.history) == len(first.history)
     assert _max_diff(before, _weights(out)) == 0.0
     assert any("stopped early" in e.get("message", "") for e in seen if e["event"] == "note")
+
+
+@pytest.mark.parametrize("field, value", [("history", "x"), ("history", [1, 2]), ("epoch", -1),
+                                          ("epoch", "2"), ("defense", 5), ("training", "x"),
+                                          ("partial_epoch", [1]), ("step_in_epoch", 1.5)])
+def test_resume_of_a_checkpoint_with_wrong_training_fields_is_one_error(data, tmp_path, capsys,
+                                                                       field, value):
+    """Found by the hostile-input probe: `--resume` of a checkpoint whose history was
+    the string "x" ended in ValueError (dict update sequence) with a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run.safetensors"
+    train(data, "cb3d", "standard", out=out, epochs=1, **KW)
+    with safe_open(str(out), framework="pt") as f:
+        header = dict(f.metadata())
+    meta = json.loads(header["cryoguard"])
+    meta[field] = value
+    header["cryoguard"] = json.dumps(meta)
+    save_file(load_file(str(out)), str(out), metadata=header)
+    with pytest.raises(CryoGuardError, match=f"'{field}'"):
+        train(data, "cb3d", "standard", out=out, epochs=2, resume=out, **KW)
+    capsys.readouterr()
+    assert train_main(["--resume", str(out), "--data", "unused.npz", "--epochs", "2",
+                       "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("cryoguard train: error:") and field in last

@@ -338,7 +338,10 @@ def _run_cli(args: argparse.Namespace, sink: _ProgressSink, cancel: threading.Ev
     stored: dict[str, Any] = {}
     init_model = None
     if args.resume:
+        from napari_cryoguard.defenses.state import check_resume_metadata
+
         _, stored = load_checkpoint(args.resume, device="cpu")
+        check_resume_metadata(stored, str(args.resume))
     if args.init:
         if args.resume:
             raise CryoGuardError("--init and --resume exclude each other")

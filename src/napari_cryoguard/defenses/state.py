@@ -34,6 +34,7 @@ from napari_cryoguard.errors import CryoGuardError
 __all__ = [
     "STATE_KEY",
     "check_output",
+    "check_resume_metadata",
     "checkpoint_path",
     "flatten_optimizer",
     "load_training_state",
@@ -214,3 +215,38 @@ def load_training_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.T
         raise CryoGuardError(f"{path} is not a readable training-state file: {exc}") from exc
     return tensors, meta
 
+
+
+def check_resume_metadata(meta: Mapping[str, Any], source: str) -> None:
+    """Refuse, in one sentence, a checkpoint whose training fields cannot be resumed.
+
+    The checkpoint schema (:func:`~napari_cryoguard.models.checkpoint.validate_metadata`)
+    covers the model; this covers what the training loop reads back: ``history`` (a
+    list of per-epoch dicts), ``defense`` (a name), ``defense_params`` / ``training`` /
+    ``partial_epoch`` (dicts), ``epoch`` / ``step_in_epoch`` (counts).
+    """
+    if "history" not in meta or "defense" not in meta:
+        raise CryoGuardError(f"{source} was not written by the training loop (no history); "
+                             "it cannot be resumed")
+
+    def bad(field: str, want: str) -> CryoGuardError:
+        got = meta.get(field)
+        return CryoGuardError(f"{source}: the checkpoint's {field!r} must be {want}, got "
+                              f"{type(got).__name__} {str(got)[:60]!r}; it cannot be resumed")
+
+    history = meta["history"]
+    if not isinstance(history, list) or not all(isinstance(h, Mapping) for h in history):
+        raise bad("history", "a list of per-epoch objects")
+    if not isinstance(meta["defense"], str) or not meta["defense"]:
+        raise bad("defense", "a defense name")
+    for field in ("defense_params", "training", "partial_epoch"):
+        if meta.get(field) is not None and not isinstance(meta[field], Mapping):
+            raise bad(field, "an object")
+    training = meta.get("training") or {}
+    if training.get("dataset") is not None and not isinstance(training["dataset"], Mapping):
+        raise CryoGuardError(f"{source}: the checkpoint's training.dataset must be an "
+                             "object; it cannot be resumed")
+    for field in ("epoch", "step_in_epoch"):
+        value = meta.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad(field, "a count >= 0")

@@ -50,6 +50,7 @@ from napari_cryoguard.defenses.base import Batch, Defense, ModelHandle, get_defe
 from napari_cryoguard.defenses.events import EventWriter
 from napari_cryoguard.defenses.state import (
     check_output,
+    check_resume_metadata,
     checkpoint_path,
     flatten_optimizer,
     load_training_state,
@@ -788,11 +789,7 @@ def train(
 
             resumed_model, resume_meta = load_checkpoint(resume, device="cpu")
             resume_meta["_resume_path"] = str(resume)
-            if "history" not in resume_meta or "defense" not in resume_meta:
-                raise CryoGuardError(
-                    f"{resume} was not written by the training loop (no history); "
-                    "it cannot be resumed"
-                )
+            check_resume_metadata(resume_meta, str(resume))
 
         # ---- recipe
         if recipe is None:
