@@ -22,6 +22,7 @@ from napari_cryoguard.models.layers import (
     FAST_LINEAR_MIN_FEATURES,
     dropout_as_contiguous,
     flatten_linear,
+    relu_cat,
 )
 from napari_cryoguard.models.rb3d import BottleneckBlock3d
 
@@ -213,3 +214,25 @@ def test_dropout_as_contiguous_draws_the_contiguous_mask():
     assert torch.equal(dropout_as_contiguous(x, 0.7, False), x)
     assert torch.equal(dropout_as_contiguous(x, 1.0, True), torch.zeros_like(x))
     assert 0.6 < float((ref == 0).float().mean()) < 0.8
+
+
+@pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
+def test_relu_cat_is_exactly_the_blocks_relu_of_the_concatenation(fmt):
+    torch.manual_seed(0)
+    a0 = torch.randn(3, 4, 5, 5, 5).contiguous(memory_format=fmt)
+    b0 = torch.randn(3, 6, 5, 5, 5).contiguous(memory_format=fmt)
+    w0 = torch.randn(3, 10, 5, 5, 5)
+    res = []
+    for fn in (relu_cat, lambda a, b: torch.relu(torch.cat([torch.relu(a), b], 1))):
+        a = a0.clone(memory_format=torch.preserve_format).requires_grad_(True)
+        b = b0.clone(memory_format=torch.preserve_format).requires_grad_(True)
+        w = w0.clone().requires_grad_(True)
+        out = fn(a, b)
+        ga, gb = torch.autograd.grad((out * w).sum(), [a, b], create_graph=True)
+        (ga.square().sum() + gb.square().sum()).backward()  # a double backward to w
+        res.append((out.detach(), ga.detach(), gb.detach(), w.grad))
+    (of, gaf, gbf, wf), (op, gap, gbp, wp) = res
+    assert torch.equal(of, op) and torch.equal(gaf, gap) and torch.equal(gbf, gbp)
+    assert torch.equal(wf, wp) and float(wp.abs().max()) > 0
+    assert float(gap.abs().max()) > 0 and float(gbp.abs().max()) > 0
+    assert gaf.is_contiguous(memory_format=fmt) and gbf.is_contiguous(memory_format=fmt)

@@ -9,8 +9,9 @@ max-pooling layer of a network; every model here exposes that as ``drop_max=True
 CPU fast paths (same parameters, same values to float32 rounding, the same random
 numbers): :func:`flatten_linear` (flatten + a large first fully connected layer on
 oneDNN's inner product, the gradient handed back in the activation's memory format,
-the weight gradient written into a reused buffer) and :func:`dropout_as_contiguous`
-(dropout whose mask is drawn exactly as for a contiguous tensor).
+the weight gradient written into a reused buffer), :func:`dropout_as_contiguous`
+(dropout whose mask is drawn exactly as for a contiguous tensor) and :func:`relu_cat`
+(ReLU of a channel concatenation, its gradient handed back dense).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "dropout_as_contiguous",
     "flatten_linear",
     "make_pool3d",
+    "relu_cat",
     "relu_then_pool",
 ]
 
@@ -361,3 +363,43 @@ def dropout_as_contiguous(x: torch.Tensor, p: float, training: bool) -> torch.Te
     if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=_CL):
         noise = noise.contiguous(memory_format=_CL)
     return x * noise
+
+
+class _ReluCat(torch.autograd.Function):
+    """``relu(cat([a, b], 1))``; the gradients handed back dense in the output's format."""
+
+    @staticmethod
+    def forward(ctx, a, b):  # type: ignore[override]
+        out = torch.cat([a, b], dim=1).relu_()
+        ctx.save_for_backward(out)
+        ctx.split = a.shape[1]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward: differentiable in ``grad``
+            g = grad * (out > 0)
+        else:
+            g = torch.ops.aten.threshold_backward(grad, out, 0)
+        fmt = (
+            _CL
+            if out.dim() == 5 and not out.is_contiguous() and out.is_contiguous(memory_format=_CL)
+            else torch.contiguous_format
+        )
+        s = ctx.split
+        return g[:, :s].contiguous(memory_format=fmt), g[:, s:].contiguous(memory_format=fmt)
+
+
+def relu_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``relu(torch.cat([a, b], 1))`` with one ReLU backward and dense gradients.
+
+    ``relu(cat([relu(a), b]))`` (RB3D's concatenation block, whose shortcut has its own
+    ReLU) equals ``relu_cat(a, b)`` exactly, with exactly the same gradients: the outer
+    ReLU's mask on the shortcut's channels is the inner one's. In ``channels_last_3d``
+    the channel slices of the concatenation's gradient are strided views, and the ReLU
+    backward and convolutions that would take them run on mismatched strides; here the
+    one ReLU backward runs on the whole output and each part is handed back as a dense
+    tensor in the output's memory format.
+    """
+    return _ReluCat.apply(a, b)

@@ -44,6 +44,7 @@ from napari_cryoguard.models.layers import (
     dropout_as_contiguous,
     flatten_linear,
     make_pool3d,
+    relu_cat,
     relu_then_pool,
 )
 from napari_cryoguard.models.registry import register_model
@@ -169,7 +170,9 @@ class BottleneckBlock3d(nn.Module):
     ``fast_paths`` (set by :func:`napari_cryoguard.device.apply_memory_format`: on in
     ``channels_last_3d``): the in-block dropout draws its mask as for a contiguous
     tensor (:func:`~napari_cryoguard.models.layers.dropout_as_contiguous`), so the
-    channels-last model uses the contiguous model's masks.
+    channels-last model uses the contiguous model's masks, and the shortcut's ReLU,
+    the concatenation and the block's ReLU run as one
+    :func:`~napari_cryoguard.models.layers.relu_cat` (exactly equal).
     """
 
     fast_paths = False
@@ -220,14 +223,16 @@ class BottleneckBlock3d(nn.Module):
             return self.act(self.path(x) + self.shortcut(x))
         if not self.fast_paths:
             return self.act(torch.cat([self.shortcut(x), self.path(x)], dim=1))
-        short = self.shortcut(x)
         h = x
         for layer in self.path:
             if type(layer) is nn.Dropout:  # the mask of the contiguous model, in any format
                 h = dropout_as_contiguous(h, layer.p, layer.training)
             else:
                 h = layer(h)
-        return self.act(torch.cat([short, h], dim=1))
+        if len(self.shortcut) == 2 and type(self.shortcut[1]) is nn.ReLU:
+            # act(cat([relu(s), h])) == relu_cat(s, h): one ReLU for both, exactly
+            return relu_cat(self.shortcut[0](x), h)
+        return self.act(torch.cat([self.shortcut(x), h], dim=1))
 
 
 @register_model("rb3d", RB3DParams)
