@@ -97,3 +97,21 @@ def test_copick_picks_opened_first_land_right_on_a_translated_level(viewer, tmp_
     out = layer_picks(points, level1, image_voxel_size=15.0)
     np.testing.assert_allclose(out["coords"], (BRIGHT * 7.5 - 3.75) / 15.0)
     np.testing.assert_allclose([level1.data_to_world(c) for c in out["coords"]], BRIGHT * 7.5)
+
+
+def test_picks_over_an_image_with_non_cubic_voxels_keep_their_own(viewer, tmp_path):
+    """An image whose voxels are 7.5 x 15 x 15 A (z, y, x): the picks cannot be put in
+    its voxels, so they are drawn in their own 7.5 A voxels, at the right place in the
+    world, with a warning."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    viewer.add_image(np.zeros((16, 12, 16), np.float32), name="TS_demo", scale=(7.5, 15.0, 15.0),
+                     metadata={"voxel_size": 15.0})
+    before = len(notification_manager.records)
+    [points] = viewer.open(str(_picks_file(tmp_path)), plugin="napari-cryoguard")
+    warned = [str(n.message) for n in notification_manager.records[before:]
+              if n.severity == NotificationSeverity.WARNING]
+    assert tuple(points.scale) == (7.5, 7.5, 7.5)
+    np.testing.assert_allclose(points.data, BRIGHT)
+    np.testing.assert_allclose(_world(points), BRIGHT * 7.5)
+    assert any("not cubic" in w and "7.5, 15, 15" in w for w in warned), warned

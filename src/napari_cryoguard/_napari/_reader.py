@@ -258,6 +258,18 @@ def _picks_layers(path: Path, viewer) -> tuple[list[tuple], list[str]]:
     layers: list[tuple] = []
 
     def on_image(part, image) -> tuple:
+        scale = [float(v) for v in image.scale[-3:]]
+        if max(scale) - min(scale) > 1e-3 * max(scale):
+            # voxels that are not cubic (an OME-Zarr level binned in y and x only): the
+            # picks' one voxel size cannot index it; draw them in their own voxels instead
+            messages.append(TomogramWarning(
+                f"image {image.name!r} has voxels of {', '.join(f'{v:g}' for v in scale)} "
+                f"Angstrom (z, y, x), not cubic: {path.name} is drawn at its own "
+                f"{part.voxel_size:g} Angstrom voxels (world coordinates in Angstrom), not "
+                "converted to the image's; open a level with cubic voxels to use the picks"))
+            return part, picks_layer_data(part, stem, source=path, tomo_name=image.name,
+                                          voxel_size=part.voxel_size,
+                                          translate=part.origin_zyx)
         vs = voxel_size_of(image)
         # Angstrom picks (copick) are placed relative to the image's first voxel
         part = part.at_voxel_size(vs, source=path.name,

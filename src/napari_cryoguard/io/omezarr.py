@@ -292,6 +292,11 @@ def read_omezarr(path: str | os.PathLike, *, voxel_size: float | Sequence[float]
             "a tomogram needs z > 1"
         )
     vs = tuple(float(v) for v in sizes[pick])
+    if max(vs) - min(vs) > 1e-3 * max(vs):
+        notes.append(
+            f"{name}: level {lpath!r} has voxels of {', '.join(f'{v:g}' for v in vs)} Angstrom "
+            "(z, y, x), not cubic (ome-zarr-py's default Scaler bins y and x only); picks "
+            "and subtomograms need cubic voxels: open a level with equal voxel sizes")
     data: Any = arr if np.dtype(arr.dtype) == np.dtype(np.float32) else LazyVolume(arr)
     origin = tuple(float(v) for v in np.asarray(shift) * factors_arr)
     if any(v != 0.0 for v in origin):

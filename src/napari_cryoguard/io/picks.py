@@ -243,7 +243,14 @@ class Picks:
         """The rows of tomogram ``tomo`` (a :class:`~napari_cryoguard.io.Tomogram`) as its
         voxel indices: :meth:`for_tomogram` by its name, then :meth:`at_voxel_size` at its
         voxel size and its ``translate_zyx`` (so Angstrom picks land on a translated
-        OME-Zarr level at the same place in Angstrom). Notes say what was done."""
+        OME-Zarr level at the same place in Angstrom). Notes say what was done. A tomogram
+        whose voxels are not cubic (an OME-Zarr level binned in y and x only) is refused."""
+        zyx = [float(v) for v in getattr(tomo, "voxel_size_zyx", None) or (tomo.voxel_size,) * 3]
+        if max(zyx) - min(zyx) > 1e-3 * max(zyx):
+            raise CryoGuardError(
+                f"tomogram {tomo.name!r} has voxels of {', '.join(f'{v:g}' for v in zyx)} "
+                "Angstrom (z, y, x), not cubic: picks (and cubic subtomograms) need equal "
+                "voxel sizes; open a level or a resampled tomogram with cubic voxels")
         part = self.for_tomogram(tomo.name, source=source)
         if getattr(tomo, "voxel_size_assumed", False) and not part.voxel_size_assumed:
             # the tomogram's 1 Angstrom is a guess: rescaling by it would move every pick
