@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_cryoguard.defenses import Batch, ModelHandle
-from napari_cryoguard.device import apply_memory_format
 from napari_cryoguard.defenses.mirst import (
     MIRSTParams,
     RSTParams,
@@ -19,6 +18,7 @@ from napari_cryoguard.defenses.mirst import (
     rst_loss,
     trunk_and_head,
 )
+from napari_cryoguard.device import apply_memory_format
 from napari_cryoguard.models import build_model, tiny_params
 from napari_cryoguard.models.layers import DropMax3d
 
@@ -108,6 +108,7 @@ def _stem_samples(net: nn.Module, params: MIRSTParams) -> tuple[int, int]:
         if out.requires_grad:
             out.register_hook(lambda g: counts.__setitem__(1, counts[1] + g.shape[0]))
 
+    _train(net, params, steps=1)  # the first step also checks the model's output once
     hook = net.features[0].register_forward_hook(on_forward)
     try:
         _train(net, params, steps=1)
@@ -167,11 +168,19 @@ class _OwnHead(nn.Module):
         return self.out(h)
 
 
-def test_a_forward_that_skips_its_classifier_takes_the_separate_pass():
+class _AfterHead(_OwnHead):
+    """A model whose output is not its classifier's (a step after it)."""
+
+    def forward(self, x):
+        return self.out(self.classifier(torch.flatten(self.features(x), 1))) * 0.5
+
+
+@pytest.mark.parametrize("model_cls", [_OwnHead, _AfterHead])
+def test_a_model_not_ending_in_its_classifier_takes_the_separate_pass(model_cls):
     runs = {}
     for fuse in (True, False):
         torch.manual_seed(0)
-        runs[fuse] = _train(_OwnHead(), MIRSTParams(**{**BASE, "fuse": fuse}))
+        runs[fuse] = _train(model_cls(), MIRSTParams(**{**BASE, "fuse": fuse}))
     assert runs[True][1] == runs[False][1]  # the same random draws: bit for bit
     for a, b in zip(runs[True][0], runs[False][0], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

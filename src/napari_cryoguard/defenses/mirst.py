@@ -67,6 +67,7 @@ dropout) or no ``classifier`` to cut.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -319,6 +320,33 @@ def trunk_and_head(
     return trunk, lambda h: _run(rest, h)
 
 
+#: model -> (its class and fast-path flag, whether its output is its classifier's)
+_ENDS_IN_CLASSIFIER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ends_in_classifier(plain: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``plain(x)`` returns its ``classifier``'s output as it is (nothing after
+    it); checked once per model (and fast-path setting) on one sample, in eval mode
+    (no random draw), without gradient."""
+    key = (type(plain), getattr(plain, "fast_paths", None))
+    known = _ENDS_IN_CLASSIFIER.get(plain)
+    if known is not None and known[0] == key:
+        return known[1]
+    outs: list[torch.Tensor] = []
+    hook = plain.classifier.register_forward_hook(lambda _m, _i, out: outs.append(out))
+    modes = [(m, m.training) for m in plain.modules()]
+    plain.eval()
+    try:
+        with torch.no_grad():
+            ok = plain(x[:1]) is (outs[-1] if outs else None)
+    finally:
+        hook.remove()
+        for m, mode in modes:
+            m.training = mode
+    _ENDS_IN_CLASSIFIER[plain] = (key, ok)
+    return ok
+
+
 def _identity(h: torch.Tensor) -> torch.Tensor:
     return h
 
@@ -436,7 +464,7 @@ def _fused_logits(
         return None
     plain = unwrap(model)
     split = trunk_and_head(plain)
-    if split is None:
+    if split is None or (split[1] is not _identity and not _ends_in_classifier(plain, batch.x)):
         return None
     x = batch.x
     rng = torch.get_rng_state()
