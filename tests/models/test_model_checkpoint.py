@@ -226,6 +226,23 @@ def test_malicious_pickles_are_refused_and_never_run(tmp_path):
     assert control.exists()
 
 
+
+def test_refused_pickle_is_named_in_one_line_without_torchs_advice(tmp_path):
+    """Found by the hostile-input probe: torch's UnpicklingError text (several lines,
+    advising weights_only=False) made the CLI error span many lines."""
+    marker = tmp_path / "pwned"
+    raw = tmp_path / "evil.pt"
+    raw.write_bytes(pickle.dumps({"state_dict": {}, "metadata": _Evil(marker)}))
+    zipped = tmp_path / "evil_zip.pt"
+    torch.save({"state_dict": {}, "metadata": _Evil(marker)}, zipped)
+    for path, why in ((raw, "Unsupported operand"), (zipped, "GLOBAL posix.system")):
+        with pytest.warns(UserWarning), pytest.raises(CryoGuardError) as info:
+            load_checkpoint(path)
+        text = str(info.value)
+        assert "\n" not in text and why in text
+        assert "weights_only` set to `False`" not in text
+    assert not marker.exists()
+
 def test_bundled_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_module, "WEIGHTS_DIR", tmp_path / "weights")
     assert bundled_models() == []

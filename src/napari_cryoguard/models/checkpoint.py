@@ -225,9 +225,15 @@ def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # UnpicklingError for forbidden globals, anything for garbage
+        # torch's text is a page of advice; the CLI prints one line: keep what it refused
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or ln.lower().startswith("unsupported")),
+                   None)
+        if why is None:  # not torch's advice (to load with weights_only=False): the first line
+            why = next((ln for ln in lines if "weights_only" not in ln), "")
         raise CryoGuardError(
             f"refusing to load {path}: it is not a plain tensor checkpoint "
-            f"(torch.load with weights_only=True failed: {type(exc).__name__}: {exc})"
+            f"(torch.load with weights_only=True failed: {type(exc).__name__}: {why[:300]})"
         ) from exc
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise CryoGuardError(f"{path} must hold a dict with 'state_dict' and 'metadata'")
