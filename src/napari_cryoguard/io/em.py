@@ -115,6 +115,9 @@ def read_em(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | No
     if nz == 1:
         raise CryoGuardError(
             f"{path.name} is a 2D image ({nx} x {ny}, nz = 1); a tomogram needs nz > 1"
+            + ("; 20 values per column is the layout of a TOM / AV3 / cryoCAT motive list "
+               "(one particle per column), a pick table this package does not read"
+               if nx == 20 else "")
         )
     notes: list[str] = []
     if size > expected:
