@@ -237,9 +237,11 @@ def _weight_grad_out(weight: torch.Tensor) -> torch.Tensor | None:
     entry = _GRAD_BUFFERS.get(key)
     if entry is not None and entry[0]() is weight:
         _, buf, free = entry
-        if buf.shape == weight.shape and _buffer_counts(buf) == free:
+        same = (buf.shape, buf.dtype, buf.device) == (weight.shape, weight.dtype, weight.device)
+        if same and _buffer_counts(buf) == free:
             return buf.view(weight.shape)
-        return None
+        if same:
+            return None
     buf = torch.empty_like(weight, memory_format=torch.contiguous_format)
     ref = weakref.ref(weight, lambda _r, key=key: _GRAD_BUFFERS.pop(key, None))
     _GRAD_BUFFERS[key] = (ref, buf, _buffer_counts(buf))
