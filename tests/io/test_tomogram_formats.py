@@ -301,6 +301,40 @@ def test_tiff_2d_and_garbage_are_refused(tmp_path):
         read_tomogram(bad)
 
 
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_truncated_tiff_and_tiff_without_pages_are_one_error(tmp_path, compression):
+    """Found by the hostile-input probe: a TIFF cut after 5,000 bytes opened and then
+    failed on the first slice with tifffile's TiffFileError; a header pointing its first
+    page past the end gave IndexError (no series)."""
+    import struct
+
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, rng.standard_normal((16, 64, 64)).astype(np.float32),
+                     compression=compression)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    # uncompressed: the data runs past the end; zlib: the pages after the cut are gone,
+    # so what is left is no longer the 3D stack it was
+    with pytest.raises(CryoGuardError, match="truncated|a tomogram is a 3D"):
+        read_tomogram(cut)
+    no_pages = tmp_path / "nopages.tif"
+    no_pages.write_bytes(b"II*\0" + struct.pack("<I", 10**9))
+    with pytest.raises(CryoGuardError, match="no image"):
+        read_tomogram(no_pages)
+
+
+def test_complex_tiff_is_refused(tmp_path):
+    import tifffile
+
+    path = tmp_path / "fft.tif"
+    tifffile.imwrite(path, np.ones((4, 8, 8), np.complex64))
+    with pytest.raises(CryoGuardError, match="complex64 pixels"):
+        read_tomogram(path)
+
 # -------------------------------------------------------------------------------- EM
 
 

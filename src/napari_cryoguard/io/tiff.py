@@ -103,6 +103,25 @@ def _imagej_voxel_size(tif: Any, notes: list[str], name: str) -> tuple[float, fl
     return out
 
 
+def _check_extent(series: Any, path: Path) -> None:
+    """Refuse a stack whose pixel data the header places beyond the end of the file
+    (a truncated TIFF would fail only when a slice is read)."""
+    size = path.stat().st_size
+    if series.dataoffset is not None:  # contiguous, uncompressed
+        end = int(series.dataoffset) + int(series.nbytes)
+    else:
+        end = 0
+        for page in series.pages:
+            if page is None:
+                raise CryoGuardError(f"{path.name}: a page of the stack cannot be read; the "
+                                     "file is truncated or corrupt")
+            pairs = zip(page.dataoffsets, page.databytecounts)
+            end = max([end, *(int(o) + int(c) for o, c in pairs)])
+    if end > size:
+        raise CryoGuardError(f"{path.name} is truncated: its pixel data should end at byte "
+                             f"{end:,} but the file has {size:,} bytes")
+
+
 def read_tiff(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | None = None):
     """Open a TIFF stack as a :class:`~napari_cryoguard.io.Tomogram` (ZYX).
 
@@ -138,7 +157,14 @@ def read_tiff(path: str | os.PathLike, *, voxel_size: float | Sequence[float] | 
     except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error ...
         raise CryoGuardError(f"{name} is not a readable TIFF file: {err}") from err
     try:
+        if not tif.series:
+            raise CryoGuardError(f"{name} holds no image (no readable TIFF page): the file is "
+                                 "truncated or corrupt")
         series = tif.series[0]
+        if np.dtype(series.dtype).kind not in "biuf":
+            raise CryoGuardError(f"{name} holds {np.dtype(series.dtype)} pixels; a tomogram needs "
+                                 "real numbers (integer or float)")
+        _check_extent(series, path)
         shape = tuple(int(s) for s in series.shape)
         axes = str(series.axes)
         squeeze = tuple(i for i, s in enumerate(shape[:-3]) if s == 1)
