@@ -66,6 +66,7 @@ dropout) or no ``classifier`` to cut.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
@@ -220,7 +221,10 @@ _MODE_FREE_TORCH = (
 _MODE_WORDS = ("training", "dropout", "rand", "bernoulli", "normal_")
 
 
+@functools.lru_cache(maxsize=256)
 def _forward_is_mode_free(cls: type) -> bool:
+    """No :data:`_MODE_WORDS` in the ``forward`` of ``cls`` or of its non-torch bases
+    (read once per class: reading source costs milliseconds)."""
     for klass in cls.__mro__:
         if "forward" not in vars(klass) or klass.__module__.startswith("torch."):
             continue
