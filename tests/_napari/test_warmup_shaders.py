@@ -193,3 +193,32 @@ def test_dims_change_repaints_the_canvas_at_a_later_turn(docked):
         docked.qtbot.waitUntil(lambda: len(draws) > 0, timeout=5000)  # one, at a later turn
         draws.clear()
     assert viewer.dims.ndim == 4
+
+
+def test_controls_of_a_layer_not_made_active_are_built_when_it_becomes_active(docked):
+    from napari._qt.layer_controls.qt_image_controls import QtImageControls
+    from napari.layers import Image
+
+    viewer = docked.viewer
+    first = viewer.add_image(np.zeros((8, 16, 16), np.float32), name="first")
+    controls = viewer.window._qt_viewer.controls
+    cube = Image(np.ones((8, 16, 16), np.float32), name="cube")
+    assert list(iter_add_layer(viewer, cube, activate=False)) == [
+        "added", "visual", "controls", "shown"]
+    stand_in = controls.widgets[cube]
+    assert not isinstance(stand_in, QtImageControls)  # napari's panel is not built yet
+    assert viewer.layers.selection.active is first
+    viewer.layers.selection.active = cube  # the user selects it: napari's own controls
+    real = controls.widgets[cube]
+    assert isinstance(real, QtImageControls) and controls.currentWidget() is real
+    assert real.layer is cube
+    viewer.layers.selection.active = first
+    viewer.layers.selection.active = cube
+    assert controls.widgets[cube] is real  # built once
+    # a layer removed before it was ever selected leaves no controls behind
+    other = Image(np.ones((8, 16, 16), np.float32), name="other")
+    list(iter_add_layer(viewer, other, activate=False))
+    viewer.layers.remove("other")
+    assert other not in controls.widgets
+    viewer.layers.selection.active = first
+    assert controls.currentWidget() is controls.widgets[first]

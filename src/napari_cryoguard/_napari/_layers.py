@@ -77,9 +77,10 @@ def iter_add_layer(viewer, layer, *, activate: bool = True):
             hide_placeholders(canvas.layer_to_visual.get(layer), layer)
             yield "visual"
     if add_controls is not None and layer in layers and layer not in controls.widgets:
-        from types import SimpleNamespace
+        if activate or not _defer_controls(viewer, controls, layer):
+            from types import SimpleNamespace
 
-        add_controls(SimpleNamespace(value=layer))
+            add_controls(SimpleNamespace(value=layer))
         yield "controls"
     if visible:
         if layer in layers:
@@ -89,6 +90,71 @@ def iter_add_layer(viewer, layer, *, activate: bool = True):
     if activate and layer in layers:
         layers.selection.active = layer
         yield "active"
+
+
+_DEFERRED_CONTROLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _defer_controls(viewer, controls, layer) -> bool:
+    """Give a layer that is not made active a stand-in for its Qt controls; napari's
+    own controls are built when the layer first becomes the active one.
+
+    napari builds a layer's controls (a panel of 10-20 Qt widgets: 30-110 ms on the Qt
+    thread under load) when it is added, though they show only for the active layer;
+    the inspection layers of Classify and Attack are added without being made active,
+    and the user may never select them. The stand-in is an empty widget in napari's
+    controls stack (napari shows, re-dims and removes it like the real ones); just
+    before napari shows the controls of a newly active layer, a stand-in is replaced by
+    the real controls. ``False`` (nothing done) where napari shows dynamic controls.
+    """
+    from qtpy.QtWidgets import QWidget
+
+    from napari_cryoguard._napari._state import _unwrap
+
+    try:
+        from napari.settings import get_settings
+
+        if get_settings().experimental.dynamic_layer_controls:
+            return False
+    except Exception:  # noqa: BLE001 - a napari without the setting
+        pass
+    real = _unwrap(viewer)
+    pending = _DEFERRED_CONTROLS.get(controls)
+    if pending is None:
+        pending = _DEFERRED_CONTROLS[controls] = {}
+        selection = _unwrap(real.layers).selection
+
+        def build_on_activation(event=None) -> None:
+            active = selection.active
+            stand_in = pending.pop(active, None) if active is not None else None
+            if stand_in is None or controls.widgets.get(active) is not stand_in:
+                return
+            from types import SimpleNamespace
+
+            shown = controls.currentWidget() is stand_in  # napari was called first
+            controls.removeWidget(stand_in)
+            stand_in.deleteLater()
+            del controls.widgets[active]
+            controls._add(SimpleNamespace(value=active))
+            if shown and active in controls.widgets:
+                controls.setCurrentWidget(controls.widgets[active])
+
+        def forget(event) -> None:
+            pending.pop(event.value, None)
+
+        # called before napari's own handlers where the emitter allows it (the real
+        # controls exist when napari looks them up), else after (then shown here)
+        try:
+            selection.events.changed.connect(build_on_activation, position="first")
+        except TypeError:  # an emitter without positions
+            selection.events.changed.connect(build_on_activation)
+        _unwrap(real.layers).events.removed.connect(forget)
+    stand_in = QWidget()
+    stand_in.ndisplay = int(real.dims.ndisplay)  # napari sets it on every panel
+    controls.addWidget(stand_in)
+    controls.widgets[layer] = stand_in
+    pending[layer] = stand_in
+    return True
 
 
 def iter_build_shaders(canvas, layer):
