@@ -92,3 +92,27 @@ def test_relion5_tutorial_refine3d_output():
     assert _has_note(part, "'rec_TS_03.mrc' matched to 'TS_03'")
     with pytest.raises(CryoGuardError, match="'TS_01', 'TS_03'"):
         picks.for_tomogram("rec_TS_45.mrc")
+
+
+def test_relion4_tomography_coordinates_are_in_tilt_series_pixels(tmp_path):
+    """``relion_4.0_cut.star``: RELION 4 subtomogram particles (optics: tilt-series pixel
+    1.971 A, subtomogram binning 2, rlnImagePixelSize 3.942 A). RELION's
+    ``ParticleSet::getPosition`` (src/jaz/tomography/particle_set.cpp, 4.0.1 and 5.0)
+    reads rlnCoordinateX/Y/Z in tilt-series pixels and divides the Angstrom origins by
+    the tilt-series pixel, so the voxel size is 1.971 A, not 3.942."""
+    path = DATA / "relion_4.0_cut.star"
+    picks = read_picks(path)
+    assert len(picks) == 5 and picks.voxel_size == pytest.approx(1.971)
+    assert picks.tomo_names.tolist() == ["TS_017"] * 3 + ["TS_018"] * 2
+    assert _has_note(picks, "rlnTomoTiltSeriesPixelSize", "tilt-series pixels")
+    # row 1: 1700, 428, 944 minus origins 1.260416, 2.364176, 3.783296 A / 1.971
+    np.testing.assert_allclose(
+        picks.coords[0], [944 - 3.783296 / 1.971, 428 - 2.364176 / 1.971, 1700 - 1.260416 / 1.971])
+    # WarpTools' exports name tomograms <name>.tomostar and keep their coordinates in
+    # particle pixels (rlnImagePixelSize; its ExportParticlesTiltseries.cs): same optics,
+    # other unit
+    warp = tmp_path / "warp.star"
+    warp.write_text(path.read_text().replace("TS_017 ", "TS_017.tomostar "))
+    wp = read_picks(warp)
+    assert wp.voxel_size == pytest.approx(3.942)
+    np.testing.assert_allclose(wp.coords[0][2], 1700 - 1.260416 / 3.942)

@@ -32,14 +32,11 @@ RELION 5 centred coordinates
     ``tomograms.star``, the centre is ``shape / 2`` voxels of that tomogram (the same
     rule).
 
-    pytom-match-pick ``--relion5-compat`` (github.com/SBC-Utrecht/pytom-match-pick,
-    ``src/pytom_tm/extract.py``, commit 9fd5388f) writes ``(voxel - shape / 2) *
-    voxel size`` when it has no RELION metadata (the rule above), but
-    ``(voxel * binning - (unbinned size / 2 - 1)) * tilt-series pixel`` when given
-    ``--relion5-tomograms-star``: one unbinned pixel from RELION's centre, so such
-    files read back ``1 / binning`` voxel (e.g. 0.12 voxel at binning 8.12) higher on
-    each axis here. That is left as is (RELION's own code is the reference) and is far
-    below the 1-voxel tolerance of extraction.
+    pytom-match-pick ``--relion5-compat`` (``src/pytom_tm/extract.py``, commit
+    9fd5388f) writes ``(voxel - shape / 2) * voxel size`` (the rule above), but with
+    ``--relion5-tomograms-star`` ``(voxel * binning - (unbinned size / 2 - 1)) * pixel``:
+    such files read back ``1 / binning`` voxel higher per axis here (RELION's code is
+    the reference; far below extraction's 1-voxel tolerance).
 
     When ``tomograms=`` is not given, :func:`tomograms_next_to` looks beside the particle
     file for the optimisation set or ``tomograms.star`` RELION writes there, and a note
@@ -55,38 +52,30 @@ Origin shifts
     ``apply_origins=False`` keeps them as features instead.
 
 RELION 3/4 and Warp
-    Tomogram names come from ``rlnTomoName``, else ``rlnMicrographName`` reduced with
-    :func:`~napari_cryoguard.io.picks.tomo_key` (``TS_01.tomostar`` -> ``TS_01``,
-    ``Tomograms/t1.mrc`` -> ``t1``). pytom-match-pick names a RELION 5 reconstruction
-    ``rec_<tilt series>``: without ``--relion5-compat`` it writes ``rec_TS_01`` as the
-    micrograph name (kept as is, matching the ``rec_TS_01.mrc`` tomogram it searched),
-    with it it drops the ``rec_`` and writes ``rlnTomoName TS_01``; when looking a name
-    up in ``tomograms=`` this reader tries both spellings and says so in a note.
-    The voxel size is ``voxel_size=`` if given, else the optics group's
-    ``rlnImagePixelSize`` (per ``rlnOpticsGroup``; rows of several sizes need
-    ``voxel_size=`` and are converted to it), else ``rlnPixelSize`` (likewise), else ``rlnDetectorPixelSize`` (micrometres) * 1e4 /
-    ``rlnMagnification``, else ``rlnDetectorPixelSize`` alone (Angstrom, as
-    pytom-match-pick writes it), else our ``cryoguardVoxelSize``, else
-    ``rlnTomoTiltSeriesPixelSize`` * ``rlnTomoTomogramBinning``, else 1.0 with a note.
-    Warp's documentation: "coordinates are interpreted as pixel coordinates in a
-    tomogram, starting from zero at the center of the first voxel", the convention of
-    :class:`Picks`.
+    Tomogram names: ``rlnTomoName``, else ``rlnMicrographName`` by
+    :func:`~napari_cryoguard.io.picks.tomo_key` (``TS_01.tomostar`` -> ``TS_01``).
+    pytom-match-pick writes ``rec_TS_01`` (its reconstruction's name; with
+    ``--relion5-compat`` ``rlnTomoName TS_01``): kept as is; ``tomograms=`` lookups and
+    :meth:`Picks.for_tomogram` match either spelling, with a note. Voxel size:
+    ``voxel_size=``, else the optics group's ``rlnTomoTiltSeriesPixelSize`` (RELION 4/5
+    tomography, coordinates in tilt-series pixels: ``ParticleSet::getPosition``; not
+    for WarpTools' ``.tomostar`` exports, in particle pixels), else its
+    ``rlnImagePixelSize`` (rows of several sizes need ``voxel_size=``, converted to it),
+    else ``rlnPixelSize``, else ``rlnDetectorPixelSize`` (um) * 1e4 /
+    ``rlnMagnification``, else ``rlnDetectorPixelSize`` (A, pytom), else our
+    ``cryoguardVoxelSize``, else ``rlnTomoTiltSeriesPixelSize`` * ``rlnTomoTomogramBinning``,
+    else 1.0 with a note. Warp: "pixel coordinates in a tomogram, starting from zero at
+    the center of the first voxel", the convention of :class:`Picks`.
 
 Warp normalised coordinates
-    WarpTools ``threshold_picks`` (template matching) writes ``rlnCoordinateX/Y/Z`` as
-    fractions of the tomogram, between 0 and 1 (e.g. ``TS_1_10.00Apx_emd_15854_clean.star``
-    of Warp's tilt-series tutorial, exported with ``ts_export_particles
-    --normalized_coords``). Read as voxels, every pick would sit in the first voxel.
-    A file whose coordinates all lie in [0, 1], not all whole numbers, is taken as
-    normalised (``normalized_coords=`` forces either way) and needs ``tomograms=`` for the sizes;
-    without it the reader refuses. Warp's writer (github.com/warpem/warp,
-    ``WarpLib/TiltSeries/TiltSeries.MatchFull.cs``, commit 66475df8) stores the peak's
-    voxel index times the voxel size divided by the volume's physical size, so here
-    ``voxel = fraction x size`` in voxels of the tomogram given: on the tutorial's
-    10 A tomogram of 348 x 474 x 78 voxels every fraction of the file above comes back
-    as a whole voxel index. (Warp's exporter, ``ExportParticlesTiltseries.cs`` commit
-    7ad2dcca, multiplies by the unbinned size minus one pixel instead: under one voxel
-    from this.)
+    WarpTools ``threshold_picks`` writes ``rlnCoordinateX/Y/Z`` as fractions (0..1) of the
+    tomogram (``TS_1_10.00Apx_emd_15854_clean.star`` of Warp's tutorial). A file whose
+    coordinates all lie in [0, 1], not all whole, is taken as normalised
+    (``normalized_coords=`` forces either way) and needs ``tomograms=`` (else refused).
+    Warp's writer (``WarpLib/TiltSeries/TiltSeries.MatchFull.cs``, commit 66475df8)
+    stores voxel index x voxel size / physical size, so ``voxel = fraction x size``: on
+    the tutorial's 348 x 474 x 78-voxel tomogram every fraction comes back whole (its
+    exporter, commit 7ad2dcca, uses the unbinned size minus one pixel: under a voxel).
 """
 
 from __future__ import annotations
@@ -268,15 +257,23 @@ def _column_value(path: Path, blocks: dict, table: dict, label: str) -> np.ndarr
     return None
 
 
+def _optics_pixel_label(path: Path, blocks: dict, table: dict) -> str:
+    """The optics column the coordinates are in: ``rlnTomoTiltSeriesPixelSize`` (RELION 4/5
+    tomography, no tomogram binning beside it), else ``rlnImagePixelSize`` (also Warp's)."""
+    optics = blocks.get("optics") or {}
+    warp = any(str(v).endswith(".tomostar") for v in table.get("rlnTomoName", [])[:50])
+    relion = TS_PIXEL in optics and TOMO_BINNING not in optics and "rlnTomoName" in table
+    return TS_PIXEL if relion and not warp else "rlnImagePixelSize"
+
+
 def _mixed_pixel_sizes(path: Path, blocks: dict, table: dict, notes: list[str], voxel_size):
-    """Rows of several pixel sizes (optics ``rlnImagePixelSize``, else ``rlnPixelSize``),
-    each in its own pixels: ``(rescale, voxel_size, pixel per row)`` converting every row
-    to ``voxel_size`` (None: refused, asking for it), else Nones."""
+    """Rows of several pixel sizes (optics, else ``rlnPixelSize``), each in its own:
+    ``(rescale, voxel_size, pixel per row)`` to ``voxel_size`` (None: refused), else Nones."""
     n = len(table[XYZ[0]])
     if not n or _coords.STAR_META_BLOCK in blocks:
         return None, None, None
-    per_row = _optics_per_row(path, blocks, table, "rlnImagePixelSize")
-    label = "the optics groups' rlnImagePixelSize"
+    label = _optics_pixel_label(path, blocks, table)
+    per_row = _optics_per_row(path, blocks, table, label)
     if per_row is None and "rlnPixelSize" in table:
         per_row, label = _numbers(table["rlnPixelSize"], "rlnPixelSize", path), "rlnPixelSize"
     distinct = [] if per_row is None else sorted(set(np.round(per_row, 9).tolist()))
@@ -301,10 +298,13 @@ def _voxel_size_of_voxel_star(
     meta = blocks.get(_coords.STAR_META_BLOCK)
     if meta is not None and _coords.STAR_VOXEL_SIZE in meta:
         return positive_voxel_size(str(meta[_coords.STAR_VOXEL_SIZE][0]), source=path.name)
-    per_row = _optics_per_row(path, blocks, table, "rlnImagePixelSize")
+    label = _optics_pixel_label(path, blocks, table)
+    per_row = _optics_per_row(path, blocks, table, label)
     if per_row is not None and n:
-        vs = _one_value(path, per_row, "optics-group pixel sizes (rlnImagePixelSize)")
-        notes.append(f"voxel size {vs:g} A from the optics group's rlnImagePixelSize")
+        vs = _one_value(path, per_row, f"optics-group pixel sizes ({label})")
+        notes.append(f"voxel size {vs:g} A from the optics group's {label}" + (
+            " (RELION 4/5 tomography coordinates are in tilt-series pixels)"
+            if label == TS_PIXEL else ""))
         return vs
     pixel = _column_value(path, blocks, table, "rlnPixelSize")
     if pixel is not None and n:
