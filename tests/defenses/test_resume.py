@@ -269,3 +269,34 @@ def test_resume_of_a_checkpoint_with_wrong_training_fields_is_one_error(data, tm
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith("cryoguard train: error:") and field in last
+
+
+def test_full_disk_while_writing_the_state_file_is_one_error(data, tmp_path, monkeypatch):
+    """Found by the hostile-input probe (`cryoguard train` on a full 1 MiB tmpfs): the
+    state file went through safetensors' save_file, whose SafetensorError is no OSError,
+    so the run ended in a traceback. Both writers are made to fail here: the state file
+    must be written by the package's own writer and its ENOSPC reported in one line."""
+    import errno
+
+    import safetensors.torch
+
+    from napari_cryoguard.defenses import state as state_module
+
+    def no_save_file(*args, **kwargs):
+        raise RuntimeError("safetensors' save_file must not be used (its errors are no OSError)")
+
+    real_open = open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and str(file).endswith(".tmp"):
+            fh.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fh
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_save_file)
+    monkeypatch.setattr(state_module, "open", full_disk_open, raising=False)
+    out = tmp_path / "run.safetensors"
+    with pytest.raises(CryoGuardError, match="cannot write the checkpoint .*No space left"):
+        train(data, "cb3d", "standard", out=out, epochs=1, **KW)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

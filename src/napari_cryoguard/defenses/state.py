@@ -197,10 +197,13 @@ def unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, 
 
 
 def save_state_file(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
+    # serialised here and written by us: safetensors' save_file raises its own
+    # SafetensorError (not OSError) on a full disk, so `cryoguard train` showed a traceback
+    blob = save(tensors, metadata={STATE_KEY: json.dumps(meta)})
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(blob)
 
 
 def load_training_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
