@@ -33,6 +33,11 @@ file's tomograms and the open image layers (a modal "which tomogram?" dialog is 
 used: it could not be answered in scripts or headless sessions); with no image open,
 only the first tomogram's layer is shown, with a note.
 
+A voxel file that gives no voxel size (``Picks.voxel_size_assumed``: ``.coords``, IMOD
+pixels, ...) takes the image's voxels as its own; over an image whose voxels are not
+cubic (an OME-Zarr level binned in y and x only) the picks keep their own voxel size and
+scale, with a warning.
+
 Errors come first, in the plugin's own words. napari 0.9 wraps any exception a reader
 function raises in a ``ReaderPluginError`` whose message starts "Tried opening with
 napari-cryoguard, but failed." (``ViewerModel._open_or_raise_error``), and a reader
