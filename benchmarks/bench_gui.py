@@ -17,8 +17,12 @@ Baseline, measured in the same run: the same timer with the viewer idle for 2 s 
 event loop's own jitter under this machine's load). Printed per step: longest stall,
 median tick, the ratio longest / 100 ms (the target: < 1.0) and longest / idle.
 
-The widgets' warm-up (the first draw of the plugin's kinds of visuals, at idle after
-docking) is measured as its own step, before the baseline; ``--no-warm-up`` skips it.
+Docking the five widgets (one at a time, as from the *Plugins* menu) is measured as a
+step of its own (their construction on the Qt thread, the first imports of torch and
+the models included; printed, and left out of the longest stall over all steps, which
+covers the steps the user drives), then the widgets' warm-up (the first draw of the
+plugin's kinds of visuals, at idle after docking), before the baseline;
+``--no-warm-up`` skips the latter.
 
 Options: ``--quick`` leaves out the two slow steps (training, Evaluate); ``--attacks N``
 repeats "Attack particle" N times (default 3, on picks 0, 1, 2, ...); ``--stacks MS``
@@ -39,6 +43,7 @@ import time
 from pathlib import Path
 
 TARGET_MS = 100.0
+DOCKING = "Dock widgets"  # measured and printed, not counted in the longest over all steps
 
 
 def main(argv=None) -> int:
@@ -73,8 +78,7 @@ def main(argv=None) -> int:
     if args.slow > 0:
         _log_slow(viewer, args.slow)
     warm_up = _warm_up_hooks(viewer, skip=args.no_warm_up)
-    widgets = {name: dock(viewer, name, tabify=True) for name in
-               ("Pick particles", "Classify", "Attack", "Train", "Evaluate")}
+    widgets: dict = {}
     results: dict[str, dict] = {}
 
     def idle(w) -> bool:
@@ -97,9 +101,17 @@ def main(argv=None) -> int:
               f"{gcp.longest_ms:.0f} ms, full ones {gcp.full}; longest turn's main-thread "
               f"CPU {cpu.longest_ms:.0f} ms)", flush=True)
 
+    def dock_all() -> None:
+        # one at a time, as from the Plugins menu: each docking's layout and paint
+        for name in ("Pick particles", "Classify", "Attack", "Train", "Evaluate"):
+            widgets[name] = dock(viewer, name, tabify=True)
+            pump(0.05)
+
+    held = _hold_warm_up(viewer) if warm_up is not None else None
+    measure(DOCKING, dock_all, lambda: True)
     if warm_up is not None:
         # the widgets' warm-up, at idle after docking (the user has not pressed anything)
-        measure("docked, warm-up", lambda: None, warm_up, timeout=60)
+        measure("docked, warm-up", lambda: held(), warm_up, timeout=60)
     else:
         pump(0.5)
     with StallMeter() as meter:
@@ -200,6 +212,23 @@ def _log_slow(viewer, ms: float) -> None:
     _log_slow.timer.start()
 
 
+def _hold_warm_up(viewer):
+    """Keep the widgets from starting the warm-up while they are docked (a user docks
+    them seconds apart; here they come within a second, and the warm-up, due 0.5 s after
+    the first one, would run amid the docking); returns a function that schedules it."""
+    from napari_cryoguard._napari import _warmup
+    from napari_cryoguard._napari._state import _unwrap
+
+    key = id(_unwrap(viewer))
+    _warmup._WARMED.add(key)
+
+    def release() -> None:
+        _warmup._WARMED.discard(key)
+        _warmup.schedule_warm_up(viewer)
+
+    return release
+
+
 def _warm_up_hooks(viewer, skip: bool):
     """``None`` when the plugin has no warm-up or ``skip`` (then it is marked as done for
     this viewer, so the widgets do not start it); else a function telling it finished."""
@@ -220,10 +249,13 @@ def _warm_up_hooks(viewer, skip: bool):
 def _finish(viewer, out: Path, results: dict, base: dict) -> int:
     viewer.window.screenshot(str(out / "after.png"), canvas_only=False)
     viewer.close()
-    worst = max(r["longest_ms"] for r in results.values())
+    worst = max(r["longest_ms"] for step, r in results.items() if step != DOCKING)
     print(f"\nlongest stall over all steps: {worst:.1f} ms = {worst / TARGET_MS:.2f}x the "
           f"{TARGET_MS:.0f} ms target; {worst / max(base['longest_ms'], 1e-3):.1f}x the idle "
           f"baseline ({base['longest_ms']:.1f} ms)")
+    if DOCKING in results:
+        print(f"(not counted above: {DOCKING}, {results[DOCKING]['longest_ms']:.1f} ms, the "
+              f"widgets' construction, first imports included)")
     (out / "bench_gui.json").write_text(json.dumps({"idle": base, "steps": results}, indent=2))
     print(f"figures: {out / 'bench_gui.json'}")
     return 0 if worst < TARGET_MS else 1
