@@ -97,6 +97,26 @@ def test_dynamo_short_table_and_missing_library(tmp_path, monkeypatch):
         read_picks(DATA / "dynamo" / "t_double.tbl")
 
 
+
+def test_dynamo_ragged_table_and_binary_garbage_are_one_line_errors(tmp_path):
+    """Found by the hostile-input probe: a table whose second row had 30 of 35 columns
+    was read (pandas filled the short row with NaN), and bytes 0-255 gave pandas'
+    multi-line "Error tokenizing data" text."""
+    row = ["0"] * 35
+    row[0], row[23], row[24], row[25] = "1", "32", "32", "16"
+    ragged = tmp_path / "ragged.tbl"
+    ragged.write_text(" ".join(row) + "\n" + " ".join(row[:30]) + "\n")
+    with pytest.raises(CryoGuardError, match="line 2 has 30 columns, the first row 35"):
+        read_picks(ragged)
+    garbage = tmp_path / "garbage.tbl"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CryoGuardError) as info:
+        read_picks(garbage)
+    assert "\n" not in str(info.value)
+    fine = tmp_path / "fine.tbl"
+    fine.write_text(" ".join(row) + "\n\n" + " ".join(row) + "\n")  # blank lines are fine
+    assert len(read_picks(fine, voxel_size=10.0)) == 2
+
 # --------------------------------------------------------------------------- IMOD
 
 

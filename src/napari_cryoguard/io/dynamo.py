@@ -65,6 +65,23 @@ def _table_map(path: Path) -> dict[int, str]:
     return out
 
 
+def _check_rectangular(path: Path, raw: bytes) -> None:
+    """Every row of a Dynamo table has the same number of columns (pandas would fill a
+    short row with NaN, or shift a long one into the wrong columns)."""
+    width = None
+    for lineno, line in enumerate(raw.split(b"\n"), 1):
+        n = len(line.split())
+        if n == 0:
+            continue
+        if width is None:
+            width = n
+        elif n != width:
+            raise CryoGuardError(
+                f"{path.name}: line {lineno} has {n} columns, the first row {width}; every row "
+                "of a Dynamo table has the same columns"
+            )
+
+
 def read_dynamo_picks(path: str | os.PathLike, *, voxel_size: float | None = None,
                       tomograms: Any = None, apply_shifts: bool = True,
                       one_based: bool = True) -> Picks:
@@ -101,12 +118,14 @@ def read_dynamo_picks(path: str | os.PathLike, *, voxel_size: float | None = Non
     if not raw.strip():
         df = None
     else:
+        _check_rectangular(path, raw)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 df = dynamotable.read(str(path))
         except Exception as err:  # pandas raises many kinds on malformed text
-            raise CryoGuardError(f"{path.name}: could not parse the Dynamo table: {err}") from err
+            why = " ".join(str(err).split())  # pandas' text has line breaks; the CLI prints one
+            raise CryoGuardError(f"{path.name}: could not parse the Dynamo table: {why}") from err
         if df.shape[1] < 26:
             raise CryoGuardError(
                 f"{path.name}: a Dynamo table has at least 26 columns (x y z are 24-26), "
