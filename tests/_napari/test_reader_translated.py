@@ -115,3 +115,23 @@ def test_picks_over_an_image_with_non_cubic_voxels_keep_their_own(viewer, tmp_pa
     np.testing.assert_allclose(points.data, BRIGHT)
     np.testing.assert_allclose(_world(points), BRIGHT * 7.5)
     assert any("not cubic" in w and "7.5, 15, 15" in w for w in warned), warned
+
+
+def test_the_widgets_picks_helpers_place_picks_through_both_translates(viewer, tmp_path):
+    """What Classify and Attack call (``_picks.tomogram_picks`` for all picks,
+    ``_picks.pick_particle`` for one): picks drawn over level 1, used on level 0."""
+    from napari_cryoguard._napari import _picks
+
+    pyramid = _pyramid(tmp_path)
+    _add(viewer, read_tomogram(pyramid, voxel_size=15.0))
+    [points] = viewer.open(str(_picks_file(tmp_path)), plugin="napari-cryoguard")
+    points.name = _picks.PICKS_LAYER
+    level0 = _add(viewer, read_tomogram(pyramid))
+    out = _picks.tomogram_picks(viewer, level0, "classifying picks")
+    np.testing.assert_allclose(out["coords"], BRIGHT)
+    src = _picks.pick_particle(viewer, 1, level0)
+    assert src["translate"] == (3.75, 3.75, 3.75) and src["image_translate"] == (0.0, 0.0, 0.0)
+    # particle_for_model's placement: picks voxels x scale, then the translate difference
+    center = np.asarray(src["center"]) * src["scale"]
+    center += (np.asarray(src["translate"]) - np.asarray(src["image_translate"])) / src["voxel_size"]
+    np.testing.assert_allclose(center, BRIGHT[1])

@@ -142,13 +142,19 @@ def particle_voxels(viewer, image_layer) -> dict:
     """What a single pick's cube needs to be cut at the right place (main thread).
 
     ``scale`` turns the picks layer's voxel indices into the image's (picks layer
-    ``metadata["voxel_size"]`` / image voxel size) and ``voxel_size`` is the image's.
+    ``metadata["voxel_size"]`` / image voxel size), ``voxel_size`` is the image's, and
+    ``translate`` / ``image_translate`` the two layers' translations (Angstrom ZYX).
     """
     if image_layer is None or PICKS_LAYER not in viewer.layers:
         return {}
     vs = voxel_size_of(image_layer)
-    picks_vs = float((viewer.layers[PICKS_LAYER].metadata or {}).get("voxel_size", vs))
-    return {"scale": picks_vs / vs, "voxel_size": vs}
+    picks = viewer.layers[PICKS_LAYER]
+    picks_vs = float((picks.metadata or {}).get("voxel_size", vs))
+    return {"scale": picks_vs / vs, "voxel_size": vs,
+            # placed through world coordinates, as napari draws them (an OME-Zarr level
+            # with a translation: layerdata.particle_for_model)
+            "translate": tuple(float(t) for t in picks.translate[-3:]),
+            "image_translate": tuple(float(t) for t in image_layer.translate[-3:])}
 
 
 def pick_particle(viewer, i: int, image_layer=None) -> dict:
@@ -161,13 +167,11 @@ def pick_particle(viewer, i: int, image_layer=None) -> dict:
 
 def layer_picks_for(image_layer, picks_layer) -> dict:
     """The picks of ``picks_layer`` that belong to ``image_layer``, in its voxels (main
-    thread; :func:`napari_cryoguard.layerdata.picks_for_image`)."""
-    from napari_cryoguard.layerdata import picks_for_image
+    thread; :func:`napari_cryoguard.layerdata.layer_picks`: placed through both layers'
+    ``translate``, as napari draws them)."""
+    from napari_cryoguard.layerdata import layer_picks
 
-    return picks_for_image(picks_layer.data, image_name=image_layer.name,
-                           image_voxel_size=voxel_size_of(image_layer),
-                           features=picks_layer.features, metadata=picks_layer.metadata,
-                           layer_name=picks_layer.name)
+    return layer_picks(picks_layer, image_layer, image_voxel_size=voxel_size_of(image_layer))
 
 
 def tomogram_picks(viewer, image_layer, what: str) -> dict:
