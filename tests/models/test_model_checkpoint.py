@@ -270,3 +270,28 @@ def test_real_bundled_names_are_listed_from_the_package():
     for name in bundled_models():
         model, meta = load_default(name)
         assert meta["arch"] == model.arch_name
+
+
+def test_integer_weights_and_repeated_class_names_are_refused(tmp_path):
+    """Found by the hostile-input probe: int8 weights were cast silently into the float
+    model, and five classes all named 'a' classified with five columns p_a."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model = _tiny(num_classes=3)
+    good = save_checkpoint(tmp_path / "good.safetensors", model, {})
+    with safe_open(str(good), framework="pt") as f:
+        header = dict(f.metadata())
+    tensors = load_file(str(good))
+    name = next(k for k in sorted(tensors) if k.endswith("weight"))
+    as_int = {**tensors, name: tensors[name].to(torch.int8)}
+    save_file(as_int, str(tmp_path / "int8.safetensors"), metadata=header)
+    with pytest.raises(CryoGuardError, match=f"weight '{name}' is stored as torch.int8"):
+        load_checkpoint(tmp_path / "int8.safetensors")
+    meta = json.loads(header["cryoguard"])
+    meta["class_names"] = ["a", "b", "a"]
+    save_file(tensors, str(tmp_path / "dupes.safetensors"),
+              metadata={**header, "cryoguard": json.dumps(meta)})
+    with pytest.raises(CryoGuardError, match=r"names \['a'\] more than once"):
+        load_checkpoint(tmp_path / "dupes.safetensors")
+    assert load_checkpoint(good)[1]["num_classes"] == 3

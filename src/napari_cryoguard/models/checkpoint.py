@@ -317,6 +317,13 @@ def load_checkpoint(
     extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     _check_finite(state, path)
+    own = model.state_dict()
+    cast = sorted(k for k, v in state.items()
+                  if k in own and own[k].is_floating_point() and not v.is_floating_point())
+    if cast:
+        raise CryoGuardError(
+            f"{path}: weight {cast[0]!r} is stored as {state[cast[0]].dtype} (and "
+            f"{len(cast) - 1} more); model weights are floating point")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -412,6 +419,12 @@ def validate_metadata(meta: Any, *, source: str = "checkpoint") -> None:
             raise CryoGuardError(
                 f"{source}: checkpoint metadata field 'class_names' has {len(names)} names; "
                 f"expected num_classes = {n}"
+            )
+        if len(set(names)) != len(names):
+            twice = sorted({c for c in names if names.count(c) > 1})
+            raise CryoGuardError(
+                f"{source}: checkpoint metadata field 'class_names' names {twice[:3]!r} more "
+                "than once; each class needs its own name (predictions name their columns by it)"
             )
     norm = meta.get("normalization", "zscore")
     if norm not in NORMALIZATIONS:
