@@ -63,13 +63,18 @@ def iter_particle_layers(viewer, layers: dict, *, image_layer=None, center=None,
         if "contrast_limits" not in style:
             lo, hi = float(vol.min()), float(vol.max())
             style["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
-        _recycle(viewer, name)
+        if _recycle(viewer, name):
+            # each of these is a turn of its own (napari updates the layer list, the
+            # widgets' layer choices, the dims, the slice and the thumbnail for each)
+            yield f"renamed {name}"
         if name in viewer.layers and viewer.layers[name].ndim == 3:
             layer = viewer.layers[name]
-            layer.data = vol
             if not np.allclose(layer.scale, scale):
                 layer.scale = tuple(scale)
-            layer.translate = translate
+            if not np.allclose(layer.translate, translate):
+                layer.translate = translate
+                yield f"moved {name}"
+            layer.data = vol
             for key, value in style.items():
                 if key == "colormap" and getattr(layer.colormap, "name", None) == value:
                     continue
@@ -132,18 +137,19 @@ def _role(name: str) -> str:
     return " ".join(t for t in name.split() if not re.fullmatch(r"\d+|x\d+", t))
 
 
-def _recycle(viewer, name: str) -> None:
+def _recycle(viewer, name: str) -> bool:
     """Rename the inspection layer of ``name``'s role (another particle's, or another
     magnification's) to ``name``, so it is updated in place: creating a napari layer
     costs ~0.1 s on the Qt thread, renaming costs nothing. Layers of other particles the
-    user renamed or made are left alone."""
+    user renamed or made are left alone. Returns whether a layer was renamed."""
     if name in viewer.layers:
-        return
+        return False
     role = _role(name)
     for layer in list(viewer.layers):
         if (layer.metadata or {}).get(INSPECTION) == role and layer.name != name:
             layer.name = name
-            return
+            return True
+    return False
 
 
 def _show_frames(viewer, name: str, rects: list, captions: list, scale, translate=None,
