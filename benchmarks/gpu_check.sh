@@ -3,11 +3,12 @@
 #
 #   bash benchmarks/gpu_check.sh [LOG]      (default LOG: benchmarks/gpu_check.log)
 #
-# Runs, each under its own time limit (about 8.5 minutes in all, at most):
+# Runs, each under its own time limit (about 9.5 minutes in all, at most):
 #   1. pytest -m cuda tests/test_cuda.py                  (placement, channels-last, AMP,
 #      pinned copies; the 2-process NCCL DDP run needs two GPUs and is skipped on one)
 #   2. benchmarks/bench_speed.py --device cuda            (paper widths, batch 64, 5 rounds)
 #   3. benchmarks/bench_epochs.py --device cuda           (paper cb3d, 256 cubes, batch 64)
+#   4. benchmarks/bench_classify_stream.py --device cuda  (extraction overlapped with inference)
 # and writes everything (with nvidia-smi and the torch build) to LOG. On CUDA read the
 # wall-clock ratios (the CPU time of a process waiting on the GPU means little).
 # PYTHON selects the interpreter (default .venv/bin/python, else python).
@@ -38,6 +39,7 @@ run() {  # run LIMIT_SECONDS CMD...: one step, its exit status noted in the log
     run 200 "$PY" benchmarks/bench_speed.py --device cuda --batch 64 --reps 5
     run 120 "$PY" benchmarks/bench_epochs.py --device cuda --size paper --samples 256 \
         --batch 64 --reps 2
+    run 60 "$PY" benchmarks/bench_classify_stream.py --device cuda --batch-size 64
     echo "gpu_check done $(date -u +%H:%M:%S), status $status"
     exit "$status"
 } 2>&1 | tee "$LOG"
