@@ -214,15 +214,18 @@ def install_shader_parse_cache() -> bool:
         return False
 
     def parse(self, update_variables=True):
-        key = tuple(shader.code for shader in self._shaders)
-        found = _PARSED.get(key)
-        if found is None:
-            original(self, update_variables=False)
-            if len(_PARSED) >= _PARSED_MAX:
-                _PARSED.pop(next(iter(_PARSED)))
-            _PARSED[key] = dict(self._code_variables)
-        else:
-            self._code_variables = dict(found)
+        try:
+            key = tuple(shader.code for shader in self._shaders)
+            found = _PARSED.get(key)
+            if found is None:
+                original(self, update_variables=False)
+                if len(_PARSED) >= _PARSED_MAX:
+                    _PARSED.pop(next(iter(_PARSED)))
+                _PARSED[key] = dict(self._code_variables)
+            else:
+                self._code_variables = dict(found)
+        except Exception:  # another vispy's internals: its own parser, unmemoised
+            return original(self, update_variables=update_variables)
         if update_variables:
             self._process_pending_variables()
 
