@@ -130,3 +130,21 @@ def test_margins_job_without_margins_and_training_refused_before_a_folder(tiny_c
         start_training_run(tmp_path / "runs", "x", {}, stack=stack,
                            labels=Labels(np.array(["a", "a", "a"]), "x"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_one_pick_jobs_say_what_was_resampled_and_warn_off_domain(loaded, tomogram):
+    """Attack particle / Reconstruct on a tomogram at another voxel size than the model's:
+    the cube is resampled to the model's voxels, and the result line says so and warns
+    (never a silent confident class on foreign data)."""
+    volume, centers, labels = tomogram
+    assert loaded.voxel_size == 14.0
+    source = particle_source(1, points=centers, volume=volume)
+    source.update({"scale": 1.0, "voxel_size": 15.0})
+    out = attack_one_job(lambda: loaded, source, None, "fgsm", {"eps": 0.05}, 50)
+    assert "15" in out["domain"] and "14" in out["domain"]
+    assert "resampl" in out["domain"] and "warning:" in out["domain"]
+    rec = reconstruct_job(lambda: loaded, source)
+    assert rec["domain"] == out["domain"]
+    # at the model's own voxel size: nothing to say
+    source["voxel_size"] = 14.0
+    assert attack_one_job(lambda: loaded, source, None, "fgsm", {"eps": 0.05}, 50)["domain"] == ""

@@ -50,6 +50,15 @@ def domain_line(notes, warnings) -> str:
     return "".join(f"; {p}" for p in parts)
 
 
+def _single_domain(loaded, source: dict, notes: list[str]) -> str:
+    """:func:`domain_line` for one pick's cube: what was converted or resampled to fit the
+    model, and the warnings when the tomogram lies outside what it was trained on."""
+    from napari_cryoguard.classify import domain_warnings
+
+    warnings = domain_warnings(loaded, voxel_size=source.get("voxel_size"), normalized=True)
+    return domain_line(notes, warnings)
+
+
 def _contrast(vol: np.ndarray) -> tuple[float, float]:
     lo, hi = float(np.min(vol)), float(np.max(vol))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
@@ -105,7 +114,8 @@ def reconstruct_job(load: Loader, source: dict) -> dict:
     import torch
 
     loaded = load()
-    vol = particle_for_model(source, loaded)
+    notes: list[str] = []
+    vol = particle_for_model(source, loaded, notes)
     i = source["index"]
     layers = {f"particle {i}": vol}
     if loaded.has_decoder:
@@ -113,7 +123,8 @@ def reconstruct_job(load: Loader, source: dict) -> dict:
             rec = loaded.model.reconstruct(torch.from_numpy(vol[None, None]))
         layers[f"reconstruction {i}"] = rec[0, 0].cpu().numpy()
     styles = {name: {"contrast_limits": _contrast(vol)} for name in layers}
-    return {"layers": layers, "styles": styles, "loaded": loaded, "center": source["center"]}
+    return {"layers": layers, "styles": styles, "loaded": loaded, "center": source["center"],
+            "domain": _single_domain(loaded, source, notes)}
 
 
 # ---------------------------------------------------------------------- attack
@@ -167,13 +178,15 @@ def attack_one_job(load: Loader, source: dict, label_name: str | None, name: str
     particle's contrast).
     """
     loaded = load()
-    vol = particle_for_model(source, loaded)
+    notes: list[str] = []
+    vol = particle_for_model(source, loaded, notes)
     names = loaded.class_names
     label = names.index(label_name) if label_name in names else None
     out = attack_one(loaded, vol, label, name, params)
     out["loaded"] = loaded
     out["center"] = source["center"]
     out["label_known"] = label is not None
+    out["domain"] = _single_domain(loaded, source, notes)
     pert = out["perturbation"] * magnify
     lim = float(np.abs(pert).max()) or 1.0
     limits = _contrast(vol)
