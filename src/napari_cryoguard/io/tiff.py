@@ -115,7 +115,7 @@ def _check_extent(series: Any, path: Path) -> None:
             if page is None:
                 raise CryoGuardError(f"{path.name}: a page of the stack cannot be read; the "
                                      "file is truncated or corrupt")
-            pairs = zip(page.dataoffsets, page.databytecounts)
+            pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
             end = max([end, *(int(o) + int(c) for o, c in pairs)])
     if end > size:
         raise CryoGuardError(f"{path.name} is truncated: its pixel data should end at byte "
