@@ -1,13 +1,147 @@
-"""The model picker shared by the widgets (bundled weights, known checkpoints, a file), and
-the device choice."""
+"""The model picker shared by the widgets (bundled weights, known checkpoints, a file), the
+device choice, and torch loaded off the Qt thread (:func:`when_torch_ready`)."""
 
 from __future__ import annotations
+
+import sys
+import threading
 
 from napari_cryoguard._napari._workers import quiet_gc, thaw_gc
 
 FILE_CHOICE = "checkpoint file..."
 #: what a device field offers (:func:`napari_cryoguard.device.resolve_device` takes them)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+#: the registries the widgets' choices and forms come from (each imports torch)
+TORCH_MODULES = ("napari_cryoguard.models", "napari_cryoguard.defenses",
+                 "napari_cryoguard.attacks", "napari_cryoguard.classify")
+# torch's shared libraries, loaded first by calling the C library's dlopen through ctypes,
+# which releases the GIL during the call; Python's own loading of an extension module
+# (and ctypes.CDLL) holds it: 170-250 ms of frozen event loop for libtorch_cpu alone
+_TORCH_LIBS = ("libtorch_global_deps.so", "libc10.so", "libtorch_cpu.so", "libtorch.so",
+               "libtorch_python.so")
+_LOADED = threading.Event()  # the background import has finished (or failed)
+_LOAD_LOCK = threading.Lock()
+_LOADER: list = []  # the background thread, once started
+
+
+def torch_ready() -> bool:
+    """Whether the torch-backed registries are imported (choices and forms can be built
+    without a long import on the Qt thread)."""
+    if _LOADED.is_set():
+        return True
+    if _LOADER:  # the background import runs: its modules may be half made
+        return False
+    return all(m in sys.modules for m in TORCH_MODULES)
+
+
+def _preload_torch_libs() -> None:
+    """dlopen torch's libraries with the GIL released (Linux; elsewhere nothing): the
+    import that follows finds them loaded."""
+    import ctypes
+    import importlib.util
+    import os
+
+    if not sys.platform.startswith("linux"):
+        return
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return
+    libc = ctypes.CDLL(None)  # its functions are called with the GIL released
+    dlopen = libc.dlopen
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib = os.path.join(os.path.dirname(spec.origin), "lib")
+    for name in _TORCH_LIBS:
+        path = os.path.join(lib, name)
+        if os.path.exists(path):
+            dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_GLOBAL)  # NULL: the import tries
+
+
+def _load_torch() -> None:
+    import importlib
+
+    try:
+        with quiet_gc():  # ~10^5 long-lived objects: kept out of the collector's full passes
+            try:
+                _preload_torch_libs()
+            except (OSError, AttributeError):  # no dlopen there: the import loads them
+                pass
+            for name in TORCH_MODULES:
+                importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - the widget's own import shows the error later
+        pass
+    finally:
+        _LOADED.set()
+
+
+def load_torch_in_background(delay_ms: int | None = None) -> None:
+    """Start importing torch and the registries in a background thread (once).
+
+    ``delay_ms``: start it that long from now, from the Qt event loop (after the docking
+    that asked for it has been laid out and painted: the import competes with the Qt
+    thread for the GIL while it runs).
+    """
+    if delay_ms is not None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(int(delay_ms), load_torch_in_background)
+        return
+    with _LOAD_LOCK:
+        if _LOADER or torch_ready():
+            return
+        thread = threading.Thread(target=_load_torch, name="cryoguard-torch-import", daemon=True)
+        _LOADER.append(thread)
+        thread.start()
+
+
+#: how long after a widget asks for torch its background import starts (ms)
+LOAD_DELAY_MS = 1000
+
+
+def when_torch_ready(parent, callback, poll_ms: int = 30) -> bool:
+    """Call ``callback()`` on the Qt thread once torch and the registries are imported.
+
+    Already imported: called now (returns True). Otherwise the import starts in a
+    background thread (:func:`load_torch_in_background`, at idle ``LOAD_DELAY_MS`` later)
+    and a QTimer owned by
+    ``parent`` (a QWidget) calls ``callback`` when it has finished (returns False).
+    Widgets build their choice lists and parameter forms there, so docking a widget
+    never waits for torch (1-2 s) on the Qt thread.
+    """
+    if torch_ready():
+        callback()
+        return True
+    load_torch_in_background(LOAD_DELAY_MS)
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer(parent)
+    timer.setInterval(poll_ms)
+
+    def check() -> None:
+        if _LOADED.is_set():
+            timer.stop()
+            timer.deleteLater()
+            callback()
+
+    timer.timeout.connect(check)
+    timer.start()
+    return False
+
+
+def bundled_model_names() -> list[str]:
+    """The bundled weights' names (``models.checkpoint.bundled_models``), read from the
+    package's ``data/weights`` folder without importing torch when it is not loaded."""
+    checkpoint = sys.modules.get("napari_cryoguard.models.checkpoint")
+    if checkpoint is not None and torch_ready():
+        return checkpoint.bundled_models()
+    from pathlib import Path
+
+    weights = Path(__file__).resolve().parent.parent / "data" / "weights"
+    if not weights.is_dir():
+        return []
+    return sorted(p.name[: -len(".safetensors")] for p in weights.glob("*.safetensors"))
 
 
 def device_combo():
@@ -84,9 +218,7 @@ class ModelPicker:
     def _choices(self, widget=None) -> list:
         from pathlib import Path
 
-        from napari_cryoguard.models import bundled_models
-
-        out = [(name, name) for name in bundled_models()]
+        out = [(name, name) for name in bundled_model_names()]
         for spec in (self.state.models if self.state is not None else []):
             if spec not in dict(out).values():
                 p = Path(spec)

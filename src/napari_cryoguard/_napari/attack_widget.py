@@ -32,7 +32,12 @@ from napari_cryoguard._napari._forms import DataclassForm
 from napari_cryoguard._napari._labels import LabelsChoice
 from napari_cryoguard._napari._layers import PICKS_LAYER, apply_stepwise
 from napari_cryoguard._napari._layout import DockWidget, Group, status_label
-from napari_cryoguard._napari._models import ModelPicker, device_combo
+from napari_cryoguard._napari._models import (
+    ModelPicker,
+    device_combo,
+    torch_ready,
+    when_torch_ready,
+)
 from napari_cryoguard._napari._particles import iter_particle_layers
 from napari_cryoguard._napari._picks import (
     PickIndex,
@@ -51,7 +56,12 @@ if TYPE_CHECKING:
 __all__ = ["FLIPPED_RGBA", "HELD_RGBA", "AttackWidget"]
 
 
+DEFAULT_ATTACK = "fgsm"
+
+
 def _attack_choices(widget=None) -> list[str]:
+    if not torch_ready():  # the full list once torch is imported (off the Qt thread)
+        return [DEFAULT_ATTACK]
     from napari_cryoguard.attacks import available_attacks
 
     return available_attacks()
@@ -65,7 +75,7 @@ class AttackWidget(DockWidget):
         self.last = None  # the last single-particle result (dict)
         self.picker = ModelPicker(viewer)
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")
-        self.attack = ComboBox(choices=_attack_choices, value="fgsm", label="attack")
+        self.attack = ComboBox(choices=_attack_choices, value=DEFAULT_ATTACK, label="attack")
         self.form = DataclassForm()
         self.form_group = Group("attack parameters", [self.form], expanded=True)
         self.pick = PickIndex(viewer, tooltip="the pick to attack; clicking a point of 'picks' "
@@ -89,8 +99,8 @@ class AttackWidget(DockWidget):
                           self.index, self.labels.combo, self.more, self.run_button,
                           self.result, self.all_button, self.cancel_button, self.progress,
                           self.status])
-        self._set_form()
         self.attack.changed.connect(self._set_form)
+        when_torch_ready(self.native, self._torch_ready)  # the attack list and form
         self.run_button.changed.connect(self.run_one)
         self.all_button.changed.connect(self.run_all)
         self.cancel_button.changed.connect(self.cancel)
@@ -108,8 +118,14 @@ class AttackWidget(DockWidget):
         self.form_group.title = f"{self.attack.value} parameters"
         self.form_group.set_expanded(self.form_group.expanded)
 
+    def _torch_ready(self) -> None:
+        self.attack.reset_choices()
+        self._set_form()
+
     def attack_params(self) -> dict:
         """The attack's parameters from the form."""
+        if self.form.params_cls is None:  # asked before the background import finished
+            self._torch_ready()
         return self.form.values()
 
     def show_failure(self, exc: BaseException) -> None:

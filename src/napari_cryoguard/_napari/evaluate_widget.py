@@ -115,13 +115,10 @@ class EvaluateWidget(DockWidget):
         self.body.extend([*self.picker.widgets, model_row, self.model_list, self.labels.combo,
                           self.settings, run_row, self.progress, self.status])
 
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         # an Agg figure rendered in the worker (drawing two panels takes ~100 ms, too long
-        # for the Qt thread); the finished image is shown in a QLabel
-        self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100, layout="constrained")
-        FigureCanvasAgg(self.figure)
+        # for the Qt thread); the finished image is shown in a QLabel. The figure is made
+        # there too, by the first render (matplotlib's import takes 0.3-0.5 s)
+        self.figure = None
         self.canvas = plot_label(PLOT_HEIGHT)
         self.canvas.setVisible(False)  # shown with the first results
         self.add_native(self.canvas)
@@ -305,6 +302,12 @@ class EvaluateWidget(DockWidget):
     def _render(self, series: dict, score_word: str, width: int, ratio: float):
         """Draw the panels (once per evaluation, in the worker): one per norm, budgets in
         their unit; returns the RGBA image and its device pixel ratio."""
+        if self.figure is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100, layout="constrained")
+            FigureCanvasAgg(self.figure)
         self.figure.set_dpi(100 * ratio)
         self.figure.set_size_inches(width / 100, PLOT_HEIGHT / 100)
         self.figure.clear()

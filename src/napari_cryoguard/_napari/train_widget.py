@@ -47,7 +47,12 @@ from napari_cryoguard._napari._forms import DataclassForm
 from napari_cryoguard._napari._labels import LabelsChoice, subtomogram_stack
 from napari_cryoguard._napari._layers import PICKS_LAYER, apply_stepwise
 from napari_cryoguard._napari._layout import DockWidget, Group, button_row, status_label
-from napari_cryoguard._napari._models import chosen_file, device_combo
+from napari_cryoguard._napari._models import (
+    chosen_file,
+    device_combo,
+    torch_ready,
+    when_torch_ready,
+)
 from napari_cryoguard._napari._state import state_for
 from napari_cryoguard._napari._workers import show_error, start_worker
 from napari_cryoguard.errors import CryoGuardError
@@ -65,19 +70,32 @@ SOURCES = ("simulated dataset", "subtomograms layer", "dataset file")
 PLOT_HEIGHT = 210
 
 
+# the choices shown until torch and the registries are imported (off the Qt thread, ~1 s
+# after docking; see _models.when_torch_ready): the defaults only
+DEFAULT_MODEL = "cb3d"
+DEFAULT_DEFENSE = "standard"
+SIZE_BEFORE_TORCH = "small (CPU-friendly)"  # models.registry.default_size_preset on a CPU
+
+
 def _model_names(widget=None) -> list[str]:
+    if not torch_ready():
+        return [DEFAULT_MODEL]
     from napari_cryoguard.models import available_models
 
     return available_models()
 
 
 def _defense_names(widget=None) -> list[str]:
+    if not torch_ready():
+        return [DEFAULT_DEFENSE]
     from napari_cryoguard.defenses import available_defenses
 
     return available_defenses()
 
 
 def _size_names(widget=None) -> list[str]:
+    if not torch_ready():
+        return [SIZE_BEFORE_TORCH]
     from napari_cryoguard.models.registry import SIZE_PRESETS
 
     return list(SIZE_PRESETS)
@@ -91,6 +109,7 @@ _LOSS_BOX = (0.17, 0.63, 0.79, 0.33)
 _ACC_BOX = (0.17, 0.15, 0.79, 0.31)
 _ACC_HALF_BOX = (0.17, 0.15, 0.36, 0.31)
 _HIST_BOX = (0.62, 0.15, 0.34, 0.31)
+ACC_KEYS = ("train_acc", "val_acc", "robust_acc")
 
 
 class _Plots:
@@ -106,36 +125,13 @@ class _Plots:
     def __init__(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
         from qtpy.QtCore import QTimer
 
         from napari_cryoguard._napari._layout import plot_label
 
-        self.figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100)
-        FigureCanvasAgg(self.figure)
         self.canvas = plot_label(PLOT_HEIGHT)
-        self.ax_loss = self.figure.add_axes(_LOSS_BOX)
-        self.ax_acc = self.figure.add_axes(_ACC_BOX)
-        self.ax_hist = self.figure.add_axes(_HIST_BOX)
-        self.ax_hist.set_visible(False)
-        (self.step_line,) = self.ax_loss.plot([], [], "-", lw=0.9, label="train (step)")
-        (self.val_line,) = self.ax_loss.plot([], [], "o--", ms=3, label="val (epoch)")
-        self.acc_lines = {}
-        for key, style in (("train_acc", "o-"), ("val_acc", "o--"), ("robust_acc", "o:")):
-            (self.acc_lines[key],) = self.ax_acc.plot([], [], style, ms=3,
-                                                      label=key.replace("_acc", ""))
-        self.ax_loss.set_ylabel("loss", fontsize=7)
-        self.ax_loss.set_xlabel("step", fontsize=7, labelpad=1)
-        self.ax_acc.set_ylabel("accuracy", fontsize=7)
-        self.ax_acc.set_xlabel("epoch", fontsize=7, labelpad=1)
-        self.ax_acc.set_ylim(0, 1.02)
-        for ax in (self.ax_loss, self.ax_acc, self.ax_hist):
-            ax.tick_params(labelsize=6, pad=1)
-        from matplotlib.ticker import MaxNLocator
-
-        for ax in (self.ax_loss, self.ax_acc):
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        self.figure = None  # made by the first render, in the render thread (matplotlib's
+        # import and the figure take 0.3-0.6 s: not on the Qt thread at docking)
         self.margins: np.ndarray | None = None
         self.draws = 0  # renders started
         self._key = None
@@ -163,7 +159,7 @@ class _Plots:
         if run is not None:  # plain copies: the render thread never touches the run
             data = {"loss": run.loss_series(), "val_loss": run.series("val_loss"),
                     "spe": max(run.steps_per_epoch, 1),
-                    "acc": {k: run.series(k) for k in self.acc_lines}}
+                    "acc": {k: run.series(k) for k in ACC_KEYS}}
         width = self.canvas.width() if self.canvas.width() >= 200 else 340
         self._pending = (data, margins, width, self.canvas.devicePixelRatioF())
         self._submit()
@@ -193,8 +189,39 @@ class _Plots:
             show_rgba(self.canvas, rgba, ratio)
         self._submit()
 
+    def _build_figure(self) -> None:
+        """The figure and its artists, made once (in the render thread)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        figure = Figure(figsize=(3.4, PLOT_HEIGHT / 100), dpi=100)
+        FigureCanvasAgg(figure)
+        self.ax_loss = figure.add_axes(_LOSS_BOX)
+        self.ax_acc = figure.add_axes(_ACC_BOX)
+        self.ax_hist = figure.add_axes(_HIST_BOX)
+        self.ax_hist.set_visible(False)
+        (self.step_line,) = self.ax_loss.plot([], [], "-", lw=0.9, label="train (step)")
+        (self.val_line,) = self.ax_loss.plot([], [], "o--", ms=3, label="val (epoch)")
+        self.acc_lines = {}
+        for key, style in zip(ACC_KEYS, ("o-", "o--", "o:"), strict=True):
+            (self.acc_lines[key],) = self.ax_acc.plot([], [], style, ms=3,
+                                                      label=key.replace("_acc", ""))
+        self.ax_loss.set_ylabel("loss", fontsize=7)
+        self.ax_loss.set_xlabel("step", fontsize=7, labelpad=1)
+        self.ax_acc.set_ylabel("accuracy", fontsize=7)
+        self.ax_acc.set_xlabel("epoch", fontsize=7, labelpad=1)
+        self.ax_acc.set_ylim(0, 1.02)
+        for ax in (self.ax_loss, self.ax_acc, self.ax_hist):
+            ax.tick_params(labelsize=6, pad=1)
+        for ax in (self.ax_loss, self.ax_acc):
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        self.figure = figure
+
     def _render(self, data, margins, width, ratio):
         """Update the artists and rasterise the figure (in the render thread)."""
+        if self.figure is None:
+            self._build_figure()
         dpi = 100 * ratio
         self.figure.set_dpi(dpi)
         self.figure.set_size_inches(width / 100, PLOT_HEIGHT / 100)
@@ -235,6 +262,8 @@ class _Plots:
 
     @property
     def histogram_shown(self) -> bool:
+        if self.figure is None:
+            return False
         return bool(self.ax_hist.get_visible() and self.ax_hist.patches)
 
 
@@ -246,8 +275,6 @@ class TrainWidget(DockWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, runs_dir: str | Path | None = None) -> None:
         from qtpy.QtCore import QTimer
-
-        from napari_cryoguard.models.registry import default_size_preset
 
         super().__init__(viewer)
         self.runs_dir = runs_dir
@@ -266,12 +293,12 @@ class TrainWidget(DockWidget):
         self.labels = LabelsChoice(viewer)
         self.dataset = FileEdit(mode="r", filter="*.npz", label="dataset")
         # model and defense
-        self.model = ComboBox(choices=_model_names, value="cb3d", label="model")
-        self.size = ComboBox(choices=_size_names, value=default_size_preset("auto"), label="size",
+        self.model = ComboBox(choices=_model_names, value=DEFAULT_MODEL, label="model")
+        self.size = ComboBox(choices=_size_names, value=_size_names()[0], label="size",
                              tooltip="small: quick on a CPU; paper: the papers' widths (a GPU)")
         self.model_form = DataclassForm()
         self.model_group = Group("model parameters", [self.model_form])
-        self.defense = ComboBox(choices=_defense_names, value="standard", label="defense")
+        self.defense = ComboBox(choices=_defense_names, value=DEFAULT_DEFENSE, label="defense")
         self.defense_form = DataclassForm()
         self.defense_group = Group("defense parameters", [self.defense_form])
         # recipe: the defaults are the Recipe dataclass's
@@ -314,8 +341,6 @@ class TrainWidget(DockWidget):
         self.add_native(self.plots.canvas)
         self.cancel_button.enabled = False
         self.use_button.enabled = False
-        self._set_model_form()
-        self._set_defense_form()
         self._source_changed()
         self.source.changed.connect(self._source_changed)
         self.model.changed.connect(self._set_model_form)
@@ -329,8 +354,24 @@ class TrainWidget(DockWidget):
         self._timer = QTimer(self.native)
         self._timer.setInterval(300)
         self._timer.timeout.connect(self.refresh)
+        when_torch_ready(self.native, self._torch_ready)  # the model and defense forms
 
     # ------------------------------------------------------------------ forms
+    def _torch_ready(self) -> None:
+        """The full model, size and defense lists and their forms (torch is imported)."""
+        from napari_cryoguard.models.registry import default_size_preset
+
+        for combo in (self.model, self.size, self.defense):
+            combo.reset_choices()
+        with self.size.changed.blocked():
+            self.size.value = default_size_preset("auto")
+        self._set_model_form()
+        self._set_defense_form()
+
+    def _ensure_forms(self) -> None:
+        if self.model_form.params_cls is None or self.defense_form.params_cls is None:
+            self._torch_ready()  # asked before the background import finished
+
     def _set_model_form(self, *_) -> None:
         """The model's form at the chosen size (the preset's values, still editable)."""
         from napari_cryoguard.models import model_params_class
@@ -375,6 +416,7 @@ class TrainWidget(DockWidget):
         from napari_cryoguard.defenses.base import make_defense_params
         from napari_cryoguard.models.registry import make_params
 
+        self._ensure_forms()
         make_params(self.model.value, **self.model_form.values())
         make_defense_params(self.defense.value, **self.defense_form.values())
         text = str(self.lr.value).strip()
