@@ -26,14 +26,20 @@ _LOAD_LOCK = threading.Lock()
 _LOADER: list = []  # the background thread, once started
 
 
+def _imported(name: str) -> bool:
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    return module is not None and not getattr(spec, "_initializing", False)
+
+
 def torch_ready() -> bool:
-    """Whether the torch-backed registries are imported (choices and forms can be built
-    without a long import on the Qt thread)."""
+    """Whether torch is imported (and so the registries can be imported on the Qt thread
+    without the long wait of torch's own import)."""
     if _LOADED.is_set():
         return True
     if _LOADER:  # the background import runs: its modules may be half made
         return False
-    return all(m in sys.modules for m in TORCH_MODULES)
+    return _imported("torch")
 
 
 def _preload_torch_libs() -> None:
