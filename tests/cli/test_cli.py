@@ -290,3 +290,33 @@ def test_extract_warp_fractions_take_the_geometry_of_the_tomogram_extracted(tmp_
     bad = run("extract", tmp_path / "TS_1.mrc", "--picks", star, "--out", tmp_path / "b.npz",
               "--tomograms", tmp_path / "missing.star", "--json", ok=False)
     assert bad.returncode == 2
+
+
+def test_extract_refuses_to_write_an_empty_dataset(tmp_path):
+    """A pick file without rows, or picks all too close to the edge, is one clear error
+    (exit 2), never an empty dataset with exit 0 (the second hostile-input probe)."""
+    import mrcfile
+
+    tomo = tmp_path / "tomo.mrc"
+    with mrcfile.new(tomo) as m:
+        m.set_data(np.random.default_rng(0).normal(size=(32, 40, 40)).astype(np.float32))
+        m.voxel_size = 10.0
+    empty = tmp_path / "empty.csv"
+    empty.write_text("x,y,z\n")
+    res = run("extract", tomo, "--picks", empty, "--out", tmp_path / "d.npz", ok=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("cryoguard extract: error: empty.csv holds no picks"), lines
+    # what the reader assumed comes first, one line each, in the package's words
+    assert all(ln.startswith("cryoguard extract: ") for ln in lines), lines
+    assert any("warning: empty.csv does not say its voxel size" in ln for ln in lines), lines
+    edge = tmp_path / "edge.csv"
+    edge.write_text("x,y,z\n1,1,1\n38,2,30\n")
+    res = run("extract", tomo, "--picks", edge, "--out", tmp_path / "d.npz", "--size", 16,
+              ok=False)
+    assert res.returncode == 2 and "too close to its edge" in res.stderr, res.stderr
+    assert not (tmp_path / "d.npz").exists()
+    # with padding the same picks are extracted
+    ok = summary(run("extract", tomo, "--picks", edge, "--out", tmp_path / "d.npz", "--size", 16,
+                     "--border", "pad", "--json"))
+    assert ok["n"] == 2

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_cryoguard.cli import attack, catalog, classify, demo, merge, picking, simulate
@@ -80,10 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryoguard`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    previous = warnings.formatwarning
+    warnings.formatwarning = _warning_line(args[0] if args else "")
     try:
         return _main(args)
     except OSError as exc:
         return fail(args[0] if args else "", os_error(exc), "--json" in args)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _warning_line(command: str):
+    """Warnings on stderr as one line each, ``cryoguard <command>: warning: <text>``
+    (Python's default adds the source file, line and code: two lines a user cannot use)."""
+
+    def fmt(message, category, filename, lineno, line=None) -> str:
+        text = " ".join(str(message).split())
+        return f"cryoguard {command}: warning: {text}\n".replace("cryoguard : ", "cryoguard: ")
+
+    return fmt
 
 
 def _main(argv: list[str]) -> int:

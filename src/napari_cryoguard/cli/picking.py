@@ -181,9 +181,13 @@ def _picks_for(args: argparse.Namespace, tomogram_path, cache: dict):
 def _extract_from(args: argparse.Namespace, tomo, picks, *, tomogram, picks_path,
                   out) -> dict:
     from napari_cryoguard.data import SubtomogramDataset, save_dataset
+    from napari_cryoguard.errors import CryoGuardError
     from napari_cryoguard.picking import extract_subtomograms
 
     n_in_file = len(picks)
+    if n_in_file == 0:
+        raise CryoGuardError(f"{Path(picks_path).name} holds no picks: nothing to extract "
+                             f"from {tomo.name}")
     picks = picks_for_tomogram(picks, tomo, source=Path(picks_path).name)
     notes = notes_of(tomo, picks)
     for note in notes:
@@ -192,6 +196,10 @@ def _extract_from(args: argparse.Namespace, tomo, picks, *, tomogram, picks_path
     sub = extract_subtomograms(tomo.data, picks.coords, size=args.size,
                                normalize=not args.no_normalize, border=args.border)
     t_ex = time.perf_counter() - t0
+    if len(sub.index) == 0:
+        raise CryoGuardError(
+            f"all {len(picks)} picks of {tomo.name} are too close to its edge for "
+            f"{args.size}^3 cubes: nothing extracted (--border pad keeps them, padded)")
     kept = picks.subset(sub.index)
     ds = SubtomogramDataset(
         volumes=sub.volumes, labels=kept.labels, class_names=kept.class_names,
