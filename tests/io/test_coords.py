@@ -386,3 +386,22 @@ def test_csv_features_that_look_like_known_columns_read_back_as_features(tmp_pat
     assert back.scores is None and back.labels is None and back.tomo_names is None
     assert list(back.features) == [name]
     np.testing.assert_array_equal(back.features[name], [7.5, 8.5])
+
+
+def test_star_of_an_unknown_format_version_is_refused(tmp_path):
+    """A cryoguard STAR written by a newer format is one clear error, not misread."""
+    from napari_cryoguard.errors import CryoGuardError
+    from napari_cryoguard.io import Picks, read_picks, write_picks
+
+    path = write_picks(tmp_path / "p.star", Picks(coords=np.array([[1.0, 2.0, 3.0]]),
+                                                  voxel_size=10.0))
+    text = path.read_text()
+    assert "_cryoguardFormatVersion\t\t\t1\n" in text
+    assert read_picks(path).coords.tolist() == [[1.0, 2.0, 3.0]]
+    for value, match in (("99", "format 99; this napari-cryoguard reads format 1 .update"),
+                         ("x", "not a format number")):
+        bad = tmp_path / f"v{value}.star"
+        bad.write_text(text.replace("_cryoguardFormatVersion\t\t\t1\n",
+                                    f"_cryoguardFormatVersion {value}\n"))
+        with pytest.raises(CryoGuardError, match=match):
+            read_picks(bad)

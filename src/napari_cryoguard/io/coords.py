@@ -608,6 +608,23 @@ def _read_star(path: Path, voxel_size: float | None) -> Picks:
     return read_star_picks(path, voxel_size=voxel_size)
 
 
+def _check_format_version(path: Path, blocks: dict[str, dict[str, np.ndarray]]) -> None:
+    """A cryoguard STAR of a format this version does not know is refused, not misread."""
+    meta = blocks.get(STAR_META_BLOCK, {})
+    key = "cryoguardFormatVersion"
+    if key not in meta:
+        return
+    text = str(meta[key][0]).strip()
+    try:
+        version = int(text)
+    except ValueError:
+        raise CryoGuardError(f"{path.name}: _{key} is {text!r}, not a format number") from None
+    if version != FORMAT_VERSION:
+        raise CryoGuardError(
+            f"{path.name} is cryoguard STAR format {version}; this napari-cryoguard reads "
+            f"format {FORMAT_VERSION}" + (" (update the package)" if version > FORMAT_VERSION else ""))
+
+
 def star_picks_from_table(
     path: Path,
     blocks: dict[str, dict[str, np.ndarray]],
@@ -626,6 +643,7 @@ def star_picks_from_table(
     column not in ``used``, typed by ``data_cryoguard_features`` when present).
     """
     check_finite_coords(coords, path, "have")
+    _check_format_version(path, blocks)
     used = set(used)
     scores = labels_arr = None
     if STAR_SCORE in table:
