@@ -61,6 +61,10 @@ class DockWidget(Container):
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QFrame, QSizePolicy
 
+        from napari_cryoguard._napari._workers import quiet_gc
+
+        with quiet_gc():  # napari's objects of the time moved out of full collections' way
+            pass  # (a full pass over them: 150-480 ms of frozen event loop, amid the docking)
         super().__init__(labels=False)
         self._viewer = viewer
         self._worker = None

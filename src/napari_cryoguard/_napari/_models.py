@@ -92,7 +92,7 @@ def load_torch_in_background(delay_ms: int | None = None) -> None:
     if delay_ms is not None:
         from qtpy.QtCore import QTimer
 
-        QTimer.singleShot(int(delay_ms), load_torch_in_background)
+        QTimer.singleShot(int(delay_ms), _load_after_warm_up)
         return
     with _LOAD_LOCK:
         if _LOADER or torch_ready():
@@ -104,6 +104,22 @@ def load_torch_in_background(delay_ms: int | None = None) -> None:
 
 #: how long after a widget asks for torch its background import starts (ms)
 LOAD_DELAY_MS = 1000
+#: how long the import waits for a running warm-up of the visuals (ms) before it starts anyway
+WARM_UP_WAIT_MS = 20_000
+
+
+def _load_after_warm_up(waited_ms: int = 0) -> None:
+    """Start the import once no viewer's warm-up (:mod:`._warmup`) runs: both compete
+    for the GIL, and a warm-up step stretched by the import stalls the event loop."""
+    from napari_cryoguard._napari import _warmup
+
+    running = _warmup._WARMED - _warmup._WARM_DONE
+    if running and waited_ms < WARM_UP_WAIT_MS:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(200, lambda: _load_after_warm_up(waited_ms + 200))
+        return
+    load_torch_in_background()
 
 
 def when_torch_ready(parent, callback, poll_ms: int = 30) -> bool:
