@@ -123,14 +123,15 @@ def _load_after_warm_up(waited_ms: int = 0) -> None:
 
 
 def when_torch_ready(parent, callback, poll_ms: int = 30) -> bool:
-    """Call ``callback()`` on the Qt thread once torch and the registries are imported.
+    """Call ``callback()`` on the Qt thread once torch is imported.
 
-    Already imported: called now (returns True). Otherwise the import starts in a
-    background thread (:func:`load_torch_in_background`, at idle ``LOAD_DELAY_MS`` later)
-    and a QTimer owned by
-    ``parent`` (a QWidget) calls ``callback`` when it has finished (returns False).
-    Widgets build their choice lists and parameter forms there, so docking a widget
-    never waits for torch (1-2 s) on the Qt thread.
+    Already imported (torch by anyone; the registries then take ~60 ms more): called
+    now, returns True. Otherwise torch and the registries are imported in a background
+    thread (:func:`load_torch_in_background`, ``LOAD_DELAY_MS`` later and after a running
+    warm-up of the visuals) and a QTimer owned by ``parent`` (a QWidget) calls
+    ``callback`` when that has finished (returns False). Widgets build their choice
+    lists and parameter forms there, so docking never waits 1-2 s for torch on the Qt
+    thread.
     """
     if torch_ready():
         callback()
