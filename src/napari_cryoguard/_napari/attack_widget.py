@@ -177,7 +177,8 @@ class AttackWidget(DockWidget):
             f"L-inf {out['linf']:.4g}, L2 {out['l2']:.4g}, {out['steps']} step"
             + ("s" if out["steps"] != 1 else "")
         )
-        self.status.value = f"attacked particle {i} with {self.attack.value}; its layers are beside it"
+        self.status.value = (f"attacked particle {i} with {self.attack.value}; its layers are "
+                             f"beside it" + out.get("domain", ""))
 
     # ------------------------------------------------------------------ all picks
     def run_all(self) -> None:

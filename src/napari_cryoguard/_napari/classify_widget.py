@@ -197,7 +197,8 @@ class ClassifyWidget(DockWidget):
             self._viewer, out["layers"], image_layer=anchor, center=out["center"],
             styles=out["styles"], frames=f"particle {i} frames"))
         if self.loaded.has_decoder:
-            self.status.value = f"particle {i} and its reconstruction by {self.loaded.source}, beside it"
+            self.status.value = (f"particle {i} and its reconstruction by {self.loaded.source}, "
+                                 f"beside it" + out.get("domain", ""))
         else:
             self.status.value = (f"{self.loaded.source} has no autoencoder branch: showing the "
                                  "particle only")
