@@ -237,3 +237,14 @@ def test_particle_for_model_moves_a_pick_by_the_layers_translate_difference(tiny
     moved = particle_for_model(src, loaded, notes)
     np.testing.assert_allclose(moved, direct)
     assert any("moved the pick by 1, 0, -2 voxels" in n for n in notes)
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 11, 20, 23])
+def test_class_colors_are_matplotlibs_tab_palettes(n):
+    # written out so the Qt thread never imports matplotlib to colour picks
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    expected = np.array([cmap(i % cmap.N) for i in range(n)], dtype=np.float32)
+    np.testing.assert_allclose(class_colors(n), expected, atol=1e-6)
+    assert len({tuple(c) for c in class_colors(min(n, 20))}) == min(n, 20)

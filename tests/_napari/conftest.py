@@ -40,6 +40,8 @@ class Docked:
         # exactly what the Plugins menu does: napari hands the widget its own viewer proxy
         _, widget = self.viewer.window.add_plugin_dock_widget(_probe.PLUGIN, name, **kwargs)
         self.widgets[name] = widget
+        # its controls are made a turn after docking (_layout.DockWidget), as a user sees them
+        self.qtbot.waitUntil(lambda: widget.built, timeout=10_000)
         return widget
 
     def click(self, widget, text: str) -> None:

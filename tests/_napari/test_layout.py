@@ -16,6 +16,10 @@ def test_all_widgets_fit_a_laptop_screen(docked, sampled, tabify):
     widgets = [docked.dock(name, tabify=tabify) for name in NAMES]
     docked.qtbot.wait(300)
     assert (win.width(), win.height()) == (1280, 800)
+    # each dock takes its controls' width (they are made a turn after the docking; the
+    # dock, sized at first for the empty widget, was once left 50 px wide)
+    for name, w in zip(NAMES, widgets, strict=True):
+        assert 300 <= w.native.width() <= 430, (name, w.native.width())
     # a long status or error line wraps instead of widening the dock
     before = [w.native.width() for w in widgets]
     long_text = "error: " + " ".join(["a long explanation of what went wrong"] * 20)

@@ -16,6 +16,10 @@ from magicgui.widgets import Container, Label, PushButton
 
 #: widest a dock widget asks to be (px): napari's dock area then keeps the canvas wide
 DOCK_WIDTH = 380
+#: how long after docking a widget's controls are made (ms): a turn of its own
+BUILD_DELAY_MS = 20
+#: width of a dock widget before its controls are made (px): about what they will take
+PLACEHOLDER_WIDTH = 350
 
 
 def _scroll_area_class():
@@ -55,10 +59,16 @@ class DockWidget(Container):
 
     ``viewer`` is kept as ``self._viewer``; ``self._worker`` is the widget's running
     worker (set by ``_workers.start_worker``; Cancel and the tests use it).
+
+    The controls are made by the subclass's :meth:`_build`, one event-loop turn after the
+    constructor: napari's own docking work (the dock, its tab, a settings save) and the
+    controls' construction then fall in different turns, and neither freezes the window
+    long. Reading an attribute that :meth:`_build` sets before then builds at once, so code
+    that makes a widget and uses it straight away (scripts, tests) sees no difference.
     """
 
     def __init__(self, viewer=None) -> None:
-        from qtpy.QtCore import Qt
+        from qtpy.QtCore import Qt, QTimer
         from qtpy.QtWidgets import QFrame, QSizePolicy
 
         from napari_cryoguard._napari._workers import quiet_gc
@@ -79,6 +89,39 @@ class DockWidget(Container):
         layout = self.native.layout()
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(scroll)
+        self._built = False
+        # until the controls are made (a turn later), napari docks a widget this wide
+        scroll.setMinimumWidth(PLACEHOLDER_WIDTH)
+        timer = QTimer(self.native)  # dies with the widget: never builds a deleted one
+        timer.setSingleShot(True)
+        timer.setInterval(BUILD_DELAY_MS)  # after the empty dock's first paint
+        timer.timeout.connect(self.ensure_built)
+        timer.start()
+        self._build_timer = timer
+
+    def _build(self) -> None:
+        """Make the controls (subclasses); called once, by :meth:`ensure_built`."""
+
+    def ensure_built(self) -> None:
+        """Make the controls now if they are not made yet."""
+        if self.__dict__.get("_built") is False:
+            self._built = True  # first: an attribute read inside _build must not recurse
+            self._build_timer.stop()
+            self._build()
+            # the dock was sized by the empty widget's placeholder width; from now on by
+            # the controls (a scroll area does not pass its content's new hints on itself)
+            self._scroll.setMinimumWidth(0)
+            self._scroll.updateGeometry()
+
+    @property
+    def built(self) -> bool:
+        return bool(self.__dict__.get("_built"))
+
+    def __getattr__(self, name: str):
+        if self.__dict__.get("_built") is False and not name.startswith("__"):
+            self.ensure_built()
+            return getattr(self, name)
+        return super().__getattr__(name)
 
     def reset_choices(self, *_) -> None:
         """napari calls this when layers change: refresh every combo box of the body."""

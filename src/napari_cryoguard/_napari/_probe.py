@@ -20,14 +20,18 @@ PLUGIN = "napari-cryoguard"
 
 
 def dock(viewer, display_name: str, **kwargs):
-    """Dock ``display_name`` from the plugin's manifest; return the widget."""
+    """Dock ``display_name`` from the plugin's manifest; return the widget once its
+    controls are made (a turn after the docking, see ``_layout.DockWidget``)."""
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, display_name, **kwargs)
+    wait_until(lambda: widget.built, timeout=30.0, interval=0.005)
     return widget
 
 
 def buttons(widget) -> dict:
     from qtpy.QtWidgets import QPushButton
 
+    if hasattr(widget, "ensure_built"):  # made and not yet shown: its controls now
+        widget.ensure_built()
     root = getattr(widget, "native", widget)
     return {b.text(): b for b in root.findChildren(QPushButton)}
 

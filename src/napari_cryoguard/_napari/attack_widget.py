@@ -72,6 +72,9 @@ class AttackWidget(DockWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
+
+    def _build(self) -> None:
+        viewer = self._viewer
         self.last = None  # the last single-particle result (dict)
         self.picker = ModelPicker(viewer)
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")

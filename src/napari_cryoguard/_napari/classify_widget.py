@@ -48,6 +48,9 @@ class ClassifyWidget(DockWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
+
+    def _build(self) -> None:
+        viewer = self._viewer
         self.loaded = None  # the LoadedModel last used
         self.picker = ModelPicker(viewer)
         self.model, self.checkpoint = self.picker.widgets

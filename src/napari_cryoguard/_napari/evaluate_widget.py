@@ -81,6 +81,9 @@ class EvaluateWidget(DockWidget):
     def __init__(self, viewer: napari.viewer.Viewer, out_dir: str | Path | None = None) -> None:
         super().__init__(viewer)
         self.out_dir = out_dir
+
+    def _build(self) -> None:
+        viewer = self._viewer
         self.models: list[str] = []
         self.metrics: dict | None = None
         self.last_labels = None

@@ -120,12 +120,13 @@ class PickWidget(DockWidget):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
+        super().__init__(viewer)
+
+    def _build(self) -> None:
+        viewer = self._viewer
         from napari_cryoguard._napari._state import state_for
 
-        self._viewer = viewer
         self._state = state_for(viewer)
-        self._worker = None
         self.image = create_widget(annotation="napari.layers.Image", label="tomogram")
         self.diameter = FloatSpinBox(
             value=DEFAULT_DIAMETER, min=1.0, max=100_000.0, step=10.0,
@@ -188,7 +189,8 @@ class PickWidget(DockWidget):
     # ------------------------------------------------------------------ parameters
     def reset_choices(self, *_) -> None:
         super().reset_choices()
-        self._update_sigma_info()
+        if self.built:
+            self._update_sigma_info()
 
     def voxel_size(self) -> float:
         layer = self.image.value

@@ -274,10 +274,13 @@ class TrainWidget(DockWidget):
     """Train a classifier with a defense in a background ``cryoguard train`` process."""
 
     def __init__(self, viewer: napari.viewer.Viewer, runs_dir: str | Path | None = None) -> None:
-        from qtpy.QtCore import QTimer
-
         super().__init__(viewer)
         self.runs_dir = runs_dir
+
+    def _build(self) -> None:
+        viewer = self._viewer
+        from qtpy.QtCore import QTimer
+
         self.runs: dict[str, object] = {}
         self.margins_by_run: dict[str, np.ndarray] = {}
         self._notes: dict[str, str] = {}  # what the info line adds per run (the labels used)
