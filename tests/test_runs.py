@@ -174,3 +174,16 @@ def test_a_module_in_the_run_folder_is_not_imported(tmp_path):
     # the real package ran: the missing dataset is its clear error, exit 2
     assert run.process.returncode == 2 and status == "error"
     assert "missing.npz" in run.message
+
+
+@pytest.mark.parametrize("accs, warned", [([0.2, 0.22, 0.2], True), ([0.2, 0.3, 0.5], False)])
+def test_done_line_warns_when_accuracy_stays_at_chance(tmp_path, accs, warned):
+    run = _run(tmp_path)
+    run.status = "done"
+    run.config = {"n_val": 50, "dataset": {"num_classes": 5}}
+    run.history = [{"epoch": i + 1, "val_acc": a} for i, a in enumerate(accs)]
+    line = run.state_line()
+    assert line.startswith(f"done: 3 epoch(s), validation accuracy {accs[-1]:.3f} on 50")
+    assert ("never rose above chance (0.20 for 5 classes)" in line) is warned
+    run.config = {"n_val": 50}  # the number of classes unknown: no claim either way
+    assert "chance" not in run.state_line()

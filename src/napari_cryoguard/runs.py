@@ -405,10 +405,29 @@ class TrainRun:
             acc_s = f", validation accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
             if acc_s and n_val:
                 acc_s += f" on {n_val} held-out subtomograms"
-            return f"done: {len(self.history)} epoch(s){acc_s}; checkpoint {ck}"
+            return f"done: {len(self.history)} epoch(s){acc_s}; checkpoint {ck}{self._chance_note()}"
         if self.status == "cancelled":
             return f"cancelled at {where or 'the start'}; checkpoint {ck}"
         return f"failed: {self.message or 'the training process stopped'}"
+
+    def _chance_note(self) -> str:
+        """A warning when no epoch's validation accuracy rose clearly above chance (the
+        run did not learn: e.g. IMA from scratch when the first model predicts one class)."""
+        dataset = self.config.get("dataset") or {}
+        k = dataset.get("num_classes") if isinstance(dataset, dict) else None
+        accs = [h.get("val_acc") for h in self.history]
+        accs = [a for a in accs if isinstance(a, (int, float))]
+        if not k or int(k) < 2 or not accs:
+            return ""
+        chance = 1.0 / int(k)
+        n_val = int(self.config.get("n_val") or 0)
+        # two binomial standard deviations of a guessing model's accuracy on n_val
+        slack = max(0.05, 2.0 * (chance * (1.0 - chance) / n_val) ** 0.5 if n_val else 0.05)
+        if max(accs) > chance + slack:
+            return ""
+        return (f". Warning: the validation accuracy never rose above chance ({chance:.2f} "
+                f"for {int(k)} classes): the model did not learn. Try more epochs or data, "
+                "or a 'standard' run first")
 
     @property
     def fraction(self) -> float:
