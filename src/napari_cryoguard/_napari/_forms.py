@@ -70,6 +70,9 @@ class DataclassForm(Container):
         self._fields = {f.name: f for f in fields_of(params_cls, skip=self._skip)}
         for f in self._fields.values():
             self.append(_field_widget(f))
+        from napari_cryoguard._napari._layout import fit_combos
+
+        fit_combos(self.native)
 
     def values(self) -> dict[str, Any]:
         """The form's values, JSON text parsed, as keyword arguments for the dataclass."""

@@ -22,11 +22,27 @@ BUILD_DELAY_MS = 20
 PLACEHOLDER_WIDTH = 350
 
 
+def fit_combos(qwidget) -> None:
+    """Let every combo box under ``qwidget`` shrink below its longest choice.
+
+    Long choices (checkpoint paths, layer names, label sources) must not widen the dock;
+    call this after making combo boxes (the dock's first show, the controls' build, a
+    form rebuilt for another dataclass).
+    """
+    from qtpy.QtWidgets import QComboBox
+
+    policy = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+    for combo in qwidget.findChildren(QComboBox):
+        if combo.sizeAdjustPolicy() != policy:
+            combo.setSizeAdjustPolicy(policy)
+            combo.setMinimumContentsLength(10)
+
+
 def _scroll_area_class():
     """A vertical scroll area whose size hints follow its content's width (never clipped)
     but whose height never asks for more than the screen has."""
     from qtpy.QtCore import QSize
-    from qtpy.QtWidgets import QComboBox, QScrollArea
+    from qtpy.QtWidgets import QScrollArea
 
     class FitScrollArea(QScrollArea):
         def _bar(self) -> int:
@@ -44,11 +60,7 @@ def _scroll_area_class():
                          min(hint.height(), 560))
 
         def showEvent(self, event) -> None:  # noqa: N802 - Qt API
-            # long choices (checkpoint paths, layer names) must not widen the dock
-            for combo in self.findChildren(QComboBox):
-                combo.setSizeAdjustPolicy(
-                    QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-                combo.setMinimumContentsLength(10)
+            fit_combos(self)
             super().showEvent(event)
 
     return FitScrollArea
@@ -108,6 +120,7 @@ class DockWidget(Container):
             self._built = True  # first: an attribute read inside _build must not recurse
             self._build_timer.stop()
             self._build()
+            fit_combos(self.native)  # made after the dock's first show
             # the dock was sized by the empty widget's placeholder width; from now on by
             # the controls (a scroll area does not pass its content's new hints on itself)
             self._scroll.setMinimumWidth(0)
