@@ -82,6 +82,11 @@ def test_classify_picks_on_the_fly(setup, small_sim):
     table = widget.table.value["data"]
     assert len(table) == 5
     assert float(table[int(argmax[0])][1]) == pytest.approx(feats[pcols].to_numpy()[first].max(), abs=1e-3)
+    # the whole table is in view: no row numbers, no horizontal scrolling to the bars
+    docked.qtbot.wait(50)
+    qtable = widget.table.native
+    assert not qtable.verticalHeader().isVisible()
+    assert qtable.horizontalScrollBar().maximum() == 0
 
     docked.click(widget, "Reconstruct")
     docked.wait_idle(widget)

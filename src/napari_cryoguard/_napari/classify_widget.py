@@ -68,6 +68,7 @@ class ClassifyWidget(DockWidget):
         self.index = self.pick.spin
         self.table = Table(value={"class": [], "probability": [], "": []})
         self.table.native.setMaximumHeight(170)
+        self._fit_table()
         self.reconstruct_button = PushButton(text="Reconstruct")
         self.status = status_label()
         self.body.extend([self.model, self.checkpoint, self.source, self.image, self.labels.combo,
@@ -160,6 +161,20 @@ class ClassifyWidget(DockWidget):
             rows.append(f"<span style='color:{hexc}'>&#9632;</span> {c} ({k})")
         return "<br>".join(rows)
 
+    def _fit_table(self) -> None:
+        """Class and probability as wide as their text, the bars take the rest; no row
+        numbers (the class names say which row is which)."""
+        from qtpy.QtWidgets import QHeaderView
+
+        table = self.table.native
+        table.verticalHeader().setVisible(False)
+        header = table.horizontalHeader()
+        mode = QHeaderView.ResizeMode
+        for column, how in enumerate((mode.ResizeToContents, mode.ResizeToContents,
+                                      mode.Stretch)):
+            if column < header.count():
+                header.setSectionResizeMode(column, how)
+
     # ------------------------------------------------------------------ selection
     def show_probabilities(self, *_):
         """Fill the table with the selected particle's class probabilities (and bars)."""
@@ -174,8 +189,9 @@ class ClassifyWidget(DockWidget):
         self.table.value = {
             "class": [c[2:] for c in cols],
             "probability": [f"{p:.3f}" if np.isfinite(p) else "n/a" for p in probs],
-            "": ["█" * int(round(20 * p)) if np.isfinite(p) else "" for p in probs],
+            "": ["█" * int(round(10 * p)) if np.isfinite(p) else "" for p in probs],
         }
+        self._fit_table()  # a new value makes new columns
 
     # ------------------------------------------------------------------ reconstruction
     def run_reconstruct(self) -> None:
