@@ -38,3 +38,30 @@ def test_headless_demo_writes_outputs_and_a_real_screenshot(tmp_path):
 
     assert len(read_picks(report["picks"])) == report["n_picks"]
     assert len(load_dataset(report["subtomograms"])) == report["n_subtomograms"]
+
+
+def test_demo_viewer_shows_what_the_demo_did(viewer, tmp_path):
+    """The demo's widgets, docked from the manifest, say what the pipeline did: the
+    diameter whose sigma the DoG used, picks drawn that size, Classify in front with room
+    for its result and legend, naming the model that classified."""
+    from napari_cryoguard._napari.demo import populate_viewer
+    from napari_cryoguard.demo import run_pipeline
+    from napari_cryoguard.picking import SIMULATED_SIGMA1
+
+    result = run_pipeline(tmp_path / "demo", log=lambda m: None)
+    widgets = populate_viewer(viewer, result)
+    from napari_cryoguard._napari._probe import pump
+
+    pump(0.5)
+    pick, classify = widgets["Pick particles"], widgets["Classify"]
+    assert pick.sigma_voxels() == pytest.approx(SIMULATED_SIGMA1, abs=0.01)
+    voxel = result.sim.voxel_size
+    picks = viewer.layers["picks"]
+    assert np.allclose(picks.size, pick.diameter.value / voxel, atol=0.1)
+    model = result.summary.get("model", "cb3d-default")
+    assert classify.picker.model.value == model
+    assert model in classify.status.value and classify.progress.value == 100
+    assert classify.native.isVisible()  # in front of its tabs
+    # Classify's dock has room for its result and legend in an 800 px window
+    assert classify.native.height() >= 380, classify.native.height()
+    assert pick.native.height() >= 200, pick.native.height()

@@ -14,6 +14,7 @@ def populate_viewer(viewer, result) -> dict:
     from napari_cryoguard._napari._picks import apply_predictions, set_picks_layer
     from napari_cryoguard._napari._probe import dock
     from napari_cryoguard.picking import SIMULATED_SIGMA1, SIMULATED_THRESHOLD
+    from napari_cryoguard.picking.dog import diameter_from_sigma
 
     sim = result.sim
     scale = (sim.voxel_size,) * 3
@@ -23,7 +24,10 @@ def populate_viewer(viewer, result) -> dict:
     viewer.add_points(sim.coords, name="truth", scale=scale, size=5, symbol="cross",
                       face_color="cyan", border_width=0, features={"class": names},
                       visible=True)
-    picks_layer = set_picks_layer(viewer, result.picks, image)
+    # the particle diameter the demo's DoG sigma suits: the Pick widget shows it and
+    # derives that sigma from it, and the picks are drawn that size
+    diameter = round(diameter_from_sigma(SIMULATED_SIGMA1, sim.voxel_size), 1)
+    picks_layer = set_picks_layer(viewer, result.picks, image, diameter=diameter)
     if result.true_class is not None:
         feats = picks_layer.features.copy()
         feats["true_class"] = result.true_class
@@ -39,8 +43,9 @@ def populate_viewer(viewer, result) -> dict:
     order = ["Pick particles", "Evaluate", "Train", "Attack", "Classify"]
     widgets = {name: dock(viewer, name, tabify=j >= 2) for j, name in enumerate(order)}
     pick = widgets["Pick particles"]
-    if hasattr(pick, "sigma1"):
-        pick.sigma1.value = SIMULATED_SIGMA1
+    if hasattr(pick, "diameter"):
+        pick.image.value = image
+        pick.diameter.value = diameter
     if hasattr(pick, "threshold"):
         pick.threshold.value = SIMULATED_THRESHOLD
     if hasattr(pick, "progress"):
@@ -64,7 +69,28 @@ def populate_viewer(viewer, result) -> dict:
     if result.attack is not None:
         _show_attacked_particle(viewer, result, widgets, picks_layer)
     viewer.layers.selection.active = picks_layer
+    _give_room(viewer, widgets["Pick particles"], classify)
     return widgets
+
+
+def _give_room(viewer, top, tabbed) -> None:
+    """Split the right dock area so the tabbed docks (Classify in front, with its result
+    and legend) get about 60 % of the height, the Pick dock above the rest."""
+    from qtpy.QtCore import Qt
+
+    window = getattr(viewer.window, "_qt_window", None)
+    docks = [_dock_of(top), _dock_of(tabbed)]
+    if window is None or None in docks:
+        return
+    height = max(window.height(), 400)
+    window.resizeDocks(docks, [int(0.4 * height), int(0.6 * height)], Qt.Orientation.Vertical)
+
+
+def _dock_of(widget):
+    parent = widget.native.parentWidget()
+    while parent is not None and not parent.inherits("QDockWidget"):
+        parent = parent.parentWidget()
+    return parent
 
 
 def _show_attacked_particle(viewer, result, widgets, picks_layer) -> None:
@@ -104,7 +130,7 @@ def show_demo(result, out: Path, headless: bool) -> Path | None:
     import napari
 
     viewer = napari.Viewer(title="napari-cryoguard demo", show=True)
-    populate_viewer(viewer, result)
+    widgets = populate_viewer(viewer, result)
     if not headless:
         napari.run()
         return None
@@ -113,6 +139,9 @@ def show_demo(result, out: Path, headless: bool) -> Path | None:
     qt_window = getattr(viewer.window, "_qt_window", None)
     if qt_window is not None:
         qt_window.resize(1280, 800)
+    for _ in range(5):
+        QApplication.processEvents()
+    _give_room(viewer, widgets["Pick particles"], widgets["Classify"])  # at this height
     for _ in range(5):
         QApplication.processEvents()
     viewer.reset_view()  # the whole tomogram, the attacked particle's cubes beside it
