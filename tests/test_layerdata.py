@@ -14,6 +14,7 @@ import pytest
 from napari_cryoguard.classify import Predictions, zscore
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.layerdata import (
+    NO_LABELS,
     Labels,
     accuracy_note,
     class_colors,
@@ -71,8 +72,15 @@ def test_labelled_dataset_refuses_what_cannot_be_learned():
     volumes, index = _stack(3), np.array([0, 1, 2])
     with pytest.raises(CryoGuardError, match="at least 2 classes"):
         labelled_dataset(volumes, index, Labels(np.array(["a", "a", ""]), "x"), min_classes=2)
-    with pytest.raises(CryoGuardError, match="needs labels"):
+    with pytest.raises(CryoGuardError, match="needs labels: none of the 3 subtomograms has a "
+                                             "class in x; choose other labels"):
         labelled_dataset(volumes, index, Labels(np.array(["", "", ""]), "x"))
+    # the "none" choice: say what to choose instead, not "a class in no labels"
+    with pytest.raises(CryoGuardError, match="'labels' is 'none': choose a picks feature") as err:
+        labelled_dataset(volumes, index, Labels(np.array(["", "", ""]), NO_LABELS),
+                         purpose="evaluation")
+    assert str(err.value).startswith("evaluation needs labels")
+    assert "in no labels" not in str(err.value)
     with pytest.raises(CryoGuardError, match="does not match the current picks"):
         labelled_dataset(volumes, np.array([0, 1, 5]), Labels(np.array(["a", "b", "a"]), "x"))
 

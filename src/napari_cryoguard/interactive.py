@@ -90,7 +90,7 @@ def classify_job(load: Loader, source: dict, device: str, batch_size: int):
     else:
         size = extraction_size(loaded, voxel_size)
         sub = extract_subtomograms(source["volume"], source["coords"], size=size,
-                                   normalize=True)
+                                   normalize=True, invert=bool(source.get("invert")))
         if len(sub.volumes) == 0:
             raise CryoGuardError(f"no pick lies far enough inside the tomogram for a {size}^3 cube")
         volumes, normalized = sub.volumes, True
@@ -206,14 +206,15 @@ def attack_one_job(load: Loader, source: dict, label_name: str | None, name: str
 
 def attack_all_job(loaded, volume, coords, true_labels, name: str, device: str, params: dict,
                    batch_size: int = 16, *, voxel_size: float | None = None,
-                   notes: list[str] | None = None):
+                   notes: list[str] | None = None, invert: bool = False):
     """Extract every pick, attack them batch by batch (a generator).
 
     Picks with a known class (``true_labels >= 0``) are attacked against it, the others
     against the model's own prediction. With ``voxel_size`` (the tomogram's, Angstrom)
     the cubes are cut to cover the model's field of view and resampled to its voxel size
-    when it differs (a sentence is appended to ``notes``). Yields ``(done, total)``;
-    returns ``(AttackResult, pick indices)``.
+    when it differs (a sentence is appended to ``notes``); ``invert`` negates the cubes
+    (protein black in the tomogram). Yields ``(done, total)``; returns
+    ``(AttackResult, pick indices)``.
     """
     from napari_cryoguard.attacks import iter_attack_dataset
     from napari_cryoguard.classify import prepare_volumes
@@ -221,7 +222,7 @@ def attack_all_job(loaded, volume, coords, true_labels, name: str, device: str, 
     from napari_cryoguard.picking import extract_subtomograms
 
     sub = extract_subtomograms(volume, coords, size=extraction_size(loaded, voxel_size),
-                               border="pad")
+                               border="pad", invert=invert)
     if len(sub.volumes) == 0:
         raise CryoGuardError("no picks inside the tomogram to attack")
     volumes = prepare_volumes(loaded, sub.volumes, sub.normalized, voxel_size=voxel_size,
@@ -253,7 +254,8 @@ def attack_picks_job(load: Loader, volume, picks: dict, label_names, name: str, 
     notes = list(picks["notes"])
     res, index = yield from attack_all_job(loaded, volume, picks["coords"], true[rows], name,
                                            device, params, batch_size,
-                                           voxel_size=picks["voxel_size"], notes=notes)
+                                           voxel_size=picks["voxel_size"], notes=notes,
+                                           invert=bool(picks.get("invert")))
     warnings = domain_warnings(loaded, voxel_size=picks["voxel_size"], normalized=True)
     return res, rows[index], loaded, true, domain_line(notes, warnings)
 

@@ -48,6 +48,25 @@ HELD_RGBA = (0.2, 0.8, 0.3, 1.0)
 UNSET_RGBA = (0.6, 0.6, 0.6, 1.0)
 
 
+#: a tomogram layer's ``metadata`` key for how protein looks in it, as Pick found or was
+#: told ("bright": protein white, "dark": protein black)
+POLARITY_KEY = "polarity"
+
+
+def protein_is_dark(metadata) -> bool:
+    """Whether a tomogram layer's metadata says protein is black in it (set by Pick)."""
+    return (metadata or {}).get(POLARITY_KEY) == "dark"
+
+
+def inverted_note(name: str) -> str:
+    return (f"protein is black in {name} (as Pick found or was told): the cubes were "
+            "inverted to protein white, as the simulator and the bundled models have it")
+
+
+#: ``Labels.source`` of the "none" labels choice
+NO_LABELS = "no labels"
+
+
 @dataclass
 class Labels:
     """Per-pick class names (``""`` = unknown) and how to speak of them."""
@@ -128,6 +147,11 @@ def labelled_dataset(volumes, index, labels: Labels, *, coords=None, voxel_size:
                              "extract the subtomograms again")
     names = labels.names[index] if len(labels.names) else np.array([""] * len(index))
     keep = names != ""
+    if not keep.any() and labels.source == NO_LABELS:
+        raise CryoGuardError(f"{purpose} needs labels, and 'labels' is 'none': choose a picks "
+                             "feature holding each particle's true class (e.g. 'true_class', "
+                             "or a class column of the pick file), or the model's own "
+                             "predictions to measure agreement only")
     if not keep.any():
         raise CryoGuardError(f"{purpose} needs labels: none of the {len(index)} subtomograms has "
                              f"a class in {labels.source}; choose other labels")
@@ -273,7 +297,8 @@ def particle_cube(source: dict, cube: int) -> np.ndarray:
     if source["volume"] is None or source["center"] is None:
         raise CryoGuardError(f"the subtomograms are not {cube}^3 (the model's cube): choose the "
                              "tomogram to cut the particle from")
-    sub = extract_subtomograms(source["volume"], source["center"][None], size=cube, border="pad")
+    sub = extract_subtomograms(source["volume"], source["center"][None], size=cube, border="pad",
+                               invert=bool(source.get("invert")))
     if len(sub.volumes) == 0:
         raise CryoGuardError(f"pick {source['index']} lies outside the tomogram")
     return sub.volumes[0]
@@ -324,7 +349,11 @@ def particle_for_model(source: dict, loaded, notes: list[str] | None = None) -> 
                              + " voxels (z, y, x): the picks layer and the image have "
                              "different translates (OME-Zarr levels)")
     vs = src.get("voxel_size")
-    vol = particle_cube(src, extraction_size(loaded, vs))
+    cube = extraction_size(loaded, vs)
+    from_stack = src["stack"] is not None and src["stack"][0].shape[-1] == cube
+    if src.get("invert") and not from_stack and notes is not None:
+        notes.append(inverted_note(src.get("tomogram_name", "the tomogram")))
+    vol = particle_cube(src, cube)
     return prepare_volumes(loaded, vol[None], True, voxel_size=vs, notes=notes)[0]
 
 

@@ -208,3 +208,56 @@ def test_bad_input_is_a_notification(docked):
     assert "non-finite" in w.status.value and "picks" not in viewer.layers
     docked.click(w, "Extract subtomograms")
     assert "pick particles first" in w.status.value
+
+
+def test_protein_black_tomogram_is_classified_as_well_as_the_original(picker):
+    """Protein black (raw tomograms): Pick finds it, and every cube cut from that
+    tomogram (Extract, Classify from picks, Attack particle) is inverted to protein white,
+    as the bundled models were trained; the lines say so. Without the inversion the
+    bundled CB3D classifies these cubes as if they were other particles."""
+    docked, tomo, w = picker
+    viewer = docked.viewer
+    neg = viewer.add_image(-np.asarray(tomo.data), name="negated", scale=tomo.scale,
+                           metadata={"voxel_size": 10.0})
+    w.reset_choices()
+    w.image.value = neg
+    docked.click(w, "Pick")
+    docked.wait_idle(w)
+    assert "auto chose protein black" in w.status.value
+    assert neg.metadata["polarity"] == "dark" and "polarity" not in tomo.metadata
+    docked.click(w, "Extract subtomograms")
+    docked.wait_idle(w)
+    stack = viewer.layers["subtomograms"]
+    assert stack.metadata["inverted"] is True
+    assert "inverted to protein white" in w.status.value
+    # the cubes show protein white again: the centre is brighter than the cube's rim
+    centre = np.asarray(stack.data)[:, 11:17, 11:17, 11:17].mean()
+    assert centre > np.asarray(stack.data).mean() + 0.1
+
+    classify = docked.dock("Classify", tabify=True)
+    classify.reset_choices()
+    classify.picker.model.value = "cb3d-default"
+    classify.labels.combo.reset_choices()
+    classify.labels.combo.value = next(c for c in classify.labels.combo.choices
+                                       if c.startswith("truth"))
+    for source in ("subtomograms layer", "picks of tomogram"):
+        classify.source.value = source
+        if source != "subtomograms layer":
+            classify.image.value = neg
+        docked.click(classify, "Classify")
+        docked.wait_idle(classify)
+        line = classify.status.value
+        accuracy = float(line.split("accuracy ")[1].split()[0])
+        assert accuracy >= 0.9, line
+        if source != "subtomograms layer":
+            assert "inverted to protein white" in line, line
+
+    attack = docked.dock("Attack", tabify=True)
+    attack.reset_choices()
+    attack.image.value = neg
+    attack.picker.model.value = "cb3d-default"
+    attack.index.value = 0
+    docked.click(attack, "Attack particle")
+    docked.wait_idle(attack)
+    cube = np.asarray(viewer.layers["particle 0"].data)
+    assert cube[11:17, 11:17, 11:17].mean() > cube.mean()  # protein white, as the model saw it

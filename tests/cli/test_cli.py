@@ -78,6 +78,31 @@ def test_simulate_pick_extract_pipeline(tmp_path):
     assert ds.volumes.shape == (e["n"], 24, 24, 24)
     assert set(ds.tomo_names) == {"t1"}
     np.testing.assert_allclose(ds.volumes.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+    assert e["inverted"] is False and ds.meta["inverted"] is False
+
+    # a tomogram with protein black: --protein black gives the same cubes as the original
+    import mrcfile
+
+    with mrcfile.open(tomo) as m:
+        data, voxel = np.asarray(m.data), m.voxel_size
+    black = tmp_path / "t1.black.mrc"
+    with mrcfile.new(black) as m:
+        m.set_data(-data)
+        m.voxel_size = voxel
+    told = run("pick", black, "--polarity", "auto", "--out", tmp_path / "auto.star")
+    assert "auto chose protein black" in told.stderr + told.stdout
+    assert "extract with --protein black" in told.stderr + told.stdout
+    picks_black = tmp_path / "picks_black.star"
+    from napari_cryoguard.io import write_picks
+
+    t1 = got.subset(np.flatnonzero(sel))
+    t1.tomo_names = np.array(["t1.black"] * len(t1))
+    write_picks(picks_black, t1)
+    ds_black = tmp_path / "ds_black.npz"
+    b = summary(run("extract", black, "--picks", picks_black, "--out", ds_black, "--size", 24,
+                    "--protein", "black", "--json"))
+    assert b["inverted"] is True and any("inverted to protein white" in n for n in b["notes"])
+    np.testing.assert_allclose(load_dataset(ds_black).volumes, ds.volumes, atol=1e-4)
 
 
 def test_simulate_dataset(tmp_path):

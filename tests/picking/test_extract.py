@@ -124,3 +124,24 @@ def test_errors():
     bad[6, 5, 5] = np.inf
     with pytest.raises(CryoGuardError, match="2 non-finite"):
         extract_subtomograms(bad, [[5, 5, 5]], 4)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_invert_makes_protein_black_white(normalize):
+    """A dark particle (protein black, as in raw tomograms) becomes a bright one; the
+    padding keeps its value; the stack says it was inverted."""
+    rng = np.random.default_rng(3)
+    vol = rng.normal(size=(20, 20, 20)).astype(np.float32)
+    vol[8:12, 8:12, 8:12] -= 5.0  # a dark blob
+    coords = [[10, 10, 10], [1, 10, 10]]  # the second one padded at the border
+    plain = extract_subtomograms(vol, coords, 8, normalize=normalize, border="pad",
+                                 pad_value=0.5)
+    inv = extract_subtomograms(vol, coords, 8, normalize=normalize, border="pad",
+                               pad_value=0.5, invert=True)
+    assert inv.inverted and not plain.inverted
+    assert inv.volumes[0, 4, 4, 4] > inv.volumes[0].mean() + 1.0  # the blob is bright now
+    np.testing.assert_allclose(inv.volumes[0], -plain.volumes[0], atol=1e-5)
+    padded = np.zeros((8, 8, 8), bool)
+    padded[:3] = True  # the cube around z = 1 starts at z = -3: its first 3 planes are padding
+    assert np.all(inv.volumes[1][padded] == np.float32(0.5))
+    np.testing.assert_allclose(inv.volumes[1][~padded], -plain.volumes[1][~padded], atol=1e-5)

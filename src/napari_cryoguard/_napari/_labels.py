@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_cryoguard._napari._layers import PICKS_LAYER, SUBTOMOGRAMS_LAYER
-from napari_cryoguard.layerdata import Labels, label_names
+from napari_cryoguard.layerdata import NO_LABELS, Labels, label_names
 
 TRUTH_LAYER = "truth"
 NONE = "none"
@@ -64,7 +64,7 @@ def resolve_labels(viewer, choice: str) -> Labels:
     picks = viewer.layers[PICKS_LAYER]
     n = len(picks.data)
     if not choice or choice == NONE:
-        return Labels(np.array([""] * n, dtype=str), "no labels")
+        return Labels(np.array([""] * n, dtype=str), NO_LABELS)
     if choice.startswith("truth layer"):
         if TRUTH_LAYER not in viewer.layers:
             raise CryoGuardError("there is no 'truth' layer any more: choose other labels")

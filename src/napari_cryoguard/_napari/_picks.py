@@ -150,7 +150,10 @@ def particle_voxels(viewer, image_layer) -> dict:
     vs = voxel_size_of(image_layer)
     picks = viewer.layers[PICKS_LAYER]
     picks_vs = float((picks.metadata or {}).get("voxel_size", vs))
+    from napari_cryoguard.layerdata import protein_is_dark
+
     return {"scale": picks_vs / vs, "voxel_size": vs,
+            "invert": protein_is_dark(image_layer.metadata), "tomogram_name": image_layer.name,
             # placed through world coordinates, as napari draws them (an OME-Zarr level
             # with a translation: layerdata.particle_for_model)
             "translate": tuple(float(t) for t in picks.translate[-3:]),
@@ -169,9 +172,13 @@ def layer_picks_for(image_layer, picks_layer) -> dict:
     """The picks of ``picks_layer`` that belong to ``image_layer``, in its voxels (main
     thread; :func:`napari_cryoguard.layerdata.layer_picks`: placed through both layers'
     ``translate``, as napari draws them)."""
-    from napari_cryoguard.layerdata import layer_picks
+    from napari_cryoguard.layerdata import inverted_note, layer_picks, protein_is_dark
 
-    return layer_picks(picks_layer, image_layer, image_voxel_size=voxel_size_of(image_layer))
+    out = layer_picks(picks_layer, image_layer, image_voxel_size=voxel_size_of(image_layer))
+    out["invert"] = protein_is_dark(image_layer.metadata)
+    if out["invert"]:
+        out["notes"] = [*out.get("notes", []), inverted_note(image_layer.name)]
+    return out
 
 
 def tomogram_picks(viewer, image_layer, what: str) -> dict:

@@ -42,6 +42,7 @@ from napari_cryoguard._napari._layout import DockWidget, Group, status_label
 from napari_cryoguard._napari._picks import connect_pick_selection, iter_picks_layer
 from napari_cryoguard._napari._warmup import schedule_warm_up
 from napari_cryoguard._napari._workers import show_error, start_worker
+from napari_cryoguard.layerdata import POLARITY_KEY, inverted_note, protein_is_dark
 from napari_cryoguard.params import fields_of
 from napari_cryoguard.picking.extract import BORDER_MODES
 from napari_cryoguard.picking.params import PAPER_CUBE, PAPER_SIGMA1, POLARITIES, DoGParams
@@ -269,6 +270,10 @@ class PickWidget(DockWidget):
         picks.tomo_names = np.array([layer.name] * len(picks))
         how = f"auto chose {choice.describe()}" if choice is not None else POLARITY_WORDS[polarity]
 
+        # how protein looks in this tomogram: every later cube cut from it (Extract,
+        # Classify from picks, Attack) is inverted to protein white when it is black
+        layer.metadata = {**(layer.metadata or {}), POLARITY_KEY: polarity}
+
         def done(_layer) -> None:
             self._state.set_tomogram(layer.name)
             self.progress.value = 100
@@ -339,9 +344,13 @@ class PickWidget(DockWidget):
             self.show_failure(ValueError("there is no 'picks' layer: pick particles first"))
             return
         coords = np.array(self._viewer.layers[PICKS_LAYER].data)[:, -3:]
+        if self.polarity.value != WIDGET_POLARITY:  # told: it holds for the cubes too
+            layer.metadata = {**(layer.metadata or {}), POLARITY_KEY: self.polarity.value}
+        invert = protein_is_dark(layer.metadata)
         self.status.value = "extracting..."
         self._start(_extract_job, layer.data, coords, size=int(self.cube.value),
                     normalize=bool(self.normalize.value), border=self.border_mode.value,
+                    invert=invert,
                     on_return=lambda out, layer=layer: self._on_extracted(*out, layer=layer))
 
     def _on_extracted(self, sub, limits=None, *, layer) -> None:
@@ -353,12 +362,14 @@ class PickWidget(DockWidget):
         scale = (1.0, *layer.scale[-3:])
         metadata = {"index": np.asarray(sub.index), "n_skipped": int(sub.n_skipped),
                     "normalized": bool(sub.normalized), "tomogram": layer.name,
-                    "voxel_size": voxel_size_of(layer)}
+                    "voxel_size": voxel_size_of(layer), "inverted": bool(sub.inverted)}
         lo, hi = limits if limits is not None else _limits(sub.volumes[0])
         existing = (self._viewer.layers[SUBTOMOGRAMS_LAYER]
                     if SUBTOMOGRAMS_LAYER in self._viewer.layers else None)
         status = (f"{len(sub.volumes)} subtomograms of {sub.size}^3 "
                   f"({sub.n_skipped} skipped at the border)")
+        if sub.inverted:
+            status += "; " + inverted_note(layer.name)
         if existing is not None and existing.ndim == 4 and existing.rgb is False:
             existing.data = sub.volumes
             if not np.allclose(existing.scale, scale):

@@ -34,8 +34,19 @@ def _pick_one(args: argparse.Namespace, params: DoGParams, path, mask):
     from napari_cryoguard.picking import pick_particles
 
     want_tomogram(path, "pick")
+    how = ""
     with read_tomogram(path) as tomo:
         t0 = time.perf_counter()
+        if params.polarity == "auto":  # chosen here (as the picker would) to say which
+            from napari_cryoguard.picking import choose_polarity
+
+            choice = choose_polarity(tomo.data, params.sigma1_voxels(tomo.voxel_size),
+                                     params.k, border=params.border,
+                                     min_distance=params.min_distance)
+            params = dataclasses.replace(params, polarity=choice.polarity)
+            how = f" (auto chose {choice.describe()}"
+            how += ("; extract with --protein black, as the bundled models expect protein "
+                    "white)" if choice.polarity == "dark" else ")")
         picks = pick_particles(
             tomo.data, **dataclasses.asdict(params), voxel_size=tomo.voxel_size, mask=mask,
             progress=Progress(f"pick {tomo.name}", enabled=not args.quiet))
@@ -43,8 +54,7 @@ def _pick_one(args: argparse.Namespace, params: DoGParams, path, mask):
     seconds = round(time.perf_counter() - t0, 3)
     picks.tomo_names = np.array([name] * len(picks))
     picks.voxel_size = vs
-    log(args, f"{name}: {len(picks)} picks in {seconds:.2f} s"
-              + (" (polarity chosen automatically)" if params.polarity == "auto" else ""))
+    log(args, f"{name}: {len(picks)} picks in {seconds:.2f} s{how}")
     return picks, name, vs, seconds
 
 
@@ -193,8 +203,14 @@ def _extract_from(args: argparse.Namespace, tomo, picks, *, tomogram, picks_path
     for note in notes:
         log(args, f"note: {note}")
     t0 = time.perf_counter()
+    invert = getattr(args, "protein", "white") == "black"
     sub = extract_subtomograms(tomo.data, picks.coords, size=args.size,
-                               normalize=not args.no_normalize, border=args.border)
+                               normalize=not args.no_normalize, border=args.border,
+                               invert=invert)
+    if invert:
+        notes.append(f"protein is black in {tomo.name} (--protein black): the cubes were "
+                     "inverted to protein white, as the simulator and the bundled models have it")
+        log(args, f"note: {notes[-1]}")
     t_ex = time.perf_counter() - t0
     if len(sub.index) == 0:
         raise CryoGuardError(
@@ -206,7 +222,8 @@ def _extract_from(args: argparse.Namespace, tomo, picks, *, tomogram, picks_path
         coords=kept.coords, tomo_names=tomo.name, voxel_size=tomo.voxel_size,
         normalized=sub.normalized,
         meta={"source": "extract", "tomogram": str(tomogram), "picks": str(picks_path),
-              "border": args.border, "n_skipped": int(sub.n_skipped), "notes": notes},
+              "border": args.border, "n_skipped": int(sub.n_skipped), "notes": notes,
+              "inverted": bool(sub.inverted)},
     )
     out = save_dataset(out, ds)
     log(args, f"wrote {out}: {len(ds)} subtomograms of {args.size}^3 from {tomo.name}"
@@ -216,7 +233,8 @@ def _extract_from(args: argparse.Namespace, tomo, picks, *, tomogram, picks_path
             "n_picks_in_file": int(n_in_file), "n_picks_used": int(len(picks)),
             "tomogram": tomo.name, "voxel_size": float(tomo.voxel_size),
             "size": int(args.size), "notes": notes,
-            "normalized": bool(sub.normalized), "seconds": {"extract": round(t_ex, 4)}}
+            "normalized": bool(sub.normalized), "inverted": bool(sub.inverted),
+            "seconds": {"extract": round(t_ex, 4)}}
 
 
 def cmd_extract(args: argparse.Namespace) -> dict:
@@ -287,3 +305,7 @@ def add_commands(add: AddCommand) -> None:
     p.add_argument("--no-normalize", action="store_true",
                    help="skip per-sample zero-mean unit-variance normalisation (recorded in the "
                    "file)")
+    p.add_argument("--protein", choices=["white", "black"], default="white",
+                   help="how protein looks in the tomogram: 'black' (most raw tomograms) "
+                   "inverts the cubes to protein white, the convention of the simulator and "
+                   "the bundled models (recorded in the file)")

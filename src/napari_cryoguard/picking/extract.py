@@ -55,6 +55,9 @@ class Subtomograms:
         Whether each cube was normalised to zero mean, unit variance.
     size : int
         Cube edge length in voxels.
+    inverted : bool
+        Whether the densities were negated (``invert=True``: protein black in the
+        tomogram made white, the convention of the simulator and the bundled models).
     """
 
     volumes: np.ndarray
@@ -62,6 +65,7 @@ class Subtomograms:
     n_skipped: int
     normalized: bool
     size: int
+    inverted: bool = False
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -116,6 +120,7 @@ def extract_subtomograms(
     border: BorderMode = "skip",
     pad_value: float = 0.0,
     return_index: bool = True,
+    invert: bool = False,
 ) -> Subtomograms:
     """Cut cubes of ``size``^3 voxels centred on the picks.
 
@@ -146,6 +151,10 @@ def extract_subtomograms(
         ``normalize=False`` it is a raw density value.
     return_index : bool
         Fill ``Subtomograms.index`` (rows of ``coords`` that produced a cube).
+    invert : bool
+        Negate the densities (before normalising; padding keeps ``pad_value``): for a
+        tomogram where protein is black, so that the cubes show protein white, as the
+        simulator and the bundled models have it.
 
     Returns
     -------
@@ -203,6 +212,12 @@ def extract_subtomograms(
             raise CryoGuardError(
                 f"the extracted cubes contain {bad} non-finite voxels (NaN or Inf) from the volume"
             )
+    if invert and m:
+        np.negative(out, out=out)
+        if not normalize and len(partial_slots):
+            padded = out[partial_slots]  # a copy: the padding back to pad_value
+            padded[~valid] = pad
+            out[partial_slots] = padded
     if normalize and m:
         raw_partial = out[partial_slots]  # a copy; usually few or none
         _normalize(out)
@@ -217,4 +232,5 @@ def extract_subtomograms(
         n_skipped=int(len(c) - m),
         normalized=bool(normalize),
         size=size,
+        inverted=bool(invert),
     )
