@@ -84,16 +84,23 @@ def test_pick_on_sample_finds_the_truth_and_draws_picks_out_of_slice(picker):
     np.testing.assert_allclose(picks.size, 20.0)
 
 
-def test_auto_polarity_on_the_negated_sample_chooses_dark(picker):
+def _pick_negated(picker):
+    """The sample with protein black (as raw tomograms), picked with polarity auto."""
     docked, tomo, w = picker
-    viewer = docked.viewer
-    neg = viewer.add_image(-np.asarray(tomo.data), name="negated", scale=tomo.scale,
-                           metadata={"voxel_size": 10.0})
+    neg = docked.viewer.add_image(-np.asarray(tomo.data), name="negated", scale=tomo.scale,
+                                  metadata={"voxel_size": 10.0})
     w.reset_choices()
     w.image.value = neg
     docked.click(w, "Pick")
     docked.wait_idle(w)
     assert "auto chose protein black" in w.status.value
+    return neg
+
+
+def test_auto_polarity_on_the_negated_sample_chooses_dark(picker):
+    docked, tomo, w = picker
+    viewer = docked.viewer
+    _pick_negated(picker)
     precision, recall = match_picks(viewer.layers["picks"].data, _truth(viewer), tolerance=4.0)
     assert recall >= 0.9 and precision >= 0.9
     # told the wrong sign, the picker finds far fewer of them
@@ -217,13 +224,7 @@ def test_protein_black_tomogram_is_classified_as_well_as_the_original(picker):
     bundled CB3D classifies these cubes as if they were other particles."""
     docked, tomo, w = picker
     viewer = docked.viewer
-    neg = viewer.add_image(-np.asarray(tomo.data), name="negated", scale=tomo.scale,
-                           metadata={"voxel_size": 10.0})
-    w.reset_choices()
-    w.image.value = neg
-    docked.click(w, "Pick")
-    docked.wait_idle(w)
-    assert "auto chose protein black" in w.status.value
+    neg = _pick_negated(picker)
     assert neg.metadata["polarity"] == "dark" and "polarity" not in tomo.metadata
     docked.click(w, "Extract subtomograms")
     docked.wait_idle(w)
