@@ -262,3 +262,25 @@ def test_protein_black_tomogram_is_classified_as_well_as_the_original(picker):
     docked.wait_idle(attack)
     cube = np.asarray(viewer.layers["particle 0"].data)
     assert cube[11:17, 11:17, 11:17].mean() > cube.mean()  # protein white, as the model saw it
+
+
+def test_a_thin_tomogram_says_the_border_leaves_little(picker):
+    """32 slices with the papers' 14-voxel border leave z 14-17 to pick in: the line says
+    so and names the control to lower; lowered, it says nothing and finds more."""
+    docked, tomo, w = picker
+    thin = docked.viewer.add_image(np.asarray(tomo.data)[16:48], name="thin", scale=tomo.scale,
+                                   metadata={"voxel_size": 10.0})
+    w.reset_choices()
+    w.image.value = thin
+    w.polarity.value = "bright"
+    docked.click(w, "Pick")
+    docked.wait_idle(w)
+    assert "the border of 14 voxels leaves 10 % of the tomogram" in w.status.value
+    assert "(z 14-17 of 32)" in w.status.value
+    assert "lower 'border' under advanced parameters" in w.status.value
+    few = len(docked.viewer.layers["picks"].data)
+    w.border.value = 4
+    docked.click(w, "Pick")
+    docked.wait_idle(w)
+    assert "leaves" not in w.status.value
+    assert len(docked.viewer.layers["picks"].data) > few

@@ -52,3 +52,14 @@ def test_derived_values():
     assert p.sigma1_voxels(10.0) == 5.0 and p.min_distance_voxels(10.0) == 10.0
     assert p.border_voxels == 14 and p.max_picks == 3 and isinstance(p.max_picks, int)
     assert DoGParams(border=0).border_voxels == 0
+
+
+def test_border_note_only_when_the_border_leaves_little_to_pick_in():
+    from napari_cryoguard.picking.params import border_note
+
+    assert border_note((200, 512, 512), 14) is None  # a usual tomogram: 86 % left
+    assert border_note((32, 128, 128), 0) is None
+    note = border_note((32, 128, 128), 14, option="--border")
+    assert note.startswith("the border of 14 voxels leaves 8 % of the tomogram")
+    assert "(z 14-17 of 32)" in note and "lower --border" in note
+    assert "nothing along z: it has 20 voxels" in border_note((20, 128, 128), 14)

@@ -45,7 +45,13 @@ from napari_cryoguard._napari._workers import show_error, start_worker
 from napari_cryoguard.layerdata import POLARITY_KEY, inverted_note, protein_is_dark
 from napari_cryoguard.params import fields_of
 from napari_cryoguard.picking.extract import BORDER_MODES
-from napari_cryoguard.picking.params import PAPER_CUBE, PAPER_SIGMA1, POLARITIES, DoGParams
+from napari_cryoguard.picking.params import (
+    PAPER_CUBE,
+    PAPER_SIGMA1,
+    POLARITIES,
+    DoGParams,
+    border_note,
+)
 from napari_cryoguard.picking.polarity import POLARITY_WORDS
 
 if TYPE_CHECKING:
@@ -269,6 +275,10 @@ class PickWidget(DockWidget):
         picks, polarity, choice = result
         picks.tomo_names = np.array([layer.name] * len(picks))
         how = f"auto chose {choice.describe()}" if choice is not None else POLARITY_WORDS[polarity]
+        thin = border_note(layer.data.shape, int(self.border.value),
+                           option="'border' under advanced parameters")
+        if thin:
+            how += f"; {thin}"
 
         # how protein looks in this tomogram: every later cube cut from it (Extract,
         # Classify from picks, Attack) is inverted to protein white when it is black

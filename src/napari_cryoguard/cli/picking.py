@@ -22,7 +22,7 @@ from napari_cryoguard.cli._common import (
 from napari_cryoguard.cli._options import add_options, options_from_args
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.picking.extract import BORDER_MODES
-from napari_cryoguard.picking.params import HELP_DEFAULTS, PAPER_CUBE, DoGParams
+from napari_cryoguard.picking.params import HELP_DEFAULTS, PAPER_CUBE, DoGParams, border_note
 
 # --------------------------------------------------------------------------- pick
 
@@ -50,11 +50,14 @@ def _pick_one(args: argparse.Namespace, params: DoGParams, path, mask):
         picks = pick_particles(
             tomo.data, **dataclasses.asdict(params), voxel_size=tomo.voxel_size, mask=mask,
             progress=Progress(f"pick {tomo.name}", enabled=not args.quiet))
-        name, vs = tomo.name, tomo.voxel_size
+        name, vs, shape = tomo.name, tomo.voxel_size, tomo.data.shape
     seconds = round(time.perf_counter() - t0, 3)
     picks.tomo_names = np.array([name] * len(picks))
     picks.voxel_size = vs
     log(args, f"{name}: {len(picks)} picks in {seconds:.2f} s{how}")
+    thin = border_note(shape, params.border_voxels, option="--border")
+    if thin:
+        log(args, f"note: {thin}")
     return picks, name, vs, seconds
 
 

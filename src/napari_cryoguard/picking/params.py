@@ -9,6 +9,7 @@ neither numpy, scipy, torch nor Qt, so the command line's help stays fast.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from napari_cryoguard.checks import check_choice, check_float, check_positive_int
@@ -130,3 +131,29 @@ class DoGParams:
 #: shown in place of ``None`` in the command line's help
 HELP_DEFAULTS = {"min_distance": "2 * sigma1", "max_picks": "no limit",
                  "border": f"{DEFAULT_BORDER}, half a {PAPER_CUBE}^3 cube"}
+
+
+#: below this share of the tomogram's voxels left inside the border, picking says so
+BORDER_NOTE_BELOW = 0.5
+
+
+def border_note(shape, border: int, option: str = "border") -> str | None:
+    """A sentence when excluding ``border`` voxels at every face leaves less than
+    :data:`BORDER_NOTE_BELOW` of a tomogram of ``shape`` (ZYX) to pick in (a thin or
+    binned tomogram with the papers' 14-voxel border); ``None`` otherwise. ``option``
+    names the setting to lower (the widget's and the command line's names differ)."""
+    shape = tuple(int(s) for s in shape)[-3:]
+    border = max(int(border), 0)
+    if not border or len(shape) != 3:
+        return None
+    inner = [max(s - 2 * border, 0) for s in shape]
+    share = math.prod(inner) / math.prod(shape)
+    if share >= BORDER_NOTE_BELOW:
+        return None
+    thin = min(range(3), key=lambda a: inner[a] / shape[a])
+    axis = "zyx"[thin]
+    where = (f"{axis} {border}-{shape[thin] - border - 1} of {shape[thin]}"
+             if inner[thin] else f"nothing along {axis}: it has {shape[thin]} voxels")
+    return (f"the border of {border} voxels leaves {100 * share:.0f} % of the tomogram to "
+            f"pick in ({where}); lower {option} to pick nearer the faces (cubes that cross "
+            "a face are then skipped or padded at extraction)")
