@@ -187,3 +187,17 @@ def test_done_line_warns_when_accuracy_stays_at_chance(tmp_path, accs, warned):
     assert ("never rose above chance (0.20 for 5 classes)" in line) is warned
     run.config = {"n_val": 50}  # the number of classes unknown: no claim either way
     assert "chance" not in run.state_line()
+
+
+def test_command_starts_from_a_checkpoint(tmp_path):
+    from napari_cryoguard.errors import CryoGuardError
+    from napari_cryoguard.runs import train_command
+
+    ckpt = tmp_path / "m.safetensors"
+    argv = train_command(simulate={"n_per_class": 2}, out=tmp_path / "o.safetensors",
+                         events=tmp_path / "e.jsonl", init=ckpt)
+    assert argv[argv.index("--init") + 1] == str(ckpt.absolute())
+    assert "--init" not in train_command(simulate={"n_per_class": 2}, out="o", events="e")
+    with pytest.raises(CryoGuardError, match="takes its model from it"):
+        train_command(simulate={"n_per_class": 2}, out="o", events="e", init=ckpt,
+                      model_params={"dropout": 0.1})

@@ -69,15 +69,19 @@ def train_command(*, data: str | None = None, simulate: dict | None = None, mode
                   optimizer: str = _RECIPE.optimizer, device: str = "auto",
                   robust_every: int = _RECIPE.robust_every, seed: int = _RECIPE.seed,
                   out: str | Path, events: str | Path, step_interval: float | None = None,
-                  save_state: bool = True) -> list[str]:
+                  save_state: bool = True, init: str | Path | None = None) -> list[str]:
     """The ``cryoguard train`` argument list for these settings (no interpreter prefix).
 
     The training settings default to :class:`~napari_cryoguard.recipe.Recipe`'s.
 
     ``step_interval`` (seconds between step events; 0 = every step) and
     ``save_state=False`` (no ``.state.safetensors`` beside the checkpoint) map to
-    ``--step-interval`` and ``--no-state``.
+    ``--step-interval`` and ``--no-state``; ``init`` (a checkpoint whose model and weights
+    the run starts from; no ``model_params`` then) to ``--init``.
     """
+    if init is not None and model_params:
+        raise CryoGuardError("a run that starts from a checkpoint takes its model from it: "
+                             "no model parameters")
     if (data is None) == (simulate is None):
         raise CryoGuardError("give exactly one of a dataset file or simulation settings")
     argv = ["train"]
@@ -100,6 +104,8 @@ def train_command(*, data: str | None = None, simulate: dict | None = None, mode
         argv += ["--step-interval", repr(float(step_interval))]
     if not save_state:
         argv.append("--no-state")
+    if init is not None:
+        argv += ["--init", str(Path(init).expanduser().absolute())]
     return argv
 
 

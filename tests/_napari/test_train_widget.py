@@ -272,3 +272,34 @@ def test_output_fault_is_one_notification_naming_the_path(train, docked, tmp_pat
     assert "not-a-folder" in new and "Traceback" not in new, new
     assert train.info.value.startswith("error")
     assert not train.runs and blocker.read_text() == "keep me\n"
+
+
+def test_start_from_a_trained_model(docked, train):
+    """"start from" a bundled model: its architecture is shown and locked, the run is a
+    real `cryoguard train --init`, and one epoch on the simulator's classes starts where
+    the bundled CB3D is (it already knows them), far above chance."""
+    train._torch_ready()
+    train.cube.value = 28  # the bundled CB3D's cube
+    train.init.reset_choices()
+    train.init.value = next(v for v in train.init.choices if str(v).endswith("cb3d-default.safetensors"))
+    assert train.init.current_choice == "cb3d-default"
+    assert train.model.value == "cb3d" and not train.model.enabled and not train.size.enabled
+    train.cube.value = 20  # the checkpoint takes 28^3: refused before a run is made
+    n = len(_notifications())
+    docked.click(train, "Start training")
+    docked.wait_idle(train)
+    assert "takes 28^3 subtomograms: set cube to 28" in " ".join(_notifications()[n:])
+    train.cube.value = 28
+    train.per_class.value = 8
+    train.epochs.value = 1
+    run = _start(docked, train)
+    assert "--init" in run.argv and str(run.argv[run.argv.index("--init") + 1]).endswith(
+        "cb3d-default.safetensors")
+    assert not any(a.startswith("model.") for a in run.argv)
+    assert "starting from cb3d-default" in train.info.value
+    _wait_end(docked, train, run)
+    assert run.status == "done", train.info.value
+    assert run.history[-1]["val_acc"] >= 0.6, run.history  # chance is 0.2
+    assert "did not learn" not in train.info.value
+    train.init.value = "scratch (new weights)"
+    assert train.model.enabled and train.size.enabled

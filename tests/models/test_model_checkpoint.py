@@ -295,3 +295,16 @@ def test_integer_weights_and_repeated_class_names_are_refused(tmp_path):
     with pytest.raises(CryoGuardError, match=r"names \['a'\] more than once"):
         load_checkpoint(tmp_path / "dupes.safetensors")
     assert load_checkpoint(good)[1]["num_classes"] == 3
+
+
+def test_metadata_is_read_without_the_weights(tmp_path):
+    from napari_cryoguard.models.checkpoint import WEIGHTS_DIR, read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(WEIGHTS_DIR / "cb3d-default.safetensors")
+    assert meta["arch"] == "cb3d" and int(meta["cube"]) == 28
+    with pytest.raises(CryoGuardError, match="checkpoint not found"):
+        read_checkpoint_metadata(tmp_path / "none.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CryoGuardError, match="not a readable .safetensors checkpoint"):
+        read_checkpoint_metadata(bad)

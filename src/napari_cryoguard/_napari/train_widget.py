@@ -48,6 +48,8 @@ from napari_cryoguard._napari._labels import LabelsChoice, subtomogram_stack
 from napari_cryoguard._napari._layers import PICKS_LAYER, apply_stepwise
 from napari_cryoguard._napari._layout import DockWidget, Group, button_row, status_label
 from napari_cryoguard._napari._models import (
+    FILE_CHOICE,
+    bundled_model_names,
     chosen_file,
     device_combo,
     torch_ready,
@@ -83,6 +85,10 @@ def _model_names(widget=None) -> list[str]:
     from napari_cryoguard.models import available_models
 
     return available_models()
+
+
+#: the "start from" choice of a run with freshly initialised weights
+SCRATCH = "scratch (new weights)"
 
 
 def _defense_names(widget=None) -> list[str]:
@@ -296,6 +302,11 @@ class TrainWidget(DockWidget):
         self.labels = LabelsChoice(viewer)
         self.dataset = FileEdit(mode="r", filter="*.npz", label="dataset")
         # model and defense
+        self.init = ComboBox(choices=self._init_choices, value=SCRATCH, label="start from",
+                             tooltip="new weights, or a trained model to fine-tune (e.g. "
+                                     "with a defense): its architecture and weights are used")
+        self.init_file = FileEdit(mode="r", filter="*.safetensors", label="checkpoint")
+        self.init_file.visible = False
         self.model = ComboBox(choices=_model_names, value=DEFAULT_MODEL, label="model")
         self.size = ComboBox(choices=_size_names, value=_size_names()[0], label="size",
                              tooltip="small: quick on a CPU; paper: the papers' widths (a GPU)")
@@ -338,7 +349,8 @@ class TrainWidget(DockWidget):
         self.plots = _Plots()
         buttons = button_row(self.cancel_button, self.export_button)
         self.body.extend([self.source, self.simulation, self.labels.combo, self.dataset,
-                          self.model, self.size, self.model_group, self.defense,
+                          self.init, self.init_file, self.model, self.size, self.model_group,
+                          self.defense,
                           self.defense_group, self.epochs, self.recipe_group, self.start_button,
                           self.run_list, self.progress, self.info, buttons, self.use_button])
         self.add_native(self.plots.canvas)
@@ -348,6 +360,9 @@ class TrainWidget(DockWidget):
         self.source.changed.connect(self._source_changed)
         self.model.changed.connect(self._set_model_form)
         self.size.changed.connect(self._set_model_form)
+        self.init.changed.connect(self._init_changed)
+        self.init_file.changed.connect(self._init_changed)
+        state_for(viewer).models_changed.connect(self._init_models_changed)
         self.defense.changed.connect(self._set_defense_form)
         self.start_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -390,6 +405,60 @@ class TrainWidget(DockWidget):
 
         self.defense_form.set_params_cls(defense_params_class(self.defense.value))
 
+    # ------------------------------------------------------------------ start from
+    def _init_choices(self, widget=None) -> list:
+        """New weights, the bundled weights, every checkpoint the viewer knows (trained
+        runs, files chosen in any widget), or a file."""
+        from napari_cryoguard.models.checkpoint import WEIGHTS_DIR
+
+        out = [(SCRATCH, SCRATCH)]
+        out += [(name, str(WEIGHTS_DIR / f"{name}.safetensors")) for name in bundled_model_names()]
+        for spec in state_for(self._viewer).models:
+            p = Path(spec)
+            if spec not in dict(out).values() and p.suffix == ".safetensors":
+                out.append((f"{p.parent.name}/{p.name}", spec))
+        out.append((FILE_CHOICE, FILE_CHOICE))
+        return out
+
+    def _init_models_changed(self) -> None:
+        value = self.init.value
+        self.init.reset_choices()
+        if value in [v for _, v in self._init_choices()]:
+            self.init.value = value
+
+    def init_checkpoint(self) -> Path | None:
+        """The checkpoint the run starts from, or ``None`` for new weights."""
+        if self.init.value == SCRATCH:
+            return None
+        if self.init.value == FILE_CHOICE:
+            return chosen_file(self.init_file, "a checkpoint file (.safetensors) to start from")
+        return Path(self.init.value)
+
+    def _init_meta(self) -> dict | None:
+        path = self.init_checkpoint()
+        if path is None:
+            return None
+        from napari_cryoguard.models.checkpoint import read_checkpoint_metadata
+
+        return read_checkpoint_metadata(path)  # the JSON header: a millisecond
+
+    def _init_changed(self, *_) -> None:
+        """Starting from a checkpoint, the model is the checkpoint's: shown, not editable."""
+        self.init_file.visible = self.init.value == FILE_CHOICE
+        try:
+            meta = self._init_meta()
+        except CryoGuardError as exc:
+            if self.init.value != FILE_CHOICE or str(self.init_file.value) not in ("", "."):
+                self.show_failure(exc)
+            meta = None
+        if meta is not None:
+            arch = str(meta.get("arch", ""))
+            name = next((c for c in self.model.choices if c.replace("-", "_") == arch), None)
+            if name is not None and name != self.model.value:
+                self.model.value = name
+        for w in (self.model, self.size, self.model_group):
+            w.enabled = meta is None
+
     def _source_changed(self, *_) -> None:
         self.simulation.visible = self.source.value == SOURCES[0]
         self.labels.combo.visible = self.source.value == SOURCES[1]
@@ -420,7 +489,9 @@ class TrainWidget(DockWidget):
         from napari_cryoguard.models.registry import make_params
 
         self._ensure_forms()
-        make_params(self.model.value, **self.model_form.values())
+        init_meta = self._init_meta()
+        if init_meta is None:
+            make_params(self.model.value, **self.model_form.values())
         make_defense_params(self.defense.value, **self.defense_form.values())
         text = str(self.lr.value).strip()
         try:
@@ -429,13 +500,24 @@ class TrainWidget(DockWidget):
             raise CryoGuardError(f"the learning rate must be a number or empty, not {text!r}") from None
         Recipe(epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
                optimizer=self.optimizer.value, lr=lr, robust_every=int(self.robust_every.value))
-        settings = dict(model=self.model.value, defense=self.defense.value,
-                        model_params=self._changed_params(self.model_form),
+        model = self.model.value
+        model_params = self._changed_params(self.model_form)
+        if init_meta is not None:
+            model = str(init_meta["arch"])
+            model_params = {}
+            cube = int(init_meta.get("cube", 0))
+            if self.source.value == SOURCES[0] and cube and cube != int(self.cube.value):
+                raise CryoGuardError(f"{self.init.current_choice} takes {cube}^3 subtomograms: "
+                                     f"set cube to {cube} under simulation")
+        settings = dict(model=model, defense=self.defense.value,
+                        model_params=model_params,
                         defense_params=self._changed_params(self.defense_form),
                         epochs=int(self.epochs.value), batch_size=int(self.batch_size.value),
                         lr=lr, optimizer=self.optimizer.value, device=self.device.value,
                         robust_every=int(self.robust_every.value), step_interval=0.0,
                         save_state=bool(self.keep_state.value))
+        if init_meta is not None:
+            settings["init"] = str(self.init_checkpoint())
         if self.source.value == SOURCES[0]:
             settings["simulate"] = {"n_per_class": int(self.per_class.value),
                                     "snr": float(self.snr.value),
@@ -458,8 +540,11 @@ class TrainWidget(DockWidget):
             self.show_failure(exc)
             return
         note = ""
+        if "init" in settings:
+            note = (f"; starting from {self.init.current_choice} (its {settings['model']} "
+                    "model and weights)")
         if source == SOURCES[1]:
-            note = f"; labels: {labels.source}"
+            note += f"; labels: {labels.source}"
             if labels.predictions:
                 note += " - chosen explicitly: the model learns to agree with itself"
         self._pending_note = note
