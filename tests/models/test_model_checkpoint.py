@@ -308,3 +308,18 @@ def test_metadata_is_read_without_the_weights(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CryoGuardError, match="not a readable .safetensors checkpoint"):
         read_checkpoint_metadata(bad)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(CryoGuardError, match="has no 'cryoguard' metadata"):
+        read_checkpoint_metadata(foreign)
+    # the widgets read it on the Qt thread, maybe before torch is imported: no torch
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_cryoguard._checkpoint_header import "
+            "read_checkpoint_metadata as r; "
+            f"m = r({str(WEIGHTS_DIR / 'cb3d-default.safetensors')!r}); "
+            "print(m['arch'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["cb3d", "False"], out.stderr

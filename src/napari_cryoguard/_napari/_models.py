@@ -159,12 +159,22 @@ def bundled_model_names() -> list[str]:
     checkpoint = sys.modules.get("napari_cryoguard.models.checkpoint")
     if checkpoint is not None and torch_ready():
         return checkpoint.bundled_models()
-    from pathlib import Path
-
-    weights = Path(__file__).resolve().parent.parent / "data" / "weights"
+    weights = _weights_dir()
     if not weights.is_dir():
         return []
     return sorted(p.name[: -len(".safetensors")] for p in weights.glob("*.safetensors"))
+
+
+def _weights_dir():
+    """``models.checkpoint.WEIGHTS_DIR``, found without importing torch."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "data" / "weights"
+
+
+def bundled_weights_path(name: str):
+    """The file of the bundled weights ``name`` (without importing torch)."""
+    return _weights_dir() / f"{name}.safetensors"
 
 
 def device_combo():
@@ -206,6 +216,29 @@ def chosen_file(edit, what: str = "a file"):
     return path
 
 
+def checkpoint_choices(specs, taken) -> list[tuple[str, str]]:
+    """``(label, spec)`` combo choices for the checkpoints ``specs`` not already among the
+    choices ``taken``; a checkpoint is labelled ``run folder/file``."""
+    from pathlib import Path
+
+    seen = {v for _, v in taken}
+    out = []
+    for spec in specs:
+        if spec not in seen:
+            p = Path(spec)
+            out.append((f"{p.parent.name}/{p.name}" if p.parent.name else p.name, spec))
+            seen.add(spec)
+    return out
+
+
+def refresh_keeping(combo, choices) -> None:
+    """Recompute ``combo``'s choices, keeping its value when it is still offered."""
+    value = combo.value
+    combo.reset_choices()
+    if value in [v for _, v in choices()]:
+        combo.value = value
+
+
 class ModelPicker:
     """A model combo box plus a checkpoint file field, shared by the widgets of a viewer.
 
@@ -239,21 +272,13 @@ class ModelPicker:
                 self.select(self.state.selected_model)
 
     def _choices(self, widget=None) -> list:
-        from pathlib import Path
-
         out = [(name, name) for name in bundled_model_names()]
-        for spec in (self.state.models if self.state is not None else []):
-            if spec not in dict(out).values():
-                p = Path(spec)
-                out.append((f"{p.parent.name}/{p.name}" if p.parent.name else p.name, spec))
+        out += checkpoint_choices(self.state.models if self.state is not None else [], out)
         out.append((FILE_CHOICE, FILE_CHOICE))
         return out
 
     def _models_changed(self) -> None:
-        value = self.model.value
-        self.model.reset_choices()
-        if value in [v for _, v in self._choices()]:
-            self.model.value = value
+        refresh_keeping(self.model, self._choices)
 
     @property
     def widgets(self) -> list:

@@ -50,8 +50,11 @@ from napari_cryoguard._napari._layout import DockWidget, Group, button_row, stat
 from napari_cryoguard._napari._models import (
     FILE_CHOICE,
     bundled_model_names,
+    bundled_weights_path,
+    checkpoint_choices,
     chosen_file,
     device_combo,
+    refresh_keeping,
     torch_ready,
     when_torch_ready,
 )
@@ -409,22 +412,15 @@ class TrainWidget(DockWidget):
     def _init_choices(self, widget=None) -> list:
         """New weights, the bundled weights, every checkpoint the viewer knows (trained
         runs, files chosen in any widget), or a file."""
-        from napari_cryoguard.models.checkpoint import WEIGHTS_DIR
-
         out = [(SCRATCH, SCRATCH)]
-        out += [(name, str(WEIGHTS_DIR / f"{name}.safetensors")) for name in bundled_model_names()]
-        for spec in state_for(self._viewer).models:
-            p = Path(spec)
-            if spec not in dict(out).values() and p.suffix == ".safetensors":
-                out.append((f"{p.parent.name}/{p.name}", spec))
+        out += [(name, str(bundled_weights_path(name))) for name in bundled_model_names()]
+        known = [s for s in state_for(self._viewer).models if s.endswith(".safetensors")]
+        out += checkpoint_choices(known, out)
         out.append((FILE_CHOICE, FILE_CHOICE))
         return out
 
     def _init_models_changed(self) -> None:
-        value = self.init.value
-        self.init.reset_choices()
-        if value in [v for _, v in self._init_choices()]:
-            self.init.value = value
+        refresh_keeping(self.init, self._init_choices)
 
     def init_checkpoint(self) -> Path | None:
         """The checkpoint the run starts from, or ``None`` for new weights."""
@@ -438,9 +434,9 @@ class TrainWidget(DockWidget):
         path = self.init_checkpoint()
         if path is None:
             return None
-        from napari_cryoguard.models.checkpoint import read_checkpoint_metadata
+        from napari_cryoguard._checkpoint_header import read_checkpoint_metadata
 
-        return read_checkpoint_metadata(path)  # the JSON header: a millisecond
+        return read_checkpoint_metadata(path)  # the JSON header, no torch: a millisecond
 
     def _init_changed(self, *_) -> None:
         """Starting from a checkpoint, the model is the checkpoint's: shown, not editable."""

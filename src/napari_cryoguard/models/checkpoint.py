@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from napari_cryoguard._atomic import atomic_output
+from napari_cryoguard._checkpoint_header import METADATA_KEY, read_checkpoint_metadata
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.models.registry import build_model
 
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-METADATA_KEY = "cryoguard"
 EXTRA_PREFIX = "extra."
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "data" / "weights"
 _DEFAULT_NAMES = ("cb3d-default", "ae-default")
@@ -191,30 +191,6 @@ def save_checkpoint(
     with atomic_output(path) as tmp, open(tmp, "wb") as fh:
         fh.write(blob)
     return path
-
-
-def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A ``.safetensors`` checkpoint's metadata (architecture, cube, classes...) without
-    reading its weights: the file's JSON header only, a millisecond for any size."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CryoGuardError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw_meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types, OSError, ValueError
-        raise CryoGuardError(
-            f"{path} is not a readable .safetensors checkpoint (corrupt or another format): {exc}"
-        ) from exc
-    if METADATA_KEY not in raw_meta:
-        raise CryoGuardError(f"{path} is a safetensors file but has no '{METADATA_KEY}' "
-                             "metadata; it was not written by napari-cryoguard")
-    try:
-        return json.loads(raw_meta[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise CryoGuardError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON") from exc
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
