@@ -148,10 +148,19 @@ def test_first_4d_layer_gets_its_dims_a_turn_before_the_append(docked):
     assert next(steps) == "dims"
     assert viewer.dims.ndim == 4 and "cubes" not in viewer.layers
     qt_dims = viewer.window._qt_viewer.dims
-    assert len(qt_dims.slider_widgets) == 4  # the new slider is built ...
+    # napari's slider rebuild is held back to turns of its own: first made ...
+    assert len(qt_dims.slider_widgets) == 3
+    assert next(steps) == "sliders"
+    assert len(qt_dims.slider_widgets) == 4
+    assert not any(w.isVisible() for w in qt_dims.slider_widgets)
+    # ... then laid out: the tomogram's z slider shows, the new axis (one step) does not
+    assert next(steps) == "sliders shown"
+    assert qt_dims._displayed_sliders == [False, True, False, False]
     assert not qt_dims._displayed_sliders[0]  # ... and shown at the next step
     assert next(steps) == "ranges"
     assert qt_dims._displayed_sliders[0]
+    docked.qtbot.wait(50)
+    assert [w.isVisible() for w in qt_dims.slider_widgets] == [True, True, False, False]
     with pytest.raises(StopIteration):
         next(steps)
     assert list(iter_add_layer(viewer, layer))[0] == "added"
@@ -262,3 +271,25 @@ def test_quiet_gc_freezes_until_a_layer_is_removed(docked, monkeypatch):
     finally:
         if was:
             gc.enable()
+
+
+def test_import_quietly_keeps_a_big_import_out_of_full_passes():
+    """The plots' first matplotlib import (a render thread) goes through quiet_gc: what
+    exists after it is frozen, so a later full pass does not walk it (Evaluate once
+    stalled 56-88 ms on one); a second call imports nothing and freezes nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\n"
+        "from napari_cryoguard._napari._workers import import_quietly\n"
+        "assert 'matplotlib.figure' not in sys.modules and gc.get_freeze_count() == 0\n"
+        "import_quietly('matplotlib.figure')\n"
+        "n = gc.get_freeze_count()\n"
+        "assert 'matplotlib.figure' in sys.modules and n > 10000 and gc.isenabled(), n\n"
+        "import_quietly('matplotlib.figure')\n"
+        "assert gc.get_freeze_count() == n\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -44,7 +44,7 @@ from napari_cryoguard._napari._layout import (
     status_label,
 )
 from napari_cryoguard._napari._models import ModelPicker, device_combo, model_display_name
-from napari_cryoguard._napari._workers import show_error, start_worker
+from napari_cryoguard._napari._workers import import_quietly, show_error, start_worker
 from napari_cryoguard.layerdata import evaluation_features, labelled_dataset
 
 if TYPE_CHECKING:
@@ -236,6 +236,7 @@ class EvaluateWidget(DockWidget):
         ratio = self.native.devicePixelRatioF()
 
         def job():
+            import_quietly("napari_cryoguard.evaluate")
             from napari_cryoguard.evaluate import evaluate
 
             ds, index = labelled_dataset(**stack, labels=labels, min_classes=2,
@@ -306,6 +307,7 @@ class EvaluateWidget(DockWidget):
         """Draw the panels (once per evaluation, in the worker): one per norm, budgets in
         their unit; returns the RGBA image and its device pixel ratio."""
         if self.figure is None:
+            import_quietly("matplotlib.backends.backend_agg", "matplotlib.figure")
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
 

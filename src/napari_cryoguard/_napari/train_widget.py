@@ -59,7 +59,7 @@ from napari_cryoguard._napari._models import (
     when_torch_ready,
 )
 from napari_cryoguard._napari._state import state_for
-from napari_cryoguard._napari._workers import show_error, start_worker
+from napari_cryoguard._napari._workers import import_quietly, show_error, start_worker
 from napari_cryoguard.errors import CryoGuardError
 from napari_cryoguard.interactive import margins_job, start_training_run
 from napari_cryoguard.layerdata import margin_features
@@ -200,6 +200,8 @@ class _Plots:
 
     def _build_figure(self) -> None:
         """The figure and its artists, made once (in the render thread)."""
+        import_quietly("matplotlib.backends.backend_agg", "matplotlib.figure",
+                       "matplotlib.ticker")
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
