@@ -433,7 +433,7 @@ class TrainRun:
             return ""
         return (f". Warning: the validation accuracy never rose above chance ({chance:.2f} "
                 f"for {int(k)} classes): the model did not learn. Try more epochs or data, "
-                "or a 'standard' run first")
+                "or a 'standard' run first and then this defense 'start from' it")
 
     @property
     def fraction(self) -> float:
