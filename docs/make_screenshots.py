@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import imageio.v3 as iio
     import napari
 
-    from napari_cryoguard._napari._probe import click, dock, pump, wait_until
+    from napari_cryoguard._napari._probe import click, dock, dock_frame, pump, wait_until
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1280, 800)
@@ -52,12 +52,6 @@ def main(argv=None) -> int:
     viewer.open_sample("napari-cryoguard", "simulated_tomogram")
     tomogram = viewer.layers["simulated tomogram"]
     docks: dict = {}
-
-    def dock_of(widget):
-        parent = widget.native.parentWidget()
-        while parent is not None and not parent.inherits("QDockWidget"):
-            parent = parent.parentWidget()
-        return parent
 
     def front(name: str):
         """Dock ``name`` (once) and show its dock alone, at its own width.
@@ -68,10 +62,10 @@ def main(argv=None) -> int:
         if name not in docks:
             docks[name] = dock(viewer, name, tabify=True)
         for other, widget in docks.items():
-            frame = dock_of(widget)
+            frame = dock_frame(widget)
             if frame is not None:
                 frame.setVisible(other == name)
-        frame = dock_of(docks[name])
+        frame = dock_frame(docks[name])
         if frame is not None:
             frame.raise_()
             # a dock area keeps the width of the widest dock shown before; give each

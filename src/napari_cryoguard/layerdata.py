@@ -58,8 +58,9 @@ def protein_is_dark(metadata) -> bool:
     return (metadata or {}).get(POLARITY_KEY) == "dark"
 
 
-def inverted_note(name: str) -> str:
-    return (f"protein is black in {name} (as Pick found or was told): the cubes were "
+def inverted_note(name: str, how: str = "as Pick found or was told") -> str:
+    """The sentence that says a tomogram's cubes were inverted (``how``: who said so)."""
+    return (f"protein is black in {name} ({how}): the cubes were "
             "inverted to protein white, as the simulator and the bundled models have it")
 
 

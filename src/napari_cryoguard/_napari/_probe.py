@@ -27,6 +27,14 @@ def dock(viewer, display_name: str, **kwargs):
     return widget
 
 
+def dock_frame(widget):
+    """The ``QDockWidget`` napari put ``widget`` in, or ``None`` (not docked)."""
+    parent = widget.native.parentWidget()
+    while parent is not None and not parent.inherits("QDockWidget"):
+        parent = parent.parentWidget()
+    return parent
+
+
 def buttons(widget) -> dict:
     from qtpy.QtWidgets import QPushButton
 

@@ -79,18 +79,13 @@ def _give_room(viewer, top, tabbed) -> None:
     from qtpy.QtCore import Qt
 
     window = getattr(viewer.window, "_qt_window", None)
-    docks = [_dock_of(top), _dock_of(tabbed)]
+    from napari_cryoguard._napari._probe import dock_frame
+
+    docks = [dock_frame(top), dock_frame(tabbed)]
     if window is None or None in docks:
         return
     height = max(window.height(), 400)
     window.resizeDocks(docks, [int(0.4 * height), int(0.6 * height)], Qt.Orientation.Vertical)
-
-
-def _dock_of(widget):
-    parent = widget.native.parentWidget()
-    while parent is not None and not parent.inherits("QDockWidget"):
-        parent = parent.parentWidget()
-    return parent
 
 
 def _show_attacked_particle(viewer, result, widgets, picks_layer) -> None:

@@ -211,8 +211,9 @@ def _extract_from(args: argparse.Namespace, tomo, picks, *, tomogram, picks_path
                                normalize=not args.no_normalize, border=args.border,
                                invert=invert)
     if invert:
-        notes.append(f"protein is black in {tomo.name} (--protein black): the cubes were "
-                     "inverted to protein white, as the simulator and the bundled models have it")
+        from napari_cryoguard.layerdata import inverted_note
+
+        notes.append(inverted_note(tomo.name, "--protein black"))
         log(args, f"note: {notes[-1]}")
     t_ex = time.perf_counter() - t0
     if len(sub.index) == 0:

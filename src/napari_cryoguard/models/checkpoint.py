@@ -196,23 +196,14 @@ def save_checkpoint(
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
+    meta = read_checkpoint_metadata(path)  # the header first: its errors are the clearer
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw_meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types, OSError, ValueError
         raise CryoGuardError(
             f"{path} is not a readable .safetensors checkpoint (corrupt or another format): {exc}"
         ) from exc
-    if METADATA_KEY not in raw_meta:
-        raise CryoGuardError(
-            f"{path} is a safetensors file but has no '{METADATA_KEY}' metadata; "
-            "it was not written by napari-cryoguard's save_checkpoint"
-        )
-    try:
-        meta = json.loads(raw_meta[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise CryoGuardError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON") from exc
     return tensors, meta
 
 
