@@ -50,5 +50,6 @@ def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (TypeError, json.JSONDecodeError) as exc:
         raise CryoGuardError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON") from exc
     if not isinstance(out, dict):
-        raise CryoGuardError(f"{path}: the '{METADATA_KEY}' metadata is not a JSON object")
+        raise CryoGuardError(f"{path}: checkpoint metadata must be a JSON object, "
+                             f"got {type(out).__name__}")
     return out
